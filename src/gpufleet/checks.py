@@ -1,0 +1,252 @@
+"""Checks across fields and against the catalogues, run on validated host specs.
+
+Each check returns :class:`Problem` records naming the host, the field and the fix; nothing
+here touches a host. Example::
+
+    >>> [str(p) for p in check_host(spec, load_catalogue())]
+    ["host 'thanos': services[2].gpus: 5 GPUs requested but the host has 1 ..."]
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from gpufleet.catalogue import Catalogue, ModelEntry
+from gpufleet.models import HOST_GROUPS, HostSpec, ModelPlacement
+
+SYSTEM_RESERVE_GB = 2.0
+"""Memory left to the operating system and the engine's runtime when judging a fit."""
+
+BITS_PER_WEIGHT = {
+    "Q3_K_M": 3.91,
+    "Q4_0": 4.55,
+    "Q4_K_M": 4.85,
+    "Q5_K_M": 5.69,
+    "Q6_K": 6.56,
+    "Q8_0": 8.5,
+    "FP8": 8.0,
+    "FP16": 16.0,
+    "BF16": 16.0,
+    "AWQ": 4.25,
+    "GPTQ": 4.25,
+}
+"""Average bits per weight of each quantization (llama.cpp's published figures for GGUF types;
+AWQ/GPTQ 4-bit with group scales)."""
+
+DEFAULT_QUANT = "Q4_K_M"
+"""What Ollama serves when a tag names no quantization."""
+
+_TAG_QUANT = re.compile(r"(?:^|-)(q\d(?:_k)?(?:_[a-z0-9])?|fp16|f16|bf16|fp8)(?:$|-)", re.I)
+
+
+@dataclass(frozen=True)
+class Problem:
+    host: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"host {self.host!r}: {self.field}: {self.message}"
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when a close match exists, else an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def placement_quant(placement: ModelPlacement) -> str:
+    """The quantization a placement serves: explicit, from its tag, or Ollama's default."""
+    if placement.quant:
+        return placement.quant.upper()
+    _, _, variant = placement.model.partition(":")
+    found = _TAG_QUANT.search(variant)
+    if not found:
+        return DEFAULT_QUANT
+    tag_quant = found.group(1).upper()
+    return {"Q4": DEFAULT_QUANT, "Q8": "Q8_0", "F16": "FP16"}.get(tag_quant, tag_quant)
+
+
+def weights_gb(params_b: float, quant: str) -> float:
+    """Size of the weights in GB: ``weights_gb(70, "Q4_K_M")`` is about 42.4."""
+    return params_b * BITS_PER_WEIGHT[quant] / 8
+
+
+def check_host(spec: HostSpec, catalogue: Catalogue, extra_groups: Iterable[str] = ()) -> list[Problem]:
+    """Every problem with one host, in the order a reader would fix them."""
+    return [
+        *_groups(spec, extra_groups),
+        *_accelerators(spec, catalogue),
+        *_ports(spec),
+        *_gpu_requests(spec),
+        *_engines(spec),
+        *_model_fit(spec, catalogue),
+    ]
+
+
+def _groups(spec: HostSpec, extra_groups: Iterable[str]) -> Iterator[Problem]:
+    known = (*HOST_GROUPS, "all", *extra_groups)
+    for group in spec.groups:
+        if group not in known:
+            yield Problem(
+                spec.name,
+                "groups",
+                f"unknown group {group!r}{suggest(group, HOST_GROUPS)}; "
+                f"use one of {', '.join(HOST_GROUPS)}",
+            )
+
+
+def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
+    for i, accelerator in enumerate(spec.hardware.accelerators):
+        field = f"hardware.accelerators[{i}]"
+        entry = catalogue.accelerator(accelerator.model)
+        if entry is None:
+            yield Problem(
+                spec.name,
+                f"{field}.model",
+                f"unknown accelerator {accelerator.model!r}"
+                f"{suggest(accelerator.model, catalogue.accelerators)}; use a name from "
+                "src/gpufleet/catalogue/accelerators.yaml or add the part there",
+            )
+            continue
+        if entry.kind != accelerator.kind:
+            yield Problem(
+                spec.name,
+                f"{field}.kind",
+                f"{entry.name} is kind {entry.kind!r}, not {accelerator.kind!r}; "
+                f"write kind: {entry.kind!r}",
+            )
+        if accelerator.vram_gb is not None and entry.vram_gb and (
+            accelerator.vram_gb not in entry.vram_gb
+        ):
+            sizes = " or ".join(f"{v:g}" for v in entry.vram_gb)
+            yield Problem(
+                spec.name,
+                f"{field}.vram_gb",
+                f"{entry.name} ships with {sizes} GB, not {accelerator.vram_gb:g} GB; "
+                "fix the figure or leave vram_gb out to take it from the catalogue",
+            )
+
+
+def _ports(spec: HostSpec) -> Iterator[Problem]:
+    holders: list[tuple[int, str]] = [(spec.node_exporter_port, "node_exporter_port")]
+    engines = {placement.engine for placement in spec.models}
+    engine_ports = {"ollama": "ollama_port", "vllm": "vllm_port", "llama.cpp": "llamacpp_port"}
+    holders += [(getattr(spec, f), f) for engine, f in engine_ports.items() if engine in engines]
+    holders += [
+        (service.port, f"services[{i}].port")
+        for i, service in enumerate(spec.services)
+        if service.port is not None
+    ]
+    seen: dict[int, str] = {}
+    for port, field in holders:
+        if port in seen:
+            yield Problem(
+                spec.name,
+                field,
+                f"port {port} is already used by {seen[port]}; give each listener its own port",
+            )
+        else:
+            seen[port] = field
+
+
+def _gpu_requests(spec: HostSpec) -> Iterator[Problem]:
+    declared = spec.hardware.nvidia_gpu_count
+    asks = [(s.gpus, f"services[{i}].gpus", s.name) for i, s in enumerate(spec.services)]
+    asks += [(m.gpus, f"models[{i}].gpus", m.model) for i, m in enumerate(spec.models)]
+    asks = [ask for ask in asks if ask[0]]
+    wanted = sum(n for n, _, _ in asks)
+    if wanted > declared:
+        detail = ", ".join(f"{what} asks {n}" for n, _, what in asks)
+        yield Problem(
+            spec.name,
+            asks[-1][1],
+            f"{wanted} GPUs requested but the host has {declared} NVIDIA GPU(s) ({detail}); "
+            "lower the requests or move services to a host with free GPUs",
+        )
+
+
+def _engines(spec: HostSpec) -> Iterator[Problem]:
+    for i, placement in enumerate(spec.models):
+        if placement.engine != "vllm":
+            continue
+        if spec.hardware.nvidia_gpu_count == 0:
+            yield Problem(
+                spec.name,
+                f"models[{i}].engine",
+                "vLLM needs an NVIDIA GPU and this host declares none; use engine 'ollama' "
+                "or 'llama.cpp', or place the model on a GPU node",
+            )
+        if "vllm_api_key" not in spec.secrets:
+            yield Problem(
+                spec.name,
+                "secrets.vllm_api_key",
+                "vLLM is placed here but its API key is missing; add secrets="
+                "{'vllm_api_key': 'vault:kv/gpufleet/vllm#api_key'}",
+            )
+            return
+
+
+def _memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
+    """(VRAM of discrete NVIDIA GPUs, system memory), GB."""
+    vram = 0.0
+    for accelerator in spec.hardware.accelerators:
+        entry = catalogue.accelerator(accelerator.model)
+        if accelerator.kind != "nvidia":
+            continue
+        per_device = accelerator.vram_gb or (max(entry.vram_gb) if entry and entry.vram_gb else 0)
+        vram += per_device * accelerator.count
+    return vram, spec.hardware.ram_gb
+
+
+def _model_fit(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
+    vram, ram = _memory(spec, catalogue)
+    for i, placement in enumerate(spec.models):
+        field = f"models[{i}]"
+        entry: ModelEntry | None = catalogue.model(placement.model)
+        params_b = placement.params_b or (entry.params_b if entry else None)
+        if params_b is None:
+            yield Problem(
+                spec.name,
+                f"{field}.model",
+                f"unknown model {placement.model!r}"
+                f"{suggest(placement.model, catalogue.models)}; add it to "
+                "src/gpufleet/catalogue/models.yaml or give params_b",
+            )
+            continue
+        quant = placement_quant(placement)
+        if quant not in BITS_PER_WEIGHT:
+            yield Problem(
+                spec.name,
+                f"{field}.quant",
+                f"unknown quantization {quant!r}; use one of {', '.join(BITS_PER_WEIGHT)}",
+            )
+            continue
+        need = weights_gb(params_b, quant)
+        if placement.engine == "vllm":
+            gpus = max(placement.gpus, 1)
+            per_gpu = vram / max(spec.hardware.nvidia_gpu_count, 1)
+            budget = gpus * per_gpu * spec.vllm_gpu_memory_utilization
+            if vram and need > budget:
+                yield Problem(
+                    spec.name,
+                    f"{field}.model",
+                    f"{placement.model} at {quant} needs {need:.1f} GB of weights but vLLM "
+                    f"gets {budget:.1f} GB ({spec.vllm_gpu_memory_utilization:.2f} x "
+                    f"{gpus * per_gpu:g} GB VRAM) and cannot offload; use a smaller model "
+                    "or quantization, or serve it with llama.cpp/Ollama",
+                )
+            continue
+        budget = vram + ram - SYSTEM_RESERVE_GB
+        if need > budget:
+            yield Problem(
+                spec.name,
+                f"{field}.model",
+                f"{placement.model} at {quant} needs {need:.1f} GB of weights but the host has "
+                f"{vram:g} GB VRAM + {ram:g} GB RAM - {SYSTEM_RESERVE_GB:g} GB reserve = "
+                f"{budget:.1f} GB; choose a smaller model or quantization, or place it on a "
+                "host with more memory",
+            )

@@ -1,0 +1,83 @@
+"""``gpufleet``: validate inventories and run the local lab.
+
+    gpufleet validate inventory/homelab.py      # contacts no host
+    gpufleet lab up|status|down [inventory/lab.py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from gpufleet import lab
+from gpufleet.inventory import InventoryError, validate_file
+
+DEFAULT_LAB_INVENTORY = "inventory/lab.py"
+
+
+def _validate(args: argparse.Namespace) -> int:
+    for path in args.inventory:
+        try:
+            specs = validate_file(path)
+        except InventoryError as error:
+            print(error, file=sys.stderr)
+            return 1
+        groups = sorted({g for spec in specs.values() for g in spec.groups})
+        print(f"{path}: {len(specs)} hosts valid (groups: {', '.join(groups)})")
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "up":
+            started = time.monotonic()
+            hosts = lab.up(args.inventory)
+            took = time.monotonic() - started
+            for host in hosts:
+                print(f"{host.name:<16} {host.address}  ssh ok")
+            print(f"lab up: {len(hosts)} hosts in {took:.1f} s (key {lab.key_path()})")
+        elif args.action == "status":
+            state = lab.status(args.inventory)
+            if args.json:
+                print(json.dumps(state, indent=2))
+            else:
+                for name, flags in state.items():
+                    print(f"{name:<16} " + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+            return 0 if all(all(f.values()) for f in state.values()) else 3
+        else:
+            left = lab.down()
+            if left:
+                print("lab down left behind: " + ", ".join(left), file=sys.stderr)
+                return 1
+            print("lab down: nothing left behind")
+    except (lab.LabError, InventoryError) as error:
+        print(f"gpufleet lab {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="gpufleet", description=__doc__.splitlines()[0])
+    commands = top.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="validate inventories; contacts no host")
+    validate.add_argument("inventory", nargs="+")
+    validate.set_defaults(run=_validate)
+
+    lab_command = commands.add_parser("lab", help="the local lab of nspawn hosts")
+    lab_command.add_argument("action", choices=["up", "status", "down"])
+    lab_command.add_argument("inventory", nargs="?", default=DEFAULT_LAB_INVENTORY)
+    lab_command.add_argument("--json", action="store_true", help="status as JSON")
+    lab_command.set_defaults(run=_lab)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""A local lab of real Debian 12 hosts: systemd-nspawn containers in network namespaces.
+
+Each lab host boots systemd from a shared, cached base root (never modified: the container
+writes to a volatile overlay), runs sshd, and has its own network namespace and address on a
+bridge (``10.200.0.0/24``) with NAT to the package mirrors. pyinfra and testinfra reach the
+hosts over SSH with a key the lab generates. Example::
+
+    gpufleet lab up             # hosts of inventory/lab.py, ~30 s first time, ~2 s cached
+    pyinfra inventory/lab.py deploys/gpu_node.py
+    gpufleet lab down           # no namespace, NAT rule or process is left behind
+
+The lab reads an inventory to know which hosts to make and never deploys anything itself.
+It refuses any address outside :data:`LAB_NETWORK`, so it can never be pointed at real hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+LAB_NETWORK = IPv4Network("10.200.0.0/24")
+GATEWAY = IPv4Address("10.200.0.1")
+BRIDGE = "gflab0"
+NFT_TABLE = "gpufleet_lab"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+BASE_PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+)
+# Runs inside the base root once, when it is built; part of the cache key.
+BASE_CUSTOMIZE = (
+    'rm -f "$1/etc/hostname"',
+    'mkdir -p -m 0700 "$1/root/.ssh"',
+    'truncate -s 0 "$1/etc/machine-id"',
+)
+HOST_TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "systemd-nspawn": "systemd-container",
+    "nft": "nftables",
+    "ip": "iproute2",
+    "ssh-keygen": "openssh-client",
+}
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def lab_dir() -> Path:
+    """Runtime state of the lab: key, pids, logs (``GPUFLEET_LAB_DIR`` overrides)."""
+    default = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "gpufleet/lab"
+    return Path(os.environ.get("GPUFLEET_LAB_DIR", default))
+
+
+def cache_dir() -> Path:
+    """Where built base roots are kept between runs (``GPUFLEET_CACHE_DIR`` overrides)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpufleet"
+    return Path(os.environ.get("GPUFLEET_CACHE_DIR", default))
+
+
+def key_path() -> Path:
+    return lab_dir() / "id_ed25519"
+
+
+def connection(address: str) -> dict[str, str]:
+    """pyinfra host data that reaches a lab host at ``address`` over SSH."""
+    return {
+        "ssh_hostname": address,
+        "ssh_user": "root",
+        "ssh_key": str(key_path()),
+        "ssh_known_hosts_file": "/dev/null",
+        "ssh_strict_host_key_checking": "no",
+        "lan_address": address,
+    }
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: IPv4Address
+
+    @property
+    def veth(self) -> str:
+        return f"gflv{int(self.address) & 0xFF}"
+
+    @property
+    def pid_file(self) -> Path:
+        return lab_dir() / f"{self.name}.pid"
+
+
+def hosts_from_inventory(path: str | Path) -> list[LabHost]:
+    """Lab hosts named by an inventory; every address must lie in :data:`LAB_NETWORK`."""
+    from gpufleet.inventory import load_inventory
+
+    hosts = []
+    for host in load_inventory(path):
+        address = IPv4Address(str(host.data.get("ssh_hostname") or "0.0.0.0"))
+        if address not in LAB_NETWORK or address == GATEWAY:
+            raise LabError(
+                f"{path}: host {host.name!r} has ssh_hostname {address}, outside the lab "
+                f"network {LAB_NETWORK}; the lab only makes hosts there"
+            )
+        hosts.append(LabHost(host.name, address))
+    return hosts
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, text=True, capture_output=True)
+
+
+def check_host_tools() -> None:
+    missing = [package for tool, package in HOST_TOOLS.items() if not shutil.which(tool)]
+    if missing:
+        raise LabError(f"the lab needs: apt-get install {' '.join(sorted(set(missing)))}")
+    if os.geteuid() != 0:
+        raise LabError("the lab creates network namespaces and containers: run it as root")
+
+
+def base_root() -> Path:
+    """The cached base root, built with mmdebstrap on first use (~30 s)."""
+    recipe = json.dumps([SUITE, MIRROR, BASE_PACKAGES, BASE_CUSTOMIZE])
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    root = cache_dir() / f"base-{SUITE}-{digest}"
+    if (root / "etc/os-release").exists():
+        return root
+    building = root.with_name(root.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.parent.mkdir(parents=True, exist_ok=True)
+    hooks = [f"--customize-hook={step}" for step in BASE_CUSTOMIZE]
+    result = subprocess.run(
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            *hooks,
+            SUITE,
+            str(building),
+            MIRROR,
+        ],
+        text=True,
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        raise LabError(f"building the base root failed:\n{result.stderr[-2000:]}")
+    building.rename(root)
+    return root
+
+
+def _ensure_key() -> None:
+    key = key_path()
+    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not key.exists():
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpufleet-lab", "-f", str(key))
+    ssh_dir = lab_dir() / "authorized"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text(key.with_suffix(".pub").read_text())
+    authorized.chmod(0o600)
+
+
+def _ensure_network() -> None:
+    if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "add", f"{GATEWAY}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
+    _run("ip", "link", "set", BRIDGE, "up")
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    saved = lab_dir() / "ip_forward.saved"
+    if not saved.exists():
+        saved.write_text(forward.read_text())
+    forward.write_text("1\n")
+    if _run("nft", "list", "table", "ip", NFT_TABLE, check=False).returncode != 0:
+        ruleset = f"""
+table ip {NFT_TABLE} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {LAB_NETWORK} oifname != "{BRIDGE}" masquerade
+    }}
+}}
+"""
+        subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, check=True)
+
+
+def _namespaces() -> set[str]:
+    listing = _run("ip", "netns", "list", check=False).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
+def _ensure_namespace(host: LabHost) -> None:
+    if host.name in _namespaces():
+        return
+    _run("ip", "netns", "add", host.name)
+    _run("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.name)
+    _run("ip", "link", "set", host.veth, "master", BRIDGE, "up")
+    inside = ("ip", "-n", host.name)
+    _run(*inside, "addr", "add", f"{host.address}/{LAB_NETWORK.prefixlen}", "dev", "eth0")
+    _run(*inside, "link", "set", "eth0", "up")
+    _run(*inside, "link", "set", "lo", "up")
+    _run(*inside, "route", "add", "default", "via", str(GATEWAY))
+
+
+def _pid(host: LabHost) -> int | None:
+    try:
+        pid = int(host.pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def _boot(host: LabHost, root: Path) -> None:
+    if _pid(host):
+        return
+    log = open(lab_dir() / f"{host.name}.log", "w")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [
+            "systemd-nspawn",
+            f"--directory={root}",
+            "--boot",
+            f"--machine={host.name}",
+            f"--hostname={host.name}",
+            "--register=no",
+            "--keep-unit",
+            f"--network-namespace-path=/run/netns/{host.name}",
+            "--resolv-conf=replace-host",
+            "--volatile=overlay",
+            "--console=read-only",
+            f"--bind-ro={lab_dir() / 'authorized'}:/root/.ssh",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    host.pid_file.write_text(str(process.pid))
+
+
+def ssh_ready(host: LabHost, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((str(host.address), 22), timeout=timeout) as sock:
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
+    """Make and boot every host of ``inventory``; returns once each answers SSH."""
+    hosts = hosts_from_inventory(inventory)
+    check_host_tools()
+    lab_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = base_root()
+    _ensure_key()
+    _ensure_network()
+    for host in hosts:
+        _ensure_namespace(host)
+        _boot(host, root)
+    deadline = time.monotonic() + timeout
+    waiting = list(hosts)
+    while waiting and time.monotonic() < deadline:
+        waiting = [h for h in waiting if not ssh_ready(h)]
+        if waiting:
+            for host in waiting:
+                if _pid(host) is None:
+                    tail = (lab_dir() / f"{host.name}.log").read_text()[-1500:]
+                    raise LabError(f"lab host {host.name} stopped while booting:\n{tail}")
+            time.sleep(0.3)
+    if waiting:
+        raise LabError(f"no SSH within {timeout:.0f} s: {', '.join(h.name for h in waiting)}")
+    return hosts
+
+
+def status(inventory: str | Path) -> dict[str, dict[str, bool]]:
+    """Per host: namespace present, container running, SSH answering."""
+    namespaces = _namespaces()
+    return {
+        host.name: {
+            "namespace": host.name in namespaces,
+            "running": _pid(host) is not None,
+            "ssh": host.name in namespaces and ssh_ready(host, timeout=0.5),
+        }
+        for host in hosts_from_inventory(inventory)
+    }
+
+
+def leftovers() -> list[str]:
+    """What of a lab is still on this machine (empty after :func:`down`)."""
+    found = []
+    state = lab_dir()
+    for pid_file in sorted(state.glob("*.pid")) if state.exists() else []:
+        found.append(f"pid file {pid_file.name}")
+    for name in sorted(_namespaces()):
+        if Path(f"/run/netns/{name}").exists() and (state / f"{name}.log").exists():
+            found.append(f"network namespace {name}")
+    if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        found.append(f"bridge {BRIDGE}")
+    if _run("nft", "list", "table", "ip", NFT_TABLE, check=False).returncode == 0:
+        found.append(f"nftables table {NFT_TABLE}")
+    processes = _run("pgrep", "-f", f"systemd-nspawn --directory={cache_dir()}", check=False)
+    found += [f"process {pid}" for pid in processes.stdout.split()]
+    return found
+
+
+def down() -> list[str]:
+    """Stop every lab host and remove namespaces, links and NAT rules; returns leftovers."""
+    state = lab_dir()
+    pid_files = sorted(state.glob("*.pid")) if state.exists() else []
+    pids = {}
+    for pid_file in pid_files:
+        host = LabHost(pid_file.stem, GATEWAY)
+        pid = _pid(host)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            pids[pid] = host
+    deadline = time.monotonic() + 15
+    while pids and time.monotonic() < deadline:
+        pids = {pid: h for pid, h in pids.items() if _pid(h) == pid}
+        time.sleep(0.2)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for pid_file in pid_files:
+        name = pid_file.stem
+        if name in _namespaces():
+            _run("ip", "netns", "delete", name, check=False)
+        pid_file.unlink(missing_ok=True)
+    for link in _run("ip", "-o", "link", "show", "master", BRIDGE, check=False).stdout.splitlines():
+        _run("ip", "link", "delete", link.split(":")[1].strip().split("@")[0], check=False)
+    _run("ip", "link", "delete", BRIDGE, check=False)
+    _run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
+    saved = state / "ip_forward.saved"
+    if saved.exists():
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
+        saved.unlink()
+    return leftovers()

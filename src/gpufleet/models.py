@@ -1,0 +1,193 @@
+"""Typed host data: what a host is and what it runs.
+
+The inventory and ``group_data/`` are validated into these models once, before any host is
+contacted; deploys read the models, never raw ``host.data``. Pure pydantic: no pyinfra, no I/O.
+
+The models check the shape and range of each field. Checks across fields or against the
+catalogues (port clashes, GPUs asked for versus declared, unknown GPUs, models that cannot fit)
+live in ``gpufleet.checks`` so that each problem can name the exact field it is about.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+HOST_GROUPS = (
+    "gpu_nodes",
+    "cpu_nodes",
+    "proxmox_hosts",
+    "edge",
+    "gateway",
+    "monitoring",
+    "vault",
+    "orchestrator",
+    "infra",
+)
+"""Groups gpufleet gives a meaning to. ``all`` and the inventory file's own name are added by
+pyinfra and are accepted too."""
+
+TAILSCALE_RANGE = IPv4Network("100.64.0.0/10")
+
+SECRET_REFERENCE = re.compile(r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/[^\s]+)$")
+"""``vault:<mount>/<path>#<key>`` (read from Vault) or ``file:/abs/path`` (a 0600 file on the
+control machine). Values themselves never appear in an inventory."""
+
+MODEL_ALIAS = re.compile(r"^(XS|S|M|L|XL)-(LOC|CLD)-(FRE|PAY)-[a-z0-9][a-z0-9.\-]*$")
+"""Seed fleet naming scheme: SIZE-WHERE-COST-name, e.g. ``XL-LOC-FRE-qwen2.5-coder-32b``."""
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Spec(BaseModel):
+    """Base of every host-data model: unknown keys are errors (typos fail loudly)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Accelerator(Spec):
+    """One kind of accelerator in a host: ``{"kind": "nvidia", "model": "RTX 4090"}``."""
+
+    kind: Literal["nvidia", "jetson", "amd_igpu", "amd_npu", "intel_npu", "apple_metal"]
+    """nvidia: discrete NVIDIA GPU; jetson: NVIDIA Jetson SoC (unified memory); amd_igpu:
+    AMD integrated GPU sharing system memory (Ryzen AI Max+); amd_npu / intel_npu: NPUs;
+    apple_metal: Apple silicon GPU."""
+    model: str
+    """Catalogue name, e.g. ``RTX 5090``, ``Jetson Orin Nano Super``, ``M4 Pro``."""
+    count: int = Field(1, ge=1, le=16)
+    """How many of this model the host has."""
+    vram_gb: float | None = Field(None, gt=0)
+    """Memory per device in GB; taken from the catalogue when left out."""
+
+
+class Hardware(Spec):
+    """What the machine is made of."""
+
+    cpu: str = ""
+    """CPU model as printed on the box, e.g. ``Intel Core i9-12900K``."""
+    cores: int = Field(ge=1, le=512)
+    """Physical cores."""
+    ram_gb: float = Field(gt=0, le=4096)
+    """System memory in GB."""
+    accelerators: list[Accelerator] = []
+    """GPUs, SoCs and NPUs; empty for a CPU-only host."""
+
+    @property
+    def nvidia_gpu_count(self) -> int:
+        return sum(a.count for a in self.accelerators if a.kind == "nvidia")
+
+
+class ModelPlacement(Spec):
+    """A model a host serves: ``{"model": "qwen2.5-coder:32b", "alias": "XL-LOC-FRE-..."}``."""
+
+    model: str = Field(min_length=1)
+    """Model tag as the engine names it (Ollama style ``family:size[-quant]``)."""
+    engine: Literal["ollama", "llama.cpp", "vllm"] = "ollama"
+    alias: str | None = None
+    """Router-facing name following the fleet scheme ``SIZE-LOC|CLD-FRE|PAY-name``."""
+    quant: str | None = None
+    """Quantization (Q4_K_M, Q5_K_M, Q8_0, FP16, FP8, AWQ, GPTQ); from the tag or Q4_K_M."""
+    params_b: float | None = Field(None, gt=0)
+    """Parameters in billions, for models the catalogue does not know."""
+    context: int | None = Field(None, ge=256)
+    """Context length to serve; the model's default when left out."""
+    gpus: int = Field(0, ge=0)
+    """Whole GPUs this placement reserves (vLLM tensor parallel size); 0 for shared use."""
+    claimed_tok_s: float | None = Field(None, gt=0)
+    """Speed somebody claimed for it; checked against physics by the planner."""
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_follows_scheme(cls, alias: str | None) -> str | None:
+        if alias is not None and not MODEL_ALIAS.match(alias):
+            raise ValueError(
+                f"alias {alias!r} does not follow SIZE-LOC|CLD-FRE|PAY-name "
+                "(e.g. 'XL-LOC-FRE-qwen2.5-coder-32b')"
+            )
+        return alias
+
+
+class ServiceClaim(Spec):
+    """Something a host runs that holds a port or GPUs (a container, a daemon)."""
+
+    name: str = Field(min_length=1)
+    port: Port | None = None
+    gpus: int = Field(0, ge=0)
+    """Whole GPUs the service reserves."""
+    vram_gb: float = Field(0, ge=0)
+
+
+class HostSpec(Spec):
+    """Everything gpufleet knows about one host, validated from inventory + group_data.
+
+    Keys for pyinfra's connectors (``ssh_*``) and global arguments (``_sudo`` …) are passed
+    through to pyinfra and are not part of this contract.
+    """
+
+    name: str
+    """Inventory name of the host."""
+    groups: tuple[str, ...] = ()
+    """Inventory groups the host is in."""
+    os: Literal["debian", "ubuntu", "raspios", "proxmox", "jetson-l4t", "macos"] = "debian"
+    """Operating system family the deploys plan for; facts confirm it at run time."""
+    arch: Literal["x86_64", "aarch64"] = "x86_64"
+    lan_address: IPv4Address | None = None
+    """Address on the home LAN."""
+    tailscale_name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*(\.[a-z0-9-]+)*$")
+    """MagicDNS name, e.g. ``akshat-pc.tailf49db2.ts.net``."""
+    tailscale_address: IPv4Address | None = None
+    """Tailscale address (100.64.0.0/10)."""
+    role: str = ""
+    """One line on what the host is for."""
+    hardware: Hardware
+
+    apt_mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
+    """Debian mirror for the main archive; point it at a local mirror for an offline lab."""
+    apt_security_mirror: str = Field(
+        "http://deb.debian.org/debian-security", pattern=r"^https?://\S+$"
+    )
+    apt_components: tuple[str, ...] = ("main",)
+    """Archive components; GPU nodes add contrib, non-free and non-free-firmware."""
+    apt_cache_hours: int = Field(24, ge=0)
+    """How old the apt lists may be before a deploy refreshes them."""
+    ntp_servers: tuple[str, ...] = ("0.debian.pool.ntp.org", "1.debian.pool.ntp.org")
+    """Servers systemd-timesyncd asks for the time."""
+    service_user: str = Field("gpufleet", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """System user that gpufleet's services run as."""
+    node_exporter_address: IPv4Address = IPv4Address("0.0.0.0")
+    """Where the Prometheus node exporter listens."""
+    node_exporter_port: Port = 9100
+
+    models: tuple[ModelPlacement, ...] = ()
+    """Models the host serves."""
+    services: tuple[ServiceClaim, ...] = ()
+    """Other things the host runs that hold ports or GPUs."""
+    secrets: dict[str, str] = {}
+    """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``."""
+    ollama_port: Port = 11434
+    vllm_port: Port = 8000
+    llamacpp_port: Port = 8080
+    vllm_gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
+    """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts (seed 001)."""
+
+    @field_validator("tailscale_address")
+    @classmethod
+    def _in_tailscale_range(cls, address: IPv4Address | None) -> IPv4Address | None:
+        if address is not None and address not in TAILSCALE_RANGE:
+            raise ValueError(f"{address} is not a Tailscale address (100.64.0.0/10)")
+        return address
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_are_references(cls, secrets: dict[str, str]) -> dict[str, str]:
+        for name, reference in secrets.items():
+            if not SECRET_REFERENCE.match(reference):
+                # Never echo the value: it may be a real key.
+                raise ValueError(
+                    f"secret {name!r} is not a reference; store the value in Vault or a 0600 "
+                    f"file and write 'vault:kv/gpufleet/<service>#{name}' or 'file:/path'"
+                )
+        return secrets
