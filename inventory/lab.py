@@ -4,6 +4,7 @@ Every address lies in the lab network (10.200.0.0/24); the lab refuses any other
 declare no accelerators: they have none, and the GPU deploy must say so cleanly.
 """
 
+from gpufleet.inventory import check_inventory
 from gpufleet.lab import connection
 
 gpu_nodes = [
@@ -31,3 +32,5 @@ cpu_nodes = [
 gateway = ["lab-infra-1"]
 monitoring = ["lab-infra-1"]
 vault = ["lab-infra-1"]
+
+check_inventory(__file__)

@@ -4,27 +4,27 @@ Validation runs once, before any host is contacted:
 
 * ``gpufleet validate inventory/homelab.py`` loads the inventory exactly as pyinfra's CLI does
   and checks it without opening a connection;
-* ``pyinfra inventory/x.py deploys/y.py`` runs the same check from the repository's
-  ``config.py`` (pyinfra loads it before connecting), through :class:`Preflight`.
+* ``pyinfra inventory/x.py deploys/y.py`` runs the same check while it loads the inventory
+  (its last line is ``check_inventory(__file__)``), before it connects to any host.
 
 Deploys then read ``host_spec()`` and never raw ``host.data``.
 """
 
 from __future__ import annotations
 
-from functools import cache
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.inventory import Inventory
-from pyinfra.api.state import BaseStateCallback, State
+from pyinfra.api.state import State
 from pyinfra.context import ctx_state
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.checks import Problem, check_host, suggest
-from gpufleet.models import HostSpec
+from gpufleet.models import HOST_GROUPS, HostSpec
 
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 """host.data keys that belong to pyinfra's connectors and global arguments."""
@@ -32,14 +32,18 @@ PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 SECRET_FIELDS = ("secrets",)
 
 
+BEFORE_CONNECT = "no host was contacted"
+BEFORE_CHANGES = "stopped before any change"
+
+
 class InventoryError(PyinfraError):
     """An inventory that cannot be deployed; the message lists every problem."""
 
-    def __init__(self, source: str, problems: list[Problem]):
+    def __init__(self, source: str, problems: list[Problem], stage: str = BEFORE_CONNECT):
         self.problems = problems
         lines = "\n".join(f"  - {problem}" for problem in problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(f"{source}: {count}, no host was contacted:\n{lines}")
+        super().__init__(f"{source}: {count}, {stage}:\n{lines}")
 
 
 def project_root(inventory_path: Path) -> Path:
@@ -131,41 +135,26 @@ def validate(inventory: Inventory, source: str) -> dict[str, HostSpec]:
 
 def validate_file(path: str | Path) -> dict[str, HostSpec]:
     """Load and validate an inventory file; contacts no host."""
-    return validate(load_inventory(path), str(path))
+    token = _checking.set(True)  # the inventory's own check_inventory() call is this one
+    try:
+        return validate(load_inventory(path), str(path))
+    finally:
+        _checking.reset(token)
 
 
-def running_inventory_source() -> str:
-    """The inventory argument of the running ``pyinfra`` command ("inventory" outside one)."""
-    import click
-
-    context = click.get_current_context(silent=True)
-    inventory = context.params.get("inventory") if context else None
-    return str(inventory) if inventory else "inventory"
+_checking: ContextVar[bool] = ContextVar("gpufleet_inventory_checking", default=False)
 
 
-class Preflight(BaseStateCallback):
-    """Stops a pyinfra run before any connection when the inventory is invalid.
+def check_inventory(path: str) -> None:
+    """Validate the inventory file that calls this, with its group_data, as pyinfra loads it.
 
-    pyinfra calls ``host_before_connect`` for each host before opening its connection; the
-    first call validates the whole inventory, and every call raises while it is invalid, so no
-    host is contacted. Installed by the repository's ``config.py``::
+    The last line of every gpufleet inventory, so that ``pyinfra INVENTORY ...`` stops with one
+    message before it connects to any host::
 
-        state.add_callback_handler(Preflight())
+        check_inventory(__file__)
     """
-
-    def __init__(self) -> None:
-        self.error: InventoryError | None = None
-        self.checked = False
-
-    def host_before_connect(self, state: State, host: Any) -> None:  # type: ignore[override]
-        if not self.checked:
-            self.checked = True
-            try:
-                _validated.update(validate(state.inventory, running_inventory_source()))
-            except InventoryError as error:
-                self.error = error
-        if self.error is not None:
-            raise self.error
+    if not _checking.get():
+        validate_file(path)
 
 
 _validated: dict[str, HostSpec] = {}
@@ -174,11 +163,20 @@ _validated: dict[str, HostSpec] = {}
 def host_spec() -> HostSpec:
     """The validated spec of the host a deploy is running for.
 
-    Validates the whole inventory on first use when no :class:`Preflight` did (a deploy run
-    through pyinfra's API, or from a folder without ``config.py``).
+    The inventory was checked as it loaded (``check_inventory``); this checks the host again
+    as the deploy sees it (``--data`` overrides, inventories without the check) and stops the
+    deploy before it plans any change.
     """
-    from pyinfra import host, state
+    from pyinfra import host
 
     if host.name not in _validated:
-        _validated.update(validate(state.inventory, running_inventory_source()))
+        groups = [g for g in host.groups if g in (*HOST_GROUPS, "all")]
+        try:
+            spec = spec_for(host.name, groups, host.data.dict())
+        except ValidationError as error:
+            raise InventoryError("host data", _problems_from(host.name, error), BEFORE_CHANGES)
+        problems = check_host(spec, load_catalogue())
+        if problems:
+            raise InventoryError("host data", problems, BEFORE_CHANGES)
+        _validated[host.name] = spec
     return _validated[host.name]

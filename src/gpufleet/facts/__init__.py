@@ -1,0 +1,1 @@
+"""pyinfra facts gpufleet reads from hosts. Facts only read; their parsers are pure."""

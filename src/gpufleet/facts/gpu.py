@@ -1,0 +1,156 @@
+"""NVIDIA GPU facts: what the PCI bus, nvidia-smi and the loaded driver say.
+
+Detection does not depend on anything a deploy installs: without ``lspci`` the fact reads
+sysfs and prints the same ``lspci -nn`` line shape, so the answer is the same before and after
+pciutils is installed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypedDict
+
+from pyinfra.api import FactBase
+
+NVIDIA_VENDOR = "10de"
+DISPLAY_CLASSES = {"0300", "0302"}  # VGA compatible controller, 3D controller
+SMI_QUERY = "name,memory.total,driver_version,pci.bus_id"
+
+_LSPCI = re.compile(
+    r"^(?P<slot>(?:[0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\s+(?P<class_name>.*?)\s*"
+    r"\[(?P<class>[0-9a-f]{4})\]:\s+(?P<name>.*?)\s*"
+    r"\[(?P<vendor>[0-9a-f]{4}):(?P<device>[0-9a-f]{4})\](?:\s+\(rev [0-9a-f]+\))?\s*$",
+    re.I,
+)
+_DRIVER = re.compile(r"^NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s", re.M)
+
+
+class PciGpu(TypedDict):
+    slot: str
+    class_code: str
+    device_id: str
+    name: str
+
+
+class SmiGpu(TypedDict):
+    name: str
+    memory_total_mib: int
+    driver_version: str
+    pci_bus_id: str
+
+
+class NvidiaGpuReport(TypedDict):
+    pci: list[PciGpu]
+    nvidia_smi: list[SmiGpu]
+    nvidia_smi_error: str | None
+    driver_version: str | None
+
+
+def parse_lspci(lines: list[str]) -> list[PciGpu]:
+    """NVIDIA display devices from ``lspci -nn`` / ``lspci -Dnn`` lines (audio functions and
+    other vendors are left out)."""
+    gpus: list[PciGpu] = []
+    for line in lines:
+        match = _LSPCI.match(line.strip())
+        if not match or match["vendor"].lower() != NVIDIA_VENDOR:
+            continue
+        if match["class"] not in DISPLAY_CLASSES:
+            continue
+        slot = match["slot"].lower()
+        gpus.append(
+            PciGpu(
+                slot=slot if slot.count(":") == 2 else f"0000:{slot}",
+                class_code=match["class"],
+                device_id=match["device"].lower(),
+                name=match["name"].removeprefix("NVIDIA Corporation").strip(),
+            )
+        )
+    return gpus
+
+
+def parse_nvidia_smi_query(lines: list[str]) -> tuple[list[SmiGpu], str | None]:
+    """``nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id
+    --format=csv,noheader,nounits`` -> (GPUs, error text or None)."""
+    gpus: list[SmiGpu] = []
+    errors: list[str] = []
+    for line in lines:
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 4 and fields[1].isdigit():
+            name, memory, driver, bus_id = fields
+            gpus.append(SmiGpu(name=name, memory_total_mib=int(memory), driver_version=driver,
+                               pci_bus_id=bus_id))
+        elif line.strip():
+            errors.append(line.strip())
+    return gpus, ("\n".join(errors) or None)
+
+
+def parse_driver_version(text: str) -> str | None:
+    """Driver version from ``/proc/driver/nvidia/version`` (``565.57.01``), or None."""
+    match = _DRIVER.search(text)
+    return match.group(1) if match else None
+
+
+def split_sections(lines: list[str]) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith("### "):
+            current = sections.setdefault(line[4:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
+class NvidiaGpus(FactBase[NvidiaGpuReport]):
+    """
+    NVIDIA GPUs on the PCI bus and what nvidia-smi and the loaded driver report.
+
+    .. code:: python
+
+        {
+            "pci": [{"slot": "0000:01:00.0", "class_code": "0300", "device_id": "2684",
+                     "name": "AD102 [GeForce RTX 4090]"}],
+            "nvidia_smi": [{"name": "NVIDIA GeForce RTX 4090", "memory_total_mib": 24564,
+                            "driver_version": "550.54.14", "pci_bus_id": "00000000:01:00.0"}],
+            "nvidia_smi_error": None,       # e.g. "Failed to initialize NVML: ..."
+            "driver_version": "550.54.14",  # from /proc/driver/nvidia/version
+        }
+    """
+
+    def command(self) -> str:
+        return (
+            "echo '### pci'; "
+            "if command -v lspci >/dev/null 2>&1; then lspci -Dnn; "
+            "else for d in /sys/bus/pci/devices/*; do "
+            '[ -r "$d/vendor" ] || continue; '
+            'printf "%s Class [%s]: Device [%s:%s]\\n" "${d##*/}" '
+            '"$(cut -c3-6 "$d/class")" "$(cut -c3- "$d/vendor")" "$(cut -c3- "$d/device")"; '
+            "done; fi; "
+            "echo '### nvidia-smi'; "
+            "if command -v nvidia-smi >/dev/null 2>&1; then "
+            f"nvidia-smi --query-gpu={SMI_QUERY} --format=csv,noheader,nounits 2>&1 || true; fi; "
+            "echo '### driver'; cat /proc/driver/nvidia/version 2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> NvidiaGpuReport:
+        sections = split_sections(output)
+        smi, smi_error = parse_nvidia_smi_query(sections.get("nvidia-smi", []))
+        return NvidiaGpuReport(
+            pci=parse_lspci(sections.get("pci", [])),
+            nvidia_smi=smi,
+            nvidia_smi_error=smi_error,
+            driver_version=parse_driver_version("\n".join(sections.get("driver", []))),
+        )
+
+
+def describe(report: NvidiaGpuReport, catalogue: Any = None) -> str:
+    """One line for a person: ``2 NVIDIA GPUs: RTX 4090 (24564 MiB), ...`` or
+    ``no NVIDIA GPU (no PCI device with vendor 10de)``."""
+    if not report["pci"] and not report["nvidia_smi"]:
+        return "no NVIDIA GPU (no PCI display device with vendor 10de)"
+    if report["nvidia_smi"]:
+        cards = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["nvidia_smi"])
+        return f"{len(report['nvidia_smi'])} NVIDIA GPU(s), driver {report['driver_version']}: {cards}"
+    cards = ", ".join(f"{g['name']} [10de:{g['device_id']}] at {g['slot']}" for g in report["pci"])
+    why = report["nvidia_smi_error"] or "nvidia-smi not installed"
+    return f"{len(report['pci'])} NVIDIA GPU(s) on the PCI bus, driver not usable ({why}): {cards}"

@@ -1,0 +1,1 @@
+"""gpufleet's own pyinfra operations: read facts, yield only what closes the gap."""

@@ -1,0 +1,1 @@
+"""Reusable ``@deploy`` functions, one per component; ``deploys/*.py`` call them in order."""

@@ -1,0 +1,113 @@
+"""The baseline every host gets: sane apt sources, time sync, the service user and the
+Prometheus node exporter from Debian's packages."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations.util import any_changed
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import apt, files, server, systemd
+
+from gpufleet.facts.system import ContainerVirtualization
+from gpufleet.models import HostSpec
+from gpufleet.paths import template
+
+SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
+BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
+
+
+@deploy("Baseline")
+def baseline(spec: HostSpec) -> None:
+    """
+    Bring a host to gpufleet's baseline.
+
+    .. code:: python
+
+        baseline(host_spec())
+    """
+    distribution = host.get_fact(LinuxDistribution)
+    name = distribution.get("name") or "unknown"
+    if name not in SUPPORTED_DISTRIBUTIONS:
+        raise DeployError(
+            f"{host.name}: the baseline supports {', '.join(SUPPORTED_DISTRIBUTIONS)}, "
+            f"this host runs {name}"
+        )
+    in_container = host.get_fact(ContainerVirtualization)
+
+    # 1. apt sources: one deb822 file naming the mirror, updates and security suites.
+    if name == "Debian":
+        codename = distribution["release_meta"].get("VERSION_CODENAME", "bookworm")
+        sources = files.template(
+            name="Write apt sources (deb822)",
+            src=template("apt/debian.sources.j2"),
+            dest="/etc/apt/sources.list.d/debian.sources",
+            mode="644",
+            mirror=spec.apt_mirror,
+            security_mirror=spec.apt_security_mirror,
+            suite=codename,
+            components=spec.apt_components,
+        )
+        old_list = files.file(
+            name="Remove the one-line sources.list the deb822 file replaces",
+            path="/etc/apt/sources.list",
+            present=False,
+        )
+        apt.update(
+            name="Refresh apt lists after a sources change",
+            _if=any_changed(sources, old_list),
+        )
+    else:
+        host.noop(f"apt sources on {name} are left as the distribution set them")
+    apt.update(name="Refresh stale apt lists", cache_time=spec.apt_cache_hours * 3600)
+
+    # 2. Packages.
+    apt.packages(
+        name="Install baseline packages",
+        packages=BASELINE_PACKAGES,
+        no_recommends=True,
+    )
+
+    # 3. The service user gpufleet's services run as.
+    server.user(
+        name=f"Service user {spec.service_user}",
+        user=spec.service_user,
+        system=True,
+        home=f"/var/lib/{spec.service_user}",
+        shell="/usr/sbin/nologin",
+        create_home=True,
+    )
+
+    # 4. Time sync.
+    timesync = files.template(
+        name="Configure systemd-timesyncd",
+        src=template("timesyncd/gpufleet.conf.j2"),
+        dest="/etc/systemd/timesyncd.conf.d/gpufleet.conf",
+        mode="644",
+        servers=spec.ntp_servers,
+    )
+    if in_container:
+        # timesyncd refuses to run in a container (ConditionVirtualization=!container);
+        # the container host keeps the clock.
+        systemd.service(name="Enable systemd-timesyncd", service="systemd-timesyncd",
+                        running=None, enabled=True)
+        host.noop(f"time sync runs on the {in_container} host, not in this container")
+    else:
+        systemd.service(name="Run systemd-timesyncd", service="systemd-timesyncd",
+                        running=True, enabled=True)
+        systemd.service(name="Restart systemd-timesyncd", service="systemd-timesyncd",
+                        restarted=True, _if=timesync.did_change)
+
+    # 5. Node exporter, listening where the inventory says.
+    exporter = files.template(
+        name="Configure node exporter",
+        src=template("node_exporter/prometheus-node-exporter.j2"),
+        dest="/etc/default/prometheus-node-exporter",
+        mode="644",
+        listen=f"{spec.node_exporter_address}:{spec.node_exporter_port}",
+    )
+    systemd.service(name="Run node exporter", service="prometheus-node-exporter",
+                    running=True, enabled=True)
+    systemd.service(name="Restart node exporter", service="prometheus-node-exporter",
+                    restarted=True, _if=exporter.did_change)
