@@ -172,6 +172,20 @@ def _ensure_key() -> None:
     authorized = ssh_dir / "authorized_keys"
     authorized.write_text(key.with_suffix(".pub").read_text())
     authorized.chmod(0o600)
+    ssh_config_path().write_text(
+        f"Host {LAB_NETWORK.network_address.exploded.rsplit('.', 1)[0]}.*\n"
+        "  User root\n"
+        f"  IdentityFile {key}\n"
+        "  IdentitiesOnly yes\n"
+        "  StrictHostKeyChecking no\n"
+        "  UserKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n"
+    )
+
+
+def ssh_config_path() -> Path:
+    """An ssh_config reaching every lab host (for ssh -F and testinfra's --ssh-config)."""
+    return lab_dir() / "ssh_config"
 
 
 def _ensure_network() -> None:

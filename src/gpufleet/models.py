@@ -37,7 +37,7 @@ SECRET_REFERENCE = re.compile(r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/[^\
 control machine). Values themselves never appear in an inventory."""
 
 MODEL_ALIAS = re.compile(r"^(XS|S|M|L|XL)-(LOC|CLD)-(FRE|PAY)-[a-z0-9][a-z0-9.\-]*$")
-"""Seed fleet naming scheme: SIZE-WHERE-COST-name, e.g. ``XL-LOC-FRE-qwen2.5-coder-32b``."""
+"""The fleet's naming scheme: SIZE-WHERE-COST-name, e.g. ``XL-LOC-FRE-qwen2.5-coder-32b``."""
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -168,10 +168,16 @@ class HostSpec(Spec):
     secrets: dict[str, str] = {}
     """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``."""
     ollama_port: Port = 11434
+    ollama_max_loaded_models: int | None = Field(None, ge=1)
+    """OLLAMA_MAX_LOADED_MODELS; Ollama's own default (3 per GPU) when left out."""
+    ollama_num_parallel: int | None = Field(None, ge=1)
+    """OLLAMA_NUM_PARALLEL: requests served at once per loaded model."""
+    ollama_context_length: int | None = Field(None, ge=256)
+    """OLLAMA_CONTEXT_LENGTH: default context for every model the host serves."""
     vllm_port: Port = 8000
     llamacpp_port: Port = 8080
     vllm_gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
-    """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts (seed 001)."""
+    """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
 
     @field_validator("tailscale_address")
     @classmethod

@@ -1,0 +1,256 @@
+"""The fleet: 14 machines plus the Pi 5 fleet, as the model distribution plan describes them.
+
+These addresses belong to real machines on someone's LAN and tailnet. Validate and plan this
+inventory (``gpufleet validate inventory/homelab.py``); deploy it only from that network.
+
+Placements from the plan that cannot work are left out here, with the reason, because the
+inventory check refuses them:
+
+* old-office-pc ``llama3.1:70b-q4``: ~42.4 GB of weights, the host has 8 GB VRAM + 32 GB RAM.
+* evo-x2 ``deepseek-coder-v2:236b-q4``: ~143 GB of weights in 128 GB of unified memory.
+* ``stable-diffusion-xl``, ``flux-schnell``, ``stable-diffusion-2.1``, ``stable-diffusion``
+  (CoreML) and ``whisper:large-v3``: image and speech models Ollama does not serve; they need
+  their own engines.
+"""
+
+from gpufleet.inventory import check_inventory
+
+
+def _ollama(*placements: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"model": tag, "alias": alias} for tag, alias in placements]
+
+
+_TAILNET = "tailf49db2.ts.net"
+
+gpu_nodes = [
+    (
+        "akshat-pc",
+        {
+            "ssh_hostname": "10.0.0.5",
+            "lan_address": "10.0.0.5",
+            "tailscale_address": "100.111.115.92",
+            "tailscale_name": f"akshat-pc.{_TAILNET}",
+            "role": "primary workhorse: XL models",
+            "hardware": {
+                "cpu": "Intel Core i9-12900K",
+                "cores": 16,
+                "ram_gb": 192,
+                "accelerators": [{"kind": "nvidia", "model": "RTX 5090"}],
+            },
+            "ollama_max_loaded_models": 3,
+            "models": _ollama(
+                ("qwen2.5-coder:32b", "XL-LOC-FRE-qwen2.5-coder-32b"),
+                ("deepseek-coder-v2:236b", "XL-LOC-FRE-deepseek-coder-236b"),
+                ("qwen2.5:72b", "XL-LOC-FRE-qwen2.5-72b"),
+                ("llava:34b", "XL-LOC-FRE-llava-34b"),
+                ("deepseek-r1:14b", "L-LOC-FRE-deepseek-r1-14b"),
+                ("qwen2.5:32b", "L-LOC-FRE-qwen2.5-32b"),
+                ("llama3.2-vision:90b", "XL-LOC-FRE-llama3.2-vision-90b"),
+                ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b"),
+                ("codestral:22b", "L-LOC-FRE-codestral-22b"),
+            ),
+        },
+    ),
+    (
+        "old-office-pc",
+        {
+            "role": "backup and mid-tier models",
+            "hardware": {
+                "cpu": "Intel Core i7-6700K",
+                "cores": 4,
+                "ram_gb": 32,
+                "accelerators": [{"kind": "nvidia", "model": "RTX 2080 Super"}],
+            },
+            "models": _ollama(
+                ("qwen2.5-coder:32b-q4", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
+                ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b"),
+                ("mistral-nemo:12b", "M-LOC-FRE-mistral-nemo-12b"),
+                ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"),
+                ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b"),
+                ("deepseek-r1:8b", "S-LOC-FRE-deepseek-r1-8b"),
+                ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+            ),
+        },
+    ),
+]
+
+_AI_MAX = {
+    "cpu": "AMD Ryzen AI Max+ 395",
+    "cores": 16,
+    "ram_gb": 128,
+    "accelerators": [{"kind": "amd_igpu", "model": "Radeon 8060S"}],
+}
+
+cpu_nodes = [
+    (
+        "gtr9-pro",
+        {
+            "role": "XL models on CPU, long context",
+            "hardware": _AI_MAX,
+            "ollama_num_parallel": 4,
+            "ollama_context_length": 131072,
+            "models": _ollama(
+                ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                ("llama3.1:70b-q4", "XL-LOC-FRE-llama3.1-70b-q4-cpu"),
+                ("mixtral:8x22b-q4", "XL-LOC-FRE-mixtral-8x22b-q4"),
+                ("mxbai-embed-large", "M-LOC-FRE-mxbai-embed-large"),
+                ("bge-m3", "M-LOC-FRE-bge-m3"),
+            ),
+        },
+    ),
+    (
+        "evo-x2",
+        {
+            "role": "XL models on CPU, redundancy",
+            "hardware": _AI_MAX,
+            "models": _ollama(
+                ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                ("snowflake-arctic-embed:335m", "S-LOC-FRE-arctic-embed"),
+                ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+            ),
+        },
+    ),
+    (
+        "ms-s1",
+        {
+            "role": "third XL CPU node",
+            "hardware": _AI_MAX,
+            "models": _ollama(
+                ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                ("llama3.1:70b-q4", "XL-LOC-FRE-llama3.1-70b-q4-cpu"),
+                ("granite-embedding", "S-LOC-FRE-granite-embed"),
+            ),
+        },
+    ),
+    (
+        "ser9",
+        {
+            "role": "NPU experiments (AMD XDNA 2), CPU fallback",
+            "hardware": {
+                "cpu": "AMD Ryzen AI 9 HX 370",
+                "cores": 12,
+                "ram_gb": 32,
+                "accelerators": [{"kind": "amd_npu", "model": "XDNA 2"}],
+            },
+            "models": _ollama(
+                ("phi3.5:3.8b", "S-LOC-FRE-phi3.5-3.8b-npu"),
+                ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b-npu"),
+                ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"),
+                ("mistral:7b", "S-LOC-FRE-mistral-7b"),
+            ),
+        },
+    ),
+    (
+        "atomman-x7-ti",
+        {
+            "role": "NPU experiments (Intel, OpenVINO), mid-tier models",
+            "hardware": {
+                "cpu": "Intel Core Ultra 9 185H",
+                "cores": 16,
+                "ram_gb": 32,
+                "accelerators": [{"kind": "intel_npu", "model": "Intel AI Boost"}],
+            },
+            "models": _ollama(
+                ("phi3.5:3.8b", "S-LOC-FRE-phi3.5-3.8b-intel-npu"),
+                ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b-intel-npu"),
+                ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"),
+                ("codellama:13b", "M-LOC-FRE-codellama-13b"),
+                ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+            ),
+        },
+    ),
+    (
+        "mac-mini-m4-pro",
+        {
+            "role": "Metal-accelerated models",
+            "os": "macos",
+            "arch": "aarch64",
+            "hardware": {
+                "cpu": "Apple M4 Pro",
+                "cores": 12,
+                "ram_gb": 24,
+                "accelerators": [{"kind": "apple_metal", "model": "M4 Pro"}],
+            },
+            "models": _ollama(
+                ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b-metal"),
+                ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b-metal"),
+                ("phi3.5:3.8b", "S-LOC-FRE-phi3.5-metal"),
+                ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+            ),
+        },
+    ),
+    (
+        "ms01",
+        {
+            # The plan says "RAM TBD - assume 32-64GB": the lower figure keeps the check honest.
+            "role": "mid-tier general purpose",
+            "hardware": {"cpu": "Intel Core i9-12900H", "cores": 14, "ram_gb": 32},
+            "models": _ollama(
+                ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"),
+                ("codellama:13b", "M-LOC-FRE-codellama-13b"),
+                ("mistral-nemo:12b", "M-LOC-FRE-mistral-nemo-12b"),
+                ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b"),
+                ("deepseek-r1:8b", "S-LOC-FRE-deepseek-r1-8b"),
+            ),
+        },
+    ),
+    (
+        "borgcube",
+        {
+            "role": "small to mid models",
+            "hardware": {"cpu": "Intel Core i5-12400", "cores": 6, "ram_gb": 32},
+            "models": _ollama(
+                ("qwen2.5:7b", "S-LOC-FRE-qwen2.5-7b"),
+                ("mistral:7b", "S-LOC-FRE-mistral-7b"),
+                ("phi3.5:3.8b", "S-LOC-FRE-phi3.5-3.8b"),
+                ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+            ),
+        },
+    ),
+    (
+        "retromac",
+        {
+            "role": "tiny models only",
+            "hardware": {"cpu": "AMD Ryzen 3 3200U", "cores": 2, "ram_gb": 16},
+            "models": _ollama(
+                ("tinyllama:1.1b", "XS-LOC-FRE-tinyllama-1.1b"),
+                ("phi:2.7b", "S-LOC-FRE-phi-2-2.7b"),
+                ("llama3.2:1b", "XS-LOC-FRE-llama3.2-1b"),
+                ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+            ),
+        },
+    ),
+]
+
+_PI5 = {"cpu": "Broadcom BCM2712 (Raspberry Pi 5)", "cores": 4, "ram_gb": 8}
+
+orchestrator = [
+    (
+        "pi5l",
+        {
+            "ssh_hostname": "10.0.0.111",
+            "lan_address": "10.0.0.111",
+            "tailscale_address": "100.77.119.64",
+            "tailscale_name": f"pi5l.{_TAILNET}",
+            "role": "orchestrator: LiteLLM, PostgreSQL, Redis, Prometheus, Grafana; no models",
+            "os": "raspios",
+            "arch": "aarch64",
+            "hardware": _PI5,
+        },
+    ),
+]
+
+# The eleven other Pis: node exporters, log aggregation, health checks, backups; no models.
+infra = [
+    (f"pi5-{n:02d}", {"os": "raspios", "arch": "aarch64", "role": "infrastructure",
+                      "hardware": _PI5})
+    for n in range(1, 12)
+]
+
+gateway = ["pi5l"]
+monitoring = ["pi5l"]
+vault = ["pi5l"]
+proxmox_hosts: list[str] = []
+edge: list[str] = []
+
+check_inventory(__file__)

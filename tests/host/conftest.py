@@ -1,0 +1,140 @@
+"""The lab layer: real nspawn hosts, reached over SSH, shared by every test in this folder.
+
+One session fixture brings the lab up and runs, in order, what a user would: a dry run (which
+must change nothing), the deploy, and the deploy again (which must change nothing). Tests then
+assert on those runs and inspect the hosts with testinfra.
+
+Set GPUFLEET_KEEP_LAB=1 to leave the lab running after the session (faster reruns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from gpufleet import lab
+from gpufleet.inventory import validate_file
+from gpufleet.models import HostSpec
+
+ROOT = Path(__file__).parents[2]
+LAB_INVENTORY = ROOT / "inventory/lab.py"
+DEPLOY = "deploys/gpu_node.py"
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+# What a dry run must leave byte-for-byte as it was.
+SNAPSHOT = (
+    "find /etc /usr/local /opt -xdev \\( -type f -o -type l \\) -print0 2>/dev/null"
+    " | sort -z | xargs -0 sha256sum 2>/dev/null; "
+    "find /etc /usr/local /opt -xdev -printf '%M %u %g %p\\n' | sort; "
+    "dpkg-query -W -f '${Package} ${Version} ${Status}\\n'"
+)
+
+SPECS: dict[str, HostSpec] = validate_file(LAB_INVENTORY)
+
+
+def lab_available() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root"
+    missing = [tool for tool in lab.HOST_TOOLS if not shutil.which(tool)]
+    return f"missing lab tools: {', '.join(missing)}" if missing else None
+
+
+@dataclass
+class PyinfraRun:
+    args: list[str]
+    returncode: int
+    seconds: float
+    stderr: str
+    report: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> list[tuple[str, str]]:
+        """(operation, host) pairs pyinfra reports as changed."""
+        results = self.report.get("results") or {}
+        return [(op["name"], h) for op in results.get("operations", []) for h in op["success"]]
+
+
+def pyinfra(*args: str) -> PyinfraRun:
+    command = [PYINFRA, "--json", "-v", str(LAB_INVENTORY.relative_to(ROOT)), DEPLOY, *args]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYINFRA_PROGRESS": "off"})
+    run = PyinfraRun(command, result.returncode, time.monotonic() - started, result.stderr)
+    if result.stdout.strip():
+        run.report = json.loads(result.stdout)
+    return run
+
+
+def ssh(address: str, command: str) -> str:
+    result = subprocess.run(
+        ["ssh", "-F", str(lab.ssh_config_path()), address, command],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return result.stdout
+
+
+@dataclass
+class LabSession:
+    hosts: list[lab.LabHost]
+    up_seconds: float
+    dry: PyinfraRun
+    dry_unchanged: dict[str, bool]
+    first: PyinfraRun
+    second: PyinfraRun
+
+
+@pytest.fixture(scope="session")
+def lab_session() -> LabSession:
+    reason = lab_available()
+    if reason:
+        pytest.skip(reason)
+    started = time.monotonic()
+    hosts = lab.up(LAB_INVENTORY)
+    up_seconds = time.monotonic() - started
+
+    before = {h.name: ssh(str(h.address), SNAPSHOT) for h in hosts}
+    dry = pyinfra("--dry")  # no -y: with it, pyinfra skips change detection
+    after = {h.name: ssh(str(h.address), SNAPSHOT) for h in hosts}
+
+    first = pyinfra("-y")
+    second = pyinfra("-y")
+    session = LabSession(hosts, up_seconds, dry, {n: before[n] == after[n] for n in before},
+                         first, second)
+    timings = {"lab_up_s": round(up_seconds, 1), "first_converge_s": round(first.seconds, 1),
+               "second_converge_s": round(second.seconds, 1), "dry_run_s": round(dry.seconds, 1)}
+    (lab.lab_dir() / "timings.json").write_text(json.dumps(timings, indent=2))
+    print(f"\nlab timings: {timings}")
+    yield session
+    if not os.environ.get("GPUFLEET_KEEP_LAB"):
+        lab.down()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``lab_host`` runs a test once per lab host; ``@pytest.mark.group(name)`` narrows it."""
+    if "lab_host" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("group")
+        names = [n for n, s in SPECS.items() if marker is None or marker.args[0] in s.groups]
+        metafunc.parametrize("lab_host", names, indirect=True)
+
+
+@dataclass
+class LabHostUnderTest:
+    spec: HostSpec
+    address: str
+    testinfra: testinfra.host.Host
+
+
+@pytest.fixture
+def lab_host(request: pytest.FixtureRequest, lab_session: LabSession) -> LabHostUnderTest:
+    spec = SPECS[request.param]
+    address = str(spec.lan_address)
+    backend = testinfra.get_host(f"ssh://{address}", ssh_config=str(lab.ssh_config_path()))
+    return LabHostUnderTest(spec, address, backend)
