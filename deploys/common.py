@@ -1,6 +1,6 @@
 """Baseline for every host: apt sources, time sync, service user, node exporter.
 
-    pyinfra inventory/homelab.py deploys/common.py
+pyinfra inventory/homelab.py deploys/common.py
 """
 
 from gpufleet.inventory import host_spec

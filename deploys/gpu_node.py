@@ -1,7 +1,7 @@
 """GPU nodes: the baseline, then GPU detection on hosts of the gpu_nodes group.
 
-    pyinfra inventory/homelab.py deploys/gpu_node.py --limit gpu_nodes
-    pyinfra inventory/lab.py deploys/gpu_node.py
+pyinfra inventory/homelab.py deploys/gpu_node.py --limit gpu_nodes
+pyinfra inventory/lab.py deploys/gpu_node.py
 """
 
 from pyinfra import host

@@ -242,8 +242,10 @@ orchestrator = [
 
 # The eleven other Pis: node exporters, log aggregation, health checks, backups; no models.
 infra = [
-    (f"pi5-{n:02d}", {"os": "raspios", "arch": "aarch64", "role": "infrastructure",
-                      "hardware": _PI5})
+    (
+        f"pi5-{n:02d}",
+        {"os": "raspios", "arch": "aarch64", "role": "infrastructure", "hardware": _PI5},
+    )
     for n in range(1, 12)
 ]
 

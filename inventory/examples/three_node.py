@@ -21,8 +21,13 @@ gpu_nodes = [
                 "accelerators": [{"kind": "nvidia", "model": "RTX 4090"}],
             },
             "models": [
-                {"model": "llama3.1:8b", "engine": "vllm", "quant": "FP16", "gpus": 1,
-                 "alias": "M-LOC-FRE-llama3.1-8b"},
+                {
+                    "model": "llama3.1:8b",
+                    "engine": "vllm",
+                    "quant": "FP16",
+                    "gpus": 1,
+                    "alias": "M-LOC-FRE-llama3.1-8b",
+                },
             ],
             "services": [{"name": "litellm", "port": 4000}],
             "secrets": {"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"},

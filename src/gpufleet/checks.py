@@ -75,7 +75,9 @@ def weights_gb(params_b: float, quant: str) -> float:
     return params_b * BITS_PER_WEIGHT[quant] / 8
 
 
-def check_host(spec: HostSpec, catalogue: Catalogue, extra_groups: Iterable[str] = ()) -> list[Problem]:
+def check_host(
+    spec: HostSpec, catalogue: Catalogue, extra_groups: Iterable[str] = ()
+) -> list[Problem]:
     """Every problem with one host, in the order a reader would fix them."""
     return [
         *_groups(spec, extra_groups),
@@ -119,8 +121,10 @@ def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
                 f"{entry.name} is kind {entry.kind!r}, not {accelerator.kind!r}; "
                 f"write kind: {entry.kind!r}",
             )
-        if accelerator.vram_gb is not None and entry.vram_gb and (
-            accelerator.vram_gb not in entry.vram_gb
+        if (
+            accelerator.vram_gb is not None
+            and entry.vram_gb
+            and (accelerator.vram_gb not in entry.vram_gb)
         ):
             sizes = " or ".join(f"{v:g}" for v in entry.vram_gb)
             yield Problem(

@@ -1,7 +1,7 @@
 """``gpufleet``: validate inventories and run the local lab.
 
-    gpufleet validate inventory/homelab.py      # contacts no host
-    gpufleet lab up|status|down [inventory/lab.py]
+gpufleet validate inventory/homelab.py      # contacts no host
+gpufleet lab up|status|down [inventory/lab.py]
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def _lab(args: argparse.Namespace) -> int:
                 print(json.dumps(state, indent=2))
             else:
                 for name, flags in state.items():
-                    print(f"{name:<16} " + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+                    print(
+                        f"{name:<16} "
+                        + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items())
+                    )
             return 0 if all(all(f.values()) for f in state.values()) else 3
         else:
             left = lab.down()
@@ -58,6 +61,13 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(args: argparse.Namespace) -> int:
+    from gpufleet.reference import markdown
+
+    print(markdown(), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gpufleet", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -65,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="validate inventories; contacts no host")
     validate.add_argument("inventory", nargs="+")
     validate.set_defaults(run=_validate)
+
+    reference = commands.add_parser("reference", help="host data reference as Markdown")
+    reference.set_defaults(run=_reference)
 
     lab_command = commands.add_parser("lab", help="the local lab of nspawn hosts")
     lab_command.add_argument("action", choices=["up", "status", "down"])

@@ -174,7 +174,8 @@ def host_spec() -> HostSpec:
         try:
             spec = spec_for(host.name, groups, host.data.dict())
         except ValidationError as error:
-            raise InventoryError("host data", _problems_from(host.name, error), BEFORE_CHANGES)
+            problems = _problems_from(host.name, error)
+            raise InventoryError("host data", problems, BEFORE_CHANGES) from None
         problems = check_host(spec, load_catalogue())
         if problems:
             raise InventoryError("host data", problems, BEFORE_CHANGES)

@@ -45,7 +45,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 class Spec(BaseModel):
     """Base of every host-data model: unknown keys are errors (typos fail loudly)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Accelerator(Spec):
@@ -86,6 +86,7 @@ class ModelPlacement(Spec):
     model: str = Field(min_length=1)
     """Model tag as the engine names it (Ollama style ``family:size[-quant]``)."""
     engine: Literal["ollama", "llama.cpp", "vllm"] = "ollama"
+    """Inference server that serves it."""
     alias: str | None = None
     """Router-facing name following the fleet scheme ``SIZE-LOC|CLD-FRE|PAY-name``."""
     quant: str | None = None
@@ -114,10 +115,13 @@ class ServiceClaim(Spec):
     """Something a host runs that holds a port or GPUs (a container, a daemon)."""
 
     name: str = Field(min_length=1)
-    port: Port | None = None
+    """Service name, e.g. ``dcgm-exporter``."""
+    port: int | None = Field(None, ge=1, le=65535)
+    """TCP port it listens on, if any."""
     gpus: int = Field(0, ge=0)
     """Whole GPUs the service reserves."""
     vram_gb: float = Field(0, ge=0)
+    """GPU memory it needs, GB."""
 
 
 class HostSpec(Spec):
@@ -134,6 +138,7 @@ class HostSpec(Spec):
     os: Literal["debian", "ubuntu", "raspios", "proxmox", "jetson-l4t", "macos"] = "debian"
     """Operating system family the deploys plan for; facts confirm it at run time."""
     arch: Literal["x86_64", "aarch64"] = "x86_64"
+    """CPU architecture; packages are chosen by the architecture facts report."""
     lan_address: IPv4Address | None = None
     """Address on the home LAN."""
     tailscale_name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*(\.[a-z0-9-]+)*$")
@@ -143,12 +148,14 @@ class HostSpec(Spec):
     role: str = ""
     """One line on what the host is for."""
     hardware: Hardware
+    """CPU, cores, memory and accelerators (see below)."""
 
     apt_mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
     """Debian mirror for the main archive; point it at a local mirror for an offline lab."""
     apt_security_mirror: str = Field(
         "http://deb.debian.org/debian-security", pattern=r"^https?://\S+$"
     )
+    """Debian security mirror."""
     apt_components: tuple[str, ...] = ("main",)
     """Archive components; GPU nodes add contrib, non-free and non-free-firmware."""
     apt_cache_hours: int = Field(24, ge=0)
@@ -160,6 +167,7 @@ class HostSpec(Spec):
     node_exporter_address: IPv4Address = IPv4Address("0.0.0.0")
     """Where the Prometheus node exporter listens."""
     node_exporter_port: Port = 9100
+    """Port of the Prometheus node exporter."""
 
     models: tuple[ModelPlacement, ...] = ()
     """Models the host serves."""
@@ -168,6 +176,7 @@ class HostSpec(Spec):
     secrets: dict[str, str] = {}
     """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``."""
     ollama_port: Port = 11434
+    """Port Ollama listens on (OLLAMA_HOST)."""
     ollama_max_loaded_models: int | None = Field(None, ge=1)
     """OLLAMA_MAX_LOADED_MODELS; Ollama's own default (3 per GPU) when left out."""
     ollama_num_parallel: int | None = Field(None, ge=1)
@@ -175,7 +184,9 @@ class HostSpec(Spec):
     ollama_context_length: int | None = Field(None, ge=256)
     """OLLAMA_CONTEXT_LENGTH: default context for every model the host serves."""
     vllm_port: Port = 8000
+    """Port of vLLM's OpenAI-compatible server."""
     llamacpp_port: Port = 8080
+    """Port of llama-server."""
     vllm_gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
     """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
 

@@ -65,8 +65,14 @@ class PyinfraRun:
 def pyinfra(*args: str) -> PyinfraRun:
     command = [PYINFRA, "--json", "-v", str(LAB_INVENTORY.relative_to(ROOT)), DEPLOY, *args]
     started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "PYINFRA_PROGRESS": "off"})
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYINFRA_PROGRESS": "off"},
+    )
     run = PyinfraRun(command, result.returncode, time.monotonic() - started, result.stderr)
     if result.stdout.strip():
         run.report = json.loads(result.stdout)
@@ -76,7 +82,10 @@ def pyinfra(*args: str) -> PyinfraRun:
 def ssh(address: str, command: str) -> str:
     result = subprocess.run(
         ["ssh", "-F", str(lab.ssh_config_path()), address, command],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return result.stdout
 
@@ -106,10 +115,15 @@ def lab_session() -> LabSession:
 
     first = pyinfra("-y")
     second = pyinfra("-y")
-    session = LabSession(hosts, up_seconds, dry, {n: before[n] == after[n] for n in before},
-                         first, second)
-    timings = {"lab_up_s": round(up_seconds, 1), "first_converge_s": round(first.seconds, 1),
-               "second_converge_s": round(second.seconds, 1), "dry_run_s": round(dry.seconds, 1)}
+    session = LabSession(
+        hosts, up_seconds, dry, {n: before[n] == after[n] for n in before}, first, second
+    )
+    timings = {
+        "lab_up_s": round(up_seconds, 1),
+        "first_converge_s": round(first.seconds, 1),
+        "second_converge_s": round(second.seconds, 1),
+        "dry_run_s": round(dry.seconds, 1),
+    }
     (lab.lab_dir() / "timings.json").write_text(json.dumps(timings, indent=2))
     print(f"\nlab timings: {timings}")
     yield session

@@ -40,7 +40,10 @@ def test_node_exporter_listens_where_the_inventory_says(lab_host):
     service = lab_host.testinfra.service("prometheus-node-exporter")
     assert service.is_running and service.is_enabled
     defaults = lab_host.testinfra.file("/etc/default/prometheus-node-exporter").content_string
-    assert f'ARGS="--web.listen-address={spec.node_exporter_address}:{spec.node_exporter_port}"' in defaults
+    assert (
+        f'ARGS="--web.listen-address={spec.node_exporter_address}:{spec.node_exporter_port}"'
+        in defaults
+    )
     assert lab_host.testinfra.socket(
         f"tcp://{spec.node_exporter_address}:{spec.node_exporter_port}"
     ).is_listening

@@ -34,7 +34,10 @@ def test_desktop_listing_finds_the_card_and_skips_its_audio_function():
 def test_server_listing_finds_four_3d_controllers():
     gpus = parse_lspci(lines("lspci-nn-server-4xh100.txt"))
     assert [g["slot"] for g in gpus] == [
-        "0000:06:00.0", "0000:0c:00.0", "0000:46:00.0", "0000:4c:00.0"
+        "0000:06:00.0",
+        "0000:0c:00.0",
+        "0000:46:00.0",
+        "0000:4c:00.0",
     ]
     assert {g["device_id"] for g in gpus} == {"2330"}
     assert {g["class_code"] for g in gpus} == {"0302"}
@@ -46,8 +49,10 @@ def test_machine_without_gpu_has_none():
 
 def test_sysfs_fallback_lines_parse_like_lspci():
     # The shape the fact prints from /sys/bus/pci when lspci is missing.
-    fallback = ["0000:01:00.0 Class [0300]: Device [10de:2684]",
-                "0000:01:00.1 Class [0403]: Device [10de:22ba]"]
+    fallback = [
+        "0000:01:00.0 Class [0300]: Device [10de:2684]",
+        "0000:01:00.1 Class [0403]: Device [10de:22ba]",
+    ]
     assert parse_lspci(fallback) == [
         {"slot": "0000:01:00.0", "class_code": "0300", "device_id": "2684", "name": "Device"}
     ]
@@ -101,14 +106,23 @@ def test_no_driver_version_without_the_file():
 
 
 def fact_output(pci: str, smi: list[str], driver: str) -> list[str]:
-    return ["### pci", *lines(pci), "### nvidia-smi", *smi, "### driver",
-            *(FIXTURES / driver).read_text().splitlines()]
+    return [
+        "### pci",
+        *lines(pci),
+        "### nvidia-smi",
+        *smi,
+        "### driver",
+        *(FIXTURES / driver).read_text().splitlines(),
+    ]
 
 
 def test_fact_with_driver_library_mismatch_still_sees_the_card():
     report = NvidiaGpus().process(
-        fact_output("lspci-nn-desktop-gtx1060.txt", lines("nvidia-smi-mismatch.txt"),
-                    "proc-driver-nvidia-version.txt")
+        fact_output(
+            "lspci-nn-desktop-gtx1060.txt",
+            lines("nvidia-smi-mismatch.txt"),
+            "proc-driver-nvidia-version.txt",
+        )
     )
     assert len(report["pci"]) == 1
     assert report["nvidia_smi"] == []
@@ -117,10 +131,10 @@ def test_fact_with_driver_library_mismatch_still_sees_the_card():
 
 
 def test_fact_on_a_host_without_gpu():
-    report = NvidiaGpus().process(["### pci", *lines("lspci-nn-no-gpu.txt"),
-                                   "### nvidia-smi", "### driver"])
-    assert report == {"pci": [], "nvidia_smi": [], "nvidia_smi_error": None,
-                      "driver_version": None}
+    report = NvidiaGpus().process(
+        ["### pci", *lines("lspci-nn-no-gpu.txt"), "### nvidia-smi", "### driver"]
+    )
+    assert report == {"pci": [], "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
     assert describe(report) == "no NVIDIA GPU (no PCI display device with vendor 10de)"
 
 

@@ -12,8 +12,12 @@ from gpufleet.inventory import InventoryError, validate_file
 
 ROOT = Path(__file__).parents[2]
 BAD = sorted((ROOT / "tests/fixtures/bad_inventories").glob("*.py"))
-SHIPPED = ["inventory/homelab.py", "inventory/lab.py",
-           "inventory/examples/proxmox_desktop.py", "inventory/examples/three_node.py"]
+SHIPPED = [
+    "inventory/homelab.py",
+    "inventory/lab.py",
+    "inventory/examples/proxmox_desktop.py",
+    "inventory/examples/three_node.py",
+]
 
 
 @pytest.mark.parametrize("path", SHIPPED)
@@ -76,9 +80,16 @@ def test_a_secret_value_is_never_echoed():
 def test_pyinfra_stops_before_connecting(name):
     """The real CLI path: the inventory check runs while pyinfra loads the inventory."""
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "pyinfra"), "-y",
-         f"tests/fixtures/bad_inventories/{name}.py", "deploys/gpu_node.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            str(Path(sys.executable).parent / "pyinfra"),
+            "-y",
+            f"tests/fixtures/bad_inventories/{name}.py",
+            "deploys/gpu_node.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYINFRA_PROGRESS": "off"},
     )
     output = result.stdout + result.stderr
@@ -90,9 +101,17 @@ def test_pyinfra_stops_before_connecting(name):
 
 def test_cli_validate_reports_and_exits_nonzero():
     result = subprocess.run(
-        [sys.executable, "-m", "gpufleet.cli", "validate",
-         "tests/fixtures/bad_inventories/port_clash.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "gpufleet.cli",
+            "validate",
+            "tests/fixtures/bad_inventories/port_clash.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "host 'box': services[0].port: port 9100 is already used" in result.stderr

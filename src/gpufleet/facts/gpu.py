@@ -77,8 +77,14 @@ def parse_nvidia_smi_query(lines: list[str]) -> tuple[list[SmiGpu], str | None]:
         fields = [field.strip() for field in line.split(",")]
         if len(fields) == 4 and fields[1].isdigit():
             name, memory, driver, bus_id = fields
-            gpus.append(SmiGpu(name=name, memory_total_mib=int(memory), driver_version=driver,
-                               pci_bus_id=bus_id))
+            gpus.append(
+                SmiGpu(
+                    name=name,
+                    memory_total_mib=int(memory),
+                    driver_version=driver,
+                    pci_bus_id=bus_id,
+                )
+            )
         elif line.strip():
             errors.append(line.strip())
     return gpus, ("\n".join(errors) or None)
@@ -149,8 +155,12 @@ def describe(report: NvidiaGpuReport, catalogue: Any = None) -> str:
     if not report["pci"] and not report["nvidia_smi"]:
         return "no NVIDIA GPU (no PCI display device with vendor 10de)"
     if report["nvidia_smi"]:
-        cards = ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["nvidia_smi"])
-        return f"{len(report['nvidia_smi'])} NVIDIA GPU(s), driver {report['driver_version']}: {cards}"
+        cards = ", ".join(
+            f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["nvidia_smi"]
+        )
+        return (
+            f"{len(report['nvidia_smi'])} NVIDIA GPU(s), driver {report['driver_version']}: {cards}"
+        )
     cards = ", ".join(f"{g['name']} [10de:{g['device_id']}] at {g['slot']}" for g in report["pci"])
     why = report["nvidia_smi_error"] or "nvidia-smi not installed"
     return f"{len(report['pci'])} NVIDIA GPU(s) on the PCI bus, driver not usable ({why}): {cards}"

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations.util import any_changed
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import HostSpec
@@ -90,14 +90,20 @@ def baseline(spec: HostSpec) -> None:
     if in_container:
         # timesyncd refuses to run in a container (ConditionVirtualization=!container);
         # the container host keeps the clock.
-        systemd.service(name="Enable systemd-timesyncd", service="systemd-timesyncd",
-                        running=None, enabled=True)
+        systemd.service(
+            name="Enable systemd-timesyncd", service="systemd-timesyncd", running=None, enabled=True
+        )
         host.noop(f"time sync runs on the {in_container} host, not in this container")
     else:
-        systemd.service(name="Run systemd-timesyncd", service="systemd-timesyncd",
-                        running=True, enabled=True)
-        systemd.service(name="Restart systemd-timesyncd", service="systemd-timesyncd",
-                        restarted=True, _if=timesync.did_change)
+        systemd.service(
+            name="Run systemd-timesyncd", service="systemd-timesyncd", running=True, enabled=True
+        )
+        systemd.service(
+            name="Restart systemd-timesyncd",
+            service="systemd-timesyncd",
+            restarted=True,
+            _if=timesync.did_change,
+        )
 
     # 5. Node exporter, listening where the inventory says.
     exporter = files.template(
@@ -107,7 +113,12 @@ def baseline(spec: HostSpec) -> None:
         mode="644",
         listen=f"{spec.node_exporter_address}:{spec.node_exporter_port}",
     )
-    systemd.service(name="Run node exporter", service="prometheus-node-exporter",
-                    running=True, enabled=True)
-    systemd.service(name="Restart node exporter", service="prometheus-node-exporter",
-                    restarted=True, _if=exporter.did_change)
+    systemd.service(
+        name="Run node exporter", service="prometheus-node-exporter", running=True, enabled=True
+    )
+    systemd.service(
+        name="Restart node exporter",
+        service="prometheus-node-exporter",
+        restarted=True,
+        _if=exporter.did_change,
+    )

@@ -1,0 +1,43 @@
+# gpufleet: the two commands the README starts with, and the pieces they are made of.
+VENV ?= .venv
+BIN := $(VENV)/bin
+INVENTORIES := inventory/homelab.py inventory/lab.py inventory/examples/*.py
+
+.PHONY: demo test test-fast lint host-tools lab-up lab-down
+
+# Build and start the local lab, show the dry-run plan, deploy, deploy again, verify.
+demo: $(BIN)/gpufleet host-tools
+	$(BIN)/gpufleet validate $(INVENTORIES)
+	$(BIN)/gpufleet lab up
+	$(BIN)/pyinfra -v inventory/lab.py deploys/gpu_node.py --dry
+	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py
+	GPUFLEET_KEEP_LAB=1 $(BIN)/pytest tests/host -q
+	@echo "The lab is still running: 'make lab-down' removes it."
+
+# The whole suite: lint, unit tests, then the lab layer (real hosts over SSH).
+test: $(BIN)/gpufleet host-tools lint
+	$(BIN)/pytest
+
+# Day-to-day lane: lint and unit tests, no lab (a few seconds).
+test-fast: $(BIN)/gpufleet lint
+	$(BIN)/pytest tests/unit
+
+lint: $(BIN)/gpufleet
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+host-tools:
+	@bash scripts/host-tools.sh
+
+lab-up: $(BIN)/gpufleet host-tools
+	$(BIN)/gpufleet lab up
+
+lab-down: $(BIN)/gpufleet
+	$(BIN)/gpufleet lab down
+
+$(BIN)/gpufleet: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@

@@ -1,0 +1,63 @@
+"""The README's host data reference, generated from the models so it cannot drift.
+
+    gpufleet reference      # prints the Markdown that README.md holds between its markers
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from gpufleet.models import Accelerator, Hardware, HostSpec, ModelPlacement, ServiceClaim
+
+START = "<!-- host-data-reference:start -->"
+END = "<!-- host-data-reference:end -->"
+SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("Host (`HostSpec`)", HostSpec),
+    ("`hardware` (`Hardware`)", Hardware),
+    ("`hardware.accelerators[]` (`Accelerator`)", Accelerator),
+    ("`models[]` (`ModelPlacement`)", ModelPlacement),
+    ("`services[]` (`ServiceClaim`)", ServiceClaim),
+)
+SET_BY_GPUFLEET = {"name", "groups"}
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    text = re.sub(r"\b(typing|ipaddress|gpufleet\.models)\.", "", str(annotation))
+    text = re.sub(r"Annotated\[int, FieldInfo\([^)]*\)\]", "int", text)
+    return text if "[" in text or "|" in text else (getattr(annotation, "__name__", text))
+
+
+def _default(field: Any) -> str:
+    if field.default is PydanticUndefined:
+        return "required"
+    value = field.default
+    if isinstance(value, tuple):
+        value = list(value)
+    elif isinstance(value, IPv4Address):
+        value = str(value)
+    return f"`{value!r}`" if value not in ({}, []) else "empty"
+
+
+def markdown() -> str:
+    out = []
+    for title, model in SECTIONS:
+        out += [f"#### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if model is HostSpec and name in SET_BY_GPUFLEET:
+                continue
+            meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+            kind = _type_name(field.annotation).replace("|", "\\|")
+            out.append(f"| `{name}` | `{kind}` | {_default(field)} | {meaning} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def readme_section(readme: str) -> str:
+    """The part of README.md between the markers."""
+    return readme.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"

@@ -1,0 +1,32 @@
+"""The README's reference is generated; the lab refuses addresses that are not its own."""
+
+from pathlib import Path
+
+import pytest
+
+from gpufleet import lab
+from gpufleet.reference import markdown, readme_section
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_readme_reference_matches_the_models():
+    readme = (ROOT / "README.md").read_text()
+    assert readme_section(readme) == markdown(), "run: gpufleet reference, paste into README.md"
+
+
+@pytest.mark.parametrize(
+    "inventory", ["inventory/homelab.py", "inventory/examples/proxmox_desktop.py"]
+)
+def test_lab_refuses_real_homelab_addresses(inventory):
+    with pytest.raises(lab.LabError, match="outside the lab network 10.200.0.0/24"):
+        lab.hosts_from_inventory(ROOT / inventory)
+
+
+def test_lab_hosts_come_from_the_lab_inventory():
+    hosts = lab.hosts_from_inventory(ROOT / "inventory/lab.py")
+    assert [(h.name, str(h.address)) for h in hosts] == [
+        ("lab-gpu-1", "10.200.0.11"),
+        ("lab-infra-1", "10.200.0.12"),
+    ]
+    assert {h.veth for h in hosts} == {"gflv11", "gflv12"}
