@@ -19,7 +19,7 @@ def test_readme_reference_matches_the_models():
     "inventory", ["inventory/homelab.py", "inventory/examples/proxmox_desktop.py"]
 )
 def test_lab_refuses_real_homelab_addresses(inventory):
-    with pytest.raises(lab.LabError, match="outside the lab network 10.200.0.0/24"):
+    with pytest.raises(lab.LabError, match=r"outside the lab network 10\.200\.0\.0/24"):
         lab.hosts_from_inventory(ROOT / inventory)
 
 
