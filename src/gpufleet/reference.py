@@ -1,6 +1,6 @@
 """The README's host data reference, generated from the models so it cannot drift.
 
-    gpufleet reference      # prints the Markdown that README.md holds between its markers
+gpufleet reference      # prints the Markdown that README.md holds between its markers
 """
 
 from __future__ import annotations

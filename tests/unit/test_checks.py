@@ -48,10 +48,14 @@ def test_memory_boundary_is_vram_plus_ram_minus_reserve():
     # 32.8B at Q4_K_M is 19.9 GB: fits 8 + 16 - 2 = 22, not 4 + 16 - 2 = 18.
     gpu = {"kind": "nvidia", "model": "RTX 2080 Super"}
     small = {"kind": "nvidia", "model": "GTX 1650"}
-    fits = host(hardware={"cores": 4, "ram_gb": 16, "accelerators": [gpu]},
-                models=[{"model": "qwen2.5-coder:32b"}])
-    too_big = host(hardware={"cores": 4, "ram_gb": 16, "accelerators": [small]},
-                   models=[{"model": "qwen2.5-coder:32b"}])
+    fits = host(
+        hardware={"cores": 4, "ram_gb": 16, "accelerators": [gpu]},
+        models=[{"model": "qwen2.5-coder:32b"}],
+    )
+    too_big = host(
+        hardware={"cores": 4, "ram_gb": 16, "accelerators": [small]},
+        models=[{"model": "qwen2.5-coder:32b"}],
+    )
     assert check_host(fits, load_catalogue()) == []
     [problem] = check_host(too_big, load_catalogue())
     assert problem.field == "models[0].model"
@@ -59,7 +63,12 @@ def test_memory_boundary_is_vram_plus_ram_minus_reserve():
 
 
 def test_shared_gpu_services_do_not_count_as_whole_gpus():
-    spec = host(hardware={"cores": 4, "ram_gb": 16,
-                          "accelerators": [{"kind": "nvidia", "model": "RTX 3080"}]},
-                services=[{"name": "a", "gpus": 1}, {"name": "b", "vram_gb": 4}])
+    spec = host(
+        hardware={
+            "cores": 4,
+            "ram_gb": 16,
+            "accelerators": [{"kind": "nvidia", "model": "RTX 3080"}],
+        },
+        services=[{"name": "a", "gpus": 1}, {"name": "b", "vram_gb": 4}],
+    )
     assert check_host(spec, load_catalogue()) == []
