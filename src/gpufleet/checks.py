@@ -198,9 +198,9 @@ def _memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
     """(VRAM of discrete NVIDIA GPUs, system memory), GB."""
     vram = 0.0
     for accelerator in spec.hardware.accelerators:
-        entry = catalogue.accelerator(accelerator.model)
         if accelerator.kind != "nvidia":
             continue
+        entry = catalogue.accelerator(accelerator.model)
         per_device = accelerator.vram_gb or (max(entry.vram_gb) if entry and entry.vram_gb else 0)
         vram += per_device * accelerator.count
     return vram, spec.hardware.ram_gb

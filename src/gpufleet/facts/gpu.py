@@ -8,7 +8,7 @@ pciutils is installed.
 from __future__ import annotations
 
 import re
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from pyinfra.api import FactBase
 
@@ -149,7 +149,7 @@ class NvidiaGpus(FactBase[NvidiaGpuReport]):
         )
 
 
-def describe(report: NvidiaGpuReport, catalogue: Any = None) -> str:
+def describe(report: NvidiaGpuReport) -> str:
     """One line for a person: ``2 NVIDIA GPUs: RTX 4090 (24564 MiB), ...`` or
     ``no NVIDIA GPU (no PCI device with vendor 10de)``."""
     if not report["pci"] and not report["nvidia_smi"]:
