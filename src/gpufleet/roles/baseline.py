@@ -6,6 +6,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -16,6 +17,14 @@ from gpufleet.paths import template
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
+
+
+def run_service(service: str, restart_if: OperationMeta) -> None:
+    """Keep ``service`` enabled and running; restart it when ``restart_if`` changed its config."""
+    systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
+    systemd.service(
+        name=f"Restart {service}", service=service, restarted=True, _if=restart_if.did_change
+    )
 
 
 @deploy("Baseline")
@@ -95,15 +104,7 @@ def baseline(spec: HostSpec) -> None:
         )
         host.noop(f"time sync runs on the {in_container} host, not in this container")
     else:
-        systemd.service(
-            name="Run systemd-timesyncd", service="systemd-timesyncd", running=True, enabled=True
-        )
-        systemd.service(
-            name="Restart systemd-timesyncd",
-            service="systemd-timesyncd",
-            restarted=True,
-            _if=timesync.did_change,
-        )
+        run_service("systemd-timesyncd", restart_if=timesync)
 
     # 5. Node exporter, listening where the inventory says.
     exporter = files.template(
@@ -113,12 +114,4 @@ def baseline(spec: HostSpec) -> None:
         mode="644",
         listen=f"{spec.node_exporter_address}:{spec.node_exporter_port}",
     )
-    systemd.service(
-        name="Run node exporter", service="prometheus-node-exporter", running=True, enabled=True
-    )
-    systemd.service(
-        name="Restart node exporter",
-        service="prometheus-node-exporter",
-        restarted=True,
-        _if=exporter.did_change,
-    )
+    run_service("prometheus-node-exporter", restart_if=exporter)
