@@ -37,6 +37,8 @@ gpu_nodes = [
                 "ram_gb": 192,
                 "accelerators": [{"kind": "nvidia", "model": "RTX 5090"}],
             },
+            # Blackwell needs branch 570+ and NVIDIA's open modules: Debian 12 has 535.
+            "nvidia_driver": {"source": "cuda", "version": "575.64.05"},
             "ollama_max_loaded_models": 3,
             "models": _ollama(
                 ("qwen2.5-coder:32b", "XL-LOC-FRE-qwen2.5-coder-32b"),
@@ -61,6 +63,7 @@ gpu_nodes = [
                 "ram_gb": 32,
                 "accelerators": [{"kind": "nvidia", "model": "RTX 2080 Super"}],
             },
+            "nvidia_driver": {"version": "535.261.03"},
             "models": _ollama(
                 ("qwen2.5-coder:32b-q4", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
                 ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b"),

@@ -1,22 +1,64 @@
 """The local lab: real Debian 12 hosts that `gpufleet lab up` makes on this machine.
 
 Every address lies in the lab network (10.200.0.0/24); the lab refuses any other. The hosts
-declare no accelerators: they have none, and the GPU deploy must say so cleanly.
+have no GPU. lab-gpu-1 declares none and shows the clean "no GPU" path. lab-pve-1 stands in
+for a Proxmox host with a GTX 1650 (the XPS 15): its driver install is forced, so the Debian
+driver is really installed and built by DKMS; the module cannot load in a container, so the
+device majors a loaded driver would report are given. lab-lxc-1 stands in for container 107
+on that host. NVIDIA's container repository is out of reach: the lab's mirror serves its
+layout, signed with the lab's key, without the packages.
 """
 
 from gpufleet.inventory import check_inventory
-from gpufleet.lab import connection
+from gpufleet.lab import MIRROR_URL, NVIDIA_CONTAINER_REPO, connection
+
+_STANDS_IN_FOR_GTX_1650 = {
+    "cpu": "virtual",
+    "cores": 2,
+    "ram_gb": 4,
+    "accelerators": [{"kind": "nvidia", "model": "GTX 1650"}],
+}
 
 gpu_nodes = [
     (
         "lab-gpu-1",
         {
             **connection("10.200.0.11"),
-            "role": "GPU node stand-in: baseline + GPU detection (finds no GPU)",
+            "role": "GPU node without a GPU: detection, driver and toolkit skipped; Docker runs",
             "hardware": {"cpu": "virtual", "cores": 2, "ram_gb": 4},
         },
     ),
+    (
+        "lab-pve-1",
+        {
+            **connection("10.200.0.13"),
+            "role": "Proxmox host stand-in: forced driver, Docker + toolkit repo, LXC passthrough",
+            "hardware": _STANDS_IN_FOR_GTX_1650,
+            "nvidia_driver": {"version": "535.261.03", "force": True},
+            "container_toolkit": {
+                "repo_url": f"{MIRROR_URL}/{NVIDIA_CONTAINER_REPO}/$(ARCH)",
+                "key_url": f"{MIRROR_URL}/libnvidia-container/gpgkey",
+                "install_packages": False,
+            },
+            "proxmox": {
+                "lxc": [{"vmid": 107}],
+                "device_majors": {"nvidia-frontend": 195, "nvidia-uvm": 509},
+            },
+        },
+    ),
+    (
+        "lab-lxc-1",
+        {
+            **connection("10.200.0.14"),
+            "role": "LXC container 107 stand-in: the driver's user space at the host's version",
+            "hardware": _STANDS_IN_FOR_GTX_1650,
+            "lxc_guest": {"proxmox_host": "lab-pve-1", "vmid": 107},
+            "docker": {"enabled": False},
+        },
+    ),
 ]
+
+proxmox_hosts = ["lab-pve-1"]
 
 cpu_nodes = [
     (

@@ -7,6 +7,7 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ssh >/dev/null || need+=(openssh-client)
+command -v gpg >/dev/null || need+=(gnupg)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

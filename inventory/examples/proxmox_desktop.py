@@ -25,6 +25,8 @@ gpu_nodes = [
                 "ram_gb": 128,
                 "accelerators": [{"kind": "nvidia", "model": "RTX 5070 Ti"}],
             },
+            # Blackwell: branch 570+ with NVIDIA's open kernel modules.
+            "nvidia_driver": {"source": "ubuntu-open", "version": "575.64.05"},
             "vllm_gpu_memory_utilization": 0.80,
             "models": [
                 {
@@ -57,6 +59,7 @@ gpu_nodes = [
                 "ram_gb": 32,
                 "accelerators": [{"kind": "nvidia", "model": "RTX 5070 Ti"}],
             },
+            "nvidia_driver": {"source": "cuda", "version": "575.64.05"},
             "models": [
                 {"model": "llama3.2:3b", "alias": "S-LOC-FRE-llama3.2-3b"},
                 {"model": "deepseek-coder:6.7b", "alias": "S-LOC-FRE-deepseek-coder-6.7b"},
@@ -81,6 +84,9 @@ proxmox_hosts = [
                 "ram_gb": 64,
                 "accelerators": [{"kind": "nvidia", "model": "GTX 1650"}],
             },
+            "nvidia_driver": {"version": "535.261.03"},
+            # LXC 7, the llama.cpp container, gets the GTX 1650.
+            "proxmox": {"lxc": [{"vmid": 107}]},
             "models": [
                 {
                     "model": "llama3.2:1b",

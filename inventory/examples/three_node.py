@@ -20,6 +20,7 @@ gpu_nodes = [
                 "ram_gb": 64,
                 "accelerators": [{"kind": "nvidia", "model": "RTX 4090"}],
             },
+            "nvidia_driver": {"version": "535.261.03"},
             "models": [
                 {
                     "model": "llama3.1:8b",
@@ -43,6 +44,7 @@ gpu_nodes = [
                 "ram_gb": 32,
                 "accelerators": [{"kind": "nvidia", "model": "RTX 3080", "vram_gb": 10}],
             },
+            "nvidia_driver": {"version": "535.261.03"},
             "models": [
                 {"model": "nomic-embed-text", "alias": "S-LOC-FRE-nomic-embed-text"},
                 {"model": "llama3.2:3b", "alias": "S-LOC-FRE-llama3.2-3b"},

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from gpufleet import nvidia
 from gpufleet.catalogue import Catalogue, ModelEntry
 from gpufleet.models import HOST_GROUPS, HostSpec, ModelPlacement
 
@@ -86,7 +87,48 @@ def check_host(
         *_gpu_requests(spec),
         *_engines(spec),
         *_model_fit(spec, catalogue),
+        *_nvidia_driver(spec, catalogue),
+        *_proxmox(spec),
     ]
+
+
+def check_fleet(specs: dict[str, HostSpec]) -> list[Problem]:
+    """Problems between hosts: an LXC container and the Proxmox host it takes GPUs from."""
+    problems = []
+    for spec in specs.values():
+        guest = spec.lxc_guest
+        if guest is None:
+            continue
+        parent = specs.get(guest.proxmox_host)
+        field = "lxc_guest.proxmox_host"
+        if parent is None:
+            problems.append(
+                Problem(
+                    spec.name,
+                    field,
+                    f"no host {guest.proxmox_host!r} in this inventory"
+                    f"{suggest(guest.proxmox_host, specs)}; name the Proxmox host it runs on",
+                )
+            )
+        elif parent.proxmox is None or guest.vmid not in {c.vmid for c in parent.proxmox.lxc}:
+            problems.append(
+                Problem(
+                    spec.name,
+                    "lxc_guest.vmid",
+                    f"{parent.name} does not pass GPUs to container {guest.vmid}; add "
+                    f"{{'vmid': {guest.vmid}}} to its proxmox.lxc",
+                )
+            )
+        elif nvidia.pin_problem(parent.nvidia_driver):
+            problems.append(
+                Problem(
+                    spec.name,
+                    field,
+                    f"{parent.name} holds no driver version, so the container cannot match "
+                    f"it; set nvidia_driver.version on {parent.name}",
+                )
+            )
+    return problems
 
 
 def _groups(spec: HostSpec, extra_groups: Iterable[str]) -> Iterator[Problem]:
@@ -253,4 +295,61 @@ def _model_fit(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
                 f"{vram:g} GB VRAM + {ram:g} GB RAM - {SYSTEM_RESERVE_GB:g} GB reserve = "
                 f"{budget:.1f} GB; choose a smaller model or quantization, or place it on a "
                 "host with more memory",
+            )
+
+
+def gets_nvidia_driver(spec: HostSpec) -> bool:
+    """Hosts the driver deploy installs a driver on (LXC containers take their host's)."""
+    in_group = {"gpu_nodes", "proxmox_hosts"} & set(spec.groups)
+    has_gpu = spec.hardware.nvidia_gpu_count > 0 or spec.nvidia_driver.force
+    return bool(in_group) and has_gpu and spec.lxc_guest is None
+
+
+def _nvidia_driver(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
+    if not gets_nvidia_driver(spec):
+        return
+    driver = spec.nvidia_driver
+    pin = nvidia.pin_problem(driver)
+    if pin:
+        yield Problem(spec.name, "nvidia_driver.version", pin)
+        return
+    field = "nvidia_driver.branch" if driver.branch is not None else "nvidia_driver.version"
+    for accelerator in spec.hardware.accelerators:
+        entry = catalogue.accelerator(accelerator.model)
+        problem = nvidia.support_problem(entry, driver) if entry else None
+        if problem:
+            yield Problem(spec.name, field, problem)
+
+
+def _proxmox(spec: HostSpec) -> Iterator[Problem]:
+    if spec.proxmox is None:
+        return
+    if "proxmox_hosts" not in spec.groups:
+        yield Problem(
+            spec.name,
+            "proxmox",
+            "only hosts in proxmox_hosts pass GPUs to containers; add the host to that group",
+        )
+    declared = spec.hardware.nvidia_gpu_count
+    seen: set[int] = set()
+    for i, container in enumerate(spec.proxmox.lxc):
+        field = f"proxmox.lxc[{i}]"
+        if container.vmid in seen:
+            yield Problem(spec.name, f"{field}.vmid", f"container {container.vmid} is listed twice")
+        seen.add(container.vmid)
+        if declared == 0 and not spec.nvidia_driver.force:
+            yield Problem(
+                spec.name,
+                field,
+                f"container {container.vmid} asks for GPUs but the host declares no NVIDIA "
+                "GPU; declare it under hardware.accelerators or remove the container",
+            )
+            continue
+        wrong = [g for g in container.gpus or () if g >= declared]
+        if wrong:
+            yield Problem(
+                spec.name,
+                f"{field}.gpus",
+                f"GPU index {wrong[0]} does not exist: the host has {declared} NVIDIA GPU(s) "
+                f"(indexes 0-{declared - 1})",
             )

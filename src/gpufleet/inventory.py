@@ -23,7 +23,7 @@ from pyinfra.api.state import State
 from pyinfra.context import ctx_state
 
 from gpufleet.catalogue import load_catalogue
-from gpufleet.checks import Problem, check_host, suggest
+from gpufleet.checks import Problem, check_fleet, check_host, suggest
 from gpufleet.models import HOST_GROUPS, HostSpec
 
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
@@ -128,6 +128,8 @@ def validate(inventory: Inventory, source: str) -> dict[str, HostSpec]:
             continue
         problems += check_host(spec, catalogue)
         specs[host.name] = spec
+    if not problems:
+        problems += check_fleet(specs)
     if problems:
         raise InventoryError(source, problems)
     return specs
@@ -181,3 +183,12 @@ def host_spec() -> HostSpec:
             raise InventoryError("host data", problems, BEFORE_CHANGES)
         _validated[host.name] = spec
     return _validated[host.name]
+
+
+def spec_of(name: str) -> HostSpec:
+    """The validated spec of another host of the inventory a deploy runs against."""
+    from pyinfra import host
+
+    other = host.inventory.get_host(name)
+    groups = [g for g in other.groups if g in (*HOST_GROUPS, "all")]
+    return spec_for(other.name, groups, other.data.dict())

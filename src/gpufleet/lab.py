@@ -55,7 +55,14 @@ HOST_TOOLS = {
     "nft": "nftables",
     "ip": "iproute2",
     "ssh-keygen": "openssh-client",
+    "gpg": "gnupg",
 }
+MIRROR_PORT = 8380
+MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
+"""The lab's local package mirror, as an offline homelab would run one. It serves what the
+lab cannot fetch from the internet: for now NVIDIA's libnvidia-container repository layout,
+signed with the lab's own key and holding no packages (NVIDIA's repository is out of reach)."""
+NVIDIA_CONTAINER_REPO = "libnvidia-container/stable/deb"
 
 
 class LabError(RuntimeError):
@@ -257,6 +264,9 @@ def _boot(host: LabHost, root: Path) -> None:
             "--resolv-conf=replace-host",
             "--volatile=overlay",
             "--console=read-only",
+            # The host has a network namespace of its own: letting it manage that namespace
+            # (Docker's bridge and NAT rules) touches nothing outside it.
+            "--capability=CAP_NET_ADMIN",
             f"--bind-ro={lab_dir() / 'authorized'}:/root/.ssh",
         ],
         stdin=subprocess.DEVNULL,
@@ -265,6 +275,78 @@ def _boot(host: LabHost, root: Path) -> None:
         start_new_session=True,
     )
     host.pid_file.write_text(str(process.pid))
+
+
+def _gpg(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    home = lab_dir() / "gnupg"
+    home.mkdir(mode=0o700, exist_ok=True)
+    return _run("gpg", "--homedir", str(home), "--batch", "--yes", *args, check=check)
+
+
+def _build_mirror(root: Path) -> None:
+    """A flat apt repository (``deb [signed-by=...] URL/$(ARCH) /``) signed with a lab key."""
+    if _gpg("--list-secret-keys", "gpufleet-lab-mirror", check=False).returncode != 0:
+        _gpg(
+            "--passphrase", "", "--quick-gen-key", "gpufleet-lab-mirror", "ed25519", "sign", "never"
+        )
+    repo = root / NVIDIA_CONTAINER_REPO
+    for arch in ("amd64", "arm64"):
+        folder = repo / arch
+        folder.mkdir(parents=True, exist_ok=True)
+        packages = folder / "Packages"
+        packages.write_bytes(b"")
+        digest = hashlib.sha256(b"").hexdigest()
+        (folder / "Release").write_text(
+            "Origin: gpufleet lab mirror\nLabel: libnvidia-container\n"
+            f"Architectures: {arch}\nDate: Thu, 01 Jan 2026 00:00:00 UTC\n"
+            f"SHA256:\n {digest} 0 Packages\n"
+        )
+        _gpg(
+            "--local-user",
+            "gpufleet-lab-mirror",
+            "--clearsign",
+            "--output",
+            str(folder / "InRelease"),
+            str(folder / "Release"),
+        )
+    (root / "libnvidia-container/gpgkey").write_text(
+        _gpg("--armor", "--export", "gpufleet-lab-mirror").stdout
+    )
+
+
+def _ensure_mirror() -> None:
+    """Serve the lab mirror on the bridge address (the lab hosts' gateway)."""
+    pid_file = lab_dir() / "mirror.pid"
+    if pid_file.exists() and _pid(LabHost("mirror", GATEWAY)) is not None:
+        return
+    root = lab_dir() / "mirror"
+    _build_mirror(root)
+    log = open(lab_dir() / "mirror.log", "w")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [
+            "python3",
+            "-m",
+            "http.server",
+            str(MIRROR_PORT),
+            "--bind",
+            str(GATEWAY),
+            "--directory",
+            str(root),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((str(GATEWAY), MIRROR_PORT), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise LabError(f"the lab mirror did not start:\n{(lab_dir() / 'mirror.log').read_text()}")
 
 
 def ssh_ready(host: LabHost, timeout: float = 1.0) -> bool:
@@ -283,6 +365,7 @@ def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
     root = base_root()
     _ensure_key()
     _ensure_network()
+    _ensure_mirror()
     for host in hosts:
         _ensure_namespace(host)
         _boot(host, root)
@@ -329,6 +412,8 @@ def leftovers() -> list[str]:
         found.append(f"nftables table {NFT_TABLE}")
     processes = _run("pgrep", "-f", f"systemd-nspawn --directory={cache_dir()}", check=False)
     found += [f"process {pid}" for pid in processes.stdout.split()]
+    mirror = _run("pgrep", "-f", f"http.server {MIRROR_PORT} --bind {GATEWAY}", check=False)
+    found += [f"mirror process {pid}" for pid in mirror.stdout.split()]
     return found
 
 

@@ -124,6 +124,116 @@ class ServiceClaim(Spec):
     """GPU memory it needs, GB."""
 
 
+DRIVER_VERSION = r"^\d{3}(\.\d{1,3}){1,2}$"
+
+
+class NvidiaDriver(Spec):
+    """How the NVIDIA driver is installed: ``{"source": "debian", "version": "535.261.03"}``.
+
+    The driver is held at one version (an apt pin), so an unattended upgrade can never leave
+    the loaded kernel module and the user-space libraries at different versions.
+    """
+
+    source: Literal["debian", "debian-backports", "ubuntu", "ubuntu-open", "cuda"] = "debian"
+    """debian: Debian's non-free ``nvidia-kernel-dkms``; debian-backports: the same from
+    ``<codename>-backports``; ubuntu / ubuntu-open: ``nvidia-driver-<branch>-server`` (``-open``:
+    NVIDIA's open kernel modules); cuda: NVIDIA's CUDA repository via ``cuda-keyring``."""
+    version: str | None = Field(None, pattern=DRIVER_VERSION)
+    """Upstream version to hold, e.g. ``535.261.03``; required for the Debian sources."""
+    branch: int | None = Field(None, ge=300, le=999)
+    """Driver branch, e.g. ``570``; taken from ``version`` when left out. Required for the
+    ubuntu and cuda sources, which name packages by branch."""
+    flavour: Literal["headless", "desktop"] = "headless"
+    """headless: kernel module, nvidia-smi, CUDA and NVML libraries (an inference server);
+    desktop: the full driver with X/Wayland support."""
+    persistence: bool = True
+    """Run nvidia-persistenced so the GPU stays initialised between jobs (faster first token)."""
+    modprobe_options: tuple[str, ...] = ("options nvidia-drm modeset=1",)
+    """Lines written to ``/etc/modprobe.d/gpufleet-nvidia.conf``."""
+    cuda_repo_url: str = Field(
+        "https://developer.download.nvidia.com/compute/cuda/repos", pattern=r"^https?://\S+$"
+    )
+    """Base of NVIDIA's CUDA repository (source ``cuda``); a local mirror for offline hosts."""
+    reboot: bool = False
+    """Reboot the host when the new driver needs one. Off: the deploy reports it and waits."""
+    force: bool = False
+    """Install even though no NVIDIA GPU is detected (a card not yet fitted, a test host)."""
+
+    @property
+    def effective_branch(self) -> int | None:
+        if self.branch is not None:
+            return self.branch
+        return int(self.version.split(".")[0]) if self.version else None
+
+
+class DockerEngine(Spec):
+    """Docker on a GPU node: ``{"source": "debian"}``."""
+
+    enabled: bool = True
+    """Install and run Docker on this host."""
+    source: Literal["debian", "docker"] = "debian"
+    """debian: the distribution's ``docker.io``; docker: Docker's own repository."""
+    repo_url: str = Field("https://download.docker.com/linux", pattern=r"^https?://\S+$")
+    """Docker's repository (source ``docker``); ``/<distro>`` is appended."""
+    daemon: dict[str, object] = {}
+    """Keys gpufleet sets in ``/etc/docker/daemon.json``; keys already there and not named
+    here are kept as the user wrote them."""
+
+
+class ContainerToolkit(Spec):
+    """NVIDIA Container Toolkit: lets Docker hand GPUs to containers (``--gpus all``)."""
+
+    enabled: bool = True
+    """Set up the toolkit on GPU nodes that run Docker."""
+    repo_url: str = Field(
+        "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)",
+        pattern=r"^https?://\S+$",
+    )
+    """The libnvidia-container apt repository (a flat repository); a local mirror for
+    offline hosts."""
+    key_url: str = Field(
+        "https://nvidia.github.io/libnvidia-container/gpgkey", pattern=r"^https?://\S+$"
+    )
+    """ASCII-armoured signing key of the repository."""
+    version: str = Field("1.17.8-1", pattern=r"^\d+\.\d+\.\d+(-\S+)?$")
+    """Version of ``nvidia-container-toolkit`` to hold."""
+    install_packages: bool = True
+    """Install the toolkit packages. False writes the repository, its key and Docker's
+    ``nvidia`` runtime only: for a mirror that does not carry the packages yet."""
+
+
+class LxcGpuPassthrough(Spec):
+    """One Proxmox LXC container that gets the host's GPUs: ``{"vmid": 107, "gpus": [0]}``."""
+
+    vmid: int = Field(ge=100, le=999_999_999)
+    """Proxmox container id (``/etc/pve/lxc/<vmid>.conf``)."""
+    gpus: tuple[int, ...] | None = None
+    """Indexes of the GPUs to pass (``/dev/nvidia<N>``); every declared GPU when left out."""
+
+
+class ProxmoxHost(Spec):
+    """A Proxmox VE host that passes its NVIDIA GPUs to LXC containers."""
+
+    lxc: tuple[LxcGpuPassthrough, ...] = ()
+    """Containers that get GPU access."""
+    conf_dir: str = Field("/etc/pve/lxc", pattern=r"^/\S+$")
+    """Where Proxmox keeps container configs."""
+    device_majors: dict[str, int] | None = None
+    """Device majors to use instead of the host's ``/proc/devices`` (``{"nvidia-uvm": 509}``):
+    only for hosts whose driver cannot be loaded, such as a test host without a GPU."""
+
+
+class LxcGuest(Spec):
+    """This host is a Proxmox LXC container using its host's GPUs:
+    ``{"proxmox_host": "xps15", "vmid": 107}``. It gets the driver's user space at exactly
+    the host's version and no kernel module (the host's module serves it)."""
+
+    proxmox_host: str
+    """Inventory name of the Proxmox host; it must list this container's vmid."""
+    vmid: int = Field(ge=100, le=999_999_999)
+    """This container's id on that host."""
+
+
 class HostSpec(Spec):
     """Everything gpufleet knows about one host, validated from inventory + group_data.
 
@@ -187,6 +297,16 @@ class HostSpec(Spec):
     """Port of vLLM's OpenAI-compatible server."""
     llamacpp_port: Port = 8080
     """Port of llama-server."""
+    nvidia_driver: NvidiaDriver = NvidiaDriver()
+    """NVIDIA driver source, version hold and reboot policy (see below)."""
+    docker: DockerEngine = DockerEngine()
+    """Docker engine on GPU nodes (see below)."""
+    container_toolkit: ContainerToolkit = ContainerToolkit()
+    """NVIDIA Container Toolkit (see below)."""
+    proxmox: ProxmoxHost | None = None
+    """GPU passthrough to LXC containers, for hosts in proxmox_hosts (see below)."""
+    lxc_guest: LxcGuest | None = None
+    """Set when this host is an LXC container using a Proxmox host's GPUs (see below)."""
     vllm_gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
     """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
 

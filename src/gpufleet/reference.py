@@ -12,7 +12,19 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from gpufleet.models import Accelerator, Hardware, HostSpec, ModelPlacement, ServiceClaim
+from gpufleet.models import (
+    Accelerator,
+    ContainerToolkit,
+    DockerEngine,
+    Hardware,
+    HostSpec,
+    LxcGpuPassthrough,
+    LxcGuest,
+    ModelPlacement,
+    NvidiaDriver,
+    ProxmoxHost,
+    ServiceClaim,
+)
 
 START = "<!-- host-data-reference:start -->"
 END = "<!-- host-data-reference:end -->"
@@ -22,6 +34,12 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`hardware.accelerators[]` (`Accelerator`)", Accelerator),
     ("`models[]` (`ModelPlacement`)", ModelPlacement),
     ("`services[]` (`ServiceClaim`)", ServiceClaim),
+    ("`nvidia_driver` (`NvidiaDriver`)", NvidiaDriver),
+    ("`docker` (`DockerEngine`)", DockerEngine),
+    ("`container_toolkit` (`ContainerToolkit`)", ContainerToolkit),
+    ("`proxmox` (`ProxmoxHost`)", ProxmoxHost),
+    ("`proxmox.lxc[]` (`LxcGpuPassthrough`)", LxcGpuPassthrough),
+    ("`lxc_guest` (`LxcGuest`)", LxcGuest),
 )
 SET_BY_GPUFLEET = {"name", "groups"}
 
@@ -37,6 +55,8 @@ def _default(field: Any) -> str:
     if field.default is PydanticUndefined:
         return "required"
     value = field.default
+    if isinstance(value, BaseModel):
+        return "see its table"
     if isinstance(value, tuple):
         value = list(value)
     elif isinstance(value, IPv4Address):

@@ -26,6 +26,8 @@ class AcceleratorEntry:
     vram_gb: tuple[float, ...]
     bandwidth_gbs: float
     pci_device_ids: tuple[str, ...]
+    min_driver: int | None = None
+    open_modules: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ def _accelerators(raw: dict[str, Any]) -> dict[str, AcceleratorEntry]:
             vram_gb=tuple(float(v) for v in entry.get("vram_gb", [])),
             bandwidth_gbs=float(entry["bandwidth_gbs"]),
             pci_device_ids=tuple(entry.get("pci_device_ids", [])),
+            min_driver=entry.get("min_driver"),
+            open_modules=entry.get("open_modules"),
         )
         for name, entry in raw.items()
     }

@@ -164,3 +164,50 @@ def describe(report: NvidiaGpuReport) -> str:
     cards = ", ".join(f"{g['name']} [10de:{g['device_id']}] at {g['slot']}" for g in report["pci"])
     why = report["nvidia_smi_error"] or "nvidia-smi not installed"
     return f"{len(report['pci'])} NVIDIA GPU(s) on the PCI bus, driver not usable ({why}): {cards}"
+
+
+FRONTEND_MAJOR = 195
+"""nvidia0..N, nvidiactl and nvidia-modeset: a major the kernel reserves for NVIDIA. Every
+other NVIDIA major (nvidia-uvm, nvidia-caps, ...) is handed out at module load and differs
+from host to host."""
+
+
+def parse_proc_devices(lines: list[str]) -> dict[str, int]:
+    """NVIDIA character-device majors from ``/proc/devices``.
+
+    ``{"nvidia-frontend": 195, "nvidia-uvm": 510, "nvidia-caps": 235}``; the 550+ drivers
+    name the frontend ``nvidia``. Block devices are ignored.
+    """
+    majors: dict[str, int] = {}
+    in_character_devices = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.endswith("devices:"):
+            in_character_devices = stripped == "Character devices:"
+            continue
+        number, _, name = stripped.partition(" ")
+        if in_character_devices and number.isdigit() and name.strip().startswith("nvidia"):
+            majors.setdefault(name.strip(), int(number))
+    return majors
+
+
+def uvm_major(majors: dict[str, int]) -> int | None:
+    """The nvidia-uvm major, or None while the nvidia-uvm module is not loaded."""
+    return majors.get("nvidia-uvm")
+
+
+class NvidiaDeviceMajors(FactBase[dict[str, int]]):
+    """
+    Majors of the NVIDIA character devices the loaded driver registered (``/proc/devices``).
+    Empty when no NVIDIA module is loaded.
+
+    .. code:: python
+
+        {"nvidia-frontend": 195, "nvidia-uvm": 510, "nvidia-caps": 235}
+    """
+
+    def command(self) -> str:
+        return "cat /proc/devices"
+
+    def process(self, output: list[str]) -> dict[str, int]:
+        return parse_proc_devices(output)

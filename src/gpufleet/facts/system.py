@@ -1,8 +1,13 @@
-"""Facts about the machine itself."""
+"""Facts about the machine itself: containers, Secure Boot, kernels."""
 
 from __future__ import annotations
 
+import re
+from typing import Literal, TypedDict
+
 from pyinfra.api import FactBase
+
+from gpufleet.facts.gpu import split_sections
 
 
 class ContainerVirtualization(FactBase[str | None]):
@@ -17,3 +22,94 @@ class ContainerVirtualization(FactBase[str | None]):
     def process(self, output: list[str]) -> str | None:
         kind = "".join(output).strip()
         return None if kind in ("", "none") else kind
+
+
+SecureBootState = Literal["enabled", "disabled", "not-efi", "unknown"]
+
+EFI_SECURE_BOOT_VARIABLE = (
+    "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+)
+
+
+def parse_secure_boot(lines: list[str]) -> SecureBootState:
+    """``mokutil --sb-state`` output (or the fallback's ``efivar <bytes>`` line) -> state.
+
+    ``SecureBoot enabled`` / ``SecureBoot disabled`` / ``EFI variables are not supported on
+    this system``. The EFI variable holds 4 attribute bytes and then the value byte.
+    """
+    text = "\n".join(lines)
+    if re.search(r"SecureBoot enabled", text):
+        return "enabled"
+    if re.search(r"SecureBoot disabled", text):
+        return "disabled"
+    if re.search(r"not supported on this system|doesn.t support Secure Boot|^no-efi$", text, re.M):
+        return "not-efi"
+    efivar = re.search(r"^efivar((?:\s+\d+)+)\s*$", text, re.M)
+    if efivar:
+        return "enabled" if efivar.group(1).split()[-1] == "1" else "disabled"
+    return "unknown"
+
+
+class SecureBoot(FactBase[SecureBootState]):
+    """
+    Secure Boot state: ``enabled`` (unsigned DKMS modules will not load), ``disabled``,
+    ``not-efi`` (legacy BIOS boot, or a container without EFI variables) or ``unknown``.
+    """
+
+    def command(self) -> str:
+        return (
+            "if command -v mokutil >/dev/null 2>&1; then mokutil --sb-state 2>&1 || true; "
+            f"elif [ -r {EFI_SECURE_BOOT_VARIABLE} ]; then "
+            f"echo efivar $(od -An -t u1 {EFI_SECURE_BOOT_VARIABLE}); "
+            "elif [ ! -d /sys/firmware/efi ]; then echo no-efi; fi"
+        )
+
+    def process(self, output: list[str]) -> SecureBootState:
+        return parse_secure_boot(output)
+
+
+class KernelReport(TypedDict):
+    running: str
+    installed: list[str]
+    with_headers: list[str]
+
+
+def _version_key(release: str) -> list[int]:
+    return [int(part) for part in re.findall(r"\d+", release)]
+
+
+def parse_kernels(sections: dict[str, list[str]]) -> KernelReport:
+    """Sections ``running`` (``uname -r``), ``images`` (``/boot/vmlinuz-*`` names) and
+    ``headers`` (``/lib/modules/*/build`` that resolve) -> kernel report, newest last."""
+    running = "".join(sections.get("running", [])).strip()
+    images = {line.strip().removeprefix("vmlinuz-") for line in sections.get("images", [])}
+    headers = {line.strip() for line in sections.get("headers", []) if line.strip()}
+    return KernelReport(
+        running=running,
+        installed=sorted((i for i in images if i), key=_version_key),
+        with_headers=sorted(headers, key=_version_key),
+    )
+
+
+class Kernels(FactBase[KernelReport]):
+    """
+    The running kernel, the kernels installed in /boot, and those whose headers are present
+    (what DKMS can build a module for).
+
+    .. code:: python
+
+        {"running": "6.1.0-28-amd64",
+         "installed": ["6.1.0-28-amd64", "6.1.0-31-amd64"],
+         "with_headers": ["6.1.0-31-amd64"]}
+    """
+
+    def command(self) -> str:
+        return (
+            "echo '### running'; uname -r; "
+            "echo '### images'; ls -1 /boot 2>/dev/null | grep '^vmlinuz-' || true; "
+            "echo '### headers'; for d in /lib/modules/*; do "
+            '[ -e "$d/build/Makefile" ] && echo "${d##*/}"; done; true'
+        )
+
+    def process(self, output: list[str]) -> KernelReport:
+        return parse_kernels(split_sections(output))

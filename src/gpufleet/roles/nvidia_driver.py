@@ -1,0 +1,190 @@
+"""The NVIDIA driver, held at one version, built by DKMS for the host's kernels.
+
+Runbook it replaces: check the card is supported by the branch; blacklist nouveau and rebuild
+the initramfs; install kernel headers; install the driver and hold it; enable the persistence
+daemon; reboot when the module that is loaded is not the one installed.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import LinuxDistribution, Which
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from gpufleet import nvidia
+from gpufleet.catalogue import load_catalogue
+from gpufleet.facts.gpu import NvidiaGpus
+from gpufleet.facts.system import Kernels, SecureBoot
+from gpufleet.models import HostSpec
+from gpufleet.operations import nvidia as nvidia_ops
+from gpufleet.paths import template
+
+MODPROBE_DIR = "/etc/modprobe.d"
+CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
+
+
+def check_detected_gpus(spec: HostSpec) -> None:
+    """Stop before any change when the driver branch cannot drive a GPU the host has."""
+    catalogue = load_catalogue()
+    for gpu in host.get_fact(NvidiaGpus)["pci"]:
+        entry = catalogue.accelerator_by_pci_id(gpu["device_id"])
+        if entry is None:
+            logger.warning(
+                f"{host.print_prefix}GPU {gpu['name']} [10de:{gpu['device_id']}] is not in "
+                "the catalogue: driver support not checked"
+            )
+            continue
+        problem = nvidia.support_problem(entry, spec.nvidia_driver)
+        if problem:
+            raise DeployError(
+                f"{host.name}: nvidia_driver: detected {entry.name} at {gpu['slot']}: {problem}"
+            )
+
+
+def driver_sources(spec: HostSpec, distribution: dict) -> None:
+    """Where the driver comes from: backports or NVIDIA's CUDA repository when asked."""
+    driver = spec.nvidia_driver
+    codename = distribution["release_meta"].get("VERSION_CODENAME", "")
+    if driver.source == "debian-backports":
+        backports = files.template(
+            name="Add Debian backports",
+            src=template("nvidia/backports.sources.j2"),
+            dest="/etc/apt/sources.list.d/debian-backports.sources",
+            mode="644",
+            mirror=spec.apt_mirror,
+            suite=codename,
+            components=spec.apt_components,
+        )
+        apt.update(name="Refresh apt lists for backports", _if=backports.did_change)
+    elif driver.source == "cuda":
+        distro = f"{distribution['name'].lower()}{distribution['major']}"
+        if distribution["name"] == "Ubuntu":
+            distro = f"ubuntu{distribution['major']}{distribution['minor']:02d}"
+        arch = "sbsa" if spec.arch == "aarch64" else "x86_64"
+        keyring = apt.deb(
+            name="Install NVIDIA's cuda-keyring",
+            src=f"{driver.cuda_repo_url}/{distro}/{arch}/{CUDA_KEYRING}",
+        )
+        apt.update(name="Refresh apt lists for the CUDA repository", _if=keyring.did_change)
+
+
+def move_to_held_version(packages: list[str], version: str | None) -> None:
+    """Up- or downgrade driver packages installed at another version to the held one."""
+    off_pin = nvidia.packages_off_pin(host.get_fact(DebPackages), packages, version)
+    if off_pin:
+        server.shell(
+            name=f"Move the driver to {version}",
+            commands=[
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades "
+                "--no-install-recommends " + " ".join(off_pin)
+            ],
+        )
+
+
+@deploy("NVIDIA driver")
+def nvidia_driver(spec: HostSpec) -> None:
+    """
+    Install the NVIDIA driver the host data asks for and hold it at that version.
+
+    .. code:: python
+
+        nvidia_driver(host_spec())
+    """
+    driver = spec.nvidia_driver
+    gpus = host.get_fact(NvidiaGpus)
+    if not gpus["pci"] and not driver.force:
+        host.noop("no NVIDIA GPU detected: driver not installed (nvidia_driver.force installs)")
+        return
+    check_detected_gpus(spec)
+    distribution = host.get_fact(LinuxDistribution)
+    kernels = host.get_fact(Kernels)
+    if host.get_fact(SecureBoot) == "enabled":
+        logger.warning(
+            f"{host.print_prefix}Secure Boot is on: the DKMS-built module loads only once its "
+            "signing key is enrolled (mokutil --import /var/lib/dkms/mok.pub, then reboot and "
+            "confirm in the MOK manager)"
+        )
+
+    # 1. nouveau out of the way, in the initramfs too.
+    blacklist = files.template(
+        name="Blacklist nouveau",
+        src=template("nvidia/blacklist-nouveau.conf.j2"),
+        dest=f"{MODPROBE_DIR}/gpufleet-blacklist-nouveau.conf",
+        mode="644",
+    )
+    options = files.template(
+        name="NVIDIA module options",
+        src=template("nvidia/gpufleet-nvidia.conf.j2"),
+        dest=f"{MODPROBE_DIR}/gpufleet-nvidia.conf",
+        mode="644",
+        options=driver.modprobe_options,
+    )
+    if host.get_fact(Which, command="update-initramfs"):
+        server.shell(
+            name="Rebuild the initramfs without nouveau",
+            commands=["update-initramfs -u -k all"],
+            _if=any_changed(blacklist, options),
+        )
+    else:
+        host.noop("no initramfs-tools: nothing to rebuild (nouveau is blacklisted at boot)")
+
+    # 2. Where the packages come from, and the hold on their version.
+    driver_sources(spec, distribution)
+    pin = nvidia.apt_pin(driver)
+    if pin:
+        files.template(
+            name=f"Hold the driver at {driver.version}",
+            src=template("nvidia/driver-pin.j2"),
+            dest="/etc/apt/preferences.d/gpufleet-nvidia-driver",
+            mode="644",
+            version=driver.version,
+            pin=pin,
+        )
+
+    # 3. Headers for DKMS: the running kernel's where the distribution has them.
+    headers, running_covered = nvidia.header_packages(
+        kernels["running"], spec.arch, distribution["name"]
+    )
+    if not running_covered:
+        host.noop(
+            f"running kernel {kernels['running']} is not a {distribution['name']} kernel (a "
+            "container's host, or a custom build): the module is built for the installed "
+            "distribution kernels"
+        )
+    apt.packages(name="Install kernel headers", packages=headers, no_recommends=True)
+
+    # 4. The driver, at the held version.
+    packages = nvidia.driver_packages(driver, distribution["name"])
+    installed = apt.packages(
+        name=f"Install NVIDIA driver {driver.version or driver.effective_branch}",
+        packages=packages,
+        no_recommends=True,
+    )
+    move_to_held_version(packages, driver.version)
+
+    # 5. Persistence daemon: enabled now, running once the module is loaded.
+    loaded = gpus["driver_version"]
+    if driver.persistence:
+        systemd.service(
+            name="Enable nvidia-persistenced",
+            service="nvidia-persistenced",
+            enabled=True,
+            running=True if loaded else None,
+        )
+
+    # 6. Reboot when the module in memory is not the driver on disk.
+    wanted = driver.version
+    stale_module = bool(wanted and loaded and loaded != wanted)
+    if installed.will_change or stale_module or not loaded:
+        reason = (
+            f"NVIDIA driver {wanted or driver.effective_branch} installed, "
+            f"loaded module: {loaded or 'none'}"
+        )
+        if driver.reboot and (installed.will_change or stale_module):
+            server.reboot(name="Reboot into the new NVIDIA driver", reboot_timeout=600)
+        else:
+            nvidia_ops.reboot_required(name="Report the reboot the driver needs", reason=reason)
