@@ -104,7 +104,7 @@ def _is_managed(line: str, nvidia_majors: set[int]) -> bool:
         return len(parts) > 1 and bool(_PASSED_NODE.match(parts[1]))
     if key in ("lxc.cgroup2.devices.allow", "lxc.cgroup.devices.allow"):
         allow = _CHAR_ALLOW.match(value)
-        return bool(allow) and int(allow["major"]) in nvidia_majors
+        return allow is not None and int(allow["major"]) in nvidia_majors
     return False
 
 
@@ -142,7 +142,7 @@ def merge_lxc_conf(text: str, lines: list[str], majors: dict[str, int]) -> tuple
         major = int(allow["major"]) if allow else 0
         if major not in majors.values() and any(major in span for span in DYNAMIC_MAJORS):
             notes.append(
-                f"kept {line!r}: major {allow['major']} is a dynamic major that no NVIDIA "
+                f"kept {line!r}: major {major} is a dynamic major that no NVIDIA "
                 "device holds now; if it is an old nvidia-uvm major, remove the line"
             )
     return "\n".join(merged) + "\n", notes

@@ -1,8 +1,10 @@
 """The lab layer: real nspawn hosts, reached over SSH, shared by every test in this folder.
 
-One session fixture brings the lab up and runs, in order, what a user would: a dry run (which
-must change nothing), the deploy, and the deploy again (which must change nothing). Tests then
-assert on those runs and inspect the hosts with testinfra.
+One session fixture brings the lab up, puts on the hosts what a user had there before
+gpufleet (a Proxmox container config, a daemon.json, an old NVIDIA apt list), and runs, for
+each deploy in turn, what a user would: a dry run (which must change nothing), the deploy,
+and the deploy again (which must change nothing). Tests then assert on those runs and
+inspect the hosts with testinfra.
 
 Set GPUFLEET_KEEP_LAB=1 to leave the lab running after the session (faster reruns).
 """
@@ -27,7 +29,21 @@ from gpufleet.models import HostSpec
 
 ROOT = Path(__file__).parents[2]
 LAB_INVENTORY = ROOT / "inventory/lab.py"
-DEPLOY = "deploys/gpu_node.py"
+DEPLOYS = ("deploys/gpu_node.py", "deploys/proxmox_host.py")
+FIXTURES = ROOT / "tests/fixtures"
+USER_DAEMON_JSON = '{\n  "log-driver": "json-file",\n  "log-opts": {"max-size": "10m"}\n}\n'
+STALE_NVIDIA_LIST = "deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+BEFORE_GPUFLEET = {
+    "lab-pve-1": {
+        "/etc/pve/lxc/107.conf": (
+            FIXTURES / "proxmox/pve-lxc-no-nvidia-intel-dev.conf"
+        ).read_text(),
+        "/etc/docker/daemon.json": USER_DAEMON_JSON,
+        # What NVIDIA's older instructions left: the same repository, no signed-by.
+        "/etc/apt/sources.list.d/nvidia-docker.list": STALE_NVIDIA_LIST,
+    }
+}
+"""Files a user had before gpufleet ran, per lab host."""
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 # What a dry run must leave byte-for-byte as it was.
 SNAPSHOT = (
@@ -62,8 +78,8 @@ class PyinfraRun:
         return [(op["name"], h) for op in results.get("operations", []) for h in op["success"]]
 
 
-def pyinfra(*args: str) -> PyinfraRun:
-    command = [PYINFRA, "--json", "-v", str(LAB_INVENTORY.relative_to(ROOT)), DEPLOY, *args]
+def pyinfra(deploy: str, *args: str) -> PyinfraRun:
+    command = [PYINFRA, "--json", "-v", str(LAB_INVENTORY.relative_to(ROOT)), deploy, *args]
     started = time.monotonic()
     result = subprocess.run(
         command,
@@ -90,14 +106,52 @@ def ssh(address: str, command: str) -> str:
     return result.stdout
 
 
+def put_file(address: str, path: str, content: str) -> None:
+    subprocess.run(
+        [
+            "ssh",
+            "-F",
+            str(lab.ssh_config_path()),
+            address,
+            f"mkdir -p $(dirname {path}) && cat > {path}",
+        ],
+        input=content,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
 @dataclass
-class LabSession:
-    hosts: list[lab.LabHost]
-    up_seconds: float
+class DeployRuns:
     dry: PyinfraRun
     dry_unchanged: dict[str, bool]
     first: PyinfraRun
     second: PyinfraRun
+
+
+@dataclass
+class LabSession:
+    hosts: list[lab.LabHost]
+    up_seconds: float
+    runs: dict[str, DeployRuns]
+
+    # The GPU node deploy's runs, which most tests look at.
+    @property
+    def dry(self) -> PyinfraRun:
+        return self.runs[DEPLOYS[0]].dry
+
+    @property
+    def dry_unchanged(self) -> dict[str, bool]:
+        return self.runs[DEPLOYS[0]].dry_unchanged
+
+    @property
+    def first(self) -> PyinfraRun:
+        return self.runs[DEPLOYS[0]].first
+
+    @property
+    def second(self) -> PyinfraRun:
+        return self.runs[DEPLOYS[0]].second
 
 
 @pytest.fixture(scope="session")
@@ -109,21 +163,26 @@ def lab_session() -> LabSession:
     hosts = lab.up(LAB_INVENTORY)
     up_seconds = time.monotonic() - started
 
-    before = {h.name: ssh(str(h.address), SNAPSHOT) for h in hosts}
-    dry = pyinfra("--dry")  # no -y: with it, pyinfra skips change detection
-    after = {h.name: ssh(str(h.address), SNAPSHOT) for h in hosts}
+    for host in hosts:
+        for path, content in BEFORE_GPUFLEET.get(host.name, {}).items():
+            put_file(str(host.address), path, content)
 
-    first = pyinfra("-y")
-    second = pyinfra("-y")
-    session = LabSession(
-        hosts, up_seconds, dry, {n: before[n] == after[n] for n in before}, first, second
-    )
-    timings = {
-        "lab_up_s": round(up_seconds, 1),
-        "first_converge_s": round(first.seconds, 1),
-        "second_converge_s": round(second.seconds, 1),
-        "dry_run_s": round(dry.seconds, 1),
-    }
+    runs = {}
+    for deploy in DEPLOYS:
+        before = {h.name: ssh(str(h.address), SNAPSHOT) for h in hosts}
+        dry = pyinfra(deploy, "--dry")  # no -y: with it, pyinfra skips change detection
+        after = {h.name: ssh(str(h.address), SNAPSHOT) for h in hosts}
+        first = pyinfra(deploy, "-y")
+        second = pyinfra(deploy, "-y")
+        unchanged = {n: before[n] == after[n] for n in before}
+        runs[deploy] = DeployRuns(dry, unchanged, first, second)
+    session = LabSession(hosts, up_seconds, runs)
+    timings: dict[str, float] = {"lab_up_s": round(up_seconds, 1)}
+    for deploy, run in runs.items():
+        name = Path(deploy).stem
+        timings[f"{name}_dry_run_s"] = round(run.dry.seconds, 1)
+        timings[f"{name}_first_converge_s"] = round(run.first.seconds, 1)
+        timings[f"{name}_second_converge_s"] = round(run.second.seconds, 1)
     (lab.lab_dir() / "timings.json").write_text(json.dumps(timings, indent=2))
     print(f"\nlab timings: {timings}")
     yield session
@@ -132,10 +191,13 @@ def lab_session() -> LabSession:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``lab_host`` runs a test once per lab host; ``@pytest.mark.group(name)`` narrows it."""
+    """``lab_host`` runs a test once per lab host; ``@pytest.mark.group(name)`` or
+    ``@pytest.mark.hosts(*names)`` narrows it."""
     if "lab_host" in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker("group")
-        names = [n for n, s in SPECS.items() if marker is None or marker.args[0] in s.groups]
+        group = metafunc.definition.get_closest_marker("group")
+        only = metafunc.definition.get_closest_marker("hosts")
+        names = [n for n, s in SPECS.items() if group is None or group.args[0] in s.groups]
+        names = [n for n in names if only is None or n in only.args]
         metafunc.parametrize("lab_host", names, indirect=True)
 
 

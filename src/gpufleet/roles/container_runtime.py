@@ -62,7 +62,7 @@ def docker_engine(spec: HostSpec) -> None:
     if spec.docker.source == "docker":
         key_fetching_tools()
         distribution = host.get_fact(LinuxDistribution)
-        distro = distribution["name"].lower()
+        distro = (distribution["name"] or "debian").lower()
         files.directory(name="apt keyrings folder", path=KEYRINGS, mode="755")
         key = files.download(
             name="Docker's signing key",

@@ -11,7 +11,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.server import LinuxDistribution, Which
+from pyinfra.facts.server import LinuxDistribution, LinuxDistributionDict, Which
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -45,7 +45,7 @@ def check_detected_gpus(spec: HostSpec) -> None:
             )
 
 
-def driver_sources(spec: HostSpec, distribution: dict) -> None:
+def driver_sources(spec: HostSpec, distribution: LinuxDistributionDict) -> None:
     """Where the driver comes from: backports or NVIDIA's CUDA repository when asked."""
     driver = spec.nvidia_driver
     codename = distribution["release_meta"].get("VERSION_CODENAME", "")
@@ -61,7 +61,7 @@ def driver_sources(spec: HostSpec, distribution: dict) -> None:
         )
         apt.update(name="Refresh apt lists for backports", _if=backports.did_change)
     elif driver.source == "cuda":
-        distro = f"{distribution['name'].lower()}{distribution['major']}"
+        distro = f"{(distribution['name'] or 'debian').lower()}{distribution['major']}"
         if distribution["name"] == "Ubuntu":
             distro = f"ubuntu{distribution['major']}{distribution['minor']:02d}"
         arch = "sbsa" if spec.arch == "aarch64" else "x86_64"
@@ -101,6 +101,7 @@ def nvidia_driver(spec: HostSpec) -> None:
         return
     check_detected_gpus(spec)
     distribution = host.get_fact(LinuxDistribution)
+    distribution_name = distribution["name"] or "Debian"
     kernels = host.get_fact(Kernels)
     if host.get_fact(SecureBoot) == "enabled":
         logger.warning(
@@ -147,18 +148,18 @@ def nvidia_driver(spec: HostSpec) -> None:
 
     # 3. Headers for DKMS: the running kernel's where the distribution has them.
     headers, running_covered = nvidia.header_packages(
-        kernels["running"], spec.arch, distribution["name"]
+        kernels["running"], spec.arch, distribution_name
     )
     if not running_covered:
         host.noop(
-            f"running kernel {kernels['running']} is not a {distribution['name']} kernel (a "
+            f"running kernel {kernels['running']} is not a {distribution_name} kernel (a "
             "container's host, or a custom build): the module is built for the installed "
             "distribution kernels"
         )
     apt.packages(name="Install kernel headers", packages=headers, no_recommends=True)
 
     # 4. The driver, at the held version.
-    packages = nvidia.driver_packages(driver, distribution["name"])
+    packages = nvidia.driver_packages(driver, distribution_name)
     installed = apt.packages(
         name=f"Install NVIDIA driver {driver.version or driver.effective_branch}",
         packages=packages,
