@@ -97,7 +97,7 @@ def test_nouveau_blacklisted_and_module_options_written(lab_host):
     # modprobe reads them as configuration.
     config = lab_host.testinfra.check_output("modprobe --showconfig")
     assert "blacklist nouveau" in config
-    assert "options nvidia-drm modeset=1" in config
+    assert "options nvidia_drm modeset=1" in config  # modprobe writes module names with _
 
 
 @pytest.mark.hosts("lab-pve-1")

@@ -10,7 +10,10 @@ from gpufleet.facts.gpu import (
     parse_driver_version,
     parse_lspci,
     parse_nvidia_smi_query,
+    parse_proc_devices,
+    uvm_major,
 )
+from gpufleet.facts.system import Kernels, parse_secure_boot
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "gpu"
 
@@ -141,3 +144,89 @@ def test_fact_on_a_host_without_gpu():
 def test_fact_with_working_driver_describes_the_cards():
     report = NvidiaGpus().process(["### pci", "### nvidia-smi", *SMI_TWO_GPUS, "### driver"])
     assert describe(report).startswith("2 NVIDIA GPU(s)")
+
+
+# --- device majors (/proc/devices) ---------------------------------------------------------
+
+
+def test_majors_of_a_gpu_server_with_nvswitch():
+    majors = parse_proc_devices(lines("proc-devices-nvidia.txt"))
+    assert majors == {
+        "nvidia-frontend": 195,
+        "nvidia-nvlink": 234,
+        "nvidia-caps": 235,
+        "nvidia-uvm": 510,
+        "nvidia-nvswitch": 511,
+    }
+    assert uvm_major(majors) == 510
+
+
+def test_majors_of_a_legacy_driver_without_uvm():
+    majors = parse_proc_devices(lines("proc-devices-legacy-195-nvidia-no-uvm.txt"))
+    assert majors == {"nvidia": 195}
+    assert uvm_major(majors) is None
+
+
+def test_no_majors_without_a_driver_and_block_devices_ignored():
+    assert parse_proc_devices(lines("proc-devices-no-gpu.txt")) == {}
+    assert parse_proc_devices(["Block devices:", "195 nvidia-looking-block"]) == {}
+
+
+# --- Secure Boot -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fixture, state",
+    [
+        ("mokutil-sb-state-enabled.txt", "enabled"),
+        ("mokutil-sb-state-disabled-setupmode.txt", "disabled"),
+        ("mokutil-sb-state-efi-unsupported.txt", "not-efi"),
+        ("mokutil-sb-state-not-supported.txt", "not-efi"),
+        ("mokutil-sb-state-no-efi.txt", "not-efi"),
+    ],
+)
+def test_secure_boot_from_mokutil(fixture, state):
+    assert parse_secure_boot(lines(fixture)) == state
+
+
+def test_secure_boot_from_the_efi_variable_when_mokutil_is_missing():
+    # 4 attribute bytes (6 0 0 0), then the value.
+    assert parse_secure_boot(["efivar   6   0   0   0   1"]) == "enabled"
+    assert parse_secure_boot(["efivar   6   0   0   0   0"]) == "disabled"
+    assert parse_secure_boot(["no-efi"]) == "not-efi"
+    assert parse_secure_boot([]) == "unknown"
+
+
+# --- kernels -----------------------------------------------------------------------------
+
+
+def test_kernels_in_a_container_with_debian_headers():
+    report = Kernels().process(lines("kernels-container-with-debian-headers.txt"))
+    assert report == {
+        "running": "6.18.44-fc-v669",
+        "installed": [],
+        "with_headers": ["6.1.0-50-amd64"],
+    }
+
+
+def test_kernels_sorted_by_version_not_text():
+    report = Kernels().process(
+        [
+            "### running",
+            "6.1.0-9-amd64",
+            "### images",
+            "vmlinuz-6.1.0-10-amd64",
+            "vmlinuz-6.1.0-9-amd64",
+            "### headers",
+            "6.1.0-10-amd64",
+        ]
+    )
+    assert report["installed"] == ["6.1.0-9-amd64", "6.1.0-10-amd64"]
+    assert report["running"] not in report["with_headers"]  # headers for the next boot only
+
+
+def test_nvidia_smi_query_without_a_loaded_module():
+    # Captured on a Debian 12 host with the driver packages and no module (exit status 9).
+    gpus, error = parse_nvidia_smi_query(lines("nvidia-smi-query-no-module-debian12.txt"))
+    assert gpus == []
+    assert error is not None and error.startswith("NVIDIA-SMI has failed")

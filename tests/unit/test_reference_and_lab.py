@@ -27,6 +27,8 @@ def test_lab_hosts_come_from_the_lab_inventory():
     hosts = lab.hosts_from_inventory(ROOT / "inventory/lab.py")
     assert [(h.name, str(h.address)) for h in hosts] == [
         ("lab-gpu-1", "10.200.0.11"),
+        ("lab-pve-1", "10.200.0.13"),
+        ("lab-lxc-1", "10.200.0.14"),
         ("lab-infra-1", "10.200.0.12"),
     ]
-    assert {h.veth for h in hosts} == {"gflv11", "gflv12"}
+    assert {h.veth for h in hosts} == {"gflv11", "gflv12", "gflv13", "gflv14"}
