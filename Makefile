@@ -5,14 +5,15 @@ INVENTORIES := inventory/homelab.py inventory/lab.py inventory/examples/*.py
 
 .PHONY: demo test test-fast lint host-tools lab-up lab-down
 
-# Build and start the local lab, show the dry-run plan, deploy, deploy again, verify.
+# Build and start the local lab, show the dry-run plan, deploy, deploy again (no changes).
 demo: $(BIN)/gpufleet host-tools
 	$(BIN)/gpufleet validate $(INVENTORIES)
 	$(BIN)/gpufleet lab up
 	$(BIN)/pyinfra -v inventory/lab.py deploys/gpu_node.py --dry
 	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py
-	GPUFLEET_KEEP_LAB=1 $(BIN)/pytest tests/host -q
-	@echo "The lab is still running: 'make lab-down' removes it."
+	$(BIN)/pyinfra -y inventory/lab.py deploys/proxmox_host.py
+	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py deploys/proxmox_host.py
+	@echo "The last run changed nothing. The lab is still running: 'make lab-down' removes it."
 
 # The whole suite: lint, unit tests, then the lab layer (real hosts over SSH).
 test: $(BIN)/gpufleet host-tools lint

@@ -6,7 +6,7 @@ each deploy in turn, what a user would: a dry run (which must change nothing), t
 and the deploy again (which must change nothing). Tests then assert on those runs and
 inspect the hosts with testinfra.
 
-Set GPUFLEET_KEEP_LAB=1 to leave the lab running after the session (faster reruns).
+Set GPUFLEET_KEEP_LAB=1 to leave the lab running after the session, to look around.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def lab_session() -> LabSession:
     reason = lab_available()
     if reason:
         pytest.skip(reason)
+    lab.down()  # the promises are about fresh hosts: never reuse a converged lab
     started = time.monotonic()
     hosts = lab.up(LAB_INVENTORY)
     up_seconds = time.monotonic() - started

@@ -149,6 +149,19 @@ class NvidiaGpus(FactBase[NvidiaGpuReport]):
         )
 
 
+_reports: dict[str, NvidiaGpuReport] = {}
+
+
+def detected_gpus() -> NvidiaGpuReport:
+    """The :class:`NvidiaGpus` fact of the current host, read once per run: cards do not come
+    and go during a deploy, and a driver the deploy installs loads only after a reboot."""
+    from pyinfra import host
+
+    if host.name not in _reports:
+        _reports[host.name] = host.get_fact(NvidiaGpus)
+    return _reports[host.name]
+
+
 def describe(report: NvidiaGpuReport) -> str:
     """One line for a person: ``2 NVIDIA GPUs: RTX 4090 (24564 MiB), ...`` or
     ``no NVIDIA GPU (no PCI device with vendor 10de)``."""

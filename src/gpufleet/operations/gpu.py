@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import operation
 
-from gpufleet.facts.gpu import NvidiaGpus, describe
+from gpufleet.facts.gpu import describe, detected_gpus
 
 
 @operation()
@@ -20,7 +20,7 @@ def detected(declared: int = 0):
 
         gpu.detected(name="Detect NVIDIA GPUs", declared=1)
     """
-    report = host.get_fact(NvidiaGpus)
+    report = detected_gpus()
     found = max(len(report["pci"]), len(report["nvidia_smi"]))
     if found < declared:
         logger.warning(

@@ -16,7 +16,7 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.configs import NVIDIA_RUNTIME
-from gpufleet.facts.gpu import NvidiaGpus
+from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec
 from gpufleet.operations import docker
 from gpufleet.paths import template
@@ -50,17 +50,14 @@ DOCKER_CE_PACKAGES = [
 ]
 
 
-def key_fetching_tools() -> None:
-    apt.packages(
-        name="Tools to fetch repository keys",
-        packages=["curl", "ca-certificates"],
-        no_recommends=True,
-    )
+KEY_FETCHING_TOOLS = ["curl", "ca-certificates"]
 
 
 def docker_engine(spec: HostSpec) -> None:
     if spec.docker.source == "docker":
-        key_fetching_tools()
+        apt.packages(
+            name="Tools to fetch repository keys", packages=KEY_FETCHING_TOOLS, no_recommends=True
+        )
         distribution = host.get_fact(LinuxDistribution)
         distro = (distribution["name"] or "debian").lower()
         files.directory(name="apt keyrings folder", path=KEYRINGS, mode="755")
@@ -84,13 +81,17 @@ def docker_engine(spec: HostSpec) -> None:
         apt.update(name="Refresh apt lists for Docker", _if=any_changed(key, source))
         apt.packages(name="Install Docker CE", packages=DOCKER_CE_PACKAGES, no_recommends=True)
     else:
-        apt.packages(name="Install Docker (docker.io)", packages=["docker.io"], no_recommends=True)
+        apt.packages(
+            name="Install Docker (docker.io)",
+            packages=["docker.io", *KEY_FETCHING_TOOLS],
+            no_recommends=True,
+        )
 
 
 def container_toolkit(spec: HostSpec) -> bool:
     """Repository, key and packages of the toolkit; True when the ``nvidia`` runtime is set."""
     toolkit = spec.container_toolkit
-    gpus = host.get_fact(NvidiaGpus)
+    gpus = detected_gpus()
     if not toolkit.enabled:
         host.noop("container_toolkit.enabled is false: NVIDIA Container Toolkit skipped")
         return False
@@ -101,7 +102,6 @@ def container_toolkit(spec: HostSpec) -> bool:
         files.file(name=f"Remove stale {path}", path=path, present=False)
         for path in STALE_TOOLKIT_FILES
     ]
-    key_fetching_tools()
     files.directory(name="apt keyrings folder", path=KEYRINGS, mode="755")
     key = files.download(
         name="NVIDIA Container Toolkit signing key",

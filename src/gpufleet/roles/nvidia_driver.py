@@ -17,7 +17,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet import nvidia
 from gpufleet.catalogue import load_catalogue
-from gpufleet.facts.gpu import NvidiaGpus
+from gpufleet.facts.gpu import detected_gpus
 from gpufleet.facts.system import Kernels, SecureBoot
 from gpufleet.models import HostSpec
 from gpufleet.operations import nvidia as nvidia_ops
@@ -30,7 +30,7 @@ CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
 def check_detected_gpus(spec: HostSpec) -> None:
     """Stop before any change when the driver branch cannot drive a GPU the host has."""
     catalogue = load_catalogue()
-    for gpu in host.get_fact(NvidiaGpus)["pci"]:
+    for gpu in detected_gpus()["pci"]:
         entry = catalogue.accelerator_by_pci_id(gpu["device_id"])
         if entry is None:
             logger.warning(
@@ -95,7 +95,7 @@ def nvidia_driver(spec: HostSpec) -> None:
         nvidia_driver(host_spec())
     """
     driver = spec.nvidia_driver
-    gpus = host.get_fact(NvidiaGpus)
+    gpus = detected_gpus()
     if not gpus["pci"] and not driver.force:
         host.noop("no NVIDIA GPU detected: driver not installed (nvidia_driver.force installs)")
         return
@@ -156,13 +156,12 @@ def nvidia_driver(spec: HostSpec) -> None:
             "container's host, or a custom build): the module is built for the installed "
             "distribution kernels"
         )
-    apt.packages(name="Install kernel headers", packages=headers, no_recommends=True)
 
-    # 4. The driver, at the held version.
+    # 4. The driver, at the held version, with the headers DKMS builds it against.
     packages = nvidia.driver_packages(driver, distribution_name)
     installed = apt.packages(
         name=f"Install NVIDIA driver {driver.version or driver.effective_branch}",
-        packages=packages,
+        packages=[*headers, *packages],
         no_recommends=True,
     )
     move_to_held_version(packages, driver.version)

@@ -13,7 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
-from gpufleet.facts.gpu import NvidiaDeviceMajors, NvidiaGpus, uvm_major
+from gpufleet.facts.gpu import NvidiaDeviceMajors, detected_gpus, uvm_major
 from gpufleet.models import HostSpec
 from gpufleet.operations import proxmox
 from gpufleet.paths import template
@@ -31,7 +31,7 @@ def lxc_gpu_passthrough(spec: HostSpec) -> None:
     if spec.proxmox is None or not spec.proxmox.lxc:
         host.noop("no containers listed under proxmox.lxc: nothing to pass through")
         return
-    if not host.get_fact(NvidiaGpus)["pci"] and not spec.nvidia_driver.force:
+    if not detected_gpus()["pci"] and not spec.nvidia_driver.force:
         raise DeployError(
             f"{host.name}: proxmox.lxc: no NVIDIA GPU detected on this host, so no container "
             "can get one; fit the card, or remove the containers from proxmox.lxc"
