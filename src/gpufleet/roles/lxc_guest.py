@@ -8,13 +8,12 @@ mismatch") and must never build a module of its own.
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files
+from pyinfra.operations import apt
 
 from gpufleet import nvidia
 from gpufleet.inventory import spec_of
 from gpufleet.models import HostSpec
-from gpufleet.paths import template
-from gpufleet.roles.nvidia_driver import move_to_held_version
+from gpufleet.roles.nvidia_driver import hold_driver_version, move_to_held_version
 
 
 @deploy("NVIDIA user space for an LXC container")
@@ -29,16 +28,7 @@ def nvidia_userland(spec: HostSpec) -> None:
     assert spec.lxc_guest is not None
     proxmox_host = spec_of(spec.lxc_guest.proxmox_host)
     driver = proxmox_host.nvidia_driver
-    pin = nvidia.apt_pin(driver)
-    if pin:
-        files.template(
-            name=f"Hold the driver's user space at {driver.version} (the host's)",
-            src=template("nvidia/driver-pin.j2"),
-            dest="/etc/apt/preferences.d/gpufleet-nvidia-driver",
-            mode="644",
-            version=driver.version,
-            pin=pin,
-        )
+    hold_driver_version(driver)  # the host's version, not one of its own
     apt.packages(
         name="Remove kernel module packages (the host's module serves this container)",
         packages=nvidia.kernel_module_packages(driver),

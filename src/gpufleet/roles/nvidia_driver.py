@@ -19,12 +19,13 @@ from gpufleet import nvidia
 from gpufleet.catalogue import load_catalogue
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.facts.system import Kernels, SecureBoot
-from gpufleet.models import HostSpec
+from gpufleet.models import HostSpec, NvidiaDriver
 from gpufleet.operations import nvidia as nvidia_ops
 from gpufleet.paths import template
 
 MODPROBE_DIR = "/etc/modprobe.d"
 CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
+DRIVER_PIN = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
 
 
 def check_detected_gpus(spec: HostSpec) -> None:
@@ -70,6 +71,20 @@ def driver_sources(spec: HostSpec, distribution: LinuxDistributionDict) -> None:
             src=f"{driver.cuda_repo_url}/{distro}/{arch}/{CUDA_KEYRING}",
         )
         apt.update(name="Refresh apt lists for the CUDA repository", _if=keyring.did_change)
+
+
+def hold_driver_version(driver: NvidiaDriver) -> None:
+    """The apt pin that keeps every package of the driver at ``driver.version``."""
+    pin = nvidia.apt_pin(driver)
+    if pin:
+        files.template(
+            name=f"Hold the driver at {driver.version}",
+            src=template("nvidia/driver-pin.j2"),
+            dest=DRIVER_PIN,
+            mode="644",
+            version=driver.version,
+            pin=pin,
+        )
 
 
 def move_to_held_version(packages: list[str], version: str | None) -> None:
@@ -135,16 +150,7 @@ def nvidia_driver(spec: HostSpec) -> None:
 
     # 2. Where the packages come from, and the hold on their version.
     driver_sources(spec, distribution)
-    pin = nvidia.apt_pin(driver)
-    if pin:
-        files.template(
-            name=f"Hold the driver at {driver.version}",
-            src=template("nvidia/driver-pin.j2"),
-            dest="/etc/apt/preferences.d/gpufleet-nvidia-driver",
-            mode="644",
-            version=driver.version,
-            pin=pin,
-        )
+    hold_driver_version(driver)
 
     # 3. Headers for DKMS: the running kernel's where the distribution has them.
     headers, running_covered = nvidia.header_packages(
