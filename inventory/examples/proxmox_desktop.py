@@ -28,10 +28,12 @@ gpu_nodes = [
             # Blackwell: branch 570+ with NVIDIA's open kernel modules.
             "nvidia_driver": {"source": "ubuntu-open", "version": "575.64.05"},
             "vllm_gpu_memory_utilization": 0.80,
+            "llamacpp_gpu_layers": 0,  # the GPU is vLLM's; llama.cpp serves from the CPU
             "models": [
                 {
                     "model": "llama3.1:8b",
                     "engine": "vllm",
+                    "source": "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
                     "quant": "FP8",
                     "gpus": 1,
                     "context": 16384,
@@ -40,6 +42,7 @@ gpu_nodes = [
                 {
                     "model": "llama3.2:3b",
                     "engine": "llama.cpp",
+                    "source": "/srv/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf",
                     "quant": "Q4_K_M",
                     "context": 8192,
                     "alias": "S-LOC-FRE-llama3.2-3b",
@@ -91,6 +94,7 @@ proxmox_hosts = [
                 {
                     "model": "llama3.2:1b",
                     "engine": "llama.cpp",
+                    "source": "/srv/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf",
                     "context": 4096,
                     "alias": "XS-LOC-FRE-llama3.2-1b",
                 },
@@ -115,7 +119,12 @@ edge = [
                 "accelerators": [{"kind": "jetson", "model": "Jetson Orin Nano Super"}],
             },
             "models": [
-                {"model": "llama3.2:1b", "engine": "llama.cpp", "alias": "XS-LOC-FRE-llama3.2-1b"},
+                {
+                    "model": "llama3.2:1b",
+                    "engine": "llama.cpp",
+                    "source": "/srv/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+                    "alias": "XS-LOC-FRE-llama3.2-1b",
+                },
             ],
         },
     ),

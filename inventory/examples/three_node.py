@@ -25,6 +25,7 @@ gpu_nodes = [
                 {
                     "model": "llama3.1:8b",
                     "engine": "vllm",
+                    "source": "meta-llama/Llama-3.1-8B-Instruct",
                     "quant": "FP16",
                     "gpus": 1,
                     "alias": "M-LOC-FRE-llama3.1-8b",

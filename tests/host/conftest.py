@@ -29,7 +29,7 @@ from gpufleet.models import HostSpec
 
 ROOT = Path(__file__).parents[2]
 LAB_INVENTORY = ROOT / "inventory/lab.py"
-DEPLOYS = ("deploys/gpu_node.py", "deploys/proxmox_host.py")
+DEPLOYS = ("deploys/gpu_node.py", "deploys/proxmox_host.py", "deploys/inference.py")
 FIXTURES = ROOT / "tests/fixtures"
 USER_DAEMON_JSON = '{\n  "log-driver": "json-file",\n  "log-opts": {"max-size": "10m"}\n}\n'
 STALE_NVIDIA_LIST = "deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"

@@ -1,0 +1,24 @@
+"""Inference servers: the baseline, then the engines each host's model placements name
+(Ollama, llama.cpp, vLLM), each started, health-checked and warmed up.
+
+pyinfra inventory/homelab.py deploys/inference.py --limit gpu_nodes
+pyinfra inventory/lab.py deploys/inference.py
+gpufleet engines inventory/homelab.py      # the planned flags, without touching a host
+"""
+
+from pyinfra import host
+
+from gpufleet.inventory import host_spec
+from gpufleet.roles.baseline import baseline
+from gpufleet.roles.inference import llama_cpp, ollama, vllm
+
+spec = host_spec()
+
+baseline(spec)
+
+if spec.models:
+    ollama(spec)
+    llama_cpp(spec)
+    vllm(spec)
+else:
+    host.noop(f"{spec.name} serves no models")

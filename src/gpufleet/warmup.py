@@ -1,0 +1,106 @@
+"""Wait for an inference server, warm a model up with one short completion, record timing.
+
+Runs on the target host (copied there by the deploy), with the Python standard library only:
+
+    python3 warmup.py --base http://127.0.0.1:8080 --health /health --model S-LOC-FRE-x \\
+        --record /var/lib/gpufleet/warmup/S-LOC-FRE-x.json --timeout 300
+
+Exits non-zero with one line naming the server and model when it does not answer in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def wait_for_health(url: str, deadline: float) -> None:
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as error:
+            last = str(getattr(error, "reason", error))
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy in time (last: {last})")
+
+
+def complete(base: str, model: str, api_key: str | None, timeout: float) -> dict:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello in five words."}],
+        "max_tokens": 16,
+        "temperature": 0,
+        "stream": True,
+    }
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
+    )
+    started = time.monotonic()
+    first: float | None = None
+    chunks: list[str] = []
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[5:])
+            for choice in event.get("choices", []):
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    first = first or time.monotonic()
+                    chunks.append(text)
+    ended = time.monotonic()
+    if not chunks or first is None:
+        raise RuntimeError(f"{model} answered with no text")
+    generating = max(ended - first, 1e-6)
+    return {
+        "model": model,
+        "reply": "".join(chunks),
+        "ttft_s": round(first - started, 3),
+        "tokens": len(chunks),
+        "tokens_per_s": round(len(chunks) / generating, 1) if len(chunks) > 1 else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--health", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--record", required=True)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--api-key-env", help="environment variable holding the API key")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.timeout
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    try:
+        wait_for_health(args.base + args.health, deadline)
+        result = complete(args.base, args.model, api_key, max(deadline - time.monotonic(), 10))
+    except (TimeoutError, RuntimeError, urllib.error.URLError, OSError, ValueError) as error:
+        print(f"warm-up failed: {args.model} at {args.base}: {error}", file=sys.stderr)
+        return 1
+    result["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    os.makedirs(os.path.dirname(args.record), exist_ok=True)
+    with open(args.record, "w") as record:
+        json.dump(result, record, indent=2)
+    print(
+        f"{args.model}: first token {result['ttft_s']} s, {result['tokens']} tokens, "
+        f"{result['tokens_per_s']} tok/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

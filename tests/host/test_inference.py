@@ -1,0 +1,134 @@
+"""testinfra: inference servers. llama.cpp is real end to end (built from source here, a real
+model, a real completion); Ollama and vLLM cannot be fetched here, so their users, units,
+drop-ins, flags and secrets are checked, not their serving."""
+
+import json
+
+import pytest
+import requests
+
+from gpufleet import lab
+from gpufleet.engines import llama_server_command, ollama_environment, vllm_command
+
+LLAMA = "XS-LOC-FRE-gemma3-270m"
+DEPLOY = "deploys/inference.py"
+
+
+def unit_exec_start(lab_host, unit: str) -> str:
+    content = lab_host.testinfra.file(f"/etc/systemd/system/{unit}").content_string
+    return next(line for line in content.splitlines() if line.startswith("ExecStart="))
+
+
+# --- llama.cpp, for real ---------------------------------------------------------------------
+
+
+@pytest.mark.hosts("lab-gpu-1")
+def test_llama_server_built_from_the_verified_source_for_the_cpu(lab_host):
+    binary = lab_host.testinfra.file("/usr/local/bin/llama-server")
+    assert binary.is_file and binary.mode == 0o755
+    version = lab_host.testinfra.run("/usr/local/bin/llama-server --version")
+    assert "version: 11434" in version.stdout + version.stderr
+    tarball = lab_host.testinfra.check_output(
+        "sha256sum /var/cache/gpufleet/llama.cpp/llama.cpp-b0a2feb64c6f.tar.gz"
+    )
+    assert tarball.startswith(lab_host.spec.llamacpp_source_sha256)
+
+
+@pytest.mark.hosts("lab-gpu-1")
+def test_llama_server_runs_with_the_planned_flags(lab_host):
+    spec = lab_host.spec
+    planned = " ".join(llama_server_command(spec, spec.models[0]))
+    assert unit_exec_start(lab_host, "llama-server.service") == f"ExecStart={planned}"
+    service = lab_host.testinfra.service("llama-server")
+    assert service.is_running and service.is_enabled
+    assert lab_host.testinfra.socket("tcp://0.0.0.0:8080").is_listening
+    model = lab_host.testinfra.file(f"/var/lib/llama.cpp/models/{LLAMA}.gguf")
+    assert lab_host.testinfra.check_output(f"sha256sum {model.path}").startswith(
+        spec.models[0].sha256
+    )
+
+
+@pytest.mark.hosts("lab-gpu-1")
+def test_llama_server_answers_a_real_completion(lab_host):
+    base = f"http://{lab_host.address}:8080"
+    assert requests.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
+    reply = requests.post(
+        f"{base}/v1/chat/completions",
+        json={
+            "model": LLAMA,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 12,
+            "temperature": 0,
+        },
+        timeout=120,
+    ).json()
+    assert reply["model"] == LLAMA
+    text = reply["choices"][0]["message"]["content"]
+    assert "Paris" in text, text
+    assert reply["usage"]["completion_tokens"] > 0
+    metrics = requests.get(f"{base}/metrics", timeout=10).text
+    assert "llamacpp:prompt_tokens_total" in metrics
+
+
+@pytest.mark.hosts("lab-gpu-1")
+def test_startup_sequence_warmed_the_model_up_once(lab_host, lab_session):
+    record = json.loads(
+        lab_host.testinfra.file(f"/var/lib/gpufleet/warmup/{LLAMA}.json").content_string
+    )
+    assert record["model"] == LLAMA
+    assert record["tokens"] > 0 and 0 < record["ttft_s"] < 120
+    runs = lab_session.runs[DEPLOY]
+    warmed = [
+        op
+        for op in runs.first.report["results"]["operations"]
+        if op["name"].endswith(f"Warm up {LLAMA}")
+    ]
+    assert warmed and warmed[0]["success"] == ["lab-gpu-1"]
+    assert f"Warm up {LLAMA}" not in {name for name, _ in runs.second.changed}
+
+
+# --- Ollama: configured, not fetchable here --------------------------------------------------
+
+
+@pytest.mark.hosts("lab-gpu-1")
+def test_ollama_user_unit_and_drop_in(lab_host):
+    user = lab_host.testinfra.user("ollama")
+    assert user.exists and user.uid < 1000 and user.home == "/usr/share/ollama"
+    assert unit_exec_start(lab_host, "ollama.service") == "ExecStart=/usr/local/bin/ollama serve"
+    drop_in = lab_host.testinfra.file("/etc/systemd/system/ollama.service.d/override.conf")
+    lines = [
+        line for line in drop_in.content_string.splitlines() if line.startswith("Environment=")
+    ]
+    planned = ollama_environment(lab_host.spec)
+    assert lines == [f'Environment="{k}={v}"' for k, v in planned.items()]
+    # systemd itself reads the drop-in.
+    shown = lab_host.testinfra.check_output("systemctl show ollama --property Environment")
+    assert "OLLAMA_HOST=0.0.0.0:11434" in shown and "OLLAMA_FLASH_ATTENTION=1" in shown
+    assert lab_host.testinfra.service("ollama").is_enabled
+    assert not lab_host.testinfra.service("ollama").is_running  # no binary to run
+
+
+# --- vLLM: configured as installed by hand, key from a 0600 file ----------------------------
+
+
+@pytest.mark.hosts("lab-pve-1")
+def test_vllm_unit_flags_and_key_file(lab_host):
+    spec = lab_host.spec
+    planned = " ".join(vllm_command(spec, spec.models[0]))
+    assert unit_exec_start(lab_host, "vllm.service") == f"ExecStart={planned}"
+    env = lab_host.testinfra.file("/etc/gpufleet/vllm.env")
+    assert env.mode == 0o640 and env.user == "root" and env.group == spec.service_user
+    key = (lab.lab_dir() / lab.VLLM_KEY_FILE).read_text().strip()
+    assert len(key) == 64
+    assert lab_host.testinfra.check_output("cat /etc/gpufleet/vllm.env") == f"VLLM_API_KEY={key}"
+    unit = lab_host.testinfra.file("/etc/systemd/system/vllm.service").content_string
+    assert key not in unit
+    assert lab_host.testinfra.service("vllm").is_enabled
+
+
+def test_the_api_key_never_shows_in_plans_or_logs(lab_session):
+    key = (lab.lab_dir() / lab.VLLM_KEY_FILE).read_text().strip()
+    for runs in lab_session.runs.values():
+        for run in (runs.dry, runs.first, runs.second):
+            assert key not in run.stderr
+            assert key not in json.dumps(run.report)
