@@ -12,7 +12,9 @@ demo: $(BIN)/gpufleet host-tools
 	$(BIN)/pyinfra -v inventory/lab.py deploys/gpu_node.py --dry
 	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py
 	$(BIN)/pyinfra -y inventory/lab.py deploys/proxmox_host.py
-	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py deploys/proxmox_host.py
+	$(BIN)/gpufleet engines inventory/lab.py
+	$(BIN)/pyinfra -y inventory/lab.py deploys/inference.py
+	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py deploys/proxmox_host.py deploys/inference.py
 	@echo "The last run changed nothing. The lab is still running: 'make lab-down' removes it."
 
 # The whole suite: lint, unit tests, then the lab layer (real hosts over SSH).

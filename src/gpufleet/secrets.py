@@ -11,8 +11,6 @@ import os
 import stat
 from pathlib import Path
 
-import requests
-
 
 class SecretError(RuntimeError):
     pass
@@ -31,6 +29,8 @@ def read_secret(reference: str) -> str:
             raise SecretError(f"{reference}: readable by others; chmod 600 {path}")
         return path.read_text().strip()
     if kind == "vault":
+        import requests  # imported here: pyinfra's CLI patches sockets before first use
+
         location, _, key = where.partition("#")
         mount, _, secret_path = location.partition("/")
         address, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")

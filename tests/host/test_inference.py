@@ -9,6 +9,7 @@ import requests
 
 from gpufleet import lab
 from gpufleet.engines import llama_server_command, ollama_environment, vllm_command
+from gpufleet.operations.inference import BASE_FLAGS, CCACHE_FLAGS, build_stamp
 
 LLAMA = "XS-LOC-FRE-gemma3-270m"
 DEPLOY = "deploys/inference.py"
@@ -27,7 +28,13 @@ def test_llama_server_built_from_the_verified_source_for_the_cpu(lab_host):
     binary = lab_host.testinfra.file("/usr/local/bin/llama-server")
     assert binary.is_file and binary.mode == 0o755
     version = lab_host.testinfra.run("/usr/local/bin/llama-server --version")
-    assert "version: 11434" in version.stdout + version.stderr
+    assert "built with GNU" in version.stdout + version.stderr
+    assert "for Linux x86_64" in version.stdout + version.stderr
+    # The build is recorded against its source and flags: CPU flags on a host without a GPU.
+    stamp = lab_host.testinfra.file("/usr/local/bin/llama-server.gpufleet-build")
+    flags = [*BASE_FLAGS, "-DGGML_NATIVE=OFF", *CCACHE_FLAGS]
+    expected = build_stamp(lab_host.spec.llamacpp_source_sha256, flags)
+    assert stamp.content_string.strip() == expected
     tarball = lab_host.testinfra.check_output(
         "sha256sum /var/cache/gpufleet/llama.cpp/llama.cpp-b0a2feb64c6f.tar.gz"
     )
@@ -52,6 +59,7 @@ def test_llama_server_runs_with_the_planned_flags(lab_host):
 def test_llama_server_answers_a_real_completion(lab_host):
     base = f"http://{lab_host.address}:8080"
     assert requests.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
+    predicted_before = predicted_tokens(base)
     reply = requests.post(
         f"{base}/v1/chat/completions",
         json={
@@ -63,11 +71,17 @@ def test_llama_server_answers_a_real_completion(lab_host):
         timeout=120,
     ).json()
     assert reply["model"] == LLAMA
-    text = reply["choices"][0]["message"]["content"]
-    assert "Paris" in text, text
-    assert reply["usage"]["completion_tokens"] > 0
+    assert reply["choices"][0]["message"]["content"].strip()
+    generated = reply["usage"]["completion_tokens"]
+    assert 0 < generated <= 12
+    # /metrics counts what the model really generated for that request.
+    assert predicted_tokens(base) == predicted_before + generated
+
+
+def predicted_tokens(base: str) -> float:
     metrics = requests.get(f"{base}/metrics", timeout=10).text
-    assert "llamacpp:prompt_tokens_total" in metrics
+    line = next(x for x in metrics.splitlines() if x.startswith("llamacpp:tokens_predicted_total"))
+    return float(line.split()[1])
 
 
 @pytest.mark.hosts("lab-gpu-1")

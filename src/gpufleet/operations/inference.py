@@ -14,6 +14,14 @@ from gpufleet.engines import LLAMA_SERVER
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
 WARMUP_SCRIPT = "/usr/local/lib/gpufleet/warmup.py"
 WARMUP_RECORDS = "/var/lib/gpufleet/warmup"
+BASE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+)
+CCACHE_FLAGS = ("-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
 
 
 def build_stamp(source_sha256: str, cmake_flags: list[str]) -> str:
@@ -48,17 +56,7 @@ def llama_server_built(
             source_sha256="b0a2...", subdir="llama.cpp", cmake_flags=["-DGGML_NATIVE=OFF"],
         )
     """
-    flags = [
-        "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=OFF",
-        "-DLLAMA_CURL=OFF",
-        "-DLLAMA_BUILD_TESTS=OFF",
-        "-DLLAMA_BUILD_EXAMPLES=OFF",
-        *(cmake_flags or []),
-    ]
-    if ccache:
-        flags.append("-DCMAKE_C_COMPILER_LAUNCHER=ccache")
-        flags.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
+    flags = [*BASE_FLAGS, *(cmake_flags or []), *(CCACHE_FLAGS if ccache else ())]
     stamp = build_stamp(source_sha256, flags)
     stamp_file = f"{LLAMA_SERVER}.gpufleet-build"
     recorded = host.get_fact(FileContents, path=stamp_file)
