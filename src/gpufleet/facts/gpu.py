@@ -162,6 +162,15 @@ def detected_gpus() -> NvidiaGpuReport:
     return _reports[host.name]
 
 
+def require_gpu(force: bool, field: str, fix: str) -> None:
+    """Stop the deploy before any change when the host shows no NVIDIA GPU (unless forced)."""
+    from pyinfra import host
+    from pyinfra.api.exceptions import DeployError
+
+    if not detected_gpus()["pci"] and not force:
+        raise DeployError(f"{host.name}: {field}: no NVIDIA GPU detected on this host; {fix}")
+
+
 def describe(report: NvidiaGpuReport) -> str:
     """One line for a person: ``2 NVIDIA GPUs: RTX 4090 (24564 MiB), ...`` or
     ``no NVIDIA GPU (no PCI device with vendor 10de)``."""

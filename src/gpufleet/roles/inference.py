@@ -20,7 +20,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet import engines
-from gpufleet.facts.gpu import detected_gpus
+from gpufleet.facts.gpu import detected_gpus, require_gpu
 from gpufleet.facts.ollama import OllamaModels, missing_models
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import inference
@@ -38,6 +38,13 @@ def warm_up_tool() -> OperationMeta:
         dest=inference.WARMUP_SCRIPT,
         mode="755",
     )
+
+
+def configured_not_started(service: str, unit_ops: list[OperationMeta], why: str) -> None:
+    """The service's unit is in place but what it runs is not: enable it, start nothing."""
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*unit_ops))
+    systemd.service(name=f"Enable {service}", service=service, enabled=True, running=None)
+    host.noop(f"{why}: {service} is configured and starts once that is there")
 
 
 def restart_and_warm_up(
@@ -221,11 +228,10 @@ def ollama(spec: HostSpec) -> None:
         environment=engines.ollama_environment(spec),
     )
     if not installed:
-        systemd.daemon_reload(name="Reload systemd units", _if=any_changed(unit, drop_in))
-        systemd.service(name="Enable ollama", service="ollama", enabled=True, running=None)
-        host.noop(
-            f"no Ollama binary at {engines.OLLAMA_BINARY} and no ollama_sha256 to install "
-            "one: the service is configured and starts once the binary is there"
+        configured_not_started(
+            "ollama",
+            [unit, drop_in],
+            f"no Ollama binary at {engines.OLLAMA_BINARY} and no ollama_sha256 to install one",
         )
         return
     warm_up_tool()
@@ -272,11 +278,11 @@ def vllm(spec: HostSpec) -> None:
     if not placements:
         host.noop("no vLLM model placed on this host")
         return
-    if not detected_gpus()["pci"] and not spec.nvidia_driver.force:
-        raise DeployError(
-            f"{host.name}: models: vLLM needs an NVIDIA GPU and none is detected on this "
-            "host; serve the model with llama.cpp or Ollama, or place it on a GPU node"
-        )
+    require_gpu(
+        spec.nvidia_driver.force,
+        "models",
+        "vLLM needs one: serve the model with llama.cpp or Ollama, or place it on a GPU node",
+    )
     placement = placements[0]
     key = read_secret(spec.secrets["vllm_api_key"])
     env_file = files.put(
@@ -287,11 +293,6 @@ def vllm(spec: HostSpec) -> None:
         group=spec.service_user,
         mode="640",
     )
-    if spec.vllm_install == "present" and not vllm_installed(spec):
-        host.noop(
-            f"vllm_install is 'present' but {engines.VLLM_VENV}/bin/vllm is missing: the "
-            "service is configured and starts once vLLM is installed there"
-        )
     if spec.vllm_install in ("venv", "present"):
         installed = None
         if spec.vllm_install == "venv" and not vllm_installed(spec):
@@ -328,8 +329,9 @@ def vllm(spec: HostSpec) -> None:
         after_docker=spec.vllm_install == "container",
     )
     if spec.vllm_install == "present" and not vllm_installed(spec):
-        systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-        systemd.service(name="Enable vllm", service="vllm", enabled=True, running=None)
+        configured_not_started(
+            "vllm", [unit], f"vllm_install is 'present' but {engines.VLLM_VENV}/bin/vllm is missing"
+        )
         return
     warm_up_tool()
     restart_and_warm_up(

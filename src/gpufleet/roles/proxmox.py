@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
-from gpufleet.facts.gpu import NvidiaDeviceMajors, detected_gpus, uvm_major
+from gpufleet.facts.gpu import NvidiaDeviceMajors, require_gpu, uvm_major
 from gpufleet.models import HostSpec
 from gpufleet.operations import proxmox
 from gpufleet.paths import template
@@ -31,11 +30,11 @@ def lxc_gpu_passthrough(spec: HostSpec) -> None:
     if spec.proxmox is None or not spec.proxmox.lxc:
         host.noop("no containers listed under proxmox.lxc: nothing to pass through")
         return
-    if not detected_gpus()["pci"] and not spec.nvidia_driver.force:
-        raise DeployError(
-            f"{host.name}: proxmox.lxc: no NVIDIA GPU detected on this host, so no container "
-            "can get one; fit the card, or remove the containers from proxmox.lxc"
-        )
+    require_gpu(
+        spec.nvidia_driver.force,
+        "proxmox.lxc",
+        "no container can get one: fit the card, or remove the containers from proxmox.lxc",
+    )
 
     modules = files.template(
         name="Load nvidia and nvidia-uvm at boot",
