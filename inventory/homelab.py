@@ -11,6 +11,15 @@ inventory check refuses them:
 * ``stable-diffusion-xl``, ``flux-schnell``, ``stable-diffusion-2.1``, ``stable-diffusion``
   (CoreML) and ``whisper:large-v3``: image and speech models Ollama does not serve; they need
   their own engines.
+
+Settings the plan gave that the capacity planner shows cannot hold, corrected here:
+
+* akshat-pc keeps 2 models loaded, not 3: the three largest (llama3.2-vision:90b,
+  qwen2.5:72b, llava:34b) need ~243 GB with their KV caches; the host has 32 GB VRAM + 190 GB.
+* old-office-pc keeps 2 loaded: its three largest need 38.4 GB of its 38 GB.
+* gtr9-pro serves one request at a time with the 128k context, one model loaded: Ollama
+  allocates context x parallel slots, and 128k x 4 slots is ~172 GB of KV cache for a 72B
+  model alone, in 128 GB.
 """
 
 from gpufleet.inventory import check_inventory
@@ -39,7 +48,7 @@ gpu_nodes = [
             },
             # Blackwell needs branch 570+ and NVIDIA's open modules: Debian 12 has 535.
             "nvidia_driver": {"source": "cuda", "version": "575.64.05"},
-            "ollama_max_loaded_models": 3,
+            "ollama_max_loaded_models": 2,
             "models": _ollama(
                 ("qwen2.5-coder:32b", "XL-LOC-FRE-qwen2.5-coder-32b"),
                 ("deepseek-coder-v2:236b", "XL-LOC-FRE-deepseek-coder-236b"),
@@ -64,6 +73,7 @@ gpu_nodes = [
                 "accelerators": [{"kind": "nvidia", "model": "RTX 2080 Super"}],
             },
             "nvidia_driver": {"version": "535.261.03"},
+            "ollama_max_loaded_models": 2,
             "models": _ollama(
                 ("qwen2.5-coder:32b-q4", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
                 ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b"),
@@ -90,8 +100,9 @@ cpu_nodes = [
         {
             "role": "XL models on CPU, long context",
             "hardware": _AI_MAX,
-            "ollama_num_parallel": 4,
+            "ollama_num_parallel": 1,
             "ollama_context_length": 131072,
+            "ollama_max_loaded_models": 1,
             "models": _ollama(
                 ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
                 ("llama3.1:70b-q4", "XL-LOC-FRE-llama3.1-70b-q4-cpu"),

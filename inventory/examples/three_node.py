@@ -27,6 +27,7 @@ gpu_nodes = [
                     "engine": "vllm",
                     "source": "meta-llama/Llama-3.1-8B-Instruct",
                     "quant": "FP16",
+                    "context": 16384,  # the default 128k needs 17 GB of KV cache
                     "gpus": 1,
                     "alias": "M-LOC-FRE-llama3.1-8b",
                 },

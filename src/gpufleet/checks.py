@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gpufleet import nvidia
-from gpufleet.catalogue import Catalogue, ModelEntry
+from gpufleet.catalogue import Catalogue
 from gpufleet.models import HOST_GROUPS, HostSpec, ModelPlacement
 
 SYSTEM_RESERVE_GB = 2.0
@@ -86,7 +86,7 @@ def check_host(
         *_ports(spec),
         *_gpu_requests(spec),
         *_engines(spec),
-        *_model_fit(spec, catalogue),
+        *_capacity(spec, catalogue),
         *_engine_sources(spec),
         *_nvidia_driver(spec, catalogue),
         *_proxmox(spec),
@@ -237,66 +237,12 @@ def _engines(spec: HostSpec) -> Iterator[Problem]:
             return
 
 
-def _memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
-    """(VRAM of discrete NVIDIA GPUs, system memory), GB."""
-    vram = 0.0
-    for accelerator in spec.hardware.accelerators:
-        if accelerator.kind != "nvidia":
-            continue
-        entry = catalogue.accelerator(accelerator.model)
-        per_device = accelerator.vram_gb or (max(entry.vram_gb) if entry and entry.vram_gb else 0)
-        vram += per_device * accelerator.count
-    return vram, spec.hardware.ram_gb
+def _capacity(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
+    """Placements that cannot fit, loaded sets that cannot, speeds claimed above physics."""
+    from gpufleet.planner import plan_host  # the planner builds on this module's figures
 
-
-def _model_fit(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
-    vram, ram = _memory(spec, catalogue)
-    for i, placement in enumerate(spec.models):
-        field = f"models[{i}]"
-        entry: ModelEntry | None = catalogue.model(placement.model)
-        params_b = placement.params_b or (entry.params_b if entry else None)
-        if params_b is None:
-            yield Problem(
-                spec.name,
-                f"{field}.model",
-                f"unknown model {placement.model!r}"
-                f"{suggest(placement.model, catalogue.models)}; add it to "
-                "src/gpufleet/catalogue/models.yaml or give params_b",
-            )
-            continue
-        quant = placement_quant(placement)
-        if quant not in BITS_PER_WEIGHT:
-            yield Problem(
-                spec.name,
-                f"{field}.quant",
-                f"unknown quantization {quant!r}; use one of {', '.join(BITS_PER_WEIGHT)}",
-            )
-            continue
-        need = weights_gb(params_b, quant)
-        if placement.engine == "vllm":
-            gpus = max(placement.gpus, 1)
-            per_gpu = vram / max(spec.hardware.nvidia_gpu_count, 1)
-            budget = gpus * per_gpu * spec.vllm_gpu_memory_utilization
-            if vram and need > budget:
-                yield Problem(
-                    spec.name,
-                    f"{field}.model",
-                    f"{placement.model} at {quant} needs {need:.1f} GB of weights but vLLM "
-                    f"gets {budget:.1f} GB ({spec.vllm_gpu_memory_utilization:.2f} x "
-                    f"{gpus * per_gpu:g} GB VRAM) and cannot offload; use a smaller model "
-                    "or quantization, or serve it with llama.cpp/Ollama",
-                )
-            continue
-        budget = vram + ram - SYSTEM_RESERVE_GB
-        if need > budget:
-            yield Problem(
-                spec.name,
-                f"{field}.model",
-                f"{placement.model} at {quant} needs {need:.1f} GB of weights but the host has "
-                f"{vram:g} GB VRAM + {ram:g} GB RAM - {SYSTEM_RESERVE_GB:g} GB reserve = "
-                f"{budget:.1f} GB; choose a smaller model or quantization, or place it on a "
-                "host with more memory",
-            )
+    for field, message in plan_host(spec, catalogue).problems:
+        yield Problem(spec.name, field, message)
 
 
 def gets_nvidia_driver(spec: HostSpec) -> bool:

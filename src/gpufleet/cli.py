@@ -1,6 +1,7 @@
 """``gpufleet``: validate inventories and run the local lab.
 
 gpufleet validate inventory/homelab.py      # contacts no host
+gpufleet plan inventory/homelab.py          # where each model runs, memory, speed bound
 gpufleet engines inventory/homelab.py       # each host's inference servers and flags
 gpufleet lab up|status|down [inventory/lab.py]
 """
@@ -62,6 +63,24 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from gpufleet.catalogue import load_catalogue
+    from gpufleet.planner import format_plan, plan_host
+
+    try:
+        specs = validate_file(args.inventory)
+    except InventoryError as error:
+        print(error, file=sys.stderr)
+        return 1
+    catalogue = load_catalogue()
+    plans = [plan_host(spec, catalogue) for spec in specs.values() if spec.models]
+    if args.json:
+        print(json.dumps([plan.as_dict() for plan in plans], indent=2))
+    else:
+        print("\n\n".join(format_plan(plan) for plan in plans))
+    return 0
+
+
 def _engines(args: argparse.Namespace) -> int:
     from gpufleet.engines import describe
 
@@ -93,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="validate inventories; contacts no host")
     validate.add_argument("inventory", nargs="+")
     validate.set_defaults(run=_validate)
+
+    plan = commands.add_parser(
+        "plan", help="where each model runs, memory used, speed bound; contacts no host"
+    )
+    plan.add_argument("inventory")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON")
+    plan.set_defaults(run=_plan)
 
     engines = commands.add_parser(
         "engines", help="each host's inference servers, flags and environment; contacts no host"

@@ -79,6 +79,14 @@ class Hardware(Spec):
     """System memory in GB."""
     accelerators: list[Accelerator] = []
     """GPUs, SoCs and NPUs; empty for a CPU-only host."""
+    ram_type: Literal["ddr4", "ddr5", "lpddr5", "lpddr5x"] = "ddr4"
+    """Memory type; with the channels it bounds how fast a model runs from RAM."""
+    ram_channels: int = Field(2, ge=1, le=24)
+    """Populated memory channels (2 on desktops, 4 on HEDT/Strix Halo, 8-12 on servers)."""
+    ram_mts: int | None = Field(None, ge=800, le=20000)
+    """Transfer rate in MT/s; the type's usual rate when left out."""
+    ram_bandwidth_gbs: float | None = Field(None, gt=0)
+    """Measured or published memory bandwidth in GB/s; overrides the estimate above."""
 
     @property
     def nvidia_gpu_count(self) -> int:

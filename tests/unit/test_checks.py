@@ -45,7 +45,8 @@ def test_a_model_that_fits_raises_nothing():
 
 
 def test_memory_boundary_is_vram_plus_ram_minus_reserve():
-    # 32.8B at Q4_K_M is 19.9 GB: fits 8 + 16 - 2 = 22, not 4 + 16 - 2 = 18.
+    # 32.8B at Q4_K_M is 19.9 GB of weights, 20.7 GB with a 2k-token KV cache and the
+    # runtime: fits 8 + 16 - 2 = 22, not 4 + 16 - 2 = 18.
     gpu = {"kind": "nvidia", "model": "RTX 2080 Super"}
     small = {"kind": "nvidia", "model": "GTX 1650"}
     fits = host(
@@ -59,7 +60,8 @@ def test_memory_boundary_is_vram_plus_ram_minus_reserve():
     assert check_host(fits, load_catalogue()) == []
     [problem] = check_host(too_big, load_catalogue())
     assert problem.field == "models[0].model"
-    assert "19.9 GB" in problem.message and "18.0 GB" in problem.message
+    assert "needs 20.7 GB (weights 19.9 + KV cache 0.5 + runtime 0.3)" in problem.message
+    assert "4 GB VRAM + 14.0 GB RAM free" in problem.message
 
 
 def test_shared_gpu_services_do_not_count_as_whole_gpus():

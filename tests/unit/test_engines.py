@@ -26,10 +26,11 @@ def test_ollama_environment_follows_the_inventory():
         "OLLAMA_HOST": "0.0.0.0:11434",
         "OLLAMA_KEEP_ALIVE": "5m",
         "OLLAMA_FLASH_ATTENTION": "1",
-        "OLLAMA_NUM_PARALLEL": "4",
+        "OLLAMA_MAX_LOADED_MODELS": "1",
+        "OLLAMA_NUM_PARALLEL": "1",
         "OLLAMA_CONTEXT_LENGTH": "131072",
     }
-    assert ollama_environment(HOMELAB["akshat-pc"])["OLLAMA_MAX_LOADED_MODELS"] == "3"
+    assert ollama_environment(HOMELAB["akshat-pc"])["OLLAMA_MAX_LOADED_MODELS"] == "2"
 
 
 def test_vllm_flags_are_the_corrected_ones_and_hold_no_key():
