@@ -3,6 +3,7 @@
 gpufleet validate inventory/homelab.py      # contacts no host
 gpufleet plan inventory/homelab.py          # where each model runs, memory, speed bound
 gpufleet engines inventory/homelab.py       # each host's inference servers and flags
+gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
 gpufleet lab up|status|down [inventory/lab.py]
 """
 
@@ -81,6 +82,16 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    pyinfra = str(Path(sys.executable).parent / "pyinfra")
+    mode = ["--dry"] if args.dry else ["-y"]
+    command = [pyinfra, "-v", args.inventory, "deploys/rebuild.py", "--limit", args.host, *mode]
+    return subprocess.run(command, check=False).returncode
+
+
 def _engines(args: argparse.Namespace) -> int:
     from gpufleet.engines import describe
 
@@ -119,6 +130,14 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("inventory")
     plan.add_argument("--json", action="store_true", help="the plan as JSON")
     plan.set_defaults(run=_plan)
+
+    rebuild = commands.add_parser(
+        "rebuild", help="after a hardware swap: compare, re-plan, redeploy and verify one host"
+    )
+    rebuild.add_argument("host")
+    rebuild.add_argument("--inventory", default="inventory/homelab.py")
+    rebuild.add_argument("--dry", action="store_true", help="show everything, change nothing")
+    rebuild.set_defaults(run=_rebuild)
 
     engines = commands.add_parser(
         "engines", help="each host's inference servers, flags and environment; contacts no host"

@@ -215,3 +215,32 @@ def lab_host(request: pytest.FixtureRequest, lab_session: LabSession) -> LabHost
     address = str(spec.lan_address)
     backend = testinfra.get_host(f"ssh://{address}", ssh_config=str(lab.ssh_config_path()))
     return LabHostUnderTest(spec, address, backend)
+
+
+@dataclass
+class RebuildRuns:
+    dry: PyinfraRun
+    dry_unchanged: bool
+    first: PyinfraRun
+    second: PyinfraRun
+    refused: PyinfraRun
+    refused_unchanged: bool
+
+
+REBUILD = "deploys/rebuild.py"
+
+
+@pytest.fixture(scope="session")
+def rebuild_session(lab_session: LabSession) -> RebuildRuns:
+    """The hardware-swap flow on converged lab hosts: lab-gpu-1 has more RAM than declared;
+    lab-pve-1 declares a GTX 1650 its facts do not show, which its vLLM placement needs."""
+    gpu = "10.200.0.11"
+    before = ssh(gpu, SNAPSHOT)
+    dry = pyinfra(REBUILD, "--limit", "lab-gpu-1", "--dry")
+    dry_unchanged = ssh(gpu, SNAPSHOT) == before
+    first = pyinfra(REBUILD, "--limit", "lab-gpu-1", "-y")
+    second = pyinfra(REBUILD, "--limit", "lab-gpu-1", "-y")
+    pve = "10.200.0.13"
+    before = ssh(pve, SNAPSHOT)
+    refused = pyinfra(REBUILD, "--limit", "lab-pve-1", "-y")
+    return RebuildRuns(dry, dry_unchanged, first, second, refused, ssh(pve, SNAPSHOT) == before)

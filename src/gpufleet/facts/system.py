@@ -113,3 +113,39 @@ class Kernels(FactBase[KernelReport]):
 
     def process(self, output: list[str]) -> KernelReport:
         return parse_kernels(split_sections(output))
+
+
+class MachineResourcesReport(TypedDict):
+    cores: int
+    ram_gb: float
+
+
+def parse_resources(lines: list[str]) -> MachineResourcesReport:
+    """``cores <n>`` and ``/proc/meminfo``'s MemTotal line -> cores and RAM in GB (decimal,
+    as the inventory counts)."""
+    cores, ram_kb = 0, 0
+    for line in lines:
+        if line.startswith("cores "):
+            cores = int(line.split()[1])
+        elif line.startswith("MemTotal:"):
+            ram_kb = int(line.split()[1])
+    return MachineResourcesReport(cores=cores, ram_gb=round(ram_kb * 1024 / 1e9, 1))
+
+
+class MachineResources(FactBase[MachineResourcesReport]):
+    """
+    Physical CPU cores (``lscpu``; ``nproc`` where lscpu is missing) and total memory.
+
+    .. code:: python
+
+        {"cores": 16, "ram_gb": 201.2}
+    """
+
+    def command(self) -> str:
+        return (
+            "echo cores $(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l "
+            "| sed 's/^0$//' | grep . || nproc); grep MemTotal /proc/meminfo"
+        )
+
+    def process(self, output: list[str]) -> MachineResourcesReport:
+        return parse_resources(output)

@@ -6,8 +6,9 @@ import hashlib
 import shlex
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import FactBase, OperationError, operation
 from pyinfra.facts.files import File, FileContents
+from pyinfra.facts.systemd import SystemdStatus
 
 from gpufleet.engines import LLAMA_SERVER
 
@@ -112,3 +113,34 @@ def warmed_up(
     if env_file:
         command = f"set -a && . {env_file} && set +a && {command}"
     yield command
+
+
+class HttpStatus(FactBase[int | None]):
+    """HTTP status of a GET to ``url`` from the host itself (None when nothing answers)."""
+
+    def command(self, url: str) -> str:
+        return f"curl -s -o /dev/null -m 10 -w '%{{http_code}}' {shlex.quote(url)} || true"
+
+    def process(self, output: list[str]) -> int | None:
+        code = "".join(output).strip()
+        return int(code) if code.isdigit() and code != "000" else None
+
+
+@operation()
+def healthy(service: str, url: str):
+    """
+    Check that a running inference server answers its health URL; changes nothing. A
+    service that is not running (its binary not installed yet) is reported, not failed.
+
+    .. code:: python
+
+        inference.healthy(service="llama-server", url="http://127.0.0.1:8080/health")
+    """
+    if not host.get_fact(SystemdStatus, services=[service]).get(f"{service}.service"):
+        host.noop(f"{service} is not running: not verified")
+        return
+    status = host.get_fact(HttpStatus, url=url)
+    if status != 200:
+        raise OperationError(f"{host.name}: {service} does not answer {url} (status {status})")
+    host.noop(f"{service} answers {url}")
+    yield from ()
