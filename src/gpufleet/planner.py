@@ -14,10 +14,12 @@ reads add up. Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from gpufleet.catalogue import Catalogue, ModelEntry
 from gpufleet.checks import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant, suggest
+from gpufleet.gguf import read_model_entry
 from gpufleet.models import HostSpec, ModelPlacement
 
 RUNTIME_OVERHEAD_GB = 0.3
@@ -101,6 +103,16 @@ def unified_bandwidth(spec: HostSpec, catalogue: Catalogue) -> float | None:
     return None
 
 
+def local_gguf(placement: ModelPlacement) -> ModelEntry | None:
+    """The model's figures from its GGUF header, when the file is on this machine."""
+    source = placement.source or ""
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    if source.endswith(".gguf") and Path(source).is_file():
+        return read_model_entry(str(Path(source).resolve()))
+    return None
+
+
 def context_for(spec: HostSpec, placement: ModelPlacement, entry: ModelEntry) -> int:
     if placement.context:
         return placement.context
@@ -132,7 +144,7 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     vram_free = vram
     ram_free = spec.hardware.ram_gb - SYSTEM_RESERVE_GB
     for index, placement in enumerate(spec.models):
-        entry = catalogue.model(placement.model)
+        entry = local_gguf(placement) or catalogue.model(placement.model)
         quant = placement_quant(placement)
         if entry is None and placement.params_b:
             # Size known, architecture not: weights only, no KV cache estimate.

@@ -146,3 +146,20 @@ def test_the_api_key_never_shows_in_plans_or_logs(lab_session):
         for run in (runs.dry, runs.first, runs.second):
             assert key not in run.stderr
             assert key not in json.dumps(run.report)
+
+
+def test_the_planner_reads_the_served_gguf_header_like_the_catalogue(lab_session):
+    # The GGUF the lab serves, as the control machine holds it.
+    from gpufleet.catalogue import load_catalogue
+    from gpufleet.gguf import read_model_entry
+
+    header = read_model_entry(str(lab.cache_dir() / "artifacts" / lab.GGUF_NAME))
+    catalogue = load_catalogue().model("gemma3:270m")
+    assert catalogue is not None
+    assert (header.layers, header.kv_heads, header.head_dim, header.context) == (
+        catalogue.layers,
+        catalogue.kv_heads,
+        catalogue.head_dim,
+        catalogue.context,
+    )
+    assert header.params_b == pytest.approx(catalogue.params_b, rel=0.01)

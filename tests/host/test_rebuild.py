@@ -15,8 +15,9 @@ def test_rebuild_redeploys_and_verifies_and_a_second_run_changes_nothing(rebuild
         assert "llama-server answers http://127.0.0.1:8080/health" in run.stderr
         names = {op["name"] for op in run.report["results"]["operations"]}
         assert "Verify llama-server" in names
-        assert any(name.startswith("Docker and NVIDIA") for name in names)  # GPU node deploy
-        assert any(name.startswith("llama.cpp |") for name in names)  # and the models
+        # Included deploys name their operations after their file.
+        assert "deploys/gpu_node.py | Docker and NVIDIA Container Toolkit | Run docker" in names
+        assert "deploys/inference.py | llama.cpp | Run llama-server" in names
     assert rebuild_session.second.changed == []
     assert rebuild_session.second.report["results"]["totals"]["error"] == 0
 

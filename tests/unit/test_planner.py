@@ -100,3 +100,15 @@ def test_plan_of_the_whole_fleet_runs_from_the_cli_without_contacting_hosts():
     plans = {p["host"]: p for p in json.loads(result.stdout)}
     assert plans["akshat-pc"]["placements"][0]["where"] == "gpu"
     assert all(not p["problems"] for p in plans.values())
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    from gpufleet.gguf import GGUFError, read_header
+
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(GGUFError, match="is not a GGUF file"):
+        read_header(fake)
+    fake.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (1).to_bytes(8, "little"))
+    with pytest.raises(GGUFError, match="file ends inside its header"):
+        read_header(fake)

@@ -1,0 +1,109 @@
+"""Read a GGUF file's header: the model's architecture figures, from the file itself.
+
+The planner prefers these over the catalogue when the GGUF a placement names is at hand on
+the machine running gpufleet. Only the header is read (metadata and tensor shapes), never
+the weights. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (version 2/3).
+
+    >>> read_model_entry("gemma-3-270m-q4_k_m.gguf").layers
+    18
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import cache
+from math import prod
+from pathlib import Path
+from typing import IO, Any
+
+from gpufleet.catalogue import ModelEntry
+
+_SCALARS = {
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+    11: "<q", 12: "<d",
+}  # fmt: skip
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFError(ValueError):
+    pass
+
+
+def _read(stream: IO[bytes], fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    data = stream.read(size)
+    if len(data) != size:
+        raise GGUFError("file ends inside its header")
+    return struct.unpack(fmt, data)[0]
+
+
+def _string(stream: IO[bytes]) -> str:
+    return stream.read(_read(stream, "<Q")).decode("utf-8", "replace")
+
+
+def _value(stream: IO[bytes], kind: int) -> Any:
+    if kind in _SCALARS:
+        return _read(stream, _SCALARS[kind])
+    if kind == _STRING:
+        return _string(stream)
+    if kind == _ARRAY:
+        item_kind, count = _read(stream, "<I"), _read(stream, "<Q")
+        if item_kind in _SCALARS:  # skipped: tokenizer scores and the like
+            stream.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
+            return None
+        for _ in range(count):
+            _value(stream, item_kind)
+        return None
+    raise GGUFError(f"unknown value type {kind}")
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
+    """(metadata without arrays, total parameter count from the tensor shapes)."""
+    with open(path, "rb") as stream:
+        if stream.read(4) != b"GGUF":
+            raise GGUFError(f"{path} is not a GGUF file")
+        version = _read(stream, "<I")
+        if version not in (2, 3):
+            raise GGUFError(f"{path}: GGUF version {version} is not supported")
+        tensors, entries = _read(stream, "<Q"), _read(stream, "<Q")
+        metadata = {}
+        for _ in range(entries):
+            key = _string(stream)
+            metadata[key] = _value(stream, _read(stream, "<I"))
+        parameters = 0
+        for _ in range(tensors):
+            _string(stream)
+            dims = [_read(stream, "<Q") for _ in range(_read(stream, "<I"))]
+            _read(stream, "<I")  # tensor type
+            _read(stream, "<Q")  # offset
+            parameters += prod(dims)
+    return metadata, parameters
+
+
+@cache
+def read_model_entry(path: str) -> ModelEntry:
+    """The catalogue's figures for a model, read from its GGUF header."""
+    metadata, parameters = read_header(path)
+    arch = metadata.get("general.architecture")
+    if not arch:
+        raise GGUFError(f"{path}: no general.architecture in its header")
+
+    def field(name: str, default: int | None = None) -> int:
+        value = metadata.get(f"{arch}.{name}", default)
+        if value is None:
+            raise GGUFError(f"{path}: no {arch}.{name} in its header")
+        return int(value)
+
+    heads = field("attention.head_count")
+    head_dim = field("attention.key_length", field("embedding_length") // heads)
+    params_b = round(parameters / 1e9, 3)
+    return ModelEntry(
+        tag=str(metadata.get("general.name", Path(path).stem)),
+        params_b=params_b,
+        active_params_b=params_b,
+        layers=field("block_count"),
+        kv_heads=field("attention.head_count_kv", heads),
+        head_dim=head_dim,
+        context=field("context_length"),
+        kind="llm",
+    )
