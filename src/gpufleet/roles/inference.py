@@ -211,7 +211,7 @@ def ollama(spec: HostSpec) -> None:
         )
     else:
         binary = None
-    installed = bool(host.get_fact(File, path=engines.OLLAMA_BINARY)) or spec.ollama_sha256
+    installed = bool(spec.ollama_sha256) or bool(host.get_fact(File, path=engines.OLLAMA_BINARY))
 
     unit = files.template(
         name="Ollama unit",
@@ -284,9 +284,10 @@ def vllm(spec: HostSpec) -> None:
         "vLLM needs one: serve the model with llama.cpp or Ollama, or place it on a GPU node",
     )
     placement = placements[0]
+    has_vllm = bool(host.get_fact(File, path=f"{engines.VLLM_VENV}/bin/vllm"))
     key = read_secret(spec.secrets["vllm_api_key"])
     env_file = files.put(
-        name="vLLM API key (0600)",
+        name="vLLM API key (0640, readable by the service user)",
         src=StringIO(f"VLLM_API_KEY={key}\n"),
         dest=engines.VLLM_ENV_FILE,
         user="root",
@@ -295,7 +296,7 @@ def vllm(spec: HostSpec) -> None:
     )
     if spec.vllm_install in ("venv", "present"):
         installed = None
-        if spec.vllm_install == "venv" and not vllm_installed(spec):
+        if spec.vllm_install == "venv" and not has_vllm:
             apt.packages(name="Python venv", packages=["python3-venv"], no_recommends=True)
             index = f" --index-url {spec.vllm_pip_index}" if spec.vllm_pip_index else ""
             installed = server.shell(
@@ -328,7 +329,7 @@ def vllm(spec: HostSpec) -> None:
         command=command,
         after_docker=spec.vllm_install == "container",
     )
-    if spec.vllm_install == "present" and not vllm_installed(spec):
+    if spec.vllm_install == "present" and not has_vllm:
         configured_not_started(
             "vllm", [unit], f"vllm_install is 'present' but {engines.VLLM_VENV}/bin/vllm is missing"
         )
@@ -344,7 +345,3 @@ def vllm(spec: HostSpec) -> None:
         api_key_env="VLLM_API_KEY",
         env_file=engines.VLLM_ENV_FILE,
     )
-
-
-def vllm_installed(spec: HostSpec) -> bool:
-    return bool(host.get_fact(File, path=f"{engines.VLLM_VENV}/bin/vllm"))
