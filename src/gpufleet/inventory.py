@@ -198,3 +198,11 @@ def use_spec(spec: HostSpec) -> None:
     """Make ``host_spec()`` return ``spec`` for the rest of this run (a rebuild deploys the
     host with the hardware its facts show, not the inventory's)."""
     _validated[spec.name] = spec
+
+
+def fleet_specs() -> dict[str, HostSpec]:
+    """Every host of the inventory a deploy runs against, validated: what the router,
+    gateway and Vault deploys derive routes, upstreams and secrets from."""
+    from pyinfra import host
+
+    return {other.name: spec_of(other.name) for other in host.inventory}

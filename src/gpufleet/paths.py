@@ -12,3 +12,18 @@ def template(name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"missing template {path}")
     return str(path)
+
+
+def render_template(name: str, **variables: object) -> str:
+    """``templates/<name>`` rendered with ``variables`` (strict: a missing one is an error)."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    return environment.get_template(name).render(**variables)

@@ -9,15 +9,69 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gpufleet.models import HostSpec
+    from gpufleet.vault import VaultClient
 
 
 class SecretError(RuntimeError):
     pass
 
 
-def read_secret(reference: str) -> str:
-    """The value a reference points at; raises :class:`SecretError` naming the reference."""
+@dataclass(frozen=True)
+class SecretUse:
+    """One place the fleet needs a secret: which service reads it, from which host's data."""
+
+    host: str
+    field: str
+    reference: str
+    service: str
+    """Who reads it on its host (vllm, litellm, gateway): the AppRole that may read it."""
+    generate: bool
+    """True for keys the fleet issues itself (API keys); False for keys someone else issues
+    (a cloud provider's), which must be put in Vault by hand."""
+
+
+def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
+    """Every secret reference of the fleet, with the service that reads it."""
+    from gpufleet.routing import router_config
+
+    uses = []
+    for spec in specs.values():
+        for name, reference in spec.secrets.items():
+            service = name.split("_")[0]
+            uses.append(SecretUse(spec.name, f"secrets.{name}", reference, service, True))
+        if "router" in spec.groups:
+            config = router_config(spec, specs)
+            clouds = {c.api_key for c in spec.litellm.cloud_models}
+            for variable, reference in config.environment.items():
+                generate = reference not in clouds
+                uses.append(SecretUse(spec.name, variable, reference, "litellm", generate))
+        if "gateway" in spec.groups:
+            for client, reference in spec.gateway.clients.items():
+                field = f"gateway.clients.{client}"
+                uses.append(SecretUse(spec.name, field, reference, "gateway", True))
+            for router in specs.values():
+                if "router" in router.groups:
+                    ref = router.litellm.master_key
+                    uses.append(SecretUse(spec.name, "litellm.master_key", ref, "gateway", True))
+    return uses
+
+
+def parse_vault_reference(reference: str) -> tuple[str, str, str]:
+    """``vault:kv/gpufleet/vllm#api_key`` -> ``("kv", "gpufleet/vllm", "api_key")``."""
+    location, _, key = reference.removeprefix("vault:").partition("#")
+    mount, _, path = location.partition("/")
+    return mount, path, key
+
+
+def read_secret(reference: str, vault: VaultClient | None = None) -> str:
+    """The value a reference points at; raises :class:`SecretError` naming the reference.
+    ``vault`` is the fleet's Vault; without it, VAULT_ADDR and VAULT_TOKEN name one."""
     kind, _, where = reference.partition(":")
     if kind == "file":
         path = Path(where)
@@ -29,22 +83,22 @@ def read_secret(reference: str) -> str:
             raise SecretError(f"{reference}: readable by others; chmod 600 {path}")
         return path.read_text().strip()
     if kind == "vault":
-        import requests  # imported here: pyinfra's CLI patches sockets before first use
+        from gpufleet.vault import VaultClient, VaultError
 
-        location, _, key = where.partition("#")
-        mount, _, secret_path = location.partition("/")
-        address, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
-        if not address or not token:
-            raise SecretError(f"{reference}: set VAULT_ADDR and VAULT_TOKEN to read it")
-        response = requests.get(
-            f"{address}/v1/{mount}/data/{secret_path}",
-            headers={"X-Vault-Token": token},
-            timeout=10,
-        )
-        if response.status_code != 200:
-            raise SecretError(f"{reference}: Vault answered HTTP {response.status_code}")
-        data = response.json()["data"]["data"]
+        mount, secret_path, key = parse_vault_reference(reference)
+        if vault is None:
+            address, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
+            if not address or not token:
+                raise SecretError(f"{reference}: set VAULT_ADDR and VAULT_TOKEN to read it")
+            vault = VaultClient(address, token, os.environ.get("VAULT_CACERT"))
+        try:
+            data = vault.kv_get(mount, secret_path)
+        except VaultError as error:
+            raise SecretError(f"{reference}: {error}") from None
         if key not in data:
-            raise SecretError(f"{reference}: no key {key!r} at {location}")
+            raise SecretError(
+                f"{reference}: no key {key!r} at {mount}/{secret_path}; deploys/vault.py "
+                "generates the fleet's own keys"
+            )
         return str(data[key])
     raise SecretError(f"{reference}: not a secret reference (vault:... or file:...)")

@@ -1,0 +1,182 @@
+"""Who answers which model name: the LiteLLM router's model list and fallbacks, and the
+gateway's upstreams, all derived from the inventory's placements. Pure functions, no I/O.
+
+Example::
+
+    >>> config = router_config(specs["pi5l"], specs)
+    >>> config.settings["router_settings"]["fallbacks"]
+    [{'M-LOC-FRE-llama3.2-vision-11b': ['M-LOC-FRE-llama3.2-vision-11b.backup1']}]
+
+Hosts that serve the same alias at the same priority form one model group (LiteLLM spreads
+requests over them); each lower priority is a backup group the router falls back to, in
+order: primary -> backup 1 -> backup 2, as seed 004's redundancy map reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from gpufleet.engines import served_name
+from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement
+
+
+def service_address(spec: HostSpec) -> str:
+    """Where other hosts reach this one: its LAN address, its tailnet address, else its name."""
+    if spec.lan_address is not None:
+        return str(spec.lan_address)
+    if spec.tailscale_address is not None:
+        return str(spec.tailscale_address)
+    return spec.tailscale_name or spec.name
+
+
+def env_name(*parts: str) -> str:
+    """An environment variable name for a secret the router reads (never its value)."""
+    return "_".join(re.sub(r"[^A-Z0-9]+", "_", part.upper()).strip("_") for part in parts)
+
+
+@dataclass(frozen=True)
+class Backend:
+    host: str
+    placement: ModelPlacement
+    group: str
+    """The router's model name for this backend: the alias, or ``alias.backupN``."""
+
+
+def backends(specs: dict[str, HostSpec]) -> list[Backend]:
+    """Every placement of the fleet with the router model group it belongs to."""
+    priorities: dict[str, set[int]] = defaultdict(set)
+    for spec in specs.values():
+        for placement in spec.models:
+            priorities[served_name(placement)].add(placement.priority)
+    found = []
+    for spec in specs.values():
+        for placement in spec.models:
+            name = served_name(placement)
+            rank = sorted(priorities[name]).index(placement.priority)
+            group = name if rank == 0 else f"{name}.backup{rank}"
+            found.append(Backend(spec.name, placement, group))
+    return found
+
+
+def fallbacks(specs: dict[str, HostSpec], router: LiteLLMRouter) -> list[dict[str, list[str]]]:
+    """LiteLLM ``fallbacks``: each alias to its backup groups in order, then the extra ones
+    the router declares."""
+    chains: dict[str, list[str]] = defaultdict(list)
+    for backend in backends(specs):
+        name = served_name(backend.placement)
+        if backend.group != name and backend.group not in chains[name]:
+            chains[name].append(backend.group)
+    for name, targets in router.fallbacks.items():
+        chains[name] += [t for t in targets if t not in chains[name]]
+    return [{name: sorted(targets)} for name, targets in sorted(chains.items()) if targets]
+
+
+def model_names(specs: dict[str, HostSpec], router: LiteLLMRouter) -> set[str]:
+    return {b.group for b in backends(specs)} | {c.name for c in router.cloud_models}
+
+
+@dataclass
+class RouterConfig:
+    settings: dict[str, object]
+    """The contents of LiteLLM's ``config.yaml``: no secret values, only ``os.environ/NAME``."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """Environment variable -> secret reference, resolved into a 0600 file on the host."""
+
+
+def _litellm_params(spec: HostSpec, placement: ModelPlacement) -> tuple[dict[str, str], str]:
+    address = service_address(spec)
+    name = served_name(placement)
+    if placement.engine == "ollama":
+        return {
+            "model": f"ollama_chat/{name}",
+            "api_base": f"http://{address}:{spec.ollama_port}",
+        }, ""
+    if placement.engine == "vllm":
+        params = {
+            "model": f"hosted_vllm/{name}",
+            "api_base": f"http://{address}:{spec.vllm_port}/v1",
+        }
+        if "vllm_api_key" in spec.secrets:
+            variable = env_name("vllm_key", spec.name)
+            params["api_key"] = f"os.environ/{variable}"
+            return params, variable
+        return params, ""
+    # llama-server asks for no key; LiteLLM's OpenAI client insists on one being set.
+    return {
+        "model": f"openai/{name}",
+        "api_base": f"http://{address}:{spec.llamacpp_port}/v1",
+        "api_key": "none",
+    }, ""
+
+
+def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterConfig:
+    """LiteLLM's proxy configuration for the router host ``router_spec``."""
+    router = router_spec.litellm
+    environment = {"LITELLM_MASTER_KEY": router.master_key}
+    model_list: list[dict[str, object]] = []
+    for backend in backends(specs):
+        spec = specs[backend.host]
+        params, variable = _litellm_params(spec, backend.placement)
+        if variable:
+            environment[variable] = spec.secrets["vllm_api_key"]
+        model_list.append(
+            {
+                "model_name": backend.group,
+                "litellm_params": params,
+                "model_info": {
+                    "id": f"{backend.host}/{backend.placement.engine}/{backend.group}",
+                    "host": backend.host,
+                    "engine": backend.placement.engine,
+                },
+            }
+        )
+    for cloud in router.cloud_models:
+        variable = env_name("cloud_key", cloud.name)
+        environment[variable] = cloud.api_key
+        params = {"model": cloud.model, "api_key": f"os.environ/{variable}"}
+        if cloud.api_base:
+            params["api_base"] = cloud.api_base
+        model_list.append(
+            {"model_name": cloud.name, "litellm_params": params, "model_info": {"id": cloud.name}}
+        )
+    settings: dict[str, object] = {
+        "model_list": model_list,
+        "router_settings": {
+            "routing_strategy": router.routing_strategy,
+            "num_retries": router.num_retries,
+            "timeout": router.timeout_s,
+            "cooldown_time": router.cooldown_s,
+            "allowed_fails": router.allowed_fails,
+            "fallbacks": fallbacks(specs, router),
+        },
+        "litellm_settings": {"drop_params": True, "request_timeout": router.timeout_s},
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    return RouterConfig(settings, environment)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    servers: tuple[str, ...]
+    route: str
+    """URI prefix on the gateway that reaches it."""
+
+
+def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> list[Upstream]:
+    """The router first (``/v1/``), then one route per inference server when asked for."""
+    routers = [s for s in specs.values() if "router" in s.groups]
+    upstreams = []
+    if routers:
+        servers = tuple(f"{service_address(s)}:{s.litellm.port}" for s in routers)
+        upstreams.append(Upstream("litellm", servers, "/v1/"))
+    if gateway_spec.gateway.direct_routes:
+        ports = {"ollama": "ollama_port", "llama.cpp": "llamacpp_port", "vllm": "vllm_port"}
+        for spec in specs.values():
+            for engine in sorted({p.engine for p in spec.models}):
+                server = f"{service_address(spec)}:{getattr(spec, ports[engine])}"
+                name = env_name(spec.name, engine).lower()
+                upstreams.append(Upstream(name, (server,), f"/engines/{spec.name}/{engine}/"))
+    return upstreams
