@@ -48,6 +48,9 @@ BASE_CUSTOMIZE = (
     'rm -f "$1/etc/hostname"',
     'mkdir -p -m 0700 "$1/root/.ssh"',
     'truncate -s 0 "$1/etc/machine-id"',
+    # What every installed Debian has and services rely on (LiteLLM looks up "localhost").
+    "printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' "
+    '> "$1/etc/hosts"',
 )
 HOST_TOOLS = {
     "mmdebstrap": "mmdebstrap",
@@ -274,6 +277,19 @@ def _pip_cache_dir() -> Path:
     return path
 
 
+def _upstream_ca_bundle() -> str:
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _pip_conf() -> Path:
+    path = lab_dir() / "pip.conf"
+    path.write_text("[global]\ncert = /etc/ssl/upstream-ca.pem\n")
+    return path
+
+
 def _boot(host: LabHost, root: Path) -> None:
     if _pid(host):
         return
@@ -297,8 +313,11 @@ def _boot(host: LabHost, root: Path) -> None:
             # Compiler cache shared by lab hosts and kept between runs: a rebuild of
             # llama-server from the same source takes seconds instead of minutes.
             f"--bind={_ccache_dir()}:/var/cache/ccache",
-            # pip's download cache, likewise: the router's venv installs from it.
+            # pip's download cache, likewise: the router's venv installs from it. pip on the
+            # host trusts what this machine trusts for PyPI (a proxy's CA, where there is one).
             f"--bind={_pip_cache_dir()}:/root/.cache/pip",
+            f"--bind-ro={_upstream_ca_bundle()}:/etc/ssl/upstream-ca.pem",
+            f"--bind-ro={_pip_conf()}:/etc/pip.conf",
             f"--bind-ro={lab_dir() / 'authorized'}:/root/.ssh",
         ],
         stdin=subprocess.DEVNULL,
@@ -549,4 +568,7 @@ def down() -> list[str]:
     if saved.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
         saved.unlink()
+    # The hosts' disks are gone, so are their Vault servers: their keys are worthless now.
+    for init_file in state.glob("vault-*.json") if state.exists() else []:
+        init_file.unlink()
     return leftovers()

@@ -78,8 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True)
     parser.add_argument("--health", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--record", required=True)
+    parser.add_argument("--model", help="leave out to wait for health only")
+    parser.add_argument("--record")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--api-key-env", help="environment variable holding the API key")
     args = parser.parse_args()
@@ -87,9 +87,12 @@ def main() -> int:
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     try:
         wait_for_health(args.base + args.health, deadline)
+        if not args.model:
+            print(f"{args.base}{args.health} is healthy")
+            return 0
         result = complete(args.base, args.model, api_key, max(deadline - time.monotonic(), 10))
     except (TimeoutError, RuntimeError, urllib.error.URLError, OSError, ValueError) as error:
-        print(f"warm-up failed: {args.model} at {args.base}: {error}", file=sys.stderr)
+        print(f"warm-up failed: {args.model or 'health'} at {args.base}: {error}", file=sys.stderr)
         return 1
     result["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     os.makedirs(os.path.dirname(args.record), exist_ok=True)

@@ -115,6 +115,22 @@ def warmed_up(
     yield command
 
 
+@operation()
+def answering(base_url: str, health_path: str, timeout: int = 120):
+    """
+    Wait until a service answers its health URL (200) from the host itself; fail the deploy
+    naming the URL when it does not within ``timeout`` seconds. Use it with ``_if`` on a
+    (re)start.
+
+    .. code:: python
+
+        inference.answering(base_url="http://127.0.0.1:4000", health_path="/health/liveliness",
+                            _if=restarted.did_change)
+    """
+    arguments = ["python3", WARMUP_SCRIPT, "--base", base_url, "--health", health_path]
+    yield " ".join(shlex.quote(a) for a in [*arguments, "--timeout", str(timeout)])
+
+
 class HttpStatus(FactBase[int | None]):
     """HTTP status of a GET to ``url`` from the host itself (None when nothing answers)."""
 

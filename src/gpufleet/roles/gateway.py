@@ -1,0 +1,142 @@
+"""NGINX in front of the fleet on the ``gateway`` group: TLS 1.3 with a certificate from the
+fleet CA, HTTP redirected to HTTPS, a bearer key per client, a request budget per key, and
+streaming-friendly proxying to the LiteLLM router (and, if asked, to each engine).
+
+Runbook it replaces (seed 002's config, fixed): ``limit_req_zone`` belongs in the http block,
+not a server; keys are checked by NGINX itself from a root-only map, not an SSO round trip;
+every change is checked by ``nginx -t`` before a reload, and a rejected file is put back.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+from pyinfra.operations.util import any_changed
+
+from gpufleet.models import HostSpec
+from gpufleet.operations import config
+from gpufleet.paths import render_template
+from gpufleet.pki import FleetCA
+from gpufleet.roles.vault import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
+from gpufleet.routing import gateway_upstreams
+from gpufleet.secrets import read_secret
+from gpufleet.vault import fleet_vault, vault_host
+
+SECRETS_DIR = "/etc/nginx/gpufleet"
+TLS_DIR = "/etc/nginx/tls"
+SITE = "/etc/nginx/conf.d/gpufleet-gateway.conf"
+
+
+def certificate_issuer(spec: HostSpec, specs: dict[str, HostSpec], ca: FleetCA):
+    """Vault's PKI engine where the fleet has Vault, else the fleet CA on this machine."""
+    names, ips = server_names(spec)
+    names = sorted({*names, gateway_name(spec)})
+    days = spec.gateway.cert_days
+    server = vault_host(specs)
+    if server is None:
+        return names, ips, lambda: ca.issue(gateway_name(spec), names, ips, days)
+
+    def issue_from_vault() -> tuple[str, str]:
+        client = fleet_vault(specs)
+        assert client is not None
+        issued = client.request(
+            "POST",
+            f"{server.vault.pki_mount}/issue/gateway",
+            {
+                "common_name": gateway_name(spec),
+                "alt_names": ",".join(names),
+                "ip_sans": ",".join(ips),
+                "ttl": f"{days * 24}h",
+            },
+        )["data"]
+        return issued["certificate"] + "\n" + issued["issuing_ca"] + "\n", issued["private_key"]
+
+    return names, ips, issue_from_vault
+
+
+@deploy("Gateway")
+def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
+    """
+    Converge the NGINX gateway on a host of the ``gateway`` group.
+
+    .. code:: python
+
+        nginx_gateway(host_spec(), fleet_specs())
+    """
+    gateway = spec.gateway
+    ca = trust_fleet_ca(spec)
+    apt.packages(name="NGINX", packages=["nginx"], no_recommends=True)
+    # Debian's default site also claims default_server on port 80.
+    default_site = files.link(
+        name="Disable Debian's default site", path="/etc/nginx/sites-enabled/default", present=False
+    )
+    files.directory(name="Keys folder", path=SECRETS_DIR, group="www-data", mode="750")
+    files.directory(name="TLS folder", path=TLS_DIR, mode="755")
+
+    # 1. Certificate from the fleet CA (Vault's PKI engine where there is Vault).
+    names, ips, issue = certificate_issuer(spec, specs, ca)
+    cert = config.tls_certificate(
+        name="Gateway certificate",
+        cert=f"{TLS_DIR}/gateway.crt",
+        key=f"{TLS_DIR}/gateway.key",
+        names=names,
+        ips=ips,
+        ca_cert=FLEET_CA_ON_HOST,
+        issue=issue,
+        min_days_left=max(gateway.cert_days // 3, 1),
+    )
+
+    # 2. Client keys and the router's key: read from the secret store, never shown.
+    vault = fleet_vault(specs)
+    routers = [s for s in specs.values() if "router" in s.groups]
+    keys = config.config_file(
+        name=f"Client keys ({len(gateway.clients)})",
+        dest=f"{SECRETS_DIR}/api-keys.map",
+        mode="640",
+        group="www-data",
+        render=lambda: "".join(
+            f'"Bearer {read_secret(ref, vault)}" "{client}";\n'
+            for client, ref in sorted(gateway.clients.items())
+        ),
+        validate="nginx -t -q",
+    )
+    upstream_auth = config.config_file(
+        name="Router key for upstream requests",
+        dest=f"{SECRETS_DIR}/upstream-auth.conf",
+        mode="640",
+        group="www-data",
+        render=lambda: "".join(
+            f'proxy_set_header Authorization "Bearer {read_secret(r.litellm.master_key, vault)}";\n'
+            for r in routers[:1]
+        ),
+        validate="nginx -t -q",
+    )
+
+    # 3. The site, checked by nginx -t before it counts; reload only on change.
+    upstreams = gateway_upstreams(spec, specs)
+    site = config.config_file(
+        name="Gateway site (checked by nginx -t)",
+        dest=SITE,
+        render=lambda: render_template(
+            "gateway/gateway.conf.j2",
+            secrets_dir=SECRETS_DIR,
+            upstreams=upstreams,
+            rate_per_minute=gateway.rate_per_minute,
+            burst=gateway.burst,
+            http_port=gateway.http_port,
+            https_port=gateway.https_port,
+            server_name=gateway_name(spec),
+            cert=f"{TLS_DIR}/gateway.crt",
+            key=f"{TLS_DIR}/gateway.key",
+            read_timeout_s=gateway.read_timeout_s,
+            extra_directives=gateway.extra_directives,
+        ),
+        validate="nginx -t -q",
+    )
+    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+    systemd.service(
+        name="Reload nginx",
+        service="nginx",
+        reloaded=True,
+        _if=any_changed(default_site, cert, keys, upstream_auth, site),
+    )

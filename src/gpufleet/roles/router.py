@@ -1,0 +1,138 @@
+"""The LiteLLM router on the ``router`` group: one OpenAI-compatible API in front of every
+engine of the fleet, with load balancing, retries, cooldowns and fallbacks.
+
+Runbook it replaces: make a venv; ``pip install 'litellm[proxy]'``; hand-write config.yaml
+(where seed 003 found a proxy on a port nobody served and ``api_key: fake-key``); export the
+keys; start it. Here config.yaml is generated from the inventory's placements and holds no
+secret: keys are ``os.environ/NAME`` references filled from a 0600 environment file whose
+values come from Vault.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from gpufleet import warmup
+from gpufleet.models import HostSpec
+from gpufleet.operations import config, inference
+from gpufleet.paths import template
+from gpufleet.routing import router_config
+from gpufleet.secrets import read_secret
+from gpufleet.vault import fleet_vault
+
+HOME = "/opt/litellm"
+VENV = f"{HOME}/venv"
+CONFIG_DIR = "/etc/litellm"
+CONFIG = f"{CONFIG_DIR}/config.yaml"
+ENV_FILE = f"{CONFIG_DIR}/litellm.env"
+USER = "litellm"
+
+
+def render_config(settings: dict[str, object]) -> str:
+    header = "# Managed by gpufleet (deploys/router.py) from the inventory's placements.\n"
+    return header + yaml.safe_dump(settings, sort_keys=False, default_flow_style=False)
+
+
+@deploy("LiteLLM router")
+def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
+    """
+    Converge the LiteLLM proxy on a host of the ``router`` group.
+
+    .. code:: python
+
+        litellm_router(host_spec(), fleet_specs())
+    """
+    router = spec.litellm
+    planned = router_config(spec, specs)
+
+    # 1. A pinned venv, rebuilt only when the version changes.
+    apt.packages(name="Python venv", packages=["python3-venv", "python3"], no_recommends=True)
+    server.group(name=f"{USER} group", group=USER, system=True)
+    server.user(
+        name=f"{USER} user",
+        user=USER,
+        group=USER,
+        system=True,
+        home=HOME,
+        shell="/usr/sbin/nologin",
+    )
+    files.directory(name="Home", path=HOME, user=USER, group=USER, mode="755")
+    probe = f"{VENV}/bin/python -c 'import importlib.metadata as m; print(m.version(\"litellm\"))'"
+    installed = host.get_fact(Command, command=f"{probe} 2>/dev/null || true")
+    if (installed or "").strip() != router.version:
+        index = f" --index-url {shlex.quote(router.pip_index)}" if router.pip_index else ""
+        server.shell(
+            name=f"Install litellm[proxy] {router.version}",
+            # A half-installed venv reports no version, so the next run starts it over.
+            commands=[
+                f"rm -rf {VENV} && python3 -m venv {VENV}",
+                f"{VENV}/bin/pip install --quiet --disable-pip-version-check{index} "
+                f"'litellm[proxy]=={router.version}'",
+            ],
+        )
+    else:
+        host.noop(f"litellm {router.version} is installed")
+
+    # 2. Config without secrets, then the secrets in a 0600 file.
+    files.directory(name="Config folder", path=CONFIG_DIR, group=USER, mode="750")
+    config_yaml = config.config_file(
+        name="Router config (no secrets: os.environ/ references)",
+        dest=CONFIG,
+        mode="640",
+        group=USER,
+        render=lambda: render_config(planned.settings),
+        validate=f"{VENV}/bin/python -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); "
+        f'assert c["model_list"] and c["general_settings"]["master_key"]\' {CONFIG}',
+    )
+    vault = fleet_vault(specs)
+    env_file = config.config_file(
+        name=f"Router keys ({len(planned.environment)}, from the secret store)",
+        dest=ENV_FILE,
+        mode="600",
+        render=lambda: "".join(
+            f"{name}={read_secret(ref, vault)}\n" for name, ref in planned.environment.items()
+        ),
+    )
+
+    # 3. The unit; restart on any change, then wait until it answers.
+    unit = files.template(
+        name="LiteLLM systemd unit",
+        src=template("litellm/litellm.service.j2"),
+        dest="/etc/systemd/system/litellm.service",
+        mode="644",
+        run_as=USER,
+        env_file=ENV_FILE,
+        home=HOME,
+        venv=VENV,
+        config=CONFIG,
+        address=router.address,
+        port=router.port,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    started = systemd.service(name="Run litellm", service="litellm", running=True, enabled=True)
+    restarted = systemd.service(
+        name="Restart litellm",
+        service="litellm",
+        restarted=True,
+        _if=any_changed(unit, config_yaml, env_file),
+    )
+    files.put(
+        name="Warm-up tool",
+        src=warmup.__file__,
+        dest=inference.WARMUP_SCRIPT,
+        mode="755",
+    )
+    inference.answering(
+        name="LiteLLM answers",
+        base_url=f"http://127.0.0.1:{router.port}",
+        health_path="/health/liveliness",
+        timeout=180,
+        _if=any_changed(started, restarted),
+    )
