@@ -25,8 +25,13 @@ Settings the plan gave that the capacity planner shows cannot hold, corrected he
 from gpufleet.inventory import check_inventory
 
 
-def _ollama(*placements: tuple[str, str]) -> list[dict[str, str]]:
-    return [{"model": tag, "alias": alias} for tag, alias in placements]
+def _ollama(*placements: tuple[str, str] | tuple[str, str, int]) -> list[dict[str, object]]:
+    """Ollama placements as (tag, alias) or (tag, alias, priority): 2 and 3 are the router's
+    backup 1 and backup 2 for that alias (seed 004's redundancy map)."""
+    return [
+        {"model": p[0], "alias": p[1], **({"priority": p[2]} if len(p) > 2 else {})}
+        for p in placements
+    ]
 
 
 _TAILNET = "tailf49db2.ts.net"
@@ -76,7 +81,7 @@ gpu_nodes = [
             "ollama_max_loaded_models": 2,
             "models": _ollama(
                 ("qwen2.5-coder:32b-q4", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
-                ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b"),
+                ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b", 2),
                 ("mistral-nemo:12b", "M-LOC-FRE-mistral-nemo-12b"),
                 ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"),
                 ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b"),
@@ -250,6 +255,22 @@ orchestrator = [
             "os": "raspios",
             "arch": "aarch64",
             "hardware": _PI5,
+            "gateway": {"clients": {"laptop": "vault:kv/gpufleet/gateway#laptop"}},
+            "litellm": {
+                # Seed 004's redundancy map across different quantizations; same-alias
+                # backups come from the placements' priorities.
+                "fallbacks": {
+                    "XL-LOC-FRE-qwen2.5-coder-32b": ("XL-LOC-FRE-qwen2.5-coder-32b-q4",),
+                },
+                # Paid models only as declared here; their keys go into Vault by hand.
+                "cloud_models": [
+                    {
+                        "name": "M-CLD-PAY-claude-sonnet-4.5",
+                        "model": "anthropic/claude-sonnet-4-5",
+                        "api_key": "vault:kv/gpufleet/cloud#anthropic",
+                    },
+                ],
+            },
         },
     ),
 ]
@@ -264,6 +285,7 @@ infra = [
 ]
 
 gateway = ["pi5l"]
+router = ["pi5l"]
 monitoring = ["pi5l"]
 vault = ["pi5l"]
 proxmox_hosts: list[str] = []

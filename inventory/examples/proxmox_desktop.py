@@ -90,6 +90,7 @@ proxmox_hosts = [
             "nvidia_driver": {"version": "535.261.03"},
             # LXC 7, the llama.cpp container, gets the GTX 1650.
             "proxmox": {"lxc": [{"vmid": 107}]},
+            "gateway": {"clients": {"desktop": "vault:kv/gpufleet/gateway#desktop"}},
             "models": [
                 {
                     "model": "llama3.2:1b",
@@ -131,6 +132,7 @@ edge = [
 ]
 
 gateway = ["xps15"]
+router = ["xps15"]
 vault = ["xps15"]
 monitoring = ["xps15"]
 

@@ -10,6 +10,7 @@ here touches a host. Example::
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -90,12 +91,14 @@ def check_host(
         *_engine_sources(spec),
         *_nvidia_driver(spec, catalogue),
         *_proxmox(spec),
+        *_platform_services(spec),
     ]
 
 
 def check_fleet(specs: dict[str, HostSpec]) -> list[Problem]:
-    """Problems between hosts: an LXC container and the Proxmox host it takes GPUs from."""
-    problems = []
+    """Problems between hosts: an LXC container and the Proxmox host it takes GPUs from; a
+    gateway, router or secret with nothing behind it."""
+    problems = _routing(specs)
     for spec in specs.values():
         guest = spec.lxc_guest
         if guest is None:
@@ -188,6 +191,18 @@ def _ports(spec: HostSpec) -> Iterator[Problem]:
         for i, service in enumerate(spec.services)
         if service.port is not None
     ]
+    if "vault" in spec.groups:
+        holders += [
+            (spec.vault.port, "vault.port"),
+            (spec.vault.cluster_port, "vault.cluster_port"),
+        ]
+    if "router" in spec.groups:
+        holders += [(spec.litellm.port, "litellm.port")]
+    if "gateway" in spec.groups:
+        holders += [
+            (spec.gateway.https_port, "gateway.https_port"),
+            (spec.gateway.http_port, "gateway.http_port"),
+        ]
     seen: dict[int, str] = {}
     for port, field in holders:
         if port in seen:
@@ -360,3 +375,91 @@ def _engine_sources(spec: HostSpec) -> Iterator[Problem]:
                 "vLLM loads Hugging Face weights: give the repo id (e.g. "
                 "'meta-llama/Llama-3.1-8B-Instruct') or a folder on the host",
             )
+
+
+def _platform_services(spec: HostSpec) -> Iterator[Problem]:
+    vault = spec.vault
+    if "vault" in spec.groups and vault.key_threshold > vault.key_shares:
+        yield Problem(
+            spec.name,
+            "vault.key_threshold",
+            f"{vault.key_threshold} shares needed but only {vault.key_shares} made; "
+            "set key_threshold <= key_shares",
+        )
+    if vault.binary_url and not vault.binary_sha256:
+        yield Problem(
+            spec.name, "vault.binary_sha256", "the OpenBao download needs its sha256 to verify it"
+        )
+    gateway = spec.gateway
+    if "gateway" in spec.groups and gateway.certificate_file and not gateway.private_key:
+        yield Problem(
+            spec.name,
+            "gateway.private_key",
+            "certificate_file needs the reference of its key, e.g. 'file:/path/gateway.key'",
+        )
+    if "gateway" in spec.groups and not gateway.clients:
+        yield Problem(
+            spec.name,
+            "gateway.clients",
+            "no client may call the gateway; add e.g. "
+            "{'laptop': 'vault:kv/gpufleet/gateway#laptop'} (Vault generates the key)",
+        )
+
+
+def _routing(specs: dict[str, HostSpec]) -> list[Problem]:
+    from gpufleet.routing import model_names
+    from gpufleet.secrets import secret_uses
+
+    problems = []
+    routers = [s for s in specs.values() if "router" in s.groups]
+    for spec in specs.values():
+        if "gateway" in spec.groups and not routers and not spec.gateway.direct_routes:
+            problems.append(
+                Problem(
+                    spec.name,
+                    "gateway",
+                    "nothing to route to: put a host in the router group (LiteLLM) or set "
+                    "gateway.direct_routes",
+                )
+            )
+    for router in routers:
+        known = model_names(specs, router.litellm)
+        if not known:
+            problems.append(
+                Problem(
+                    router.name,
+                    "litellm",
+                    "the router has no model to route to (seed 003's proxy to nowhere); place "
+                    "models on hosts or declare litellm.cloud_models",
+                )
+            )
+        local = {n for n in known if "-LOC-" in n}
+        for cloud in router.litellm.cloud_models:
+            if cloud.name in local:
+                problems.append(
+                    Problem(router.name, "litellm.cloud_models", f"{cloud.name} is also local")
+                )
+        for name, targets in router.litellm.fallbacks.items():
+            for target in (name, *targets):
+                if target not in known:
+                    problems.append(
+                        Problem(
+                            router.name,
+                            f"litellm.fallbacks.{name}",
+                            f"no model named {target!r}{suggest(target, known)}; name an alias "
+                            "a host serves or a cloud model",
+                        )
+                    )
+    has_vault = any("vault" in s.groups for s in specs.values())
+    if not has_vault and not os.environ.get("VAULT_ADDR"):
+        for use in secret_uses(specs):
+            if use.reference.startswith("vault:"):
+                problems.append(
+                    Problem(
+                        use.host,
+                        use.field,
+                        f"{use.reference} names Vault but the inventory has no vault host; add "
+                        "one to the vault group (or set VAULT_ADDR), or use 'file:/path'",
+                    )
+                )
+    return problems

@@ -38,7 +38,7 @@ def test_homelab_is_the_whole_fleet():
     assert akshat.ollama_max_loaded_models == 2  # 3 cannot be loaded at once (docstring)
     assert "XL-LOC-FRE-qwen2.5-coder-32b" in {m.alias for m in akshat.models}
     assert specs["gtr9-pro"].ollama_context_length == 131072
-    assert set(specs["pi5l"].groups) == {"orchestrator", "gateway", "monitoring", "vault"}
+    assert set(specs["pi5l"].groups) == {"orchestrator", "gateway", "router", "monitoring", "vault"}
     assert not specs["pi5l"].models
     # group_data/gpu_nodes.py reaches GPU nodes only.
     assert "non-free" in akshat.apt_components

@@ -1,0 +1,183 @@
+"""The gateway, router and secret store, as pure logic: routes and fallbacks from placements,
+who may read which secret, the fleet CA, and the rendered configs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpufleet.inventory import validate_file
+from gpufleet.models import HostSpec
+from gpufleet.operations.vault import read_policy
+from gpufleet.paths import render_template
+from gpufleet.pki import FleetCA, certificate_names
+from gpufleet.roles.router import render_config
+from gpufleet.roles.vault import mlock_setting
+from gpufleet.routing import backends, fallbacks, gateway_upstreams, router_config
+from gpufleet.secrets import parse_vault_reference, secret_uses
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def homelab() -> dict[str, HostSpec]:
+    return validate_file(ROOT / "inventory/homelab.py")
+
+
+@pytest.fixture(scope="module")
+def lab() -> dict[str, HostSpec]:
+    return validate_file(ROOT / "inventory/lab.py")
+
+
+def test_same_alias_same_priority_is_one_load_balanced_group(homelab):
+    groups = {}
+    for backend in backends(homelab):
+        groups.setdefault(backend.group, set()).add(backend.host)
+    # Seed 004: "Embeddings: all except Pis" - six hosts share one model group.
+    assert groups["S-LOC-FRE-nomic-embed-text"] == {
+        "old-office-pc", "evo-x2", "atomman-x7-ti", "mac-mini-m4-pro", "borgcube", "retromac",
+    }  # fmt: skip
+
+
+def test_backups_follow_the_redundancy_map(homelab):
+    router = homelab["pi5l"].litellm
+    chains = {k: v for entry in fallbacks(homelab, router) for k, v in entry.items()}
+    # M Vision: Akshat-PC primary, Old-Office-PC backup 1 (priority 2).
+    assert chains["M-LOC-FRE-llama3.2-vision-11b"] == ["M-LOC-FRE-llama3.2-vision-11b.backup1"]
+    # XL code: the 32B on Akshat-PC falls back to the Q4 build on Old-Office-PC.
+    assert chains["XL-LOC-FRE-qwen2.5-coder-32b"] == ["XL-LOC-FRE-qwen2.5-coder-32b-q4"]
+    backup = [b for b in backends(homelab) if b.group.endswith(".backup1")]
+    assert {(b.host, b.placement.priority) for b in backup} == {("old-office-pc", 2)}
+
+
+def test_lab_backup_is_the_cpu_host(lab):
+    config = router_config(lab["lab-infra-1"], lab)
+    entries = {e["model_name"]: e for e in config.settings["model_list"]}
+    primary = entries["XS-LOC-FRE-gemma3-270m"]["litellm_params"]
+    backup = entries["XS-LOC-FRE-gemma3-270m.backup1"]["litellm_params"]
+    assert primary["api_base"] == "http://10.200.0.11:8080/v1"
+    assert backup["api_base"] == "http://10.200.0.12:8080/v1"
+    assert config.settings["router_settings"]["fallbacks"] == [
+        {"XS-LOC-FRE-gemma3-270m": ["XS-LOC-FRE-gemma3-270m.backup1"]}
+    ]
+
+
+def test_router_config_holds_references_never_values(lab, homelab):
+    for specs, router in ((lab, "lab-infra-1"), (homelab, "pi5l")):
+        config = router_config(specs[router], specs)
+        text = render_config(config.settings)
+        keys = re.findall(r"api_key: (\S+)", text) + re.findall(r"master_key: (\S+)", text)
+        assert keys and all(k == "none" or k.startswith("os.environ/") for k in keys)
+        for variable in re.findall(r"os\.environ/(\w+)", text):
+            assert config.environment[variable].startswith(("vault:", "file:"))
+        assert yaml.safe_load(text)["model_list"]
+
+
+def test_cloud_models_only_as_declared(homelab):
+    config = router_config(homelab["pi5l"], homelab)
+    cloud = [e for e in config.settings["model_list"] if "-CLD-" in e["model_name"]]
+    assert [e["model_name"] for e in cloud] == ["M-CLD-PAY-claude-sonnet-4.5"]
+    variable = cloud[0]["litellm_params"]["api_key"].removeprefix("os.environ/")
+    assert config.environment[variable] == "vault:kv/gpufleet/cloud#anthropic"
+
+
+def test_vllm_backend_gets_its_key_by_reference(lab):
+    config = router_config(lab["lab-infra-1"], lab)
+    vllm = next(e for e in config.settings["model_list"] if e["model_info"]["engine"] == "vllm")
+    variable = vllm["litellm_params"]["api_key"].removeprefix("os.environ/")
+    assert config.environment[variable] == lab["lab-pve-1"].secrets["vllm_api_key"]
+
+
+def test_secret_uses_name_the_reader_and_what_is_generated(homelab):
+    uses = secret_uses(homelab)
+    by_field = {(u.host, u.field): u for u in uses}
+    assert by_field[("pi5l", "gateway.clients.laptop")].service == "gateway"
+    assert by_field[("pi5l", "LITELLM_MASTER_KEY")].generate
+    cloud = [u for u in uses if u.reference == "vault:kv/gpufleet/cloud#anthropic"]
+    assert cloud and not any(u.generate for u in cloud)  # a provider's key is never invented
+
+
+def test_policy_reads_only_the_services_own_paths(homelab):
+    uses = [u for u in secret_uses(homelab) if u.service == "gateway"]
+    policy = read_policy(uses)
+    assert 'path "kv/data/gpufleet/gateway"' in policy
+    assert 'path "kv/data/gpufleet/litellm"' in policy  # the gateway sends the router's key
+    assert "cloud" not in policy and "vllm" not in policy
+    assert set(re.findall(r"capabilities = \[(.*)\]", policy)) == {'"read"'}
+
+
+def test_vault_reference_parts():
+    assert parse_vault_reference("vault:kv/gpufleet/vllm#api_key") == (
+        "kv",
+        "gpufleet/vllm",
+        "api_key",
+    )
+
+
+def test_gateway_routes_to_the_router_and_optionally_each_engine(lab):
+    spec = lab["lab-infra-1"]
+    [router] = gateway_upstreams(spec, lab)
+    assert (router.name, router.servers, router.route) == ("litellm", ("10.200.0.12:4000",), "/v1/")
+    direct = spec.model_copy(
+        update={"gateway": spec.gateway.model_copy(update={"direct_routes": True})}
+    )
+    routes = {u.route: u.servers for u in gateway_upstreams(direct, lab)}
+    assert routes["/engines/lab-gpu-1/llama.cpp/"] == ("10.200.0.11:8080",)
+    assert routes["/engines/lab-pve-1/vllm/"] == ("10.200.0.13:8000",)
+
+
+def render_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> str:
+    return render_template(
+        "gateway/gateway.conf.j2",
+        secrets_dir="/etc/nginx/gpufleet",
+        upstreams=gateway_upstreams(spec, specs),
+        rate_per_minute=spec.gateway.rate_per_minute,
+        burst=spec.gateway.burst,
+        http_port=80,
+        https_port=443,
+        server_name=spec.name,
+        cert="/etc/nginx/tls/gateway.crt",
+        key="/etc/nginx/tls/gateway.key",
+        read_timeout_s=spec.gateway.read_timeout_s,
+        extra_directives=(),
+    )
+
+
+def test_gateway_config_fixes_seed_002(homelab):
+    text = render_gateway(homelab["pi5l"], homelab)
+    server_at = text.index("server {")
+    # limit_req_zone is only valid in the http block: before any server block.
+    assert text.index("limit_req_zone $gpufleet_client") < server_at
+    assert "zone=gpufleet_per_key:10m rate=100r/m" in text
+    assert "ssl_protocols TLSv1.3;" in text and "TLSv1.2" not in text
+    assert "proxy_buffering off;" in text and "proxy_read_timeout 300s;" in text
+    assert "return 301 https://" in text
+    assert "limit_req zone=gpufleet_per_key burst=20 nodelay;" in text
+    assert not re.search(r"[0-9a-f]{32}", text)  # keys live in the 0640 include files only
+    assert "include /etc/nginx/gpufleet/api-keys.map;" in text
+
+
+def test_fleet_ca_issues_certificates_that_name_the_host(tmp_path):
+    ca = FleetCA.ensure(tmp_path / "ca")
+    assert oct(ca.key.stat().st_mode & 0o777) == "0o600"
+    assert oct(ca.folder.stat().st_mode & 0o777) == "0o700"
+    cert, key = ca.issue("pi5l", ["pi5l", "localhost"], ["10.0.0.111", "127.0.0.1"], days=30)
+    names, issuer = certificate_names(cert)
+    assert names == {"DNS:pi5l", "DNS:localhost", "IP:10.0.0.111", "IP:127.0.0.1"}
+    assert "gpufleet fleet CA" in issuer
+    assert "PRIVATE KEY" in key and "PRIVATE KEY" not in cert
+    assert FleetCA.ensure(tmp_path / "ca").fingerprint() == ca.fingerprint()  # made once
+
+
+def test_mlock_per_platform(lab):
+    spec = lab["lab-infra-1"]
+    assert mlock_setting(spec, None)[0] is True  # OpenBao 2 has no mlock at all
+    vault = spec.vault.model_copy(update={"flavor": "hashicorp", "storage": "file"})
+    hashicorp = spec.model_copy(update={"vault": vault})
+    assert mlock_setting(hashicorp, None) == (False, "")
+    assert mlock_setting(hashicorp, "lxc")[0] is True
+    raft = hashicorp.model_copy(update={"vault": vault.model_copy(update={"storage": "raft"})})
+    assert mlock_setting(raft, None)[0] is True
