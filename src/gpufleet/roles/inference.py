@@ -22,10 +22,12 @@ from pyinfra.operations.util import any_changed
 from gpufleet import engines
 from gpufleet.facts.gpu import detected_gpus, require_gpu
 from gpufleet.facts.ollama import OllamaModels, missing_models
+from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import inference
 from gpufleet.paths import template
 from gpufleet.secrets import read_secret
+from gpufleet.vault import fleet_vault
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
 OLLAMA_DROP_IN = "/etc/systemd/system/ollama.service.d/override.conf"
@@ -285,7 +287,7 @@ def vllm(spec: HostSpec) -> None:
     )
     placement = placements[0]
     has_vllm = bool(host.get_fact(File, path=f"{engines.VLLM_VENV}/bin/vllm"))
-    key = read_secret(spec.secrets["vllm_api_key"])
+    key = read_secret(spec.secrets["vllm_api_key"], fleet_vault(fleet_specs()))
     env_file = files.put(
         name="vLLM API key (0640, readable by the service user)",
         src=StringIO(f"VLLM_API_KEY={key}\n"),
