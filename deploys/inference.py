@@ -10,13 +10,14 @@ from pyinfra import host
 
 from gpufleet.inventory import host_spec
 from gpufleet.roles.baseline import baseline
-from gpufleet.roles.inference import llama_cpp, ollama, vllm
+from gpufleet.roles.inference import download_tools, llama_cpp, ollama, vllm
 
 spec = host_spec()
 
 baseline(spec)
 
 if spec.models:
+    download_tools()
     ollama(spec)
     llama_cpp(spec)
     vllm(spec)

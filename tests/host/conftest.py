@@ -29,7 +29,20 @@ from gpufleet.models import HostSpec
 
 ROOT = Path(__file__).parents[2]
 LAB_INVENTORY = ROOT / "inventory/lab.py"
-DEPLOYS = ("deploys/gpu_node.py", "deploys/proxmox_host.py", "deploys/inference.py")
+DEPLOYS = (
+    "deploys/gpu_node.py",
+    "deploys/proxmox_host.py",
+    "deploys/inference.py",
+    "deploys/vault.py",
+    "deploys/router.py",
+    "deploys/gateway.py",
+)
+DEPLOY_GROUP = {
+    "deploys/vault.py": "vault",
+    "deploys/router.py": "router",
+    "deploys/gateway.py": "gateway",
+}
+"""The group a deploy acts on; the others act on every host."""
 FIXTURES = ROOT / "tests/fixtures"
 USER_DAEMON_JSON = '{\n  "log-driver": "json-file",\n  "log-opts": {"max-size": "10m"}\n}\n'
 STALE_NVIDIA_LIST = "deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"

@@ -33,6 +33,16 @@ BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
 OLLAMA_DROP_IN = "/etc/systemd/system/ollama.service.d/override.conf"
 
 
+def download_tools() -> None:
+    """What pyinfra's downloads and the warm-up need on a host that has no GPU role to bring
+    them (a CPU node serving a backup model)."""
+    apt.packages(
+        name="Download tools",
+        packages=["curl", "ca-certificates", "python3"],
+        no_recommends=True,
+    )
+
+
 def warm_up_tool() -> OperationMeta:
     return files.put(
         name="Warm-up tool",
