@@ -3,6 +3,7 @@
 gpufleet validate inventory/homelab.py      # contacts no host
 gpufleet plan inventory/homelab.py          # where each model runs, memory, speed bound
 gpufleet engines inventory/homelab.py       # each host's inference servers and flags
+gpufleet routes inventory/homelab.py        # the router's model groups, fallbacks, gateway
 gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
 gpufleet lab up|status|down [inventory/lab.py]
 """
@@ -109,6 +110,18 @@ def _engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routes(args: argparse.Namespace) -> int:
+    from gpufleet.routing import describe_routes
+
+    try:
+        specs = validate_file(args.inventory)
+    except InventoryError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(describe_routes(specs) or f"{args.inventory}: no router or gateway host")
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from gpufleet.reference import markdown
 
@@ -145,6 +158,11 @@ def parser() -> argparse.ArgumentParser:
     engines.add_argument("inventory")
     engines.add_argument("--limit", nargs="+", metavar="HOST", help="only these hosts")
     engines.set_defaults(run=_engines)
+    routes = commands.add_parser(
+        "routes", help="the router's model groups, fallbacks and the gateway; contacts no host"
+    )
+    routes.add_argument("inventory")
+    routes.set_defaults(run=_routes)
 
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)

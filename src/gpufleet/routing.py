@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from gpufleet.engines import served_name
 from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement
@@ -79,7 +80,7 @@ def model_names(specs: dict[str, HostSpec], router: LiteLLMRouter) -> set[str]:
 
 @dataclass
 class RouterConfig:
-    settings: dict[str, object]
+    settings: dict[str, Any]
     """The contents of LiteLLM's ``config.yaml``: no secret values, only ``os.environ/NAME``."""
     environment: dict[str, str] = field(default_factory=dict)
     """Environment variable -> secret reference, resolved into a 0600 file on the host."""
@@ -141,7 +142,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
         model_list.append(
             {"model_name": cloud.name, "litellm_params": params, "model_info": {"id": cloud.name}}
         )
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "model_list": model_list,
         "router_settings": {
             "routing_strategy": router.routing_strategy,
@@ -180,3 +181,31 @@ def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> lis
                 name = env_name(spec.name, engine).lower()
                 upstreams.append(Upstream(name, (server,), f"/engines/{spec.name}/{engine}/"))
     return upstreams
+
+
+def describe_routes(specs: dict[str, HostSpec]) -> str:
+    """What ``gpufleet routes`` prints: per router, each model group with its hosts, the
+    fallback chains, and the keys it reads by reference; per gateway, its routes."""
+    lines = []
+    for router in (s for s in specs.values() if "router" in s.groups):
+        config = router_config(router, specs)
+        lines.append(f"{router.name}: LiteLLM on port {router.litellm.port}")
+        groups: dict[str, list[str]] = defaultdict(list)
+        for entry in config.settings["model_list"]:
+            params = entry["litellm_params"]
+            groups[entry["model_name"]].append(f"{params['model']} @ {params.get('api_base', '-')}")
+        for name in sorted(groups):
+            lines.append(f"  {name}")
+            lines += [f"    {target}" for target in groups[name]]
+        for chain in fallbacks(specs, router.litellm):
+            for name, targets in chain.items():
+                lines.append(f"  fallback {name} -> {' -> '.join(targets)}")
+        for variable, reference in config.environment.items():
+            lines.append(f"  key {variable} <- {reference}")
+    for gateway in (s for s in specs.values() if "gateway" in s.groups):
+        lines.append(f"{gateway.name}: NGINX on port {gateway.gateway.https_port} (TLS 1.3)")
+        for upstream in gateway_upstreams(gateway, specs):
+            lines.append(f"  {upstream.route} -> {', '.join(upstream.servers)}")
+        for client, reference in sorted(gateway.gateway.clients.items()):
+            lines.append(f"  client {client} <- {reference}")
+    return "\n".join(lines)

@@ -29,10 +29,15 @@ class VaultClient:
     token: str | None = None
     ca_file: str | None = None
     timeout: float = 10
+    token_file: Path | None = None
+    """An init file to take the root token from once it exists (a first run writes it after
+    this client was made)."""
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         import requests  # imported here: pyinfra's CLI patches sockets before first use
 
+        if self.token is None and self.token_file is not None and self.token_file.exists():
+            self.token = json.loads(self.token_file.read_text())["root_token"]
         headers = {"X-Vault-Token": self.token} if self.token else {}
         try:
             response = requests.request(
@@ -118,10 +123,7 @@ def client_for(spec: HostSpec) -> VaultClient:
     """A client for the Vault server on ``spec``'s host, with the root token from its init
     file once there is one (``VAULT_TOKEN`` overrides)."""
     token = os.environ.get("VAULT_TOKEN")
-    path = init_file(spec)
-    if token is None and path.exists():
-        token = json.loads(path.read_text())["root_token"]
-    return VaultClient(vault_address(spec), token, ca_file(spec))
+    return VaultClient(vault_address(spec), token, ca_file(spec), token_file=init_file(spec))
 
 
 def vault_host(specs: dict[str, HostSpec]) -> HostSpec | None:

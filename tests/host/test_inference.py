@@ -11,6 +11,8 @@ from gpufleet import lab
 from gpufleet.engines import llama_server_command, ollama_environment, vllm_command
 from gpufleet.operations.inference import BASE_FLAGS, CCACHE_FLAGS, build_stamp
 
+from .conftest import SPECS
+
 LLAMA = "XS-LOC-FRE-gemma3-270m"
 DEPLOY = "deploys/inference.py"
 
@@ -97,7 +99,9 @@ def test_startup_sequence_warmed_the_model_up_once(lab_host, lab_session):
         for op in runs.first.report["results"]["operations"]
         if op["name"].endswith(f"Warm up {LLAMA}")
     ]
-    assert warmed and warmed[0]["success"] == ["lab-gpu-1"]
+    serving = [n for n, s in SPECS.items() if any(m.engine == "llama.cpp" for m in s.models)]
+    assert serving == ["lab-gpu-1", "lab-infra-1"]  # the primary and its CPU backup
+    assert warmed and sorted(warmed[0]["success"]) == serving
     assert f"Warm up {LLAMA}" not in {name for name, _ in runs.second.changed}
 
 

@@ -181,3 +181,13 @@ def test_mlock_per_platform(lab):
     assert mlock_setting(hashicorp, "lxc")[0] is True
     raft = hashicorp.model_copy(update={"vault": vault.model_copy(update={"storage": "raft"})})
     assert mlock_setting(raft, None)[0] is True
+
+
+def test_routes_command_shows_groups_fallbacks_and_references_only(lab):
+    from gpufleet.routing import describe_routes
+
+    text = describe_routes(lab)
+    assert "fallback XS-LOC-FRE-gemma3-270m -> XS-LOC-FRE-gemma3-270m.backup1" in text
+    assert "openai/XS-LOC-FRE-gemma3-270m @ http://10.200.0.12:8080/v1" in text
+    assert "key LITELLM_MASTER_KEY <- vault:kv/gpufleet/litellm#master_key" in text
+    assert "/v1/ -> 10.200.0.12:4000" in text
