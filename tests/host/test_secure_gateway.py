@@ -333,3 +333,30 @@ def test_no_secret_value_in_plans_outputs_logs_or_git(lab_session, secret_values
         assert not any(value in log for log in logs.values()), name
         assert value.encode() not in repository, name
     assert b"def nginx_gateway" in repository  # the scan read the tracked tree
+
+
+def test_on_the_hosts_secrets_sit_only_in_the_files_meant_for_them(secret_values):
+    expected = {
+        INFRA: {
+            "/etc/litellm/litellm.env",
+            "/etc/nginx/gpufleet/api-keys.map",
+            "/etc/nginx/gpufleet/upstream-auth.conf",
+        },
+        "10.200.0.13": {"/etc/gpufleet/vllm.env"},
+        GPU: set(),
+        "10.200.0.14": set(),
+    }
+    where = "/etc /opt /usr/local /var/log /var/lib/gpufleet /root/.ssh /tmp /home"
+    for address, files in expected.items():
+        found = subprocess.run(
+            ["ssh", "-F", str(lab.ssh_config_path()), address, f"grep -rlF -f - {where}; true"],
+            input="\n".join(secret_values.values()) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.split()
+        assert set(found) == files, address
+        for path in found:
+            mode = int(ssh(address, f"stat -c %a {path}").strip(), 8)
+            assert mode & 0o007 == 0, f"{address}:{path} is readable by others"
