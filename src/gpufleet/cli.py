@@ -17,6 +17,7 @@ import time
 
 from gpufleet import lab
 from gpufleet.inventory import InventoryError, validate_file
+from gpufleet.models import HostSpec
 
 DEFAULT_LAB_INVENTORY = "inventory/lab.py"
 
@@ -65,14 +66,21 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _specs_or_report(inventory: str) -> dict[str, HostSpec] | None:
+    """The inventory's validated hosts, or None once its problems are printed."""
+    try:
+        return validate_file(inventory)
+    except InventoryError as error:
+        print(error, file=sys.stderr)
+        return None
+
+
 def _plan(args: argparse.Namespace) -> int:
     from gpufleet.catalogue import load_catalogue
     from gpufleet.planner import format_plan, plan_host
 
-    try:
-        specs = validate_file(args.inventory)
-    except InventoryError as error:
-        print(error, file=sys.stderr)
+    specs = _specs_or_report(args.inventory)
+    if specs is None:
         return 1
     catalogue = load_catalogue()
     plans = [plan_host(spec, catalogue) for spec in specs.values() if spec.models]
@@ -96,10 +104,8 @@ def _rebuild(args: argparse.Namespace) -> int:
 def _engines(args: argparse.Namespace) -> int:
     from gpufleet.engines import describe
 
-    try:
-        specs = validate_file(args.inventory)
-    except InventoryError as error:
-        print(error, file=sys.stderr)
+    specs = _specs_or_report(args.inventory)
+    if specs is None:
         return 1
     names = args.limit or list(specs)
     unknown = [name for name in names if name not in specs]
@@ -113,10 +119,8 @@ def _engines(args: argparse.Namespace) -> int:
 def _routes(args: argparse.Namespace) -> int:
     from gpufleet.routing import describe_routes
 
-    try:
-        specs = validate_file(args.inventory)
-    except InventoryError as error:
-        print(error, file=sys.stderr)
+    specs = _specs_or_report(args.inventory)
+    if specs is None:
         return 1
     print(describe_routes(specs) or f"{args.inventory}: no router or gateway host")
     return 0

@@ -27,6 +27,19 @@ def run_service(service: str, restart_if: OperationMeta) -> None:
     )
 
 
+def service_account(name: str, home: str) -> None:
+    """A system user and group of the same name that cannot log in, for one service."""
+    server.group(name=f"{name} group", group=name, system=True)
+    server.user(
+        name=f"{name} user",
+        user=name,
+        group=name,
+        system=True,
+        home=home,
+        shell="/usr/sbin/nologin",
+    )
+
+
 @deploy("Baseline")
 def baseline(spec: HostSpec) -> None:
     """

@@ -23,6 +23,7 @@ from gpufleet import warmup
 from gpufleet.models import HostSpec
 from gpufleet.operations import config, inference
 from gpufleet.paths import template
+from gpufleet.roles.baseline import service_account
 from gpufleet.routing import router_config
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
@@ -54,15 +55,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
 
     # 1. A pinned venv, rebuilt only when the version changes.
     apt.packages(name="Python venv", packages=["python3-venv", "python3"], no_recommends=True)
-    server.group(name=f"{USER} group", group=USER, system=True)
-    server.user(
-        name=f"{USER} user",
-        user=USER,
-        group=USER,
-        system=True,
-        home=HOME,
-        shell="/usr/sbin/nologin",
-    )
+    service_account(USER, home=HOME)
     files.directory(name="Home", path=HOME, user=USER, group=USER, mode="755")
     probe = f"{VENV}/bin/python -c 'import importlib.metadata as m; print(m.version(\"litellm\"))'"
     installed = host.get_fact(Command, command=f"{probe} 2>/dev/null || true")

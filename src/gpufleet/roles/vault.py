@@ -22,6 +22,7 @@ from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, vault
 from gpufleet.paths import render_template, template
 from gpufleet.pki import FleetCA
+from gpufleet.roles.baseline import service_account
 from gpufleet.routing import service_address
 from gpufleet.secrets import secret_uses
 
@@ -111,15 +112,7 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             )
         else:
             host.noop(f"bao {settings.version} is installed")
-        server.group(name=f"{user} group", group=user, system=True)
-        server.user(
-            name=f"{user} user",
-            user=user,
-            group=user,
-            system=True,
-            home=data_dir,
-            shell="/usr/sbin/nologin",
-        )
+        service_account(user, home=data_dir)
     else:
         files.directory(name="apt keyrings folder", path="/etc/apt/keyrings", mode="755")
         key = files.download(
