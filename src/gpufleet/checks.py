@@ -397,6 +397,13 @@ def _platform_services(spec: HostSpec) -> Iterator[Problem]:
             "gateway.private_key",
             "certificate_file needs the reference of its key, e.g. 'file:/path/gateway.key'",
         )
+    provided = gateway.certificate_file
+    if "gateway" in spec.groups and provided and not os.path.isfile(os.path.expanduser(provided)):
+        yield Problem(
+            spec.name,
+            "gateway.certificate_file",
+            f"{provided} is not a file on this machine; give the PEM certificate's path",
+        )
     if "gateway" in spec.groups and not gateway.clients:
         yield Problem(
             spec.name,

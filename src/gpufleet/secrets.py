@@ -55,6 +55,11 @@ def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
             for client, reference in spec.gateway.clients.items():
                 field = f"gateway.clients.{client}"
                 uses.append(SecretUse(spec.name, field, reference, "gateway", True))
+            if spec.gateway.private_key:
+                reference = spec.gateway.private_key
+                uses.append(
+                    SecretUse(spec.name, "gateway.private_key", reference, "gateway", False)
+                )
             for router in specs.values():
                 if "router" in router.groups:
                     ref = router.litellm.master_key

@@ -314,6 +314,38 @@ def test_a_config_nginx_rejects_fails_the_deploy_and_the_old_one_keeps_serving(f
     assert requests.get(f"{GATEWAY}/health", verify=fleet_ca, timeout=10).text == "ok\n"
 
 
+def served_names(der: bytes) -> str:
+    return subprocess.run(
+        ["openssl", "x509", "-inform", "DER", "-noout", "-ext", "subjectAltName"],
+        input=der,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+
+def test_a_certificate_of_your_own_is_served_and_the_fleet_one_comes_back(fleet_ca, tmp_path):
+    from gpufleet.pki import FleetCA
+
+    own = FleetCA.ensure(lab.lab_dir() / "ca").issue(
+        "ai.example.lan", ["ai.example.lan", "lab-infra-1"], [INFRA], days=30
+    )
+    (tmp_path / "own.crt").write_text(own[0])
+    key = tmp_path / "own.key"
+    key.touch(mode=0o600)
+    key.write_text(own[1])
+    gateway = SPECS["lab-infra-1"].gateway.model_dump(mode="json")
+    gateway.update(certificate_file=str(tmp_path / "own.crt"), private_key=f"file:{key}")
+    data = f"gateway={json.dumps(gateway)}"
+    provided = pyinfra("deploys/gateway.py", "-y", "--limit", "lab-infra-1", "--data", data)
+    assert provided.returncode == 0, provided.stderr[-2000:]
+    assert "DNS:ai.example.lan" in served_names(tls_handshake(443, fleet_ca)[1])
+    assert own[1].strip() not in provided.stderr + json.dumps(provided.report)
+    back = pyinfra("deploys/gateway.py", "-y", "--limit", "lab-infra-1")
+    assert back.returncode == 0, back.stderr[-2000:]
+    names = served_names(tls_handshake(443, fleet_ca)[1])
+    assert "ai.example.lan" not in names and "DNS:lab-infra-1" in names
+
+
 # --- secrets never leak ------------------------------------------------------------------------
 
 

@@ -9,7 +9,10 @@ every change is checked by ``nginx -t`` before a reload, and a rejected file is 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
@@ -73,21 +76,42 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     files.directory(name="Keys folder", path=SECRETS_DIR, group="www-data", mode="750")
     files.directory(name="TLS folder", path=TLS_DIR, mode="755")
 
-    # 1. Certificate from the fleet CA (Vault's PKI engine where there is Vault).
-    names, ips, issue = certificate_issuer(spec, specs, ca)
-    cert = config.tls_certificate(
-        name="Gateway certificate",
-        cert=f"{TLS_DIR}/gateway.crt",
-        key=f"{TLS_DIR}/gateway.key",
-        names=names,
-        ips=ips,
-        ca_cert=FLEET_CA_ON_HOST,
-        issue=issue,
-        min_days_left=max(gateway.cert_days // 3, 1),
-    )
+    # 1. Certificate: your own, or from the fleet CA (Vault's PKI engine where there is Vault).
+    vault = fleet_vault(specs)
+    certificate: list[OperationMeta]
+    if gateway.certificate_file and gateway.private_key:
+        provided, key_reference = Path(gateway.certificate_file).expanduser(), gateway.private_key
+        certificate = [
+            config.config_file(
+                name="Gateway certificate (provided)",
+                dest=f"{TLS_DIR}/gateway.crt",
+                render=provided.read_text,
+                validate="nginx -t -q",
+            ),
+            config.config_file(
+                name="Gateway key (provided)",
+                dest=f"{TLS_DIR}/gateway.key",
+                mode="640",
+                render=lambda: read_secret(key_reference, vault) + "\n",
+                validate="nginx -t -q",
+            ),
+        ]
+    else:
+        names, ips, issue = certificate_issuer(spec, specs, ca)
+        certificate = [
+            config.tls_certificate(
+                name="Gateway certificate",
+                cert=f"{TLS_DIR}/gateway.crt",
+                key=f"{TLS_DIR}/gateway.key",
+                names=names,
+                ips=ips,
+                ca_cert=FLEET_CA_ON_HOST,
+                issue=issue,
+                min_days_left=max(gateway.cert_days // 3, 1),
+            )
+        ]
 
     # 2. Client keys and the router's key: read from the secret store, never shown.
-    vault = fleet_vault(specs)
     routers = [s for s in specs.values() if "router" in s.groups]
     keys = config.config_file(
         name=f"Client keys ({len(gateway.clients)})",
@@ -138,5 +162,5 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         name="Reload nginx",
         service="nginx",
         reloaded=True,
-        _if=any_changed(default_site, cert, keys, upstream_auth, site),
+        _if=any_changed(default_site, *certificate, keys, upstream_auth, site),
     )
