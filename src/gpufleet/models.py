@@ -342,6 +342,10 @@ class GatewayServer(Spec):
     """Lifetime of an issued certificate; it is renewed with under a third of it left."""
     extra_directives: tuple[str, ...] = ()
     """Raw NGINX directives added to the HTTPS server block (checked by ``nginx -t``)."""
+    stub_status_port: Port = 8081
+    """Loopback-only port where NGINX reports its counters to the exporter."""
+    exporter_port: Port = 9113
+    """Port of ``prometheus-nginx-exporter``."""
 
 
 class CloudModel(Spec):
@@ -390,6 +394,33 @@ class LiteLLMRouter(Spec):
     ("M-CLD-PAY-claude-sonnet-4.5",)}``; same-alias backups come from placement priorities."""
     cloud_models: tuple[CloudModel, ...] = ()
     """Paid models, only when declared here with a key reference."""
+
+
+class PrometheusServer(Spec):
+    """Prometheus and the blackbox exporter on the ``monitoring`` group."""
+
+    port: Port = 9090
+    """Prometheus's web and API port."""
+    retention: str = Field("15d", pattern=r"^\d+[hdwy]$")
+    """How long samples are kept (``--storage.tsdb.retention.time``)."""
+    storage_path: str = Field("/var/lib/prometheus/metrics2", pattern=r"^/\S+$")
+    """Where the time series database lives."""
+    scrape_interval: str = Field("15s", pattern=r"^\d+[sm]$")
+    """How often every target is scraped and rules evaluated."""
+    blackbox_port: Port = 9115
+    """Port of the blackbox exporter that probes every HTTP endpoint."""
+
+
+class DcgmExporter(Spec):
+    """NVIDIA's DCGM exporter on hosts with an NVIDIA GPU, as a container through the
+    NVIDIA runtime."""
+
+    enabled: bool = True
+    """False leaves GPU metrics out on this host."""
+    image: str = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"
+    """Pinned image: DCGM 4.2.3 with exporter 4.1.3."""
+    port: Port = 9400
+    """Where it serves /metrics."""
 
 
 class HostSpec(Spec):
@@ -530,6 +561,10 @@ class HostSpec(Spec):
     """NGINX gateway settings (hosts of the ``gateway`` group)."""
     litellm: LiteLLMRouter = LiteLLMRouter()
     """LiteLLM router settings (hosts of the ``router`` group)."""
+    prometheus: PrometheusServer = PrometheusServer()
+    """Prometheus settings (hosts of the ``monitoring`` group)."""
+    dcgm_exporter: DcgmExporter = DcgmExporter()
+    """GPU metrics exporter settings (hosts with an NVIDIA GPU)."""
     fleet_ca_dir: str = "~/.config/gpufleet/ca"
     """On the control machine: the fleet's internal CA (made on first use; key 0600)."""
 

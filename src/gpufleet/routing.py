@@ -152,7 +152,13 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
             "allowed_fails": router.allowed_fails,
             "fallbacks": fallbacks(specs, router),
         },
-        "litellm_settings": {"drop_params": True, "request_timeout": router.timeout_s},
+        "litellm_settings": {
+            "drop_params": True,
+            "request_timeout": router.timeout_s,
+            # /metrics for Prometheus, without the admin key (the metrics hold no secret).
+            "callbacks": ["prometheus"],
+            "require_auth_for_metrics_endpoint": False,
+        },
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
     }
     return RouterConfig(settings, environment)

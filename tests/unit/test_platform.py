@@ -143,6 +143,7 @@ def render_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> str:
         key="/etc/nginx/tls/gateway.key",
         read_timeout_s=spec.gateway.read_timeout_s,
         extra_directives=(),
+        stub_status_port=8081,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host
@@ -27,50 +28,77 @@ NOT_YET = (SecretError, VaultError)
 again when the operation runs, after the steps before it."""
 
 
-def _install(
-    state: State,
-    host: Host,
-    dest: str,
-    render: Callable[[], str],
-    mode: str,
-    owner: str,
-    group: str,
-    validate: str | None,
-) -> bool:
-    try:
-        content = render()
-    except NOT_YET as error:
-        host.log_styled(f"{dest}: {error}", fg="red")
-        return False
-    staged, previous = f"{dest}.gpufleet-new", f"{dest}.gpufleet-old"
+@dataclass(frozen=True)
+class WantedFile:
+    dest: str
+    render: Callable[[], str]
+    mode: str = "644"
+    owner: str = "root"
+    group: str = "root"
+
+
+def _install(state: State, host: Host, wanted: list[WantedFile], validate: str | None) -> bool:
+    """Stage every file, swap them in together, run ``validate``; on failure put every old
+    file back (or remove a new one), so files that only work together change together."""
     q = shlex.quote
-    prepare = f"mkdir -p {q(dest.rsplit('/', 1)[0] or '/')} && rm -f {q(staged)}"
-    if not host.run_shell_command(prepare, print_output=False, print_input=False)[0]:
-        return False
-    # Created empty with its final mode first, so the content is never readable by others.
-    if not host.run_shell_command(
-        f"install -m {mode} -o {owner} -g {group} /dev/null {q(staged)}",
-        print_output=False,
-        print_input=False,
-    )[0]:
-        return False
-    if not host.put_file(StringIO(content), staged, print_output=False, print_input=False):
-        return False
-    swap = f"if [ -e {q(dest)} ]; then cp -p {q(dest)} {q(previous)}; fi; mv {q(staged)} {q(dest)}"
-    if validate:
-        restore = (
-            f"if [ -e {q(previous)} ]; then mv {q(previous)} {q(dest)}; else rm -f {q(dest)}; fi"
+    swap, restore = [], []
+    for file in wanted:
+        try:
+            content = file.render()
+        except NOT_YET as error:
+            host.log_styled(f"{file.dest}: {error}", fg="red")
+            return False
+        staged, previous = f"{file.dest}.gpufleet-new", f"{file.dest}.gpufleet-old"
+        folder = file.dest.rsplit("/", 1)[0] or "/"
+        # Created empty with its final mode first, so the content is never readable by others.
+        prepare = (
+            f"mkdir -p {q(folder)} && rm -f {q(staged)} && "
+            f"install -m {file.mode} -o {file.owner} -g {file.group} /dev/null {q(staged)}"
         )
-        swap += f"; if ! ( {validate} ); then {restore}; exit 1; fi"
-    swap += f"; rm -f {q(previous)}"
-    ok, output = host.run_shell_command(swap, print_output=False, print_input=False)
+        if not host.run_shell_command(prepare, print_output=False, print_input=False)[0]:
+            return False
+        if not host.put_file(StringIO(content), staged, print_output=False, print_input=False):
+            return False
+        swap.append(
+            f"if [ -e {q(file.dest)} ]; then cp -p {q(file.dest)} {q(previous)}; fi; "
+            f"mv {q(staged)} {q(file.dest)}"
+        )
+        restore.append(
+            f"if [ -e {q(previous)} ]; then mv {q(previous)} {q(file.dest)}; "
+            f"else rm -f {q(file.dest)}; fi"
+        )
+    command = "; ".join(swap)
+    if validate:
+        command += f"; if ! ( {validate} ); then {'; '.join(restore)}; exit 1; fi"
+    command += "; rm -f " + " ".join(q(f"{file.dest}.gpufleet-old") for file in wanted)
+    ok, output = host.run_shell_command(command, print_output=False, print_input=False)
     if not ok:
+        names = ", ".join(file.dest for file in wanted)
         host.log_styled(
-            f"{dest}: rejected by `{validate}`; the previous file is back in place:\n"
+            f"{names}: rejected by `{validate}`; the previous files are back in place:\n"
             + "\n".join(output.stderr_lines[-8:]),
             fg="red",
         )
     return bool(ok)
+
+
+def _up_to_date(file: WantedFile) -> bool | None:
+    """True when the host's file has the content and attributes wanted; None when the
+    content cannot be rendered yet (a secret the run itself will create)."""
+    try:
+        content = file.render()
+    except NOT_YET:
+        return None
+    current = host.get_fact(File, path=file.dest)
+    if current is False:
+        raise OperationError(f"{file.dest} exists and is not a regular file")
+    if not current or (str(current["mode"]), current["user"], current["group"]) != (
+        file.mode.lstrip("0"),
+        file.owner,
+        file.group,
+    ):
+        return False
+    return host.get_fact(Sha256File, path=file.dest) == hashlib.sha256(content.encode()).hexdigest()
 
 
 @operation()
@@ -99,26 +127,31 @@ def config_file(
             validate="nginx -t",
         )
     """
-    try:
-        wanted: str | None = render()
-    except NOT_YET:
-        wanted = None
-    current = host.get_fact(File, path=dest)
-    if current is False:
-        raise OperationError(f"{dest} exists and is not a regular file")
-    same_attributes = False
-    if current:
-        same_attributes = (
-            str(current["mode"]) == mode.lstrip("0")
-            and current["user"] == owner
-            and current["group"] == group
+    wanted = WantedFile(dest, render, mode, owner, group)
+    if _up_to_date(wanted):
+        host.noop(f"{dest} is up to date")
+        return
+    yield FunctionCommand(_install, ([wanted], validate), {})
+
+
+@operation()
+def file_set(files: list[WantedFile], validate: str | None = None):
+    """
+    Files that only work together (a certificate and its key): written, validated and, if
+    ``validate`` fails, put back together.
+
+    .. code:: python
+
+        config.file_set(
+            files=[WantedFile("/etc/nginx/tls/gw.crt", read_cert),
+                   WantedFile("/etc/nginx/tls/gw.key", read_key, mode="640")],
+            validate="nginx -t -q",
         )
-    if wanted is not None and same_attributes:
-        digest = hashlib.sha256(wanted.encode()).hexdigest()
-        if host.get_fact(Sha256File, path=dest) == digest:
-            host.noop(f"{dest} is up to date")
-            return
-    yield FunctionCommand(_install, (dest, render, mode, owner, group, validate), {})
+    """
+    if all(_up_to_date(file) for file in files):
+        host.noop(f"{', '.join(f.dest for f in files)} are up to date")
+        return
+    yield FunctionCommand(_install, (list(files), validate), {})
 
 
 @operation()
@@ -160,9 +193,11 @@ def _install_pair(
     state: State, host: Host, cert: str, key: str, issue: Callable[[], tuple[str, str]], group: str
 ) -> bool:
     cert_pem, key_pem = issue()
-    return _install(state, host, key, lambda: key_pem, "640", "root", group, None) and _install(
-        state, host, cert, lambda: cert_pem, "644", "root", "root", None
-    )
+    pair = [
+        WantedFile(key, lambda: key_pem, "640", "root", group),
+        WantedFile(cert, lambda: cert_pem),
+    ]
+    return _install(state, host, pair, None)
 
 
 class CertificateState(FactBase):

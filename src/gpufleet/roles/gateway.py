@@ -18,6 +18,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
+from gpufleet.operations.config import WantedFile
 from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA
 from gpufleet.roles.vault import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
@@ -82,19 +83,18 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     if gateway.certificate_file and gateway.private_key:
         provided, key_reference = Path(gateway.certificate_file).expanduser(), gateway.private_key
         certificate = [
-            config.config_file(
-                name="Gateway certificate (provided)",
-                dest=f"{TLS_DIR}/gateway.crt",
-                render=provided.read_text,
+            config.file_set(
+                name="Gateway certificate and key (provided)",
+                files=[
+                    WantedFile(f"{TLS_DIR}/gateway.crt", provided.read_text),
+                    WantedFile(
+                        f"{TLS_DIR}/gateway.key",
+                        lambda: read_secret(key_reference, vault) + "\n",
+                        mode="640",
+                    ),
+                ],
                 validate="nginx -t -q",
-            ),
-            config.config_file(
-                name="Gateway key (provided)",
-                dest=f"{TLS_DIR}/gateway.key",
-                mode="640",
-                render=lambda: read_secret(key_reference, vault) + "\n",
-                validate="nginx -t -q",
-            ),
+            )
         ]
     else:
         names, ips, issue = certificate_issuer(spec, specs, ca)
@@ -154,6 +154,7 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             key=f"{TLS_DIR}/gateway.key",
             read_timeout_s=gateway.read_timeout_s,
             extra_directives=gateway.extra_directives,
+            stub_status_port=gateway.stub_status_port,
         ),
         validate="nginx -t -q",
     )
@@ -163,4 +164,21 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         service="nginx",
         reloaded=True,
         _if=any_changed(default_site, *certificate, keys, upstream_auth, site),
+    )
+
+    # 4. NGINX's counters for Prometheus, read from stub_status on loopback.
+    exporter = "prometheus-nginx-exporter"
+    apt.packages(name="NGINX exporter", packages=[exporter], no_recommends=True)
+    exporter_flags = config.config_file(
+        name="NGINX exporter flags",
+        dest=f"/etc/default/{exporter}",
+        render=lambda: (
+            "# Managed by gpufleet (deploys/gateway.py).\n"
+            f'ARGS="-nginx.scrape-uri=http://127.0.0.1:{gateway.stub_status_port}/stub_status '
+            f'-web.listen-address=:{gateway.exporter_port}"\n'
+        ),
+    )
+    systemd.service(name=f"Run {exporter}", service=exporter, running=True, enabled=True)
+    systemd.service(
+        name=f"Restart {exporter}", service=exporter, restarted=True, _if=exporter_flags.did_change
     )

@@ -34,6 +34,8 @@ CONFIG_DIR = "/etc/litellm"
 CONFIG = f"{CONFIG_DIR}/config.yaml"
 ENV_FILE = f"{CONFIG_DIR}/litellm.env"
 USER = "litellm"
+PROMETHEUS_CLIENT = "prometheus-client==0.26.0"
+"""What LiteLLM's /metrics needs and its proxy extra does not bring."""
 
 
 def render_config(settings: dict[str, object]) -> str:
@@ -57,20 +59,28 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     apt.packages(name="Python venv", packages=["python3-venv", "python3"], no_recommends=True)
     service_account(USER, home=HOME)
     files.directory(name="Home", path=HOME, user=USER, group=USER, mode="755")
-    probe = f"{VENV}/bin/python -c 'import importlib.metadata as m; print(m.version(\"litellm\"))'"
-    installed = host.get_fact(Command, command=f"{probe} 2>/dev/null || true")
-    if (installed or "").strip() != router.version:
-        index = f" --index-url {shlex.quote(router.pip_index)}" if router.pip_index else ""
-        server.shell(
+    requirements = [f"litellm[proxy]=={router.version}", PROMETHEUS_CLIENT]
+    versions = (
+        "import importlib.metadata as m; "
+        "print(m.version('litellm'), m.version('prometheus-client'))"
+    )
+    installed = host.get_fact(
+        Command, command=f"{VENV}/bin/python -c {shlex.quote(versions)} 2>/dev/null || true"
+    )
+    wanted = " ".join(r.split("==")[1] for r in requirements)
+    if (installed or "").strip() != wanted:
+        index = f"--index-url {shlex.quote(router.pip_index)} " if router.pip_index else ""
+        install = " ".join(shlex.quote(r) for r in requirements)
+        venv = server.shell(
             name=f"Install litellm[proxy] {router.version}",
             # A half-installed venv reports no version, so the next run starts it over.
             commands=[
                 f"rm -rf {VENV} && python3 -m venv {VENV}",
-                f"{VENV}/bin/pip install --quiet --disable-pip-version-check{index} "
-                f"'litellm[proxy]=={router.version}'",
+                f"{VENV}/bin/pip install --quiet --disable-pip-version-check {index}{install}",
             ],
         )
     else:
+        venv = None
         host.noop(f"litellm {router.version} is installed")
 
     # 2. Config without secrets, then the secrets in a 0600 file.
@@ -114,7 +124,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         name="Restart litellm",
         service="litellm",
         restarted=True,
-        _if=any_changed(unit, config_yaml, env_file),
+        _if=any_changed(unit, config_yaml, env_file, *([venv] if venv else [])),
     )
     files.put(
         name="Warm-up tool",

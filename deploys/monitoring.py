@@ -1,0 +1,22 @@
+"""Monitoring: Prometheus (with the blackbox exporter) on the ``monitoring`` group scraping
+every exporter and server the inventory implies, and NVIDIA's DCGM exporter on GPU nodes.
+
+pyinfra inventory/lab.py deploys/monitoring.py
+Targets are regenerated from the inventory on every run: a new host needs no edit.
+"""
+
+from pyinfra import host
+
+from gpufleet.inventory import fleet_specs, host_spec
+from gpufleet.roles.baseline import baseline
+from gpufleet.roles.monitoring import dcgm_exporter, prometheus
+
+spec = host_spec()
+
+if "gpu_nodes" in spec.groups:
+    dcgm_exporter(spec)
+if "monitoring" in spec.groups:
+    baseline(spec)
+    prometheus(spec, fleet_specs())
+if not {"gpu_nodes", "monitoring"} & set(spec.groups):
+    host.noop(f"{spec.name} has no GPU and is not in the monitoring group")

@@ -1,0 +1,68 @@
+"""What Prometheus scrapes and probes, derived from the inventory: one ``file_sd`` target list
+per job, so a host added to the inventory is scraped after the next run with no edit to
+``prometheus.yml``. Pure functions, no I/O. Example::
+
+    >>> scrape_jobs(specs)["node"][0]
+    {'targets': ['10.200.0.11:9100'], 'labels': {'host': 'lab-gpu-1'}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpufleet.models import HostSpec
+from gpufleet.routing import service_address
+
+JOBS = ("node", "dcgm", "llamacpp", "vllm", "litellm", "nginx", "vault")
+"""Jobs Prometheus scrapes directly; ``blackbox`` probes are a job of their own."""
+
+
+def _target(spec: HostSpec, port: int) -> dict[str, Any]:
+    return {"targets": [f"{service_address(spec)}:{port}"], "labels": {"host": spec.name}}
+
+
+def scrape_jobs(specs: dict[str, HostSpec]) -> dict[str, list[dict[str, Any]]]:
+    """Every job's targets, in ``file_sd`` form."""
+    jobs: dict[str, list[dict[str, Any]]] = {job: [] for job in JOBS}
+    for spec in specs.values():
+        engines = {placement.engine for placement in spec.models}
+        jobs["node"].append(_target(spec, spec.node_exporter_port))
+        if spec.hardware.nvidia_gpu_count and spec.dcgm_exporter.enabled:
+            jobs["dcgm"].append(_target(spec, spec.dcgm_exporter.port))
+        if "llama.cpp" in engines:
+            jobs["llamacpp"].append(_target(spec, spec.llamacpp_port))
+        if "vllm" in engines:
+            jobs["vllm"].append(_target(spec, spec.vllm_port))
+        if "router" in spec.groups:
+            jobs["litellm"].append(_target(spec, spec.litellm.port))
+        if "gateway" in spec.groups:
+            jobs["nginx"].append(_target(spec, spec.gateway.exporter_port))
+        if "vault" in spec.groups:
+            jobs["vault"].append(_target(spec, spec.vault.port))
+    return jobs
+
+
+def probes(specs: dict[str, HostSpec]) -> list[dict[str, Any]]:
+    """Every HTTP endpoint the blackbox exporter checks, Ollama's included (it has no
+    metrics of its own), labelled with host and service."""
+    found = []
+
+    def probe(spec: HostSpec, service: str, url: str) -> None:
+        found.append({"targets": [url], "labels": {"host": spec.name, "service": service}})
+
+    for spec in specs.values():
+        address = service_address(spec)
+        engines = {placement.engine for placement in spec.models}
+        if "ollama" in engines:
+            probe(spec, "ollama", f"http://{address}:{spec.ollama_port}/api/version")
+        if "llama.cpp" in engines:
+            probe(spec, "llama.cpp", f"http://{address}:{spec.llamacpp_port}/health")
+        if "vllm" in engines:
+            probe(spec, "vllm", f"http://{address}:{spec.vllm_port}/health")
+        if "router" in spec.groups:
+            probe(spec, "litellm", f"http://{address}:{spec.litellm.port}/health/liveliness")
+        if "gateway" in spec.groups:
+            probe(spec, "gateway", f"https://{address}:{spec.gateway.https_port}/health")
+        if "vault" in spec.groups:
+            probe(spec, "vault", f"https://{address}:{spec.vault.port}/v1/sys/health")
+    return found

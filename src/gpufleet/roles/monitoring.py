@@ -1,0 +1,195 @@
+"""Prometheus on the ``monitoring`` group, scraping what the inventory deploys, and the DCGM
+exporter on hosts with an NVIDIA GPU.
+
+Runbook it replaces: install Prometheus; hand-add every host to ``prometheus.yml``; write
+alert rules and hope the expressions mean what they say (seed 003's VRAM rule did not). Here
+targets are ``file_sd`` lists generated from the inventory, every file is checked by promtool
+or the exporter itself before it counts, and Prometheus reloads only when its config changed.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from gpufleet import warmup
+from gpufleet.facts.gpu import detected_gpus
+from gpufleet.models import HostSpec
+from gpufleet.monitoring import JOBS, probes, scrape_jobs
+from gpufleet.operations import config, inference
+from gpufleet.paths import TEMPLATES, render_template, template
+from gpufleet.roles.vault import FLEET_CA_ON_HOST, trust_fleet_ca
+
+CONFIG = "/etc/prometheus/prometheus.yml"
+FILE_SD = "/etc/prometheus/file_sd"
+RULES = "/etc/prometheus/rules/gpufleet.rules.yml"
+BLACKBOX = "/etc/prometheus/blackbox.yml"
+
+
+def _as_json(entries: list[dict[str, Any]]) -> str:
+    return json.dumps(entries, indent=2) + "\n"
+
+
+@deploy("Prometheus")
+def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
+    """
+    Converge Prometheus and the blackbox exporter on a host of the ``monitoring`` group.
+
+    .. code:: python
+
+        prometheus(host_spec(), fleet_specs())
+    """
+    settings = spec.prometheus
+    trust_fleet_ca(spec)
+    apt.packages(
+        name="Prometheus and the blackbox exporter",
+        packages=["prometheus", "prometheus-blackbox-exporter"],
+        no_recommends=True,
+    )
+
+    # 1. Targets: one file per job, read by Prometheus as they change (no reload needed).
+    files.directory(name="Target lists folder", path=FILE_SD, mode="755")
+    targets = {**scrape_jobs(specs), "blackbox": probes(specs)}
+    for job, entries in targets.items():
+        config.config_file(
+            name=f"Targets: {job} ({len(entries)})",
+            dest=f"{FILE_SD}/{job}.json",
+            render=partial(_as_json, entries),
+        )
+
+    # 2. Rules, blackbox modules, main config: each checked before it counts.
+    files.directory(name="Rules folder", path=RULES.rsplit("/", 1)[0], mode="755")
+    rules = config.config_file(
+        name="Alert rules (promtool check rules)",
+        dest=RULES,
+        render=(TEMPLATES / "prometheus/gpufleet.rules.yml").read_text,
+        validate=f"promtool check rules {RULES}",
+    )
+    blackbox = config.config_file(
+        name="Blackbox modules (checked by the exporter)",
+        dest=BLACKBOX,
+        render=lambda: render_template("prometheus/blackbox.yml.j2", fleet_ca=FLEET_CA_ON_HOST),
+        validate=f"prometheus-blackbox-exporter --config.check --config.file={BLACKBOX}",
+    )
+    main = config.config_file(
+        name="Prometheus config (promtool check config)",
+        dest=CONFIG,
+        render=lambda: render_template(
+            "prometheus/prometheus.yml.j2",
+            scrape_interval=settings.scrape_interval,
+            rules=RULES,
+            port=settings.port,
+            host=spec.name,
+            jobs=JOBS,
+            file_sd=FILE_SD,
+            fleet_ca=FLEET_CA_ON_HOST,
+            blackbox_port=settings.blackbox_port,
+        ),
+        validate=f"promtool check config {CONFIG}",
+    )
+    arguments = config.config_file(
+        name="Prometheus flags (retention, storage, port)",
+        dest="/etc/default/prometheus",
+        render=lambda: (
+            "# Managed by gpufleet (deploys/monitoring.py).\n"
+            f'ARGS="--storage.tsdb.retention.time={settings.retention} '
+            f"--storage.tsdb.path={settings.storage_path} "
+            f'--web.listen-address=:{settings.port}"\n'
+        ),
+    )
+    blackbox_arguments = config.config_file(
+        name="Blackbox exporter flags",
+        dest="/etc/default/prometheus-blackbox-exporter",
+        render=lambda: (
+            "# Managed by gpufleet (deploys/monitoring.py).\n"
+            f'ARGS="--config.file {BLACKBOX} '
+            f'--web.listen-address=127.0.0.1:{settings.blackbox_port}"\n'
+        ),
+    )
+    files.directory(
+        name="Time series folder",
+        path=settings.storage_path,
+        user="prometheus",
+        group="prometheus",
+        mode="755",
+    )
+
+    # 3. Restart on new flags, reload on new config; wait until it is ready after either.
+    exporter = "prometheus-blackbox-exporter"
+    systemd.service(name=f"Run {exporter}", service=exporter, running=True, enabled=True)
+    systemd.service(
+        name=f"Restart {exporter}",
+        service=exporter,
+        restarted=True,
+        _if=any_changed(blackbox, blackbox_arguments),
+    )
+    started = systemd.service(
+        name="Run prometheus", service="prometheus", running=True, enabled=True
+    )
+    restarted = systemd.service(
+        name="Restart prometheus", service="prometheus", restarted=True, _if=arguments.did_change
+    )
+    reloaded = systemd.service(
+        name="Reload prometheus",
+        service="prometheus",
+        reloaded=True,
+        _if=any_changed(rules, main),
+    )
+    files.put(
+        name="Warm-up tool",
+        src=warmup.__file__,
+        dest=inference.WARMUP_SCRIPT,
+        mode="755",
+    )
+    inference.answering(
+        name="Prometheus is ready",
+        base_url=f"http://127.0.0.1:{settings.port}",
+        health_path="/-/ready",
+        timeout=120,
+        _if=any_changed(started, restarted, reloaded),
+    )
+
+
+@deploy("DCGM exporter")
+def dcgm_exporter(spec: HostSpec) -> None:
+    """
+    Run NVIDIA's DCGM exporter (pinned image, through the NVIDIA runtime) as a systemd unit
+    on a host whose NVIDIA GPU is present; a noop elsewhere.
+
+    .. code:: python
+
+        dcgm_exporter(host_spec())
+    """
+    exporter = spec.dcgm_exporter
+    if not exporter.enabled or spec.hardware.nvidia_gpu_count == 0:
+        host.noop("no NVIDIA GPU declared, or dcgm_exporter.enabled is false: no DCGM exporter")
+        return
+    if not detected_gpus()["pci"]:
+        host.noop("no NVIDIA GPU detected: DCGM exporter skipped")
+        return
+    unit = files.template(
+        name="DCGM exporter unit",
+        src=template("dcgm/dcgm-exporter.service.j2"),
+        dest="/etc/systemd/system/dcgm-exporter.service",
+        mode="644",
+        image=exporter.image,
+        port=exporter.port,
+    )
+    server.shell(
+        name=f"Pull {exporter.image}",
+        commands=[
+            f"docker image inspect {exporter.image} >/dev/null 2>&1 || docker pull {exporter.image}"
+        ],
+        _if=unit.did_change,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    systemd.service(name="Run dcgm-exporter", service="dcgm-exporter", running=True, enabled=True)
+    systemd.service(
+        name="Restart dcgm-exporter", service="dcgm-exporter", restarted=True, _if=unit.did_change
+    )

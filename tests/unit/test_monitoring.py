@@ -1,0 +1,60 @@
+"""What Prometheus scrapes, from the inventory alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from gpufleet.inventory import validate_file
+from gpufleet.monitoring import JOBS, probes, scrape_jobs
+from gpufleet.paths import render_template
+
+ROOT = Path(__file__).parents[2]
+
+
+def hosts(entries):
+    return sorted(e["labels"]["host"] for e in entries)
+
+
+def test_lab_targets_follow_the_inventory():
+    specs = validate_file(ROOT / "inventory/lab.py")
+    jobs = scrape_jobs(specs)
+    assert hosts(jobs["node"]) == sorted(specs)
+    assert hosts(jobs["llamacpp"]) == ["lab-gpu-1", "lab-infra-1"]
+    assert hosts(jobs["vllm"]) == ["lab-pve-1"]
+    # GPUs declared on the Proxmox stand-in and its container: DCGM is expected there.
+    assert hosts(jobs["dcgm"]) == ["lab-lxc-1", "lab-pve-1"]
+    assert jobs["nginx"] == [{"targets": ["10.200.0.12:9113"], "labels": {"host": "lab-infra-1"}}]
+    services = {(p["labels"]["host"], p["labels"]["service"]) for p in probes(specs)}
+    assert ("lab-gpu-1", "ollama") in services  # no metrics of its own: probed instead
+    assert ("lab-infra-1", "gateway") in services and ("lab-infra-1", "vault") in services
+
+
+def test_homelab_scrapes_every_host_and_each_gpu():
+    specs = validate_file(ROOT / "inventory/homelab.py")
+    jobs = scrape_jobs(specs)
+    assert len(jobs["node"]) == 23
+    gpu_hosts = [n for n, s in specs.items() if s.hardware.nvidia_gpu_count]
+    assert hosts(jobs["dcgm"]) == sorted(gpu_hosts) and gpu_hosts
+
+
+def test_prometheus_config_reads_one_file_per_job():
+    text = render_template(
+        "prometheus/prometheus.yml.j2",
+        scrape_interval="15s",
+        rules="/etc/prometheus/rules/gpufleet.rules.yml",
+        port=9090,
+        host="pi5l",
+        jobs=JOBS,
+        file_sd="/etc/prometheus/file_sd",
+        fleet_ca="/usr/local/share/ca-certificates/gpufleet-fleet-ca.crt",
+        blackbox_port=9115,
+    )
+    config = yaml.safe_load(text)
+    jobs = {c["job_name"]: c for c in config["scrape_configs"]}
+    assert set(jobs) == {"prometheus", "blackbox", *JOBS}
+    for job in (*JOBS, "blackbox"):
+        assert jobs[job]["file_sd_configs"] == [{"files": [f"/etc/prometheus/file_sd/{job}.json"]}]
+    assert jobs["vault"]["metrics_path"] == "/v1/sys/metrics"
+    assert jobs["blackbox"]["relabel_configs"][-1]["replacement"] == "127.0.0.1:9115"
