@@ -36,11 +36,13 @@ DEPLOYS = (
     "deploys/vault.py",
     "deploys/router.py",
     "deploys/gateway.py",
+    "deploys/monitoring.py",
 )
 DEPLOY_GROUP = {
     "deploys/vault.py": "vault",
     "deploys/router.py": "router",
     "deploys/gateway.py": "gateway",
+    "deploys/monitoring.py": "monitoring",
 }
 """The group a deploy acts on; the others act on every host."""
 FIXTURES = ROOT / "tests/fixtures"
@@ -91,8 +93,9 @@ class PyinfraRun:
         return [(op["name"], h) for op in results.get("operations", []) for h in op["success"]]
 
 
-def pyinfra(deploy: str, *args: str) -> PyinfraRun:
-    command = [PYINFRA, "--json", "-v", str(LAB_INVENTORY.relative_to(ROOT)), deploy, *args]
+def pyinfra(deploy: str, *args: str, inventory: Path = LAB_INVENTORY) -> PyinfraRun:
+    where = inventory.relative_to(ROOT) if inventory.is_relative_to(ROOT) else inventory
+    command = [PYINFRA, "--json", "-v", str(where), deploy, *args]
     started = time.monotonic()
     result = subprocess.run(
         command,

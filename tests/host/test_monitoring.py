@@ -1,0 +1,115 @@
+"""Prometheus on lab-infra-1, asked through its own HTTP API: every target the inventory
+implies is scraped, every endpoint probed, the rules loaded, and a host added to the
+inventory becomes a target on the next run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from .conftest import LAB_INVENTORY, SPECS, pyinfra, ssh
+
+PROMETHEUS = "http://10.200.0.12:9090/api/v1"
+CANNOT_RUN_HERE = {("dcgm", "lab-pve-1"), ("dcgm", "lab-lxc-1"), ("vllm", "lab-pve-1")}
+"""Targets the inventory implies that the lab cannot serve: no GPU, no vLLM binary."""
+
+
+def targets() -> list[dict]:
+    return requests.get(f"{PROMETHEUS}/targets", timeout=10).json()["data"]["activeTargets"]
+
+
+def settled_targets(seconds: float = 60) -> list[dict]:
+    """The targets once each was scraped at least once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = targets()
+        if all(t["health"] != "unknown" for t in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
+def query(expression: str) -> list[dict]:
+    reply = requests.get(f"{PROMETHEUS}/query", params={"query": expression}, timeout=10)
+    return reply.json()["data"]["result"]
+
+
+@pytest.fixture(scope="module")
+def scraped(lab_session) -> list[dict]:
+    return settled_targets()
+
+
+def test_every_implied_target_is_scraped_and_up(scraped):
+    jobs = {(t["labels"]["job"], t["labels"]["host"]) for t in scraped}
+    up = {(t["labels"]["job"], t["labels"]["host"]) for t in scraped if t["health"] == "up"}
+    assert {("node", name) for name in SPECS} <= up
+    assert {("llamacpp", "lab-gpu-1"), ("llamacpp", "lab-infra-1")} <= up
+    assert {("nginx", "lab-infra-1"), ("litellm", "lab-infra-1"), ("vault", "lab-infra-1")} <= up
+    assert ("prometheus", "lab-infra-1") in up
+    assert jobs - up == CANNOT_RUN_HERE
+    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 7
+
+
+def test_probes_see_what_runs_and_what_does_not(scraped):
+    probed = {
+        (r["metric"]["service"], r["metric"]["host"]): r["value"][1] for r in query("probe_success")
+    }
+    for running in (
+        ("llama.cpp", "lab-gpu-1"),
+        ("llama.cpp", "lab-infra-1"),
+        ("litellm", "lab-infra-1"),
+        ("gateway", "lab-infra-1"),
+        ("vault", "lab-infra-1"),
+    ):
+        assert probed[running] == "1", running
+    # Configured, not startable here: the probe says so (InferenceServerDown would fire).
+    assert probed[("ollama", "lab-gpu-1")] == "0" and probed[("vllm", "lab-pve-1")] == "0"
+
+
+def test_metrics_arrive_from_each_kind_of_exporter(scraped):
+    assert query('node_memory_MemTotal_bytes{host="lab-gpu-1"}')
+    assert query('llamacpp:tokens_predicted_total{host="lab-gpu-1"}')
+    assert query('nginx_connections_accepted{host="lab-infra-1"}')
+    assert query('vault_core_unsealed{host="lab-infra-1"}')[0]["value"][1] == "1"
+
+
+def test_alert_rules_are_loaded_and_evaluated(scraped):
+    groups = requests.get(f"{PROMETHEUS}/rules", timeout=10).json()["data"]["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert len(rules) == 7 and all(r["health"] == "ok" for r in rules.values())
+    # The targets the lab cannot serve are already on their way to TargetDown.
+    pending = {(a["labels"]["job"], a["labels"]["host"]) for a in rules["TargetDown"]["alerts"]}
+    assert pending == CANNOT_RUN_HERE
+
+
+@pytest.mark.hosts("lab-infra-1")
+def test_promtool_accepts_what_is_live(lab_host):
+    assert lab_host.testinfra.run("promtool check config /etc/prometheus/prometheus.yml").rc == 0
+    flags = lab_host.testinfra.file("/etc/default/prometheus").content_string
+    assert "--storage.tsdb.retention.time=15d" in flags
+
+
+def test_a_host_added_to_the_inventory_is_scraped_after_the_next_run(tmp_path):
+    grown = tmp_path / "lab_plus_one.py"
+    grown.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
+        "from gpufleet.lab import connection\n"
+        "gpu_nodes = _lab['gpu_nodes']\n"
+        "proxmox_hosts = _lab['proxmox_hosts']\n"
+        "cpu_nodes = _lab['cpu_nodes'] + [('lab-new-1', {**connection('10.200.0.15'),\n"
+        "    'hardware': {'cores': 2, 'ram_gb': 4}})]\n"
+        "gateway, router, monitoring, vault = (_lab[g] for g in "
+        "('gateway', 'router', 'monitoring', 'vault'))\n"
+    )
+    added = pyinfra("deploys/monitoring.py", "-y", "--limit", "lab-infra-1", inventory=grown)
+    assert added.returncode == 0, added.stderr[-2000:]
+    assert "10.200.0.15:9100" in ssh("10.200.0.12", "cat /etc/prometheus/file_sd/node.json")
+    deadline = time.monotonic() + 60
+    while not any(t["labels"].get("host") == "lab-new-1" for t in targets()):
+        assert time.monotonic() < deadline, "Prometheus did not pick up the new target"
+        time.sleep(2)
+    back = pyinfra("deploys/monitoring.py", "-y", "--limit", "lab-infra-1")
+    assert back.returncode == 0
+    assert "lab-new-1" not in ssh("10.200.0.12", "cat /etc/prometheus/file_sd/node.json")
