@@ -15,8 +15,9 @@ demo: $(BIN)/gpufleet host-tools
 	$(BIN)/gpufleet engines inventory/lab.py
 	$(BIN)/pyinfra -y inventory/lab.py deploys/inference.py
 	$(BIN)/pyinfra -y inventory/lab.py deploys/vault.py deploys/router.py deploys/gateway.py
+	$(BIN)/pyinfra -y inventory/lab.py deploys/monitoring.py
 	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py deploys/proxmox_host.py deploys/inference.py \
-		deploys/vault.py deploys/router.py deploys/gateway.py
+		deploys/vault.py deploys/router.py deploys/gateway.py deploys/monitoring.py
 	@echo "The last run changed nothing. The lab is still running: 'make lab-down' removes it."
 
 # The whole suite: lint, unit tests, then the lab layer (real hosts over SSH).

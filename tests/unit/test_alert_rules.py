@@ -29,7 +29,10 @@ def promtool() -> str:
     if not binary.exists():
         download = folder.with_suffix(".download")
         download.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["apt-get", "download", "prometheus"], cwd=download, check=True)
+        fetch = ["apt-get", "download", "prometheus"]
+        if subprocess.run(fetch, cwd=download, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)  # no package lists yet
+            subprocess.run(fetch, cwd=download, check=True)
         [package] = download.glob("prometheus_*.deb")
         subprocess.run(["dpkg-deb", "-x", str(package), str(folder)], check=True)
         shutil.rmtree(download)
