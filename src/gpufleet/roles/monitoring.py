@@ -18,12 +18,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet import warmup
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec
 from gpufleet.monitoring import JOBS, probes, scrape_jobs
 from gpufleet.operations import config, inference
 from gpufleet.paths import TEMPLATES, render_template, template
+from gpufleet.roles.inference import warm_up_tool
 from gpufleet.roles.vault import FLEET_CA_ON_HOST, trust_fleet_ca
 
 CONFIG = "/etc/prometheus/prometheus.yml"
@@ -141,12 +141,7 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         reloaded=True,
         _if=any_changed(rules, main),
     )
-    files.put(
-        name="Warm-up tool",
-        src=warmup.__file__,
-        dest=inference.WARMUP_SCRIPT,
-        mode="755",
-    )
+    warm_up_tool()
     inference.answering(
         name="Prometheus is ready",
         base_url=f"http://127.0.0.1:{settings.port}",

@@ -19,11 +19,11 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet import warmup
 from gpufleet.models import HostSpec
 from gpufleet.operations import config, inference
 from gpufleet.paths import template
 from gpufleet.roles.baseline import service_account
+from gpufleet.roles.inference import warm_up_tool
 from gpufleet.routing import router_config
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
@@ -126,12 +126,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         restarted=True,
         _if=any_changed(unit, config_yaml, env_file, *([venv] if venv else [])),
     )
-    files.put(
-        name="Warm-up tool",
-        src=warmup.__file__,
-        dest=inference.WARMUP_SCRIPT,
-        mode="755",
-    )
+    warm_up_tool()
     inference.answering(
         name="LiteLLM answers",
         base_url=f"http://127.0.0.1:{router.port}",
