@@ -200,9 +200,14 @@ def use_spec(spec: HostSpec) -> None:
     _validated[spec.name] = spec
 
 
+_fleet: dict[str, HostSpec] = {}
+
+
 def fleet_specs() -> dict[str, HostSpec]:
-    """Every host of the inventory a deploy runs against, validated: what the router,
-    gateway and Vault deploys derive routes, upstreams and secrets from."""
+    """Every host of the inventory a deploy runs against, validated once per run: what the
+    router, gateway, Vault and monitoring deploys derive routes, secrets and targets from."""
     from pyinfra import host
 
-    return {other.name: spec_of(other.name) for other in host.inventory}
+    if not _fleet:
+        _fleet.update({other.name: spec_of(other.name) for other in host.inventory})
+    return _fleet
