@@ -4,6 +4,7 @@ gpufleet validate inventory/homelab.py      # contacts no host
 gpufleet plan inventory/homelab.py          # where each model runs, memory, speed bound
 gpufleet engines inventory/homelab.py       # each host's inference servers and flags
 gpufleet routes inventory/homelab.py        # the router's model groups, fallbacks, gateway
+gpufleet bench inventory/lab.py             # endpoint speeds with 95 % intervals, to CSV
 gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
 gpufleet lab up|status|down [inventory/lab.py]
 """
@@ -126,6 +127,31 @@ def _routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpufleet.bench import bench, endpoints, table
+    from gpufleet.secrets import read_secret
+    from gpufleet.vault import ca_file, fleet_vault
+
+    specs = _specs_or_report(args.inventory)
+    if specs is None:
+        return 1
+    gateway = next((s for s in specs.values() if "gateway" in s.groups), None)
+    key = ca = None
+    if gateway is not None and gateway.gateway.clients and not args.engines_only:
+        client = args.client or sorted(gateway.gateway.clients)[0]
+        key = read_secret(gateway.gateway.clients[client], fleet_vault(specs))
+        ca = ca_file(gateway)
+    found = endpoints(specs, key, ca)
+    if args.limit:
+        found = [e for e in found if e.host in args.limit]
+    rows = bench(found, args.runs, args.concurrency, Path(args.csv))
+    print(table(rows))
+    print(f"{len(rows)} rows written to {args.csv}")
+    return 0 if rows else 1
+
+
 def _reference(args: argparse.Namespace) -> int:
     from gpufleet.reference import markdown
 
@@ -167,6 +193,17 @@ def parser() -> argparse.ArgumentParser:
     )
     routes.add_argument("inventory")
     routes.set_defaults(run=_routes)
+    bench = commands.add_parser(
+        "bench", help="TTFT, decode speed and latency of every endpoint, with 95 %% intervals"
+    )
+    bench.add_argument("inventory")
+    bench.add_argument("--runs", type=int, default=5, help="rounds per concurrency level")
+    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    bench.add_argument("--csv", default="bench/results.csv", help="where the rows go")
+    bench.add_argument("--limit", nargs="+", metavar="HOST", help="only these hosts' engines")
+    bench.add_argument("--client", help="gateway client whose key to use (default: the first)")
+    bench.add_argument("--engines-only", action="store_true", help="skip the gateway")
+    bench.set_defaults(run=_bench)
 
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)
