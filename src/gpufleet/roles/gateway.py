@@ -21,7 +21,7 @@ from gpufleet.operations import config
 from gpufleet.operations.config import WantedFile
 from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA
-from gpufleet.roles.vault import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
+from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
 from gpufleet.routing import gateway_upstreams
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault, vault_host

@@ -23,8 +23,8 @@ from gpufleet.models import HostSpec
 from gpufleet.monitoring import JOBS, probes, scrape_jobs
 from gpufleet.operations import config, inference
 from gpufleet.paths import TEMPLATES, render_template, template
+from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, trust_fleet_ca
 from gpufleet.roles.inference import warm_up_tool
-from gpufleet.roles.vault import FLEET_CA_ON_HOST, trust_fleet_ca
 
 CONFIG = "/etc/prometheus/prometheus.yml"
 FILE_SD = "/etc/prometheus/file_sd"
