@@ -19,12 +19,14 @@ SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
 
 
-def run_service(service: str, restart_if: OperationMeta) -> None:
-    """Keep ``service`` enabled and running; restart it when ``restart_if`` changed its config."""
-    systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
-    systemd.service(
-        name=f"Restart {service}", service=service, restarted=True, _if=restart_if.did_change
+def run_service(service: str, *restart_if: OperationMeta) -> tuple[OperationMeta, OperationMeta]:
+    """Keep ``service`` enabled and running; restart it when any of ``restart_if`` changed
+    its config. Returns the start and the restart, for steps that must follow either."""
+    started = systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
+    restarted = systemd.service(
+        name=f"Restart {service}", service=service, restarted=True, _if=any_changed(*restart_if)
     )
+    return started, restarted
 
 
 def service_account(name: str, home: str) -> None:
@@ -117,7 +119,7 @@ def baseline(spec: HostSpec) -> None:
         )
         host.noop(f"time sync runs on the {in_container} host, not in this container")
     else:
-        run_service("systemd-timesyncd", restart_if=timesync)
+        run_service("systemd-timesyncd", timesync)
 
     # 5. Node exporter, listening where the inventory says.
     exporter = files.template(
@@ -127,4 +129,4 @@ def baseline(spec: HostSpec) -> None:
         mode="644",
         listen=f"{spec.node_exporter_address}:{spec.node_exporter_port}",
     )
-    run_service("prometheus-node-exporter", restart_if=exporter)
+    run_service("prometheus-node-exporter", exporter)

@@ -155,6 +155,6 @@ def container_runtime(spec: HostSpec) -> None:
         config = docker.daemon_json(
             name="Merge gpufleet's keys into daemon.json", settings=settings
         )
-        run_service("docker", restart_if=config)
+        run_service("docker", config)
     else:
         systemd.service(name="Run docker", service="docker", running=True, enabled=True)

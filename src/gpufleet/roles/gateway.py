@@ -21,6 +21,7 @@ from gpufleet.operations import config
 from gpufleet.operations.config import WantedFile
 from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA
+from gpufleet.roles.baseline import run_service
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
 from gpufleet.routing import gateway_upstreams
 from gpufleet.secrets import read_secret
@@ -178,7 +179,4 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             f'-web.listen-address=:{gateway.exporter_port}"\n'
         ),
     )
-    systemd.service(name=f"Run {exporter}", service=exporter, running=True, enabled=True)
-    systemd.service(
-        name=f"Restart {exporter}", service=exporter, restarted=True, _if=exporter_flags.did_change
-    )
+    run_service(exporter, exporter_flags)

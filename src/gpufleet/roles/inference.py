@@ -26,6 +26,7 @@ from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import inference
 from gpufleet.paths import template
+from gpufleet.roles.baseline import run_service
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
@@ -72,13 +73,7 @@ def restart_and_warm_up(
     """Start, restart on change, then warm each model up after any (re)start. Returns the
     operations that (re)start the service, for steps that must follow a start too."""
     systemd.daemon_reload(name="Reload systemd units", _if=unit_changed.did_change)
-    started = systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
-    restarted = systemd.service(
-        name=f"Restart {service}",
-        service=service,
-        restarted=True,
-        _if=any_changed(unit_changed, *config_changed),
-    )
+    started, restarted = run_service(service, unit_changed, *config_changed)
     for model in models:
         inference.warmed_up(
             name=f"Warm up {model}",

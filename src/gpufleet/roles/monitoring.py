@@ -23,6 +23,7 @@ from gpufleet.models import HostSpec
 from gpufleet.monitoring import JOBS, probes, scrape_jobs
 from gpufleet.operations import config, inference
 from gpufleet.paths import TEMPLATES, render_template, template
+from gpufleet.roles.baseline import run_service
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, trust_fleet_ca
 from gpufleet.roles.inference import warm_up_tool
 
@@ -121,20 +122,8 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     )
 
     # 3. Restart on new flags, reload on new config; wait until it is ready after either.
-    exporter = "prometheus-blackbox-exporter"
-    systemd.service(name=f"Run {exporter}", service=exporter, running=True, enabled=True)
-    systemd.service(
-        name=f"Restart {exporter}",
-        service=exporter,
-        restarted=True,
-        _if=any_changed(blackbox, blackbox_arguments),
-    )
-    started = systemd.service(
-        name="Run prometheus", service="prometheus", running=True, enabled=True
-    )
-    restarted = systemd.service(
-        name="Restart prometheus", service="prometheus", restarted=True, _if=arguments.did_change
-    )
+    run_service("prometheus-blackbox-exporter", blackbox, blackbox_arguments)
+    started, restarted = run_service("prometheus", arguments)
     reloaded = systemd.service(
         name="Reload prometheus",
         service="prometheus",

@@ -22,7 +22,7 @@ from pyinfra.operations.util import any_changed
 from gpufleet.models import HostSpec
 from gpufleet.operations import config, inference
 from gpufleet.paths import template
-from gpufleet.roles.baseline import service_account
+from gpufleet.roles.baseline import run_service, service_account
 from gpufleet.roles.inference import warm_up_tool
 from gpufleet.routing import router_config
 from gpufleet.secrets import read_secret
@@ -71,16 +71,18 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     if (installed or "").strip() != wanted:
         index = f"--index-url {shlex.quote(router.pip_index)} " if router.pip_index else ""
         install = " ".join(shlex.quote(r) for r in requirements)
-        venv = server.shell(
-            name=f"Install litellm[proxy] {router.version}",
-            # A half-installed venv reports no version, so the next run starts it over.
-            commands=[
-                f"rm -rf {VENV} && python3 -m venv {VENV}",
-                f"{VENV}/bin/pip install --quiet --disable-pip-version-check {index}{install}",
-            ],
-        )
+        venv = [
+            server.shell(
+                name=f"Install litellm[proxy] {router.version}",
+                # A half-installed venv reports no version, so the next run starts it over.
+                commands=[
+                    f"rm -rf {VENV} && python3 -m venv {VENV}",
+                    f"{VENV}/bin/pip install --quiet --disable-pip-version-check {index}{install}",
+                ],
+            )
+        ]
     else:
-        venv = None
+        venv = []
         host.noop(f"litellm {router.version} is installed")
 
     # 2. Config without secrets, then the secrets in a 0600 file.
@@ -119,13 +121,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         port=router.port,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    started = systemd.service(name="Run litellm", service="litellm", running=True, enabled=True)
-    restarted = systemd.service(
-        name="Restart litellm",
-        service="litellm",
-        restarted=True,
-        _if=any_changed(unit, config_yaml, env_file, *([venv] if venv else [])),
-    )
+    started, restarted = run_service("litellm", unit, config_yaml, env_file, *venv)
     warm_up_tool()
     inference.answering(
         name="LiteLLM answers",

@@ -21,7 +21,7 @@ from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, vault
 from gpufleet.paths import render_template, template
-from gpufleet.roles.baseline import service_account
+from gpufleet.roles.baseline import run_service, service_account
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
 from gpufleet.routing import service_address
 from gpufleet.secrets import secret_uses
@@ -161,13 +161,7 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         mlock_reason=mlock_reason,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    started = systemd.service(name=f"Run {user}", service=user, running=True, enabled=True)
-    restarted = systemd.service(
-        name=f"Restart {user}",
-        service=user,
-        restarted=True,
-        _if=any_changed(unit, server_config, cert),
-    )
+    started, restarted = run_service(user, unit, server_config, cert)
 
     # 3. Initialize once, unseal whenever sealed (every start seals it).
     vault.initialized(name=f"Initialize {product}", spec=spec)
