@@ -33,7 +33,13 @@ class VaultClient:
     """An init file to take the root token from once it exists (a first run writes it after
     this client was made)."""
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         import requests  # imported here: pyinfra's CLI patches sockets before first use
 
         if self.token is None and self.token_file is not None and self.token_file.exists():
@@ -45,7 +51,7 @@ class VaultClient:
                 f"{self.address}/v1/{path}",
                 json=body,
                 headers=headers,
-                timeout=self.timeout,
+                timeout=timeout or self.timeout,
                 verify=self.ca_file or True,
             )
         except requests.RequestException as error:
@@ -73,12 +79,13 @@ class VaultClient:
 
     def initialize(self, shares: int, threshold: int) -> dict[str, Any]:
         body = {"secret_shares": shares, "secret_threshold": threshold}
-        result: dict[str, Any] = self.request("PUT", "sys/init", body)
+        # Generating the keys and the first raft write can take a while on a busy machine.
+        result: dict[str, Any] = self.request("PUT", "sys/init", body, timeout=120)
         return result
 
     def unseal(self, keys: list[str]) -> None:
         for key in keys:
-            if not self.request("PUT", "sys/unseal", {"key": key})["sealed"]:
+            if not self.request("PUT", "sys/unseal", {"key": key}, timeout=60)["sealed"]:
                 return
         raise VaultError("still sealed after every key in the init file")
 
