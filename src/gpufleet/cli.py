@@ -5,6 +5,7 @@ gpufleet plan inventory/homelab.py          # where each model runs, memory, spe
 gpufleet engines inventory/homelab.py       # each host's inference servers and flags
 gpufleet routes inventory/homelab.py        # the router's model groups, fallbacks, gateway
 gpufleet bench inventory/lab.py             # endpoint speeds with 95 % intervals, to CSV
+gpufleet verify inventory/lab.py            # testinfra checks per host, table + JUnit XML
 gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
 gpufleet lab up|status|down [inventory/lab.py]
 """
@@ -152,6 +153,29 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from gpufleet import verify
+
+    try:
+        chosen = verify.targets(args.inventory, args.limit or ())
+    except InventoryError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"gpufleet verify: {error}", file=sys.stderr)
+        return 1
+    code, outcomes = verify.run(chosen, None if args.list else args.junit_xml, args.list)
+    if args.list:
+        for outcome in outcomes:
+            print(f"{outcome.host:<20} {outcome.suite}: {outcome.check}")
+        print(f"{len(outcomes)} checks on {len({o.host for o in outcomes})} hosts; none run")
+        return 0 if code == 0 else 1
+    print()
+    print(verify.table(outcomes))
+    print(f"JUnit XML: {args.junit_xml}")
+    return 0 if code == 0 else 1
+
+
 def _reference(args: argparse.Namespace) -> int:
     from gpufleet.reference import markdown
 
@@ -204,6 +228,19 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--client", help="gateway client whose key to use (default: the first)")
     bench.add_argument("--engines-only", action="store_true", help="skip the gateway")
     bench.set_defaults(run=_bench)
+
+    verify_command = commands.add_parser(
+        "verify", help="run the testinfra suites against the inventory's hosts over SSH"
+    )
+    verify_command.add_argument("inventory")
+    verify_command.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
+    verify_command.add_argument(
+        "--junit-xml", default="verify-results.xml", help="where the JUnit XML goes"
+    )
+    verify_command.add_argument(
+        "--list", action="store_true", help="list the checks each host gets; contacts no host"
+    )
+    verify_command.set_defaults(run=_verify)
 
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)

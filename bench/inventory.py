@@ -1,0 +1,21 @@
+"""Bench hosts for bench/converge.py: GPUFLEET_BENCH_HOSTS (default 8) plain Debian 12 hosts
+in the lab network, made by `gpufleet lab up bench/inventory.py`. The baseline is what both
+gpufleet and the Ansible playbook converge here."""
+
+import os as _os
+
+from gpufleet.lab import connection
+
+_COUNT = int(_os.environ.get("GPUFLEET_BENCH_HOSTS", "8"))
+
+cpu_nodes = [
+    (
+        f"bench-{n}",
+        {
+            **connection(f"10.200.0.{30 + n}"),
+            "role": "bench host: baseline only",
+            "hardware": {"cpu": "virtual", "cores": 2, "ram_gb": 2},
+        },
+    )
+    for n in range(1, _COUNT + 1)
+]

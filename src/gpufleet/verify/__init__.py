@@ -1,0 +1,216 @@
+"""``gpufleet verify``: the testinfra suites CI runs against the lab, against any inventory.
+
+Each suite in ``gpufleet/verify/suites`` is a pytest module of read-only checks. A check takes
+a ``target`` (one inventory host: its validated spec and a testinfra connection built from its
+``ssh_*`` data) and runs once per host it applies to, chosen by the host's groups and
+placements (``applies_to`` on the module, ``@applies(...)`` on a check). The run ends with a
+per-host table of every check and a JUnit XML file.
+
+    gpufleet verify inventory/lab.py --junit-xml verify.xml
+    gpufleet verify inventory/homelab.py --limit gpu-desktop --list   # contacts no host
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from gpufleet.inventory import load_inventory, validate_file
+from gpufleet.models import HostSpec
+from gpufleet.routing import service_address
+
+SUITES = Path(__file__).parent / "suites"
+Check = TypeVar("Check", bound=Callable[..., Any])
+
+
+def applies(predicate: Callable[[HostSpec], bool]) -> Callable[[Check], Check]:
+    """Run a check only on hosts whose spec satisfies ``predicate``.
+
+    .. code:: python
+
+        @applies(lambda spec: spec.vault.flavor == "openbao")
+        def test_openbao_runs(target): ...
+    """
+
+    def mark(check: Check) -> Check:
+        check.applies_to = predicate  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+@dataclass
+class Target:
+    """One inventory host as the checks see it: its spec, where it answers, how to reach it."""
+
+    spec: HostSpec
+    connection: dict[str, Any]
+    """testinfra's ``get_host`` arguments, from the host's pyinfra ``ssh_*`` data."""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def address(self) -> str:
+        return service_address(self.spec)
+
+    @functools.cached_property
+    def host(self) -> Any:
+        """The testinfra host; connects on its first command, never while listing."""
+        import testinfra
+
+        return testinfra.get_host(**self.connection)
+
+
+def ssh_connection(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """testinfra ``get_host`` arguments that reach a host the way pyinfra's SSH connector does.
+
+    >>> ssh_connection("a", {"ssh_hostname": "10.0.0.5", "ssh_user": "root"})["hostspec"]
+    'ssh://root@10.0.0.5'
+    """
+    user = data.get("ssh_user")
+    port = data.get("ssh_port")
+    hostspec = f"ssh://{f'{user}@' if user else ''}{data.get('ssh_hostname') or name}"
+    if port:
+        hostspec += f":{port}"
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if data.get("ssh_known_hosts_file"):
+        options += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+    if data.get("ssh_strict_host_key_checking"):
+        options += ["-o", f"StrictHostKeyChecking={data['ssh_strict_host_key_checking']}"]
+    connection: dict[str, Any] = {"hostspec": hostspec, "ssh_extra_args": shlex.join(options)}
+    if data.get("ssh_key"):
+        connection["ssh_identity_file"] = str(Path(data["ssh_key"]).expanduser())
+    if data.get("_sudo") and user != "root":
+        connection["sudo"] = True
+    return connection
+
+
+def targets(inventory: str | Path, limit: Iterable[str] = ()) -> list[Target]:
+    """The hosts to verify: the inventory validated first (a bad one raises InventoryError
+    before any host is contacted), then narrowed to ``limit`` (host or group names)."""
+    specs = validate_file(inventory)
+    wanted = set(limit)
+    unknown = wanted - set(specs) - {g for s in specs.values() for g in s.groups}
+    if unknown:
+        raise ValueError(
+            f"--limit {', '.join(sorted(unknown))}: no such host or group in {inventory}"
+        )
+    data = {h.name: dict(h.data.dict()) for h in load_inventory(inventory)}
+    return [
+        Target(spec, ssh_connection(name, data[name]))
+        for name, spec in specs.items()
+        if not wanted or name in wanted or wanted & set(spec.groups)
+    ]
+
+
+@dataclass
+class Outcome:
+    host: str
+    suite: str
+    check: str
+    result: str = "pass"
+    message: str = ""
+
+
+def _check_label(function: Callable[..., Any]) -> str:
+    return function.__name__.removeprefix("test_").replace("_", " ")
+
+
+@dataclass
+class VerifyPlugin:
+    """Parametrizes every check over the targets it applies to and records each outcome."""
+
+    targets: list[Target]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "target" in metafunc.fixturenames:
+            metafunc.parametrize("target", self.targets, ids=[t.name for t in self.targets])
+
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        kept, dropped = [], []
+        for item in items:
+            target = item.callspec.params["target"]  # type: ignore[attr-defined]
+            function = item.function  # type: ignore[attr-defined]
+            module_rule = getattr(item.module, "applies_to", None)  # type: ignore[attr-defined]
+            check_rule = getattr(function, "applies_to", None)
+            if all(rule is None or rule(target.spec) for rule in (module_rule, check_rule)):
+                kept.append(item)
+                suite = Path(str(item.fspath)).stem.removeprefix("test_")
+                self.outcomes[item.nodeid] = Outcome(target.name, suite, _check_label(function))
+            else:
+                dropped.append(item)
+        items[:] = kept
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        outcome = self.outcomes.get(report.nodeid)
+        if outcome is None or outcome.result != "pass":
+            return
+        if report.failed:
+            outcome.result = "FAIL" if report.when == "call" else "ERROR"
+            crash = getattr(report.longrepr, "reprcrash", None)
+            text = crash.message if crash is not None else str(report.longrepr)
+            outcome.message = " ".join(text.split())[:160]
+        elif report.skipped:
+            outcome.result = "skip"
+            outcome.message = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+
+
+def table(outcomes: Iterable[Outcome]) -> str:
+    """Per host: one line per check with its result, then a count; a failure's reason under it."""
+    by_host: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_host.setdefault(outcome.host, []).append(outcome)
+    lines = []
+    for host, checks in by_host.items():
+        failed = sum(o.result in ("FAIL", "ERROR") for o in checks)
+        passed = sum(o.result == "pass" for o in checks)
+        lines.append(f"{host}: {passed} passed, {failed} failed, {len(checks)} checks")
+        for o in checks:
+            lines.append(f"  {o.result:<5} {o.suite}: {o.check}")
+            if o.message:
+                lines.append(f"        {o.message}")
+    hosts_failing = [h for h, checks in by_host.items() if any(o.result != "pass" for o in checks)]
+    lines.append(
+        f"verify: {len(by_host)} hosts, "
+        + (f"failing: {', '.join(hosts_failing)}" if hosts_failing else "all checks passed")
+    )
+    return "\n".join(lines)
+
+
+def run(
+    chosen: list[Target], junit_xml: str | None = None, list_only: bool = False
+) -> tuple[int, list[Outcome]]:
+    """Run the suites against ``chosen``; returns pytest's exit code and the outcomes."""
+    plugin = VerifyPlugin(chosen)
+    args = [
+        str(SUITES),
+        "-c",
+        str(SUITES / "pytest.ini"),
+        "--rootdir",
+        str(SUITES),
+        "-p",
+        "no:cacheprovider",
+        "--import-mode=importlib",
+        "-q",
+        "--tb=no",
+        "--no-header",
+    ]
+    if list_only:
+        args.append("--collect-only")
+    elif junit_xml:
+        args.append(f"--junitxml={junit_xml}")
+    code = pytest.main(args, plugins=[plugin])
+    return int(code), list(plugin.outcomes.values())

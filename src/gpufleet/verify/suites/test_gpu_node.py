@@ -1,0 +1,57 @@
+"""GPU nodes: Docker, the NVIDIA driver the inventory declares, the container toolkit, DCGM."""
+
+import json
+
+import requests
+
+from gpufleet.verify import applies
+
+
+def applies_to(spec):
+    return "gpu_nodes" in spec.groups
+
+
+def _nvidia(spec):
+    return spec.hardware.nvidia_gpu_count > 0
+
+
+@applies(lambda spec: spec.docker.enabled)
+def test_docker_runs(target):
+    service = target.host.service("docker")
+    assert service.is_running and service.is_enabled
+    assert target.host.run("docker info --format '{{.ServerVersion}}'").rc == 0
+
+
+@applies(_nvidia)
+def test_nvidia_smi_sees_every_declared_gpu(target):
+    nvidia = [a for a in target.spec.hardware.accelerators if a.kind == "nvidia"]
+    declared = [a.model for a in nvidia for _ in range(a.count)]
+    reply = target.host.run("nvidia-smi --query-gpu=name --format=csv,noheader")
+    assert reply.rc == 0, f"nvidia-smi failed: {(reply.stdout + reply.stderr).strip()[:120]}"
+    seen = [line.strip() for line in reply.stdout.splitlines() if line.strip()]
+    assert len(seen) == len(declared), f"declared {declared}, nvidia-smi shows {seen}"
+    for model in declared:
+        assert any(model.lower() in name.lower() for name in seen), f"{model} not in {seen}"
+
+
+@applies(lambda spec: _nvidia(spec) and spec.lxc_guest is None)
+def test_nouveau_is_blacklisted(target):
+    config = target.host.run("modprobe --showconfig").stdout
+    assert "blacklist nouveau" in config
+
+
+@applies(lambda spec: _nvidia(spec) and spec.docker.enabled and spec.container_toolkit.enabled)
+def test_docker_has_the_nvidia_runtime(target):
+    info = json.loads(target.host.check_output("docker info --format '{{json .}}'"))
+    assert "nvidia" in info["Runtimes"], f"runtimes: {sorted(info['Runtimes'])}"
+
+
+@applies(lambda spec: _nvidia(spec) and spec.dcgm_exporter.enabled and spec.docker.enabled)
+def test_dcgm_exporter_serves_gpu_metrics(target):
+    port = target.spec.dcgm_exporter.port
+    try:
+        reply = requests.get(f"http://{target.address}:{port}/metrics", timeout=10)
+    except requests.ConnectionError:
+        raise AssertionError(f"nothing answers on {target.address}:{port}") from None
+    assert reply.status_code == 200
+    assert "DCGM_FI_DEV_GPU_TEMP" in reply.text
