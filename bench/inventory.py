@@ -4,6 +4,7 @@ gpufleet and the Ansible playbook converge here."""
 
 import os as _os
 
+from gpufleet.inventory import check_inventory
 from gpufleet.lab import connection
 
 _COUNT = int(_os.environ.get("GPUFLEET_BENCH_HOSTS", "8"))
@@ -19,3 +20,5 @@ cpu_nodes = [
     )
     for n in range(1, _COUNT + 1)
 ]
+
+check_inventory(__file__)

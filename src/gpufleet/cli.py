@@ -158,13 +158,14 @@ def _verify(args: argparse.Namespace) -> int:
 
     try:
         chosen = verify.targets(args.inventory, args.limit or ())
+        junit = None if args.list else args.junit_xml
+        code, outcomes = verify.run(chosen, junit, args.list, args.suite or ())
     except InventoryError as error:
         print(error, file=sys.stderr)
         return 1
     except ValueError as error:
         print(f"gpufleet verify: {error}", file=sys.stderr)
         return 1
-    code, outcomes = verify.run(chosen, None if args.list else args.junit_xml, args.list)
     if args.list:
         for outcome in outcomes:
             print(f"{outcome.host:<20} {outcome.suite}: {outcome.check}")
@@ -234,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     )
     verify_command.add_argument("inventory")
     verify_command.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
+    verify_command.add_argument(
+        "--suite", nargs="+", help="only these suites (baseline, gpu_node, inference, platform)"
+    )
     verify_command.add_argument(
         "--junit-xml", default="verify-results.xml", help="where the JUnit XML goes"
     )

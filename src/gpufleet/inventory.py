@@ -24,6 +24,7 @@ from pyinfra.context import ctx_state
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.checks import Problem, check_fleet, check_host, suggest
+from gpufleet.connection import use_tcp_nodelay
 from gpufleet.models import HOST_GROUPS, HostSpec
 
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
@@ -157,6 +158,7 @@ def check_inventory(path: str) -> None:
     """
     if not _checking.get():
         validate_file(path)
+    use_tcp_nodelay()
 
 
 _validated: dict[str, HostSpec] = {}

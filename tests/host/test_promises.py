@@ -3,7 +3,7 @@ first run converges, a second run reports zero changes."""
 
 import pytest
 
-from .conftest import DEPLOY_GROUP, DEPLOYS, SPECS
+from .conftest import DEPLOY_GROUP, DEPLOYS, SPECS, pyinfra
 
 each_deploy = pytest.mark.parametrize("deploy", DEPLOYS)
 
@@ -59,3 +59,15 @@ def test_gpu_detection_reports_no_gpu_cleanly(lab_session):
     assert "lab-infra-1 is not in gpu_nodes: GPU steps skipped" in lab_session.second.stderr
     # Hosts that declare a GPU the bus does not show get a warning (a dead or swapped card).
     assert "inventory declares 1 NVIDIA GPU(s), the host shows 0" in lab_session.first.stderr
+
+
+def test_the_whole_stack_in_one_run_changes_nothing_and_plans_the_baseline_once(lab_session):
+    run = pyinfra(DEPLOYS[0], *DEPLOYS[1:], "-y")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.changed == []
+    operations = run.report["results"]["operations"]
+    baseline = [op for op in operations if op["name"] == "Baseline | Install baseline packages"]
+    assert len(baseline) == 1 and sorted(baseline[0]["no_change"]) == sorted(SPECS)
+    # Every deploy's own steps are there.
+    assert any(op["name"].startswith("Prometheus |") for op in operations)
+    assert any(op["name"].startswith("llama.cpp |") for op in operations)

@@ -116,3 +116,12 @@ def test_the_table_groups_by_host_and_names_each_failure():
     assert "b: 1 passed, 0 failed, 1 checks" in lines
     assert lines[-1] == "verify: 2 hosts, failing: a"
     assert table(outcomes[2:]).splitlines()[-1] == "verify: 1 hosts, all checks passed"
+
+
+def test_suites_can_be_chosen_by_name():
+    chosen = targets(ROOT / "inventory/homelab.py", ["pi5l"])
+    code, outcomes = verify.run(chosen, list_only=True, suites=["platform"])
+    assert code == 0
+    assert outcomes and {o.suite for o in outcomes} == {"platform"}
+    with pytest.raises(ValueError, match="the suites: baseline, gpu_node, inference, platform"):
+        verify.run(chosen, list_only=True, suites=["nginx"])

@@ -3,10 +3,13 @@ Prometheus node exporter from Debian's packages."""
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
+from pyinfra.context import ctx_state
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -17,6 +20,8 @@ from gpufleet.paths import template
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
+_PLANNED: WeakKeyDictionary[object, set[str]] = WeakKeyDictionary()
+"""Per pyinfra run, the hosts whose baseline is already planned."""
 
 
 def run_service(service: str, *restart_if: OperationMeta) -> tuple[OperationMeta, OperationMeta]:
@@ -51,6 +56,13 @@ def baseline(spec: HostSpec) -> None:
 
         baseline(host_spec())
     """
+    # Every deploy starts with the baseline so each can run alone; run together
+    # (pyinfra INVENTORY deploys/a.py deploys/b.py) it is planned once per host.
+    planned = _PLANNED.setdefault(ctx_state.get(), set())
+    if host.name in planned:
+        return
+    planned.add(host.name)
+
     distribution = host.get_fact(LinuxDistribution)
     name = distribution.get("name") or "unknown"
     if name not in SUPPORTED_DISTRIBUTIONS:

@@ -24,7 +24,7 @@ from gpufleet.facts.gpu import detected_gpus, require_gpu
 from gpufleet.facts.ollama import OllamaModels, missing_models
 from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.operations import inference
+from gpufleet.operations import downloads, inference
 from gpufleet.paths import template
 from gpufleet.roles.baseline import run_service
 from gpufleet.secrets import read_secret
@@ -105,11 +105,12 @@ def llama_cpp(spec: HostSpec) -> None:
 
     # 1. The server: a given binary, or built from the verified source.
     if spec.llamacpp_binary_url:
-        binary = files.download(
+        assert spec.llamacpp_binary_sha256 is not None  # the inventory check requires it
+        binary = downloads.verified_download(
             name="Download llama-server",
             src=spec.llamacpp_binary_url,
             dest=engines.LLAMA_SERVER,
-            sha256sum=spec.llamacpp_binary_sha256,
+            sha256=spec.llamacpp_binary_sha256,
             mode="755",
         )
     else:
@@ -119,11 +120,11 @@ def llama_cpp(spec: HostSpec) -> None:
         assert spec.llamacpp_source_sha256 is not None  # the inventory check requires it
         tarball = f"{inference.BUILD_ROOT}/llama.cpp-{spec.llamacpp_source_sha256[:12]}.tar.gz"
         files.directory(name="llama.cpp build folder", path=inference.BUILD_ROOT)
-        files.download(
+        downloads.verified_download(
             name="Download the llama.cpp source",
             src=spec.llamacpp_source_url,
             dest=tarball,
-            sha256sum=spec.llamacpp_source_sha256,
+            sha256=spec.llamacpp_source_sha256,
         )
         binary = inference.llama_server_built(
             name=f"Build llama-server ({'CUDA' if gpu else 'CPU'})",
@@ -163,11 +164,12 @@ def model_file(placement: ModelPlacement) -> OperationMeta | None:
     path = engines.gguf_path(placement)
     if placement.source and placement.source.startswith(("http://", "https://")):
         files.directory(name="llama.cpp models folder", path=engines.LLAMACPP_MODELS)
-        return files.download(
+        assert placement.sha256 is not None  # the inventory check requires it
+        return downloads.verified_download(
             name=f"Download {engines.served_name(placement)}",
             src=placement.source,
             dest=path,
-            sha256sum=placement.sha256,
+            sha256=placement.sha256,
             mode="644",
         )
     if not host.get_fact(File, path=path):
@@ -205,11 +207,11 @@ def ollama(spec: HostSpec) -> None:
         arch = "arm64" if spec.arch == "aarch64" else "amd64"
         archive = f"/var/cache/gpufleet/ollama-{spec.ollama_version}.tgz"
         files.directory(name="Download folder", path="/var/cache/gpufleet")
-        download = files.download(
+        download = downloads.verified_download(
             name=f"Download Ollama {spec.ollama_version}",
             src=spec.ollama_url.format(version=spec.ollama_version, arch=arch),
             dest=archive,
-            sha256sum=spec.ollama_sha256,
+            sha256=spec.ollama_sha256,
         )
         binary = server.shell(
             name=f"Unpack Ollama {spec.ollama_version} into /usr/local",

@@ -19,7 +19,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import OPENBAO_WHEELS, HostSpec
-from gpufleet.operations import config, vault
+from gpufleet.operations import config, downloads, vault
 from gpufleet.paths import render_template, template
 from gpufleet.roles.baseline import run_service, service_account
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
@@ -62,8 +62,8 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         url, sha256 = settings.binary_url or url, settings.binary_sha256 or sha256
         archive = f"/var/cache/gpufleet/{url.rsplit('/', 1)[-1]}"
         files.directory(name="Download cache", path="/var/cache/gpufleet", mode="755")
-        files.download(
-            name=f"Download OpenBao {settings.version}", src=url, dest=archive, sha256sum=sha256
+        downloads.verified_download(
+            name=f"Download OpenBao {settings.version}", src=url, dest=archive, sha256=sha256
         )
         installed = host.get_fact(Command, command=f"{binary} version 2>/dev/null || true")
         if f"v{settings.version} " not in f"{installed} ":

@@ -13,7 +13,9 @@ per-host table of every check and a JUnit XML file.
 from __future__ import annotations
 
 import functools
+import hashlib
 import shlex
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +87,14 @@ def ssh_connection(name: str, data: dict[str, Any]) -> dict[str, Any]:
         options += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
     if data.get("ssh_strict_host_key_checking"):
         options += ["-o", f"StrictHostKeyChecking={data['ssh_strict_host_key_checking']}"]
-    connection: dict[str, Any] = {"hostspec": hostspec, "ssh_extra_args": shlex.join(options)}
+    # One SSH connection per host for all its checks: without a ControlPath, testinfra's
+    # ControlMaster=auto shares nothing and every check pays a full handshake.
+    socket = hashlib.sha256(hostspec.encode()).hexdigest()[:16]
+    connection: dict[str, Any] = {
+        "hostspec": hostspec,
+        "ssh_extra_args": shlex.join(options),
+        "controlpath": f"{tempfile.gettempdir()}/gpufleet-ssh-{socket}",
+    }
     if data.get("ssh_key"):
         connection["ssh_identity_file"] = str(Path(data["ssh_key"]).expanduser())
     if data.get("_sudo") and user != "root":
@@ -162,7 +171,7 @@ class VerifyPlugin:
             outcome.result = "FAIL" if report.when == "call" else "ERROR"
             crash = getattr(report.longrepr, "reprcrash", None)
             text = crash.message if crash is not None else str(report.longrepr)
-            outcome.message = " ".join(text.split())[:160]
+            outcome.message = text.strip().splitlines()[0][:160] if text.strip() else ""
         elif report.skipped:
             outcome.result = "skip"
             outcome.message = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
@@ -190,13 +199,27 @@ def table(outcomes: Iterable[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def suite_names() -> list[str]:
+    return sorted(p.stem.removeprefix("test_") for p in SUITES.glob("test_*.py"))
+
+
 def run(
-    chosen: list[Target], junit_xml: str | None = None, list_only: bool = False
+    chosen: list[Target],
+    junit_xml: str | None = None,
+    list_only: bool = False,
+    suites: Iterable[str] = (),
 ) -> tuple[int, list[Outcome]]:
-    """Run the suites against ``chosen``; returns pytest's exit code and the outcomes."""
+    """Run the suites (all, or those named) against ``chosen``; returns pytest's exit code
+    and the outcomes."""
+    unknown = set(suites) - set(suite_names())
+    if unknown:
+        raise ValueError(
+            f"no suite {', '.join(sorted(unknown))}; the suites: {', '.join(suite_names())}"
+        )
     plugin = VerifyPlugin(chosen)
+    paths = [str(SUITES / f"test_{name}.py") for name in suites] or [str(SUITES)]
     args = [
-        str(SUITES),
+        *paths,
         "-c",
         str(SUITES / "pytest.ini"),
         "--rootdir",
@@ -206,6 +229,7 @@ def run(
         "--import-mode=importlib",
         "-q",
         "--tb=no",
+        "-rN",
         "--no-header",
     ]
     if list_only:
