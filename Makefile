@@ -18,7 +18,9 @@ demo: $(BIN)/gpufleet host-tools
 	$(BIN)/pyinfra -y inventory/lab.py deploys/monitoring.py
 	$(BIN)/pyinfra -y inventory/lab.py deploys/gpu_node.py deploys/proxmox_host.py deploys/inference.py \
 		deploys/vault.py deploys/router.py deploys/gateway.py deploys/monitoring.py
-	@echo "The last run changed nothing. The lab is still running: 'make lab-down' removes it."
+	-$(BIN)/gpufleet verify inventory/lab.py --junit-xml verify-results.xml
+	@echo "The last run changed nothing. verify's failures are what the lab cannot run (no GPU,"
+	@echo "no Ollama or vLLM binary). The lab is still running: 'make lab-down' removes it."
 
 # The whole suite: lint, unit tests, then the lab layer (real hosts over SSH).
 test: $(BIN)/gpufleet host-tools lint

@@ -5,7 +5,8 @@ of them, what an operator runs: the dry run on a fresh host, the first converge,
 re-run (which must report 0 changes) and the dry run on a converged host. The deploy is
 gpufleet's baseline (deploys/common.py); bench/ansible/baseline.yml is the same role written
 for Ansible (same packages, templates, user and services). A bare `apt-get update && apt-get
-install` of the same packages on a fresh host is the floor for a first converge.
+install` of the same packages on a fresh host is the floor for a first converge. Ansible's
+hosts get python3-apt first, untimed: its apt module needs it, pyinfra needs nothing.
 
 With --full-stack, it also times the converged re-run of every deploy on one host of the
 running, converged lab (inventory/lab.py, `make demo` leaves it so).
@@ -160,6 +161,7 @@ class Bench:
 
     def ansible_run(self, limit: list[str], rnd: int) -> None:
         inventory = write_ansible_inventory()
+        ansible_prerequisites(limit)
 
         def run(*args: str) -> tuple[float, int]:
             command = [str(self.ansible), "-i", str(inventory), str(PLAYBOOK)]
@@ -225,6 +227,27 @@ class Bench:
                     f"errors): run `make demo` first\n{result.stderr[-2000:]}"
                 )
             self.record("gpufleet", "full-stack re-run", 1, rnd, took, changed)
+
+
+def ansible_prerequisites(hosts: list[str]) -> None:
+    """python3-apt on each host, untimed: Ansible's apt module needs it (and --check cannot
+    install it); pyinfra needs nothing on the host."""
+    from gpufleet import lab
+
+    addresses = lab_addresses()
+    script = (
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-apt"
+    )
+    running = [
+        subprocess.Popen(
+            ["ssh", "-F", str(lab.ssh_config_path()), addresses[name], script],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in hosts
+    ]
+    if any(process.wait() != 0 for process in running):
+        raise SystemExit("installing python3-apt for Ansible failed")
 
 
 def lab_addresses() -> dict[str, str]:

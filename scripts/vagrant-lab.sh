@@ -42,6 +42,11 @@ if ! virsh -c qemu:///system list >/dev/null 2>&1; then
     libvirtd -d
     for _ in $(seq 50); do virsh -c qemu:///system list >/dev/null 2>&1 && break; sleep 0.2; done
 fi
+virsh -c qemu:///system pool-info default >/dev/null 2>&1 || {
+    virsh -c qemu:///system pool-define-as default dir --target /var/lib/libvirt/images
+    virsh -c qemu:///system pool-build default
+    virsh -c qemu:///system pool-start default
+}
 # Software emulation unless told KVM works here (GPUFLEET_LIBVIRT_KVM=1).
 [ -n "${GPUFLEET_LIBVIRT_KVM:-}" ] || export GPUFLEET_LIBVIRT_EMULATED=1
 
@@ -86,7 +91,16 @@ vagrant box list 2>/dev/null | grep -q "^$GPUFLEET_BOX " || vagrant box add -f -
 mkdir -p "$HOME/.local/state/gpufleet/lab"
 [ -f "$HOME/.local/state/gpufleet/lab/id_ed25519" ] \
     || ssh-keygen -q -t ed25519 -N '' -f "$HOME/.local/state/gpufleet/lab/id_ed25519"
-cleanup() { vagrant destroy -f "$HOST" >/dev/null 2>&1 || true; }
+cleanup() {
+    vagrant destroy -f "$HOST" >/dev/null 2>&1 || true
+    # The networks Vagrant made for 10.200.0.0/24 would shadow the nspawn lab's bridge.
+    for net in $(virsh -c qemu:///system net-list --all --name); do
+        if virsh -c qemu:///system net-dumpxml "$net" | grep -q "address='10.200.0.1'"; then
+            virsh -c qemu:///system net-destroy "$net" >/dev/null 2>&1 || true
+            virsh -c qemu:///system net-undefine "$net" >/dev/null 2>&1 || true
+        fi
+    done
+}
 trap cleanup EXIT
 started=$(date +%s)
 vagrant up "$HOST" --provider=libvirt

@@ -53,3 +53,21 @@ def test_records_live_apart_from_the_files_one_per_path():
     first, second = stamp_path("/usr/local/bin/llama-server"), stamp_path("/opt/x.tar.gz")
     assert first.startswith(f"{STAMPS}/") and second.startswith(f"{STAMPS}/")
     assert first != second and stamp_path("/usr/local/bin/llama-server") == first
+
+
+def test_the_fact_command_answers_for_a_missing_file_and_an_unrecorded_one(tmp_path):
+    import subprocess
+
+    fact = VerifiedFile()
+    missing = subprocess.run(
+        ["sh", "-c", fact.command(str(tmp_path / "absent.gguf"))], capture_output=True, text=True
+    )
+    assert missing.returncode == 0 and fact.process(missing.stdout.splitlines()) is None
+    present = tmp_path / "model.gguf"
+    present.write_bytes(b"x" * 10)
+    present.chmod(0o644)
+    found = subprocess.run(["sh", "-c", fact.command(str(present))], capture_output=True, text=True)
+    seen = fact.process(found.stdout.splitlines())
+    assert found.returncode == 0
+    assert seen is not None and seen["size"] == 10 and seen["mode"] == "644"
+    assert seen["mtime"] == int(present.stat().st_mtime)
