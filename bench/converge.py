@@ -58,6 +58,9 @@ class Timing:
     round: int
     seconds: float
     changes: int
+    ok: bool = True
+    """False: the run failed (Ansible's --check on a fresh host stops at a service whose
+    package is not installed yet); its time is not a result."""
 
 
 def ansible_changes(recap: str) -> tuple[int, int]:
@@ -83,12 +86,23 @@ def pyinfra_changes(report: dict) -> tuple[int, int]:
     return changed, errors
 
 
+def reached(report: dict) -> set[str]:
+    """The hosts ``pyinfra --json`` results show an operation ran on."""
+    operations = (report.get("results") or {}).get("operations", [])
+    return {h for op in operations for h in (*op["success"], *op.get("no_change", []))}
+
+
 def median_table(timings: list[Timing], sizes: list[int]) -> str:
     """Markdown: per case and host count, each tool's median and Ansible/gpufleet."""
 
     def median(tool: str, case: str, hosts: int) -> float | None:
-        values = [t.seconds for t in timings if (t.tool, t.case, t.hosts) == (tool, case, hosts)]
+        values = [
+            t.seconds for t in timings if (t.tool, t.case, t.hosts) == (tool, case, hosts) and t.ok
+        ]
         return statistics.median(values) if values else None
+
+    def failed(tool: str, case: str, hosts: int) -> bool:
+        return any((t.tool, t.case, t.hosts) == (tool, case, hosts) and not t.ok for t in timings)
 
     rounds = len({t.round for t in timings})
     lines = [
@@ -98,11 +112,12 @@ def median_table(timings: list[Timing], sizes: list[int]) -> str:
     for case in CASES:
         for hosts in sizes:
             ours, theirs = median("gpufleet", case, hosts), median("ansible", case, hosts)
-            if ours is None or theirs is None:
-                continue
-            lines.append(
-                f"| {case} | {hosts} | {ours:.1f} s | {theirs:.1f} s | {theirs / ours:.1f}x |"
-            )
+            if ours is not None and theirs is not None:
+                lines.append(
+                    f"| {case} | {hosts} | {ours:.1f} s | {theirs:.1f} s | {theirs / ours:.1f}x |"
+                )
+            elif ours is not None and failed("ansible", case, hosts):
+                lines.append(f"| {case} | {hosts} | {ours:.1f} s | fails | - |")
     bare = median("apt-get", "first converge", 1)
     first = median("gpufleet", "first converge", 1)
     if bare and first:
@@ -132,22 +147,35 @@ class Bench:
         self.timings: list[Timing] = []
         self.ansible = ansible_playbook()
 
-    def record(self, tool: str, case: str, hosts: int, rnd: int, seconds: float, changes: int):
-        self.timings.append(Timing(tool, case, hosts, rnd, round(seconds, 2), changes))
-        print(f"  round {rnd} {tool:<8} {case:<20} {hosts} host(s): {seconds:6.1f} s", flush=True)
+    def record(
+        self,
+        tool: str,
+        case: str,
+        hosts: int,
+        rnd: int,
+        seconds: float,
+        changes: int,
+        ok: bool = True,
+    ):
+        self.timings.append(Timing(tool, case, hosts, rnd, round(seconds, 2), changes, ok))
+        outcome = f"{seconds:6.1f} s" if ok else "failed"
+        print(f"  round {rnd} {tool:<8} {case:<20} {hosts} host(s): {outcome}", flush=True)
 
     def gpufleet(self, limit: list[str], rnd: int, inventory: str = INVENTORY) -> None:
         def run(*args: str) -> tuple[float, int]:
             command = [str(BIN / "pyinfra"), "--json", inventory, "deploys/common.py"]
-            command += ["--limit", ",".join(limit), *args]
+            command += [arg for name in limit for arg in ("--limit", name)] + list(args)
             started = time.monotonic()
             result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
             took = time.monotonic() - started
             if result.returncode != 0:
                 raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
-            changed, errors = pyinfra_changes(json.loads(result.stdout or "{}"))
+            report = json.loads(result.stdout or "{}")
+            changed, errors = pyinfra_changes(report)
             if errors:
                 raise SystemExit(f"{' '.join(command)}: {errors} errors")
+            if report.get("results") and reached(report) != set(limit):
+                raise SystemExit(f"{' '.join(command)} reached {sorted(reached(report))}")
             return took, changed
 
         hosts = len(limit)
@@ -163,7 +191,7 @@ class Bench:
         inventory = write_ansible_inventory()
         ansible_prerequisites(limit)
 
-        def run(*args: str) -> tuple[float, int]:
+        def run(*args: str, may_fail: bool = False) -> tuple[float, int, bool]:
             command = [str(self.ansible), "-i", str(inventory), str(PLAYBOOK)]
             command += ["--limit", ",".join(limit), *args]
             env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOK.parent / "ansible.cfg")}
@@ -171,14 +199,16 @@ class Bench:
             result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
             took = time.monotonic() - started
             changed, broken = ansible_changes(result.stdout)
-            if result.returncode != 0 or broken:
+            ok = result.returncode == 0 and not broken
+            if not ok and not may_fail:
                 raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}")
-            return took, changed
+            return took, changed, ok
 
         hosts = len(limit)
-        self.record("ansible", CASES[0], hosts, rnd, run("--check")[0], 0)
-        self.record("ansible", CASES[1], hosts, rnd, *run())
-        took, changed = run()
+        took, _, ok = run("--check", may_fail=True)
+        self.record("ansible", CASES[0], hosts, rnd, took, 0, ok)
+        self.record("ansible", CASES[1], hosts, rnd, *run()[:2])
+        took, changed, _ = run()
         if changed:
             raise SystemExit(f"Ansible re-run changed {changed} tasks")
         self.record("ansible", CASES[2], hosts, rnd, took, changed)
@@ -323,9 +353,9 @@ def main() -> int:
             lab.down()
         with open(args.csv, "w", newline="") as out:
             writer = csv.writer(out)
-            writer.writerow(["tool", "case", "hosts", "round", "seconds", "changes"])
+            writer.writerow(["tool", "case", "hosts", "round", "seconds", "changes", "ok"])
             for t in bench.timings:
-                writer.writerow([t.tool, t.case, t.hosts, t.round, t.seconds, t.changes])
+                writer.writerow([t.tool, t.case, t.hosts, t.round, t.seconds, t.changes, t.ok])
     print(median_table(bench.timings, bench.sizes))
     return 0
 

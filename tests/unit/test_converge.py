@@ -53,3 +53,26 @@ def test_table_reports_medians_and_ratios():
     assert "gpufleet: T(8 hosts) / T(1 host) = 1.50" in text
     assert "ansible: T(8 hosts) / T(1 host) = 2.00" in text
     assert "(3 rounds, medians)" in text
+
+
+def test_a_case_ansible_cannot_run_is_reported_as_failing_not_timed():
+    timings = [
+        converge.Timing("gpufleet", "dry run, fresh", 1, 1, 1.5, 0),
+        converge.Timing("ansible", "dry run, fresh", 1, 1, 2.0, 0, ok=False),
+    ]
+    text = converge.median_table(timings, [1])
+    assert "| dry run, fresh | 1 | 1.5 s | fails | - |" in text
+    assert "2.0 s" not in text
+
+
+def test_reached_hosts_come_from_the_results_not_the_plan():
+    report = {
+        "results": {
+            "operations": [
+                {"name": "a", "success": ["h1"], "no_change": ["h2"]},
+                {"name": "b", "success": [], "no_change": ["h3"]},
+            ]
+        }
+    }
+    assert converge.reached(report) == {"h1", "h2", "h3"}
+    assert converge.reached({"results": None}) == set()
