@@ -17,6 +17,7 @@ RECIPE=$(sha256sum "$0" | cut -c1-16)
 BOX="$CACHE/gpufleet-bookworm-$RECIPE.box"
 export VAGRANT_HOME="$CACHE/home"
 export GPUFLEET_BOX="gpufleet/bookworm-$RECIPE"
+BOOT="/var/lib/libvirt/boot/gpufleet-bookworm-$RECIPE"
 VAGRANT_INSECURE_KEY=https://raw.githubusercontent.com/hashicorp/vagrant/main/keys/vagrant.pub
 
 need=()
@@ -72,11 +73,13 @@ if [ ! -f "$BOX" ]; then
     mkfs.ext4 -q -F -L root -d "$work/root" "$work/disk.raw" 4G
     qemu-img convert -O qcow2 "$work/disk.raw" "$work/box.img"
     printf '{"provider": "libvirt", "format": "qcow2", "virtual_size": 4}\n' > "$work/metadata.json"
-    cat > "$work/Vagrantfile" <<'RUBY'
+    # QEMU runs as libvirt's user, which cannot read the box folder under root's home: the
+    # kernel and initrd are booted from libvirt's own boot folder (copied there below).
+    cat > "$work/Vagrantfile" <<RUBY
 Vagrant.configure("2") do |config|
   config.vm.provider :libvirt do |lv|
-    lv.kernel = File.expand_path("vmlinuz", __dir__)
-    lv.initrd = File.expand_path("initrd.img", __dir__)
+    lv.kernel = "$BOOT/vmlinuz"
+    lv.initrd = "$BOOT/initrd.img"
     lv.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
   end
 end
@@ -86,6 +89,11 @@ RUBY
     mv "$BOX.part" "$BOX"
 fi
 vagrant box list 2>/dev/null | grep -q "^$GPUFLEET_BOX " || vagrant box add -f --name "$GPUFLEET_BOX" "$BOX"
+if [ ! -f "$BOOT/initrd.img" ]; then
+    mkdir -p "$BOOT"
+    tar -C "$BOOT" -xzf "$BOX" vmlinuz initrd.img
+    chmod 644 "$BOOT/vmlinuz" "$BOOT/initrd.img"
+fi
 
 # 2. Up, converge twice, verify, destroy.
 mkdir -p "$HOME/.local/state/gpufleet/lab"
@@ -111,4 +119,4 @@ changed=$(python3 -c 'import json,sys; r=json.loads(sys.stdin.read())["results"]
 echo "second run: $changed changes"
 [ "$changed" = 0 ]
 "$BIN/gpufleet" verify inventory/lab.py --limit "$HOST" --suite baseline \
-    --junit-xml "${JUNIT_XML:-vagrant-verify.xml}"
+    --junit-xml "${JUNIT_XML:-$CACHE/verify.xml}"

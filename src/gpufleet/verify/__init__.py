@@ -226,6 +226,8 @@ def run(
         str(SUITES),
         "-p",
         "no:cacheprovider",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",  # typeguard, imported by pyinfra first
         "--import-mode=importlib",
         "-q",
         "--tb=no",
@@ -233,7 +235,7 @@ def run(
         "--no-header",
     ]
     if list_only:
-        args.append("--collect-only")
+        args += ["--collect-only", "-q"]  # -qq: counts per file, not every test id
     elif junit_xml:
         args.append(f"--junitxml={junit_xml}")
     code = pytest.main(args, plugins=[plugin])
