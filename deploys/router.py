@@ -1,5 +1,6 @@
 """The LiteLLM router on the ``router`` group: every placement of the inventory behind one
-OpenAI-compatible API, same-alias hosts load-balanced, backups as fallbacks.
+OpenAI-compatible API, same-alias hosts load-balanced, backups as fallbacks; with
+``litellm.redis.enabled``, the Redis the routers share, on the first router host enabling it.
 
 pyinfra inventory/lab.py deploys/router.py
 Needs the secret store first (deploys/vault.py): the master key and engine keys come from it.
@@ -9,12 +10,17 @@ from pyinfra import host
 
 from gpufleet.inventory import fleet_specs, host_spec
 from gpufleet.roles.baseline import baseline
-from gpufleet.roles.router import litellm_router
+from gpufleet.roles.router import litellm_router, redis_server
+from gpufleet.routing import redis_host
 
 spec = host_spec()
 
 if "router" in spec.groups:
     baseline(spec)
-    litellm_router(spec, fleet_specs())
+    specs = fleet_specs()
+    shared = redis_host(specs)
+    if shared is not None and shared.name == spec.name:
+        redis_server(spec, specs)
+    litellm_router(spec, specs)
 else:
     host.noop(f"{spec.name} is not in the router group")

@@ -270,6 +270,8 @@ orchestrator = [
                         "api_key": "vault:kv/gpufleet/cloud#anthropic",
                     },
                 ],
+                # Routing state shared through Redis on this Pi (seed 004's Pi5L stack).
+                "redis": {"enabled": True},
             },
         },
     ),

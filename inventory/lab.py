@@ -13,8 +13,8 @@ serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its b
 be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
 ("present"), with its API key in a 0600 file the lab generates.
 
-Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router and the NGINX
-gateway, and serves the same Gemma model on its CPU as the backup (priority 2) the router
+Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router with its Redis and
+the NGINX gateway, and serves the same Gemma model on its CPU as the backup (priority 2) the router
 falls back to when lab-gpu-1 does not answer.
 """
 
@@ -125,6 +125,7 @@ cpu_nodes = [
                 "binary_sha256": OPENBAO_WHEELS["x86_64"][1],
                 "init_file": str(_lab.lab_dir() / "vault-{host}.json"),
             },
+            "litellm": {"redis": {"enabled": True}},
             "gateway": {
                 "clients": {"lab-client": "vault:kv/gpufleet/gateway#lab_client"},
                 "rate_per_minute": 60,

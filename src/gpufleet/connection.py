@@ -12,8 +12,6 @@ import functools
 import socket
 from typing import Any
 
-from pyinfra.connectors.ssh import SSHConnector
-
 _PATCHED = "_gpufleet_tcp_nodelay"
 
 
@@ -29,12 +27,16 @@ def set_tcp_nodelay(transport: Any) -> bool:
 
 def use_tcp_nodelay() -> None:
     """Make pyinfra's SSH connector set TCP_NODELAY on every connection it opens (once)."""
+    # Imported here, when pyinfra loads an inventory: importing the connector (and paramiko)
+    # with gpufleet would load ssl before pyinfra's CLI patches it for gevent.
+    from pyinfra.connectors.ssh import SSHConnector
+
     if getattr(SSHConnector, _PATCHED, False):
         return
     connect = SSHConnector._connect
 
     @functools.wraps(connect)
-    def connect_without_nagle(self: SSHConnector) -> None:
+    def connect_without_nagle(self: Any) -> None:
         connect(self)
         client = getattr(self, "client", None)
         if client is not None:

@@ -14,16 +14,23 @@ from pydantic_core import PydanticUndefined
 
 from gpufleet.models import (
     Accelerator,
+    CloudModel,
     ContainerToolkit,
+    DcgmExporter,
     DockerEngine,
+    GatewayServer,
     Hardware,
     HostSpec,
+    LiteLLMRouter,
     LxcGpuPassthrough,
     LxcGuest,
     ModelPlacement,
     NvidiaDriver,
+    PrometheusServer,
     ProxmoxHost,
+    RouterRedis,
     ServiceClaim,
+    VaultServer,
 )
 
 START = "<!-- host-data-reference:start -->"
@@ -40,6 +47,13 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`proxmox` (`ProxmoxHost`)", ProxmoxHost),
     ("`proxmox.lxc[]` (`LxcGpuPassthrough`)", LxcGpuPassthrough),
     ("`lxc_guest` (`LxcGuest`)", LxcGuest),
+    ("`vault` (`VaultServer`)", VaultServer),
+    ("`litellm` (`LiteLLMRouter`)", LiteLLMRouter),
+    ("`litellm.cloud_models[]` (`CloudModel`)", CloudModel),
+    ("`litellm.redis` (`RouterRedis`)", RouterRedis),
+    ("`gateway` (`GatewayServer`)", GatewayServer),
+    ("`prometheus` (`PrometheusServer`)", PrometheusServer),
+    ("`dcgm_exporter` (`DcgmExporter`)", DcgmExporter),
 )
 SET_BY_GPUFLEET = {"name", "groups"}
 
@@ -58,7 +72,7 @@ def _default(field: Any) -> str:
     if isinstance(value, BaseModel):
         return "see its table"
     if isinstance(value, tuple):
-        value = list(value)
+        value = [str(v) if isinstance(v, IPv4Address) else v for v in value]
     elif isinstance(value, IPv4Address):
         value = str(value)
     return f"`{value!r}`" if value not in ({}, []) else "empty"

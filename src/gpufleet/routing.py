@@ -112,6 +112,13 @@ def _litellm_params(spec: HostSpec, placement: ModelPlacement) -> tuple[dict[str
     }, ""
 
 
+def redis_host(specs: dict[str, HostSpec]) -> HostSpec | None:
+    """The router host that runs the shared Redis: the first that enables it."""
+    return next(
+        (s for s in specs.values() if "router" in s.groups and s.litellm.redis.enabled), None
+    )
+
+
 def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterConfig:
     """LiteLLM's proxy configuration for the router host ``router_spec``."""
     router = router_spec.litellm
@@ -161,6 +168,17 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
         },
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
     }
+    redis = redis_host(specs)
+    if redis is not None:
+        environment["REDIS_PASSWORD"] = redis.litellm.redis.password
+        same_host = redis.name == router_spec.name
+        settings["router_settings"].update(
+            {
+                "redis_host": "127.0.0.1" if same_host else service_address(redis),
+                "redis_port": redis.litellm.redis.port,
+                "redis_password": "os.environ/REDIS_PASSWORD",
+            }
+        )
     return RouterConfig(settings, environment)
 
 

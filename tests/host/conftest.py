@@ -111,15 +111,23 @@ def pyinfra(deploy: str, *args: str, inventory: Path = LAB_INVENTORY) -> Pyinfra
     return run
 
 
-def ssh(address: str, command: str) -> str:
+def ssh(address: str, command: str, stdin: str | None = None) -> str:
     result = subprocess.run(
         ["ssh", "-F", str(lab.ssh_config_path()), address, command],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
     return result.stdout
+
+
+def redis_cli(address: str, command: str, password: str | None) -> str:
+    """redis-cli on a lab host; the password travels on stdin, never on a command line."""
+    auth = "read -r REDISCLI_AUTH; export REDISCLI_AUTH; " if password else "read -r _; "
+    command = f"{auth}redis-cli --no-auth-warning {command} 2>&1 || true"
+    return ssh(address, command, stdin=(password or "") + "\n")
 
 
 def put_file(address: str, path: str, content: str) -> None:

@@ -18,13 +18,14 @@ from gpufleet import lab
 from gpufleet.secrets import parse_vault_reference, secret_uses
 from gpufleet.vault import client_for, init_file
 
-from .conftest import ROOT, SPECS, pyinfra, ssh
+from .conftest import ROOT, SPECS, pyinfra, redis_cli, ssh
 
 INFRA = "10.200.0.12"
 GPU = "10.200.0.11"
 GATEWAY = f"https://{INFRA}"
 MODEL = "XS-LOC-FRE-gemma3-270m"
 SITE = "/etc/nginx/conf.d/gpufleet-gateway.conf"
+REDIS_PASSWORD = SPECS["lab-infra-1"].litellm.redis.password
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def test_streaming_arrives_in_chunks(fleet_ca, client_key):
     assert len(events) >= 3 and events[-1] == b"data: [DONE]"
 
 
-def test_a_killed_primary_falls_back_to_the_backup(fleet_ca, client_key):
+def test_a_killed_primary_falls_back_to_the_backup(fleet_ca, client_key, vault):
     backup_before = predicted_tokens(INFRA)
     ssh(GPU, "systemctl stop llama-server")
     try:
@@ -264,6 +265,11 @@ def test_a_killed_primary_falls_back_to_the_backup(fleet_ca, client_key):
         assert reply.status_code == 200, reply.text
         # The CPU backup on lab-infra-1 answered.
         assert predicted_tokens(INFRA) >= backup_before + reply.json()["usage"]["completion_tokens"]
+        # The failure is recorded in the routers' shared Redis, not in one process's memory.
+        mount, path, key = parse_vault_reference(REDIS_PASSWORD)
+        password = str(vault.kv_get(mount, path)[key])
+        failures = redis_cli(INFRA, "--scan --pattern 'deployment:lab-gpu-1/*'", password)
+        assert f"deployment:lab-gpu-1/llama.cpp/{MODEL}:" in failures
     finally:
         ssh(GPU, "systemctl start llama-server")
         deadline = time.monotonic() + 120
@@ -373,6 +379,7 @@ def test_on_the_hosts_secrets_sit_only_in_the_files_meant_for_them(secret_values
             "/etc/litellm/litellm.env",
             "/etc/nginx/gpufleet/api-keys.map",
             "/etc/nginx/gpufleet/upstream-auth.conf",
+            "/etc/redis/gpufleet.conf",
         },
         "10.200.0.13": {"/etc/gpufleet/vllm.env"},
         GPU: set(),

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gpufleet.inventory import validate_file
-from gpufleet.models import HostSpec
+from gpufleet.models import HostSpec, RouterRedis
 from gpufleet.operations.vault import read_policy
 from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA, certificate_names
@@ -192,3 +192,38 @@ def test_routes_command_shows_groups_fallbacks_and_references_only(lab):
     assert "openai/XS-LOC-FRE-gemma3-270m @ http://10.200.0.12:8080/v1" in text
     assert "key LITELLM_MASTER_KEY <- vault:kv/gpufleet/litellm#master_key" in text
     assert "/v1/ -> 10.200.0.12:4000" in text
+
+
+def test_routers_share_the_redis_of_the_first_router_that_enables_it(lab, homelab):
+    settings = router_config(lab["lab-infra-1"], lab).settings["router_settings"]
+    assert settings["redis_host"] == "127.0.0.1"  # on the router's own host
+    assert settings["redis_password"] == "os.environ/REDIS_PASSWORD"
+    environment = router_config(lab["lab-infra-1"], lab).environment
+    assert environment["REDIS_PASSWORD"] == "vault:kv/gpufleet/redis#password"
+    # A second router elsewhere reaches the same Redis over the network.
+    second = lab["lab-gpu-1"].model_copy(update={"groups": ("router",)})
+    fleet = {**lab, "lab-gpu-1": second}
+    assert router_config(second, fleet).settings["router_settings"]["redis_host"] == "10.200.0.12"
+    # Without Redis, no Redis settings and no password to read.
+    plain = lab["lab-infra-1"].model_copy(
+        update={"litellm": lab["lab-infra-1"].litellm.model_copy(update={"redis": RouterRedis()})}
+    )
+    alone = router_config(plain, {**lab, "lab-infra-1": plain})
+    assert "redis_host" not in alone.settings["router_settings"]
+    assert "REDIS_PASSWORD" not in alone.environment
+    uses = {u.field: u for u in secret_uses(homelab) if u.host == "pi5l"}
+    assert uses["REDIS_PASSWORD"].generate and uses["REDIS_PASSWORD"].service == "litellm"
+
+
+def test_redis_settings_carry_bind_password_and_memory_cap():
+    text = render_template(
+        "redis/gpufleet.conf.j2",
+        bind=["127.0.0.1", "10.0.0.111"],
+        port=6379,
+        password="p" * 64,
+        maxmemory_mb=256,
+    )
+    lines = text.splitlines()
+    assert "bind 127.0.0.1 10.0.0.111" in lines
+    assert f"requirepass {'p' * 64}" in lines
+    assert "maxmemory 256mb" in lines and "protected-mode yes" in lines

@@ -124,11 +124,13 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     # 3. Restart on new flags, reload on new config; wait until it is ready after either.
     run_service("prometheus-blackbox-exporter", blackbox, blackbox_arguments)
     started, restarted = run_service("prometheus", arguments)
+    # A (re)start already reads the new config; a SIGHUP that lands while Prometheus is still
+    # starting, before it handles the signal, kills it.
     reloaded = systemd.service(
         name="Reload prometheus",
         service="prometheus",
         reloaded=True,
-        _if=any_changed(rules, main),
+        _if=lambda: any_changed(rules, main)() and not any_changed(started, restarted)(),
     )
     warm_up_tool()
     inference.answering(

@@ -21,7 +21,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.models import HostSpec
 from gpufleet.operations import config, inference
-from gpufleet.paths import template
+from gpufleet.paths import render_template, template
 from gpufleet.roles.baseline import run_service, service_account
 from gpufleet.roles.inference import warm_up_tool
 from gpufleet.routing import router_config
@@ -36,6 +36,16 @@ ENV_FILE = f"{CONFIG_DIR}/litellm.env"
 USER = "litellm"
 PROMETHEUS_CLIENT = "prometheus-client==0.26.0"
 """What LiteLLM's /metrics needs and its proxy extra does not bring."""
+REDIS_MAIN = "/etc/redis/redis.conf"
+REDIS_SETTINGS = "/etc/redis/gpufleet.conf"
+REDIS_CHECK = (
+    # A config error stops redis-server at once; one that parses keeps running until the
+    # timeout. No TCP port (a socket of its own), no saving, its own pid file: the running
+    # server is not disturbed.
+    f"timeout 2 redis-server {REDIS_MAIN} --port 0 --save '' --appendonly no --dir /tmp "
+    "--daemonize no --supervised no --logfile '' --pidfile /tmp/gpufleet-redis-check.pid "
+    "--unixsocket /tmp/gpufleet-redis-check.sock >/dev/null 2>&1; test $? -eq 124"
+)
 
 
 def render_config(settings: dict[str, object]) -> str:
@@ -130,3 +140,38 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         timeout=180,
         _if=any_changed(started, restarted),
     )
+
+
+@deploy("Router state (Redis)")
+def redis_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
+    """
+    Run the Redis the routers share for cooldowns and usage counts: Debian's redis-server,
+    bound where the inventory says, with a password from the secret store.
+
+    .. code:: python
+
+        redis_server(host_spec(), fleet_specs())
+    """
+    settings = spec.litellm.redis
+    apt.packages(name="Redis", packages=["redis-server"], no_recommends=True)
+    include = files.line(
+        name="redis.conf reads gpufleet's settings last",
+        path=REDIS_MAIN,
+        line=f"include {REDIS_SETTINGS}",
+    )
+    vault = fleet_vault(specs)
+    redis_conf = config.config_file(
+        name="Redis settings (bind, password, memory cap; checked by redis-server)",
+        dest=REDIS_SETTINGS,
+        mode="640",
+        group="redis",
+        render=lambda: render_template(
+            "redis/gpufleet.conf.j2",
+            bind=[str(address) for address in settings.bind],
+            port=settings.port,
+            password=read_secret(settings.password, vault),
+            maxmemory_mb=settings.maxmemory_mb,
+        ),
+        validate=REDIS_CHECK,
+    )
+    run_service("redis-server", include, redis_conf)

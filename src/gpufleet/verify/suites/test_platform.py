@@ -51,6 +51,15 @@ def test_router_is_alive(target):
     assert reply.status_code == 200
 
 
+@applies(lambda spec: "router" in spec.groups and spec.litellm.redis.enabled)
+def test_router_redis_listens_where_the_inventory_says(target):
+    _running(target, "redis-server")
+    redis = target.spec.litellm.redis
+    for address in redis.bind:
+        listen = f"tcp://{address}:{redis.port}"
+        assert target.host.socket(listen).is_listening, f"nothing listens on {listen}"
+
+
 @applies(_in("gateway"))
 def test_gateway_runs_a_config_nginx_accepts(target):
     _running(target, "nginx")
