@@ -1,6 +1,8 @@
 """The Redis the routers share (lab-infra-1): Debian's redis-server, bound to loopback as the
 lab inventory says, a password from Vault, and LiteLLM pointed at it."""
 
+import time
+
 import pytest
 import requests
 
@@ -10,7 +12,7 @@ from gpufleet.vault import client_for
 from .conftest import SPECS, redis_cli
 
 INFRA = "10.200.0.12"
-MODEL = "XS-LOC-FRE-gemma3-270m"
+VLLM = "XS-LOC-FRE-gemma3-270m-vllm"
 
 
 def vault_value(reference: str) -> str:
@@ -55,15 +57,23 @@ def test_the_router_is_pointed_at_redis_by_reference(lab_host, redis_password):
     assert f"REDIS_PASSWORD={redis_password}" in environment.splitlines()
 
 
-def test_the_router_keeps_its_usage_counts_in_redis(redis_password):
+def test_a_failing_engine_is_recorded_in_redis_for_every_router(redis_password):
+    # lab-pve-1's vLLM is configured but cannot run here: a request to it fails, and the
+    # router records the failure (and the cooldown that follows) in Redis, not in its memory.
     master_key = vault_value(SPECS["lab-infra-1"].litellm.master_key)
-    reply = requests.post(
-        f"http://{INFRA}:4000/v1/chat/completions",
-        headers={"Authorization": f"Bearer {master_key}"},
-        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
-        timeout=120,
-    )
-    assert reply.status_code == 200, reply.text[:300]
-    keys = redis_cli(INFRA, "--scan --pattern 'global_router:*'", redis_password).split()
-    # LiteLLM counts requests per deployment per minute in Redis, for every router to see.
-    assert any(key.startswith(f"global_router:lab-gpu-1/llama.cpp/{MODEL}:") for key in keys)
+    for _ in range(2):
+        reply = requests.post(
+            f"http://{INFRA}:4000/v1/chat/completions",
+            headers={"Authorization": f"Bearer {master_key}"},
+            json={"model": VLLM, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            timeout=120,
+        )
+        assert reply.status_code >= 500 or reply.status_code == 429, reply.text[:300]
+    deployment = f"deployment:lab-pve-1/vllm/{VLLM}:"
+    deadline = time.monotonic() + 20
+    while True:
+        keys = redis_cli(INFRA, f"--scan --pattern '{deployment}*'", redis_password).split()
+        if keys or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {key.removeprefix(deployment) for key in keys} & {"allowed_fails", "cooldown"}, keys

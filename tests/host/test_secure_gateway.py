@@ -268,8 +268,13 @@ def test_a_killed_primary_falls_back_to_the_backup(fleet_ca, client_key, vault):
         # The failure is recorded in the routers' shared Redis, not in one process's memory.
         mount, path, key = parse_vault_reference(REDIS_PASSWORD)
         password = str(vault.kv_get(mount, path)[key])
-        failures = redis_cli(INFRA, "--scan --pattern 'deployment:lab-gpu-1/*'", password)
-        assert f"deployment:lab-gpu-1/llama.cpp/{MODEL}:" in failures
+        deadline = time.monotonic() + 20  # LiteLLM writes to Redis a moment after replying
+        while True:
+            failures = redis_cli(INFRA, "--scan --pattern 'deployment:lab-gpu-1/*'", password)
+            if f"deployment:lab-gpu-1/llama.cpp/{MODEL}:" in failures:
+                break
+            assert time.monotonic() < deadline, failures
+            time.sleep(1)
     finally:
         ssh(GPU, "systemctl start llama-server")
         deadline = time.monotonic() + 120
