@@ -1,7 +1,7 @@
 # gpufleet: the two commands the README starts with, and the pieces they are made of.
 VENV ?= .venv
 BIN := $(VENV)/bin
-INVENTORIES := inventory/homelab.py inventory/lab.py inventory/examples/*.py
+INVENTORIES := inventory/homelab.py inventory/lab.py inventory/lab_pi.py inventory/examples/*.py
 
 .PHONY: demo test test-fast lint host-tools lab-up lab-down
 

@@ -15,6 +15,8 @@ BAD = sorted((ROOT / "tests/fixtures/bad_inventories").glob("*.py"))
 SHIPPED = [
     "inventory/homelab.py",
     "inventory/lab.py",
+    "inventory/lab_pi.py",
+    "bench/inventory.py",
     "inventory/examples/proxmox_desktop.py",
     "inventory/examples/three_node.py",
 ]
