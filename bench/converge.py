@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import re
@@ -31,21 +32,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpufleet.paths import DEPLOYS
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 INVENTORY = "bench/inventory.py"
 PLAYBOOK = ROOT / "bench/ansible/baseline.yml"
 ANSIBLE_CORE = "ansible-core==2.19.14"  # the newest that runs on Debian 12's Python 3.11
 PACKAGES = "systemd-timesyncd prometheus-node-exporter pciutils"
-FULL_STACK = [
-    "deploys/gpu_node.py",
-    "deploys/proxmox_host.py",
-    "deploys/inference.py",
-    "deploys/vault.py",
-    "deploys/router.py",
-    "deploys/gateway.py",
-    "deploys/monitoring.py",
-]
 CASES = ("dry run, fresh", "first converge", "converged re-run", "dry run, converged")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 
@@ -135,7 +129,7 @@ def median_table(timings: list[Timing], sizes: list[int]) -> str:
     if stack:
         host_count = {t.hosts for t in timings if t.case == "full-stack re-run"}
         lines.append(
-            f"Full stack ({len(FULL_STACK)} deploys) converged re-run on {min(host_count)} host: "
+            f"Full stack ({len(DEPLOYS)} deploys) converged re-run on {min(host_count)} host: "
             f"median {statistics.median(stack):.1f} s over {len(stack)} runs."
         )
     return "\n".join(lines)
@@ -244,7 +238,7 @@ class Bench:
             self.ansible_run(many, rnd)
 
     def full_stack(self, host: str, rounds: int) -> None:
-        command = [str(BIN / "pyinfra"), "--json", "-y", "inventory/lab.py", *FULL_STACK]
+        command = [str(BIN / "pyinfra"), "--json", "-y", "inventory/lab.py", *DEPLOYS]
         command += ["--limit", host]
         for rnd in range(1, rounds + 1):
             started = time.monotonic()
@@ -280,6 +274,7 @@ def ansible_prerequisites(hosts: list[str]) -> None:
         raise SystemExit("installing python3-apt for Ansible failed")
 
 
+@functools.cache
 def lab_addresses() -> dict[str, str]:
     from gpufleet.inventory import load_inventory
 

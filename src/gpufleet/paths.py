@@ -4,6 +4,17 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TEMPLATES = REPOSITORY / "templates"
+DEPLOYS = (
+    "deploys/gpu_node.py",
+    "deploys/proxmox_host.py",
+    "deploys/inference.py",
+    "deploys/vault.py",
+    "deploys/router.py",
+    "deploys/gateway.py",
+    "deploys/monitoring.py",
+)
+"""Every group's deploy, in the order a fleet is brought up (the secret store before the
+router and gateway that read it); together they are one host's full stack."""
 
 
 def template(name: str) -> str:

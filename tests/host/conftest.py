@@ -26,18 +26,10 @@ import testinfra
 from gpufleet import lab
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
+from gpufleet.paths import DEPLOYS
 
 ROOT = Path(__file__).parents[2]
 LAB_INVENTORY = ROOT / "inventory/lab.py"
-DEPLOYS = (
-    "deploys/gpu_node.py",
-    "deploys/proxmox_host.py",
-    "deploys/inference.py",
-    "deploys/vault.py",
-    "deploys/router.py",
-    "deploys/gateway.py",
-    "deploys/monitoring.py",
-)
 DEPLOY_GROUP = {
     "deploys/vault.py": "vault",
     "deploys/router.py": "router",

@@ -68,9 +68,8 @@ def verified_download(src: str, dest: str, sha256: str, mode: str | None = None)
         )
     """
     found = host.get_fact(VerifiedFile, path=dest)
-    recorded = found is not None and found["stamp"] == f"{sha256} {found['size']} {found['mtime']}"
-    if recorded:
-        if mode is not None and found is not None and found["mode"] != mode.lstrip("0"):
+    if found is not None and found["stamp"] == f"{sha256} {found['size']} {found['mtime']}":
+        if mode is not None and found["mode"] != mode.lstrip("0"):
             yield f"chmod {mode} {shlex.quote(dest)}"
         else:
             host.noop(f"{dest} is there with its verified sha256")

@@ -31,6 +31,23 @@ SUITES = Path(__file__).parent / "suites"
 Check = TypeVar("Check", bound=Callable[..., Any])
 
 
+def http_get(url: str, timeout: float = 15, **kwargs: Any) -> Any:
+    """GET ``url`` from this machine; a refused connection fails the check by naming it."""
+    import requests
+
+    try:
+        return requests.get(url, timeout=timeout, **kwargs)
+    except requests.ConnectionError:
+        raise AssertionError(f"nothing answers on {url}") from None
+
+
+def assert_running(target: Target, service: str) -> None:
+    """The systemd unit ``service`` is enabled and running on ``target``."""
+    unit = target.host.service(service)
+    assert unit.is_enabled, f"{service} is not enabled"
+    assert unit.is_running, f"{service} is not running"
+
+
 def applies(predicate: Callable[[HostSpec], bool]) -> Callable[[Check], Check]:
     """Run a check only on hosts whose spec satisfies ``predicate``.
 

@@ -1,10 +1,8 @@
 """The baseline every host gets: reachable, packages, apt sources, service user, time sync,
 node exporter."""
 
-import requests
-
 from gpufleet.roles.baseline import BASELINE_PACKAGES
-from gpufleet.verify import applies
+from gpufleet.verify import applies, http_get
 
 
 def _debian_family(spec):
@@ -60,9 +58,8 @@ def test_node_exporter_listens_where_the_inventory_says(target):
 
 
 def test_node_exporter_answers_with_this_hosts_metrics(target):
-    reply = requests.get(
-        f"http://{target.address}:{target.spec.node_exporter_port}/metrics", timeout=10
-    )
+    metrics = f"http://{target.address}:{target.spec.node_exporter_port}/metrics"
+    reply = http_get(metrics, timeout=10)
     assert reply.status_code == 200
     assert f'nodename="{target.spec.name}"' in reply.text
     assert "node_cpu_seconds_total" in reply.text

@@ -2,9 +2,7 @@
 
 import json
 
-import requests
-
-from gpufleet.verify import applies
+from gpufleet.verify import applies, http_get
 
 
 def applies_to(spec):
@@ -49,9 +47,6 @@ def test_docker_has_the_nvidia_runtime(target):
 @applies(lambda spec: _nvidia(spec) and spec.dcgm_exporter.enabled and spec.docker.enabled)
 def test_dcgm_exporter_serves_gpu_metrics(target):
     port = target.spec.dcgm_exporter.port
-    try:
-        reply = requests.get(f"http://{target.address}:{port}/metrics", timeout=10)
-    except requests.ConnectionError:
-        raise AssertionError(f"nothing answers on {target.address}:{port}") from None
+    reply = http_get(f"http://{target.address}:{port}/metrics", timeout=10)
     assert reply.status_code == 200
     assert "DCGM_FI_DEV_GPU_TEMP" in reply.text

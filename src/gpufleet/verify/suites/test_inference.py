@@ -1,9 +1,7 @@
 """Inference servers: each engine with a placement runs, answers and serves its models."""
 
-import requests
-
 from gpufleet import engines
-from gpufleet.verify import applies
+from gpufleet.verify import applies, assert_running, http_get
 
 
 def applies_to(spec):
@@ -14,41 +12,28 @@ def _serves(engine):
     return lambda spec: bool(engines.placements(spec, engine))
 
 
-def _get(url, **kwargs):
-    try:
-        return requests.get(url, timeout=15, **kwargs)
-    except requests.ConnectionError:
-        raise AssertionError(f"nothing answers on {url}") from None
-
-
-def _running(target, service):
-    unit = target.host.service(service)
-    assert unit.is_enabled, f"{service} is not enabled"
-    assert unit.is_running, f"{service} is not running"
-
-
 @applies(_serves("llama.cpp"))
 def test_llama_server_runs(target):
-    _running(target, "llama-server")
+    assert_running(target, "llama-server")
 
 
 @applies(_serves("llama.cpp"))
 def test_llama_server_serves_its_model(target):
     base = f"http://{target.address}:{target.spec.llamacpp_port}"
-    assert _get(f"{base}/health").json() == {"status": "ok"}
-    served = {m["id"] for m in _get(f"{base}/v1/models").json()["data"]}
+    assert http_get(f"{base}/health").json() == {"status": "ok"}
+    served = {m["id"] for m in http_get(f"{base}/v1/models").json()["data"]}
     for placement in engines.placements(target.spec, "llama.cpp"):
         assert engines.served_name(placement) in served, f"served: {sorted(served)}"
 
 
 @applies(_serves("ollama"))
 def test_ollama_runs(target):
-    _running(target, "ollama")
+    assert_running(target, "ollama")
 
 
 @applies(_serves("ollama"))
 def test_ollama_has_every_placed_model(target):
-    tags = _get(f"http://{target.address}:{target.spec.ollama_port}/api/tags").json()
+    tags = http_get(f"http://{target.address}:{target.spec.ollama_port}/api/tags").json()
     present = {m["name"] for m in tags["models"]}
     for placement in engines.placements(target.spec, "ollama"):
         name = engines.served_name(placement)
@@ -57,9 +42,9 @@ def test_ollama_has_every_placed_model(target):
 
 @applies(_serves("vllm"))
 def test_vllm_runs(target):
-    _running(target, "vllm")
+    assert_running(target, "vllm")
 
 
 @applies(_serves("vllm"))
 def test_vllm_is_healthy(target):
-    assert _get(f"http://{target.address}:{target.spec.vllm_port}/health").status_code == 200
+    assert http_get(f"http://{target.address}:{target.spec.vllm_port}/health").status_code == 200

@@ -1,9 +1,7 @@
 """The platform groups: the secret store, the router, the gateway, Prometheus."""
 
-import requests
-
 from gpufleet.vault import ca_file
-from gpufleet.verify import applies
+from gpufleet.verify import applies, assert_running, http_get
 
 
 def applies_to(spec):
@@ -14,46 +12,33 @@ def _in(group):
     return lambda spec: group in spec.groups
 
 
-def _get(url, **kwargs):
-    try:
-        return requests.get(url, timeout=15, **kwargs)
-    except requests.ConnectionError:
-        raise AssertionError(f"nothing answers on {url}") from None
-
-
-def _running(target, service):
-    unit = target.host.service(service)
-    assert unit.is_enabled, f"{service} is not enabled"
-    assert unit.is_running, f"{service} is not running"
-
-
 @applies(_in("vault"))
 def test_secret_store_runs(target):
-    _running(target, "openbao" if target.spec.vault.flavor == "openbao" else "vault")
+    assert_running(target, "openbao" if target.spec.vault.flavor == "openbao" else "vault")
 
 
 @applies(_in("vault"))
 def test_secret_store_is_initialized_and_unsealed(target):
     url = f"https://{target.address}:{target.spec.vault.port}/v1/sys/health"
-    health = _get(url, verify=ca_file(target.spec)).json()
+    health = http_get(url, verify=ca_file(target.spec)).json()
     assert health["initialized"], "not initialized: run deploys/vault.py"
     assert not health["sealed"], "sealed: run deploys/vault.py to unseal"
 
 
 @applies(_in("router"))
 def test_router_runs(target):
-    _running(target, "litellm")
+    assert_running(target, "litellm")
 
 
 @applies(_in("router"))
 def test_router_is_alive(target):
-    reply = _get(f"http://{target.address}:{target.spec.litellm.port}/health/liveliness")
+    reply = http_get(f"http://{target.address}:{target.spec.litellm.port}/health/liveliness")
     assert reply.status_code == 200
 
 
 @applies(lambda spec: "router" in spec.groups and spec.litellm.redis.enabled)
 def test_router_redis_listens_where_the_inventory_says(target):
-    _running(target, "redis-server")
+    assert_running(target, "redis-server")
     redis = target.spec.litellm.redis
     for address in redis.bind:
         listen = f"tcp://{address}:{redis.port}"
@@ -62,7 +47,7 @@ def test_router_redis_listens_where_the_inventory_says(target):
 
 @applies(_in("gateway"))
 def test_gateway_runs_a_config_nginx_accepts(target):
-    _running(target, "nginx")
+    assert_running(target, "nginx")
     check = target.host.run("nginx -t")
     assert check.rc == 0, check.stderr.strip()
 
@@ -71,23 +56,23 @@ def test_gateway_runs_a_config_nginx_accepts(target):
 def test_gateway_answers_over_tls(target):
     gateway = target.spec.gateway
     verify = ca_file(target.spec) if gateway.certificate_file is None else True
-    reply = _get(f"https://{target.address}:{gateway.https_port}/health", verify=verify)
+    reply = http_get(f"https://{target.address}:{gateway.https_port}/health", verify=verify)
     assert reply.status_code == 200
-    plain = _get(f"http://{target.address}:{gateway.http_port}/health", allow_redirects=False)
+    plain = http_get(f"http://{target.address}:{gateway.http_port}/health", allow_redirects=False)
     assert plain.status_code == 301
 
 
 @applies(_in("monitoring"))
 def test_prometheus_runs_and_is_ready(target):
-    _running(target, "prometheus")
-    assert _get(f"http://{target.address}:{target.spec.prometheus.port}/-/ready").ok
+    assert_running(target, "prometheus")
+    assert http_get(f"http://{target.address}:{target.spec.prometheus.port}/-/ready").ok
 
 
 @applies(_in("monitoring"))
 def test_prometheus_config_and_rules_pass_promtool(target):
     check = target.host.run("promtool check config /etc/prometheus/prometheus.yml")
     assert check.rc == 0, (check.stdout + check.stderr).strip()[-200:]
-    rules = _get(f"http://{target.address}:{target.spec.prometheus.port}/api/v1/rules").json()
+    rules = http_get(f"http://{target.address}:{target.spec.prometheus.port}/api/v1/rules").json()
     unhealthy = [
         r["name"] for g in rules["data"]["groups"] for r in g["rules"] if r["health"] != "ok"
     ]
