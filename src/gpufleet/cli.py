@@ -177,6 +177,40 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if code == 0 else 1
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from gpufleet.preview import MissingFact, plan, profiles_for, record
+
+    if _specs_or_report(args.inventory) is None:
+        return 1
+    if args.record:
+        print(f"recorded {record(args.inventory, args.deploys, args.limit or [], args.record)}")
+        return 0
+    try:
+        profiles = profiles_for(args.inventory, args.limit)
+        planned = plan(
+            args.inventory,
+            args.deploys,
+            lambda host, cls, arguments: profiles[host].answer(
+                f"{cls.__module__}.{cls.__name__}", arguments
+            ),
+            args.limit,
+        )
+    except MissingFact as error:
+        print(f"preview: {error}", file=sys.stderr)
+        return 1
+    for host, operations in planned.items():
+        changing = [op for op in operations if op.changes]
+        print(
+            f"{host} ({profiles[host].name}): {len(operations)} operations, "
+            f"{len(changing)} would change"
+        )
+        for operation in operations if args.verbose else changing:
+            print(f"  {'*' if operation.changes else ' '} {operation.name}")
+            for command in operation.commands if args.verbose else ():
+                print(f"      {command}")
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from gpufleet.reference import markdown
 
@@ -245,6 +279,19 @@ def parser() -> argparse.ArgumentParser:
         "--list", action="store_true", help="list the checks each host gets; contacts no host"
     )
     verify_command.set_defaults(run=_verify)
+
+    preview = commands.add_parser(
+        "preview",
+        help="plan deploys on the inventory's hosts from recorded facts; contacts no host",
+    )
+    preview.add_argument("inventory")
+    preview.add_argument("deploys", nargs="+")
+    preview.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
+    preview.add_argument("-v", "--verbose", action="store_true", help="every operation and command")
+    preview.add_argument(
+        "--record", metavar="PROFILE", help="ask one real host (--limit) and save its facts"
+    )
+    preview.set_defaults(run=_preview)
 
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)

@@ -1,0 +1,281 @@
+"""Plan deploys against recorded facts: what a run would do on a host of a given kind,
+contacting no host.
+
+A pyinfra dry run asks the real host for its facts. ``gpufleet preview`` answers the same
+questions from a *fact profile*: the facts a freshly installed host of one kind reports
+(Debian 12 amd64/arm64, Raspberry Pi OS, Jetson Linux, macOS). The profiles for Debian were
+recorded from real lab hosts (``gpufleet preview --record``); the others are those recordings
+with the facts that differ on that platform replaced, each replacement commented in the
+profile. Every operation of every deploy is planned exactly as a dry run plans it; only the
+fact values come from the profile.
+
+.. code:: shell
+
+    gpufleet preview inventory/homelab.py deploys/router.py --limit pi5l
+
+A fact the profile does not answer is an error naming the fact and its arguments, never a
+silent guess.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpufleet.models import HostSpec
+
+PROFILES = Path(__file__).parent / "profiles"
+OS_PROFILES = {
+    ("debian", "x86_64"): "debian12-amd64",
+    ("debian", "aarch64"): "debian12-arm64",
+    ("proxmox", "x86_64"): "debian12-amd64",
+    ("ubuntu", "x86_64"): "debian12-amd64",
+    ("raspios", "aarch64"): "raspios12-arm64",
+    ("jetson-l4t", "aarch64"): "jetson-l4t36",
+    ("macos", "aarch64"): "macos15-arm64",
+}
+"""Which profile stands for a host of each (``os``, ``arch``) of the inventory."""
+
+
+class MissingFact(LookupError):
+    """The profile has no value for a fact a deploy asked for."""
+
+
+def fact_key(cls: type, kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The profile's key for one fact call: ``("pyinfra.facts.files.File", '{"path": ...}')``."""
+    arguments = {k: v for k, v in kwargs.items() if k not in ("self", "state", "host")}
+    return f"{cls.__module__}.{cls.__name__}", json.dumps(arguments, sort_keys=True, default=str)
+
+
+@dataclass
+class FactProfile:
+    """Fact values by fact and arguments, with a per-fact fallback under the ``*`` key (what
+    the fact reports for anything not recorded, e.g. ``null`` for files a fresh host lacks)."""
+
+    name: str
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    asked: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, name: str) -> FactProfile:
+        data = json.loads((PROFILES / f"{name}.json").read_text())
+        merged: dict[str, dict[str, Any]] = {}
+        if "base" in data:
+            merged = {k: dict(v) for k, v in cls.load(data["base"]).facts.items()}
+        for fact, values in data["facts"].items():
+            merged.setdefault(fact, {}).update(values)
+        return cls(name, merged)
+
+    def answer(self, fact: str, arguments: str) -> Any:
+        self.asked.append((fact, arguments))
+        values = self.facts.get(fact, {})
+        for key in (arguments, "*"):
+            if key in values:
+                return _processed(fact, values[key])
+        raise MissingFact(
+            f"profile {self.name!r} has no value for fact {fact}({arguments}); record it "
+            f"from a real host with 'gpufleet preview --record' or add it to "
+            f"{PROFILES / self.name}.json"
+        )
+
+
+def _processed(fact: str, value: Any) -> Any:
+    """``{"$output": [lines]}`` is a real command output, turned into the fact's value by
+    the fact's own parser; anything else is the value itself."""
+    if not (isinstance(value, dict) and "$output" in value):
+        return value
+    from importlib import import_module
+
+    module, _, name = fact.rpartition(".")
+    return getattr(import_module(module), name)().process(value["$output"])
+
+
+@contextmanager
+def facts_from(answer: Callable[[str, type, str], Any]) -> Iterator[None]:
+    """Within this block pyinfra takes every fact from ``answer(host_name, fact_class,
+    arguments_json)`` and connects to nothing."""
+    from pyinfra.api import facts as pyinfra_facts
+
+    real = pyinfra_facts._get_fact
+
+    def replayed(state, host, cls, args=None, kwargs=None, *rest, **more):  # type: ignore[no-untyped-def]
+        fact_kwargs, _ = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
+        name, arguments = fact_key(cls, fact_kwargs)
+        value = answer(host.name, cls, arguments)
+        return value
+
+    pyinfra_facts._get_fact = replayed
+    try:
+        yield
+    finally:
+        pyinfra_facts._get_fact = real
+
+
+@dataclass
+class PlannedOperation:
+    name: str
+    changes: bool
+    commands: list[str]
+
+
+def plan(
+    inventory: str,
+    deploys: list[str],
+    answer: Callable[[str, type, str], Any] | None,
+    limit: list[str] | None = None,
+) -> dict[str, list[PlannedOperation]]:
+    """Plan ``deploys`` on the inventory's hosts named in ``limit`` (hosts or groups; all
+    when empty). With ``answer``, facts come from it and no host is contacted; without, the
+    hosts are connected to and asked, as ``pyinfra --dry`` does. Returns each host's
+    operations in order, with the commands a run would send."""
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+    from pyinfra_cli.util import load_deploy_file
+
+    state = State(check_for_changes=True)
+    ctx_state.set(state)
+    hosts_of = make_inventory(inventory)
+    ctx_inventory.set(hosts_of)
+    config = Config()
+    ctx_config.set(config)
+    hosts = [h for h in hosts_of if not limit or {h.name, *h.groups} & set(limit)]
+    state.init(hosts_of, config, initial_limit=hosts)
+    if answer is None:
+        connect_all(state)
+        replaying = nullcontext()
+    else:
+        for host in hosts:
+            state.activate_host(host)
+            host.connected = True  # facts come from ``answer``: nothing is contacted
+        replaying = facts_from(answer)
+
+    planned: dict[str, list[PlannedOperation]] = {}
+    with replaying:
+        for deploy in deploys:
+            config.lock_current_state()
+            load_deploy_file(state, deploy)
+            config.reset_locked_state()
+        order = state.get_op_order()
+        for host in hosts:
+            operations = []
+            for op_hash in order:
+                op_data = state.ops[host].get(op_hash)
+                if op_data is None:
+                    continue
+                with ctx_state.use(state), ctx_host.use(host):
+                    commands = [_shown(command) for command in op_data.command_generator()]
+                operations.append(
+                    PlannedOperation(
+                        name=", ".join(sorted(state.op_meta[op_hash].names)),
+                        changes=bool(commands),
+                        commands=commands,
+                    )
+                )
+            planned[host.name] = operations
+    return planned
+
+
+def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, FactProfile]:
+    """Each host's profile, chosen by its ``os`` and ``arch`` (or ``preview_profile``)."""
+    from gpufleet.inventory import validate_file
+
+    chosen: dict[str, FactProfile] = {}
+    loaded: dict[str, FactProfile] = {}
+    for spec in validate_file(inventory).values():
+        if limit and not {spec.name, *spec.groups} & set(limit):
+            continue
+        name = OS_PROFILES.get((spec.os, spec.arch))
+        if name is None:
+            raise MissingFact(f"host {spec.name!r}: no fact profile for os={spec.os} arch={spec.arch}")
+        if name not in loaded:
+            loaded[name] = FactProfile.load(name)
+        chosen[spec.name] = _with_declared_hardware(loaded[name], spec)
+    return chosen
+
+
+def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile:
+    """The profile as the host's declared hardware changes it: its NVIDIA cards on the PCI
+    bus, no driver yet (a freshly installed GPU node)."""
+    cards = [
+        accelerator.model
+        for accelerator in spec.hardware.accelerators
+        if accelerator.kind == "nvidia"
+        for _ in range(accelerator.count)
+    ]
+    if not cards:
+        return profile
+    from gpufleet.catalogue import load_catalogue
+
+    catalogue = load_catalogue()
+    pci = [
+        {
+            "slot": f"0000:{n + 1:02x}:00.0",
+            "class_code": "0300",
+            "device_id": catalogue.accelerator(card).pci_device_ids[0],
+            "name": card,
+        }
+        for n, card in enumerate(cards)
+    ]
+    facts = {k: dict(v) for k, v in FactProfile.load("nvidia-fresh").facts.items()}
+    for fact, values in profile.facts.items():
+        facts[fact] = {**values, **facts.get(fact, {})}
+    facts["gpufleet.facts.gpu.NvidiaGpus"] = {
+        "{}": {"pci": pci, "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
+    }
+    return FactProfile(f"{profile.name}+{len(cards)}xNVIDIA", facts, profile.asked)
+
+
+def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -> Path:
+    """Plan ``deploys`` on one real host and write every fact it was asked as a profile.
+    Facts that take arguments also get a ``*`` entry: the fact's value for something absent,
+    which is what a fresh host reports for paths and units no deploy has made yet."""
+    from pyinfra.api import facts as pyinfra_facts
+
+    real = pyinfra_facts._get_fact
+    recorded: dict[str, dict[str, Any]] = {}
+
+    def recording(state, host, cls, args=None, kwargs=None, *rest, **more):  # type: ignore[no-untyped-def]
+        value = real(state, host, cls, args, kwargs, *rest, **more)
+        fact_kwargs, _ = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
+        name, arguments = fact_key(cls, fact_kwargs)
+        values = recorded.setdefault(name, {})
+        values[arguments] = json.loads(json.dumps(value, default=_jsonable))
+        if arguments != "{}":
+            values.setdefault("*", cls().default())
+        return value
+
+    pyinfra_facts._get_fact = recording
+    try:
+        hosts = plan(inventory, deploys, None, limit)
+        hosts = {name: ops for name, ops in hosts.items() if ops}
+    finally:
+        pyinfra_facts._get_fact = real
+    if len(hosts) != 1:
+        raise ValueError(f"record from exactly one host; --limit matched {sorted(hosts)}")
+    path = PROFILES / f"{profile}.json"
+    merged = json.loads(path.read_text()) if path.exists() else {"recorded_from": [], "facts": {}}
+    merged["recorded_from"] = sorted({*merged["recorded_from"], *hosts})
+    for fact, values in recorded.items():
+        merged["facts"].setdefault(fact, {}).update(values)
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def _shown(command: Any) -> str:
+    """A command as a dry run prints it: masked where it carries a secret."""
+    if hasattr(command, "get_masked_value"):
+        return str(command.get_masked_value())
+    return repr(command)
