@@ -270,8 +270,10 @@ orchestrator = [
                         "api_key": "vault:kv/gpufleet/cloud#anthropic",
                     },
                 ],
-                # Routing state shared through Redis on this Pi (seed 004's Pi5L stack).
+                # Routing state in Redis and LiteLLM's keys, users and spend in PostgreSQL,
+                # both on this Pi (seed 004's Pi5L stack).
                 "redis": {"enabled": True},
+                "database": {"enabled": True},
             },
         },
     ),

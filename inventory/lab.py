@@ -125,7 +125,13 @@ cpu_nodes = [
                 "binary_sha256": OPENBAO_WHEELS["x86_64"][1],
                 "init_file": str(_lab.lab_dir() / "vault-{host}.json"),
             },
-            "litellm": {"redis": {"enabled": True}},
+            "litellm": {
+                "redis": {"enabled": True},
+                # PostgreSQL with LiteLLM's database and role, proven here; LiteLLM itself
+                # stays off it: it needs Prisma's engines, fetched at first start from
+                # binaries.prisma.sh, which this lab cannot reach.
+                "database": {"enabled": True, "router_uses_it": False},
+            },
             "gateway": {
                 "clients": {"lab-client": "vault:kv/gpufleet/gateway#lab_client"},
                 "rate_per_minute": 60,

@@ -200,6 +200,8 @@ def _ports(spec: HostSpec) -> Iterator[Problem]:
         holders += [(spec.litellm.port, "litellm.port")]
         if spec.litellm.redis.enabled:
             holders += [(spec.litellm.redis.port, "litellm.redis.port")]
+        if spec.litellm.database.enabled:
+            holders += [(spec.litellm.database.port, "litellm.database.port")]
     if "gateway" in spec.groups:
         holders += [
             (spec.gateway.https_port, "gateway.https_port"),
@@ -416,7 +418,7 @@ def _platform_services(spec: HostSpec) -> Iterator[Problem]:
 
 
 def _routing(specs: dict[str, HostSpec]) -> list[Problem]:
-    from gpufleet.routing import model_names, redis_host
+    from gpufleet.routing import model_names, state_servers
     from gpufleet.secrets import secret_uses
 
     problems = []
@@ -459,17 +461,18 @@ def _routing(specs: dict[str, HostSpec]) -> list[Problem]:
                             "a host serves or a cloud model",
                         )
                     )
-    redis = redis_host(specs)
-    loopback_only = redis is not None and all(a.is_loopback for a in redis.litellm.redis.bind)
-    if redis is not None and loopback_only and len(routers) > 1:
-        problems.append(
-            Problem(
-                redis.name,
-                "litellm.redis.bind",
-                f"{len(routers)} routers share this Redis but it listens on loopback only; "
-                f"add {redis.lan_address or 'the address the other routers reach'} to bind",
+    for field, server, settings in state_servers(specs):
+        if len(routers) > 1 and all(address.is_loopback for address in settings.bind):
+            what = "Redis" if field == "litellm.redis" else "PostgreSQL"
+            problems.append(
+                Problem(
+                    server.name,
+                    f"{field}.bind",
+                    f"{len(routers)} routers share this {what} but it listens on loopback "
+                    f"only; add {server.lan_address or 'the address the other routers reach'} "
+                    "to bind",
+                )
             )
-        )
     has_vault = any("vault" in s.groups for s in specs.values())
     if not has_vault and not os.environ.get("VAULT_ADDR"):
         for use in secret_uses(specs):

@@ -178,7 +178,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from gpufleet.preview import MissingFact, plan, profiles_for, record
+    from gpufleet.preview import plan, profiles_for, record
 
     if _specs_or_report(args.inventory) is None:
         return 1
@@ -190,13 +190,11 @@ def _preview(args: argparse.Namespace) -> int:
         planned = plan(
             args.inventory,
             args.deploys,
-            lambda host, cls, arguments: profiles[host].answer(
-                f"{cls.__module__}.{cls.__name__}", arguments
-            ),
+            lambda host, fact, arguments: profiles[host].answer(fact, arguments),
             args.limit,
         )
-    except MissingFact as error:
-        print(f"preview: {error}", file=sys.stderr)
+    except Exception as error:  # a deploy's own error: shown as a pyinfra run would stop
+        print(f"preview: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     for host, operations in planned.items():
         changing = [op for op in operations if op.changes]

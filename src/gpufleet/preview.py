@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,18 +96,16 @@ def _processed(fact: str, value: Any) -> Any:
 
 
 @contextmanager
-def facts_from(answer: Callable[[str, type, str], Any]) -> Iterator[None]:
-    """Within this block pyinfra takes every fact from ``answer(host_name, fact_class,
-    arguments_json)`` and connects to nothing."""
+def facts_from(answer: Callable[[str, str, str], Any]) -> Iterator[None]:
+    """Within this block pyinfra takes every fact from ``answer(host_name, fact_name,
+    arguments_json)`` (names as :func:`fact_key` makes them) and connects to nothing."""
     from pyinfra.api import facts as pyinfra_facts
 
     real = pyinfra_facts._get_fact
 
-    def replayed(state, host, cls, args=None, kwargs=None, *rest, **more):  # type: ignore[no-untyped-def]
+    def replayed(state, host, cls, args=None, kwargs=None, *rest, **more):
         fact_kwargs, _ = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
-        name, arguments = fact_key(cls, fact_kwargs)
-        value = answer(host.name, cls, arguments)
-        return value
+        return answer(host.name, *fact_key(cls, fact_kwargs))
 
     pyinfra_facts._get_fact = replayed
     try:
@@ -126,7 +124,7 @@ class PlannedOperation:
 def plan(
     inventory: str,
     deploys: list[str],
-    answer: Callable[[str, type, str], Any] | None,
+    answer: Callable[[str, str, str], Any] | None,
     limit: list[str] | None = None,
 ) -> dict[str, list[PlannedOperation]]:
     """Plan ``deploys`` on the inventory's hosts named in ``limit`` (hosts or groups; all
@@ -136,6 +134,7 @@ def plan(
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+    from pyinfra_cli.exceptions import UnexpectedExternalError
     from pyinfra_cli.inventory import make_inventory
     from pyinfra_cli.util import load_deploy_file
 
@@ -149,7 +148,7 @@ def plan(
     state.init(hosts_of, config, initial_limit=hosts)
     if answer is None:
         connect_all(state)
-        replaying = nullcontext()
+        replaying: AbstractContextManager[None] = nullcontext()
     else:
         for host in hosts:
             state.activate_host(host)
@@ -160,7 +159,10 @@ def plan(
     with replaying:
         for deploy in deploys:
             config.lock_current_state()
-            load_deploy_file(state, deploy)
+            try:
+                load_deploy_file(state, deploy)
+            except UnexpectedExternalError as error:
+                raise error.exception from None  # the deploy's own error, e.g. MissingFact
             config.reset_locked_state()
         order = state.get_op_order()
         for host in hosts:
@@ -193,7 +195,9 @@ def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, Fa
             continue
         name = OS_PROFILES.get((spec.os, spec.arch))
         if name is None:
-            raise MissingFact(f"host {spec.name!r}: no fact profile for os={spec.os} arch={spec.arch}")
+            raise MissingFact(
+                f"host {spec.name!r}: no fact profile for os={spec.os} arch={spec.arch}"
+            )
         if name not in loaded:
             loaded[name] = FactProfile.load(name)
         chosen[spec.name] = _with_declared_hardware(loaded[name], spec)
@@ -218,7 +222,7 @@ def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile
         {
             "slot": f"0000:{n + 1:02x}:00.0",
             "class_code": "0300",
-            "device_id": catalogue.accelerator(card).pci_device_ids[0],
+            "device_id": _pci_id(catalogue.accelerator(card)),
             "name": card,
         }
         for n, card in enumerate(cards)
@@ -241,7 +245,7 @@ def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -
     real = pyinfra_facts._get_fact
     recorded: dict[str, dict[str, Any]] = {}
 
-    def recording(state, host, cls, args=None, kwargs=None, *rest, **more):  # type: ignore[no-untyped-def]
+    def recording(state, host, cls, args=None, kwargs=None, *rest, **more):
         value = real(state, host, cls, args, kwargs, *rest, **more)
         fact_kwargs, _ = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
         name, arguments = fact_key(cls, fact_kwargs)
@@ -266,6 +270,10 @@ def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -
         merged["facts"].setdefault(fact, {}).update(values)
     path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def _pci_id(entry: Any) -> str:
+    return entry.pci_device_ids[0] if entry is not None and entry.pci_device_ids else ""
 
 
 def _jsonable(value: Any) -> Any:

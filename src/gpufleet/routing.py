@@ -18,9 +18,10 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from gpufleet.engines import served_name
-from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement
+from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement, RouterDatabase, RouterRedis
 
 
 def service_address(spec: HostSpec) -> str:
@@ -78,12 +79,25 @@ def model_names(specs: dict[str, HostSpec], router: LiteLLMRouter) -> set[str]:
     return {b.group for b in backends(specs)} | {c.name for c in router.cloud_models}
 
 
+@dataclass(frozen=True)
+class DatabaseUrl:
+    template: str
+    """``postgresql://user:{password}@host:port/name``."""
+    password: str
+    """Reference of the password, filled in (URL-quoted) into the 0600 environment file."""
+
+    def render(self, password: str) -> str:
+        return self.template.format(password=quote(password, safe=""))
+
+
 @dataclass
 class RouterConfig:
     settings: dict[str, Any]
     """The contents of LiteLLM's ``config.yaml``: no secret values, only ``os.environ/NAME``."""
     environment: dict[str, str] = field(default_factory=dict)
     """Environment variable -> secret reference, resolved into a 0600 file on the host."""
+    database_url: DatabaseUrl | None = None
+    """``DATABASE_URL`` for LiteLLM, when it uses the fleet's PostgreSQL."""
 
 
 def _litellm_params(spec: HostSpec, placement: ModelPlacement) -> tuple[dict[str, str], str]:
@@ -117,6 +131,27 @@ def redis_host(specs: dict[str, HostSpec]) -> HostSpec | None:
     return next(
         (s for s in specs.values() if "router" in s.groups and s.litellm.redis.enabled), None
     )
+
+
+def database_host(specs: dict[str, HostSpec]) -> HostSpec | None:
+    """The router host that runs LiteLLM's PostgreSQL: the first that enables it."""
+    return next(
+        (s for s in specs.values() if "router" in s.groups and s.litellm.database.enabled),
+        None,
+    )
+
+
+def state_servers(
+    specs: dict[str, HostSpec],
+) -> list[tuple[str, HostSpec, RouterRedis | RouterDatabase]]:
+    """The shared servers the routers use, as (field, host, settings)."""
+    servers: list[tuple[str, HostSpec, RouterRedis | RouterDatabase]] = []
+    redis, database = redis_host(specs), database_host(specs)
+    if redis is not None:
+        servers.append(("litellm.redis", redis, redis.litellm.redis))
+    if database is not None:
+        servers.append(("litellm.database", database, database.litellm.database))
+    return servers
 
 
 def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterConfig:
@@ -179,7 +214,15 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
                 "redis_password": "os.environ/REDIS_PASSWORD",
             }
         )
-    return RouterConfig(settings, environment)
+    database = database_host(specs)
+    database_url = None
+    if database is not None and database.litellm.database.router_uses_it:
+        db = database.litellm.database
+        address = "127.0.0.1" if database.name == router_spec.name else service_address(database)
+        database_url = DatabaseUrl(
+            f"postgresql://{db.user}:{{password}}@{address}:{db.port}/{db.name}", db.password
+        )
+    return RouterConfig(settings, environment, database_url)
 
 
 @dataclass(frozen=True)

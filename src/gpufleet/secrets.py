@@ -51,6 +51,14 @@ def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
             for variable, reference in config.environment.items():
                 generate = reference not in clouds
                 uses.append(SecretUse(spec.name, variable, reference, "litellm", generate))
+            if config.database_url is not None:
+                reference = config.database_url.password
+                uses.append(SecretUse(spec.name, "DATABASE_URL", reference, "litellm", True))
+        if "router" in spec.groups and spec.litellm.database.enabled:
+            reference = spec.litellm.database.password
+            uses.append(
+                SecretUse(spec.name, "litellm.database.password", reference, "postgres", True)
+            )
         if "gateway" in spec.groups:
             for client, reference in spec.gateway.clients.items():
                 field = f"gateway.clients.{client}"

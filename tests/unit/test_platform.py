@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gpufleet.inventory import validate_file
-from gpufleet.models import HostSpec, RouterRedis
+from gpufleet.models import HostSpec, RouterDatabase, RouterRedis
 from gpufleet.operations.vault import read_policy
 from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA, certificate_names
@@ -227,3 +227,35 @@ def test_redis_settings_carry_bind_password_and_memory_cap():
     assert "bind 127.0.0.1 10.0.0.111" in lines
     assert f"requirepass {'p' * 64}" in lines
     assert "maxmemory 256mb" in lines and "protected-mode yes" in lines
+
+
+def test_routers_reach_litellms_database_by_a_url_built_from_vaults_password(lab, homelab):
+    infra = lab["lab-infra-1"]
+    # The lab provisions the database but keeps LiteLLM off it (no Prisma engines there).
+    assert router_config(infra, lab).database_url is None
+    uses = {u.field: u for u in secret_uses(lab) if u.host == "lab-infra-1"}
+    assert uses["litellm.database.password"].reference == "vault:kv/gpufleet/postgres#litellm"
+    assert uses["litellm.database.password"].generate
+    using = infra.model_copy(
+        update={
+            "litellm": infra.litellm.model_copy(
+                update={"database": RouterDatabase(enabled=True, router_uses_it=True)}
+            )
+        }
+    )
+    fleet = {**lab, "lab-infra-1": using}
+    url = router_config(using, fleet).database_url
+    assert url is not None and url.password == "vault:kv/gpufleet/postgres#litellm"
+    assert url.render("p@ss/word") == "postgresql://litellm:p%40ss%2Fword@127.0.0.1:5432/litellm"
+    # A second router elsewhere reaches it over the network, by the same reference.
+    second = lab["lab-gpu-1"].model_copy(update={"groups": ("router",)})
+    remote = router_config(second, {**fleet, "lab-gpu-1": second}).database_url
+    assert remote is not None and remote.render("x") == (
+        "postgresql://litellm:x@10.200.0.12:5432/litellm"
+    )
+    assert "DATABASE_URL" in {u.field for u in secret_uses(fleet)}
+    # homelab's Pi5L runs the stack seed 004 describes: LiteLLM on its own PostgreSQL.
+    pi5l = router_config(homelab["pi5l"], homelab).database_url
+    assert pi5l is not None and pi5l.template.startswith(
+        "postgresql://litellm:{password}@127.0.0.1"
+    )

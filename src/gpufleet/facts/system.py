@@ -149,3 +149,25 @@ class MachineResources(FactBase[MachineResourcesReport]):
 
     def process(self, output: list[str]) -> MachineResourcesReport:
         return parse_resources(output)
+
+
+class PostgresLogin(FactBase[bool]):
+    """
+    Whether ``role`` logs in to ``database`` on 127.0.0.1 with the password kept in
+    ``password_file`` on the host (read there by the shell, so it is in no command).
+
+    .. code:: python
+
+        host.get_fact(PostgresLogin, role="litellm", database="litellm", port=5432,
+                      password_file="/etc/postgresql/gpufleet/litellm.password")
+    """
+
+    def command(self, role: str, database: str, port: int, password_file: str) -> str:
+        return (
+            f'[ -r {password_file} ] && PGPASSWORD="$(cat {password_file})" '
+            f"psql -h 127.0.0.1 -p {port} -U {role} -d {database} -w -Atc 'select 1' "
+            "2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> bool:
+        return "".join(output).strip() == "1"

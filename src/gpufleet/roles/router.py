@@ -15,16 +15,18 @@ import shlex
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.server import Command, LinuxDistribution
+from pyinfra.operations import apt, files, postgres, server, systemd
 from pyinfra.operations.util import any_changed
 
+from gpufleet.facts.system import PostgresLogin
 from gpufleet.models import HostSpec
 from gpufleet.operations import config, inference
 from gpufleet.paths import render_template, template
 from gpufleet.roles.baseline import run_service, service_account
 from gpufleet.roles.inference import warm_up_tool
-from gpufleet.routing import router_config
+from gpufleet.routing import router_config, service_address
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
@@ -107,12 +109,21 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         f'assert c["model_list"] and c["general_settings"]["master_key"]\' {CONFIG}',
     )
     vault = fleet_vault(specs)
+    database_url = planned.database_url
     env_file = config.config_file(
-        name=f"Router keys ({len(planned.environment)}, from the secret store)",
+        name=f"Router keys ({len(planned.environment)}, from the secret store)"
+        + (" and DATABASE_URL" if database_url else ""),
         dest=ENV_FILE,
         mode="600",
-        render=lambda: "".join(
-            f"{name}={read_secret(ref, vault)}\n" for name, ref in planned.environment.items()
+        render=lambda: (
+            "".join(
+                f"{name}={read_secret(ref, vault)}\n" for name, ref in planned.environment.items()
+            )
+            + (
+                f"DATABASE_URL={database_url.render(read_secret(database_url.password, vault))}\n"
+                if database_url
+                else ""
+            )
         ),
     )
 
@@ -175,3 +186,111 @@ def redis_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         validate=REDIS_CHECK,
     )
     run_service("redis-server", include, redis_conf)
+
+
+POSTGRES_MAJOR = {"bookworm": 15, "trixie": 17, "jammy": 14, "noble": 16}
+"""PostgreSQL major version each release's ``postgresql`` package brings."""
+POSTGRES_SECRETS = "/etc/postgresql/gpufleet"
+
+
+@deploy("LiteLLM database (PostgreSQL)")
+def postgres_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
+    """
+    Run LiteLLM's database: Debian's PostgreSQL listening where the inventory says, a role
+    and a database for the routers, the role's password from the secret store, and
+    ``pg_hba.conf`` letting in the other router hosts only.
+
+    .. code:: python
+
+        postgres_server(host_spec(), fleet_specs())
+    """
+    settings = spec.litellm.database
+    codename = host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", "")
+    major = POSTGRES_MAJOR.get(codename)
+    if major is None:
+        raise DeployError(
+            f"{spec.name}: no PostgreSQL version known for release {codename or 'unknown'}; "
+            f"supported: {', '.join(POSTGRES_MAJOR)}"
+        )
+    etc = f"/etc/postgresql/{major}/main"
+    apt.packages(name="PostgreSQL", packages=["postgresql"], no_recommends=True)
+
+    # 1. Where it listens, checked by postgres itself before the restart that applies it.
+    listening = config.config_file(
+        name="PostgreSQL settings (listen addresses, port; checked by postgres -C)",
+        dest=f"{etc}/conf.d/gpufleet.conf",
+        mode="644",
+        owner="postgres",
+        group="postgres",
+        render=lambda: render_template(
+            "postgres/gpufleet.conf.j2",
+            # Loopback always: the password check below and local tools connect there.
+            bind=list(dict.fromkeys(["127.0.0.1", *(str(a) for a in settings.bind)])),
+            port=settings.port,
+        ),
+        validate=(
+            f"runuser -u postgres -- /usr/lib/postgresql/{major}/bin/postgres "
+            f"-D /var/lib/postgresql/{major}/main -c config_file={etc}/postgresql.conf "
+            "-C listen_addresses >/dev/null"
+        ),
+    )
+    others = [
+        service_address(router)
+        for router in specs.values()
+        if "router" in router.groups and router.name != spec.name
+    ]
+    clients = files.template(
+        name="pg_hba.conf: local tools, loopback and the other router hosts, by password",
+        src=template("postgres/pg_hba.conf.j2"),
+        dest=f"{etc}/pg_hba.conf",
+        mode="640",
+        user="postgres",
+        group="postgres",
+        database=settings.name,
+        user_name=settings.user,
+        routers=others,
+    )
+    run_service("postgresql", listening, clients)
+
+    # 2. Role, database, password: the password is set from a 0640 file psql reads itself,
+    # so it is in no command line.
+    postgres.role(name=f"Role {settings.user}", role=settings.user, login=True, _su_user="postgres")
+    postgres.database(
+        name=f"Database {settings.name}",
+        database=settings.name,
+        owner=settings.user,
+        _su_user="postgres",
+    )
+    files.directory(name="Secrets folder", path=POSTGRES_SECRETS, group="postgres", mode="750")
+    vault = fleet_vault(specs)
+    password_file = f"{POSTGRES_SECRETS}/{settings.user}.password"
+    sql_file = f"{POSTGRES_SECRETS}/set-{settings.user}-password.sql"
+    password = config.config_file(
+        name=f"{settings.user}'s password (from the secret store)",
+        dest=password_file,
+        mode="640",
+        group="postgres",
+        render=lambda: read_secret(settings.password, vault),
+    )
+    set_password = files.template(
+        name="SQL that sets it",
+        src=template("postgres/set-password.sql.j2"),
+        dest=sql_file,
+        mode="640",
+        group="postgres",
+        role=settings.user,
+        password_file=password_file,
+    )
+    logs_in = host.get_fact(
+        PostgresLogin,
+        role=settings.user,
+        database=settings.name,
+        port=settings.port,
+        password_file=password_file,
+    )
+    server.shell(
+        name=f"Set {settings.user}'s password",
+        commands=[f"psql -v ON_ERROR_STOP=1 -q -f {sql_file}"],
+        _if=lambda: not logs_in or password.did_change() or set_password.did_change(),
+        _su_user="postgres",
+    )
