@@ -1,5 +1,6 @@
 """Inference servers: the baseline, then the engines each host's model placements name
-(Ollama, llama.cpp, vLLM), each started, health-checked and warmed up.
+(Ollama, llama.cpp, vLLM), each started, health-checked and warmed up; on macOS, Homebrew's
+Ollama under launchd.
 
 pyinfra inventory/homelab.py deploys/inference.py --limit gpu_nodes
 pyinfra inventory/lab.py deploys/inference.py
@@ -11,12 +12,15 @@ from pyinfra import host
 from gpufleet.inventory import host_spec
 from gpufleet.roles.baseline import baseline
 from gpufleet.roles.inference import download_tools, llama_cpp, ollama, vllm
+from gpufleet.roles.macos import macos_ollama
 
 spec = host_spec()
 
 baseline(spec)
 
-if spec.models:
+if spec.models and spec.os == "macos":
+    macos_ollama(spec)
+elif spec.models:
     download_tools()
     ollama(spec)
     llama_cpp(spec)

@@ -511,6 +511,9 @@ class HostSpec(Spec):
     """How old the apt lists may be before a deploy refreshes them."""
     ntp_servers: tuple[str, ...] = ("0.debian.pool.ntp.org", "1.debian.pool.ntp.org")
     """Servers systemd-timesyncd asks for the time."""
+    macos_user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    """macOS: the admin account Homebrew belongs to and the daemons run as; None: the account
+    gpufleet logs in as."""
     service_user: str = Field("gpufleet", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     """System user that gpufleet's services run as."""
     node_exporter_address: IPv4Address = IPv4Address("0.0.0.0")

@@ -16,6 +16,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import HostSpec
+from gpufleet.roles.macos import macos_baseline
 from gpufleet.paths import template
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
@@ -62,6 +63,9 @@ def baseline(spec: HostSpec) -> None:
     if host.name in planned:
         return
     planned.add(host.name)
+    if spec.os == "macos":
+        macos_baseline(spec)
+        return
 
     distribution = host.get_fact(LinuxDistribution)
     name = distribution.get("name") or "unknown"
