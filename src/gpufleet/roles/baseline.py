@@ -16,8 +16,8 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import HostSpec
-from gpufleet.roles.macos import macos_baseline
 from gpufleet.paths import template
+from gpufleet.roles.macos import macos_baseline
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
