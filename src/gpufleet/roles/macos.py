@@ -90,15 +90,9 @@ def launch_daemon(
     return written, reloaded
 
 
-@deploy("macOS baseline")
 def macos_baseline(spec: HostSpec) -> None:
-    """
-    The baseline of a macOS host: Homebrew's node_exporter, run by launchd.
-
-    .. code:: python
-
-        macos_baseline(host_spec())
-    """
+    """The baseline of a macOS host, inside the ``Baseline`` deploy: Homebrew's
+    node_exporter, run by launchd."""
     require_macos_with_homebrew(spec)
     user = macos_user(spec)
     installed = brew.packages(
