@@ -118,7 +118,12 @@ def facts_from(answer: Callable[[str, str, str], Any]) -> Iterator[None]:
 class PlannedOperation:
     name: str
     changes: bool
+    """The operation would change something, in a run where every earlier step succeeds as
+    planned (its ``_if`` evaluated against those planned changes)."""
     commands: list[str]
+    uploads: dict[str, str] = field(default_factory=dict)
+    """Files the operation would write, by destination (rendered templates; config files
+    that hold secrets are written by a function at run time and never show here)."""
 
 
 def plan(
@@ -133,6 +138,7 @@ def plan(
     operations in order, with the commands a run would send."""
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
+    from pyinfra.connectors.util import CommandOutput
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
     from pyinfra_cli.exceptions import UnexpectedExternalError
     from pyinfra_cli.inventory import make_inventory
@@ -156,7 +162,7 @@ def plan(
         replaying = facts_from(answer)
 
     planned: dict[str, list[PlannedOperation]] = {}
-    with replaying:
+    with replaying, _names_per_host() as names:
         for deploy in deploys:
             config.lock_current_state()
             try:
@@ -167,19 +173,25 @@ def plan(
         order = state.get_op_order()
         for host in hosts:
             operations = []
-            for op_hash in order:
-                op_data = state.ops[host].get(op_hash)
-                if op_data is None:
-                    continue
-                with ctx_state.use(state), ctx_host.use(host):
-                    commands = [_shown(command) for command in op_data.command_generator()]
-                operations.append(
-                    PlannedOperation(
-                        name=", ".join(sorted(state.op_meta[op_hash].names)),
-                        changes=bool(commands),
-                        commands=commands,
+            with ctx_state.use(state), ctx_host.use(host):
+                for op_hash in order:
+                    op_data = state.ops[host].get(op_hash)
+                    if op_data is None:
+                        continue
+                    generated = []
+                    if _conditions_hold(op_data.global_arguments.get("_if")):
+                        generated = list(op_data.command_generator())
+                    # Completed as a run would complete it, so that later operations'
+                    # ``_if`` (did_change of this one) read as they would in that run.
+                    op_data.operation_meta.set_complete(True, generated, CommandOutput([]))
+                    operations.append(
+                        PlannedOperation(
+                            name=", ".join(sorted(names[host.name, op_hash])),
+                            changes=bool(generated),
+                            commands=[_shown(command) for command in generated],
+                            uploads=dict(_uploaded(c) for c in generated if _uploads(c)),
+                        )
                     )
-                )
             planned[host.name] = operations
     return planned
 
@@ -272,6 +284,38 @@ def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -
     return path
 
 
+def _conditions_hold(conditions: Any) -> bool:
+    """An operation's ``_if``, as a run evaluates it."""
+    if conditions is None:
+        return True
+    if isinstance(conditions, list):
+        return all(condition() for condition in conditions)
+    return bool(conditions())
+
+
+@contextmanager
+def _names_per_host() -> Iterator[dict[tuple[str, str], set[str]]]:
+    """pyinfra keeps one set of names per operation for all hosts; when hosts of different
+    kinds take different branches, each host's own name is recorded here."""
+    from importlib import import_module
+
+    from pyinfra.context import ctx_host
+
+    operation = import_module("pyinfra.api.operation")  # the package exports a same-named function
+    real = operation.ensure_shared_op_meta
+    names: dict[tuple[str, str], set[str]] = {}
+
+    def recording(state, op_hash, op_order, global_arguments, op_names):
+        names[ctx_host.get().name, op_hash] = set(op_names)
+        return real(state, op_hash, op_order, global_arguments, op_names)
+
+    operation.ensure_shared_op_meta = recording
+    try:
+        yield names
+    finally:
+        operation.ensure_shared_op_meta = real
+
+
 def _pci_id(entry: Any) -> str:
     return entry.pci_device_ids[0] if entry is not None and entry.pci_device_ids else ""
 
@@ -284,6 +328,22 @@ def _jsonable(value: Any) -> Any:
 
 def _shown(command: Any) -> str:
     """A command as a dry run prints it: masked where it carries a secret."""
+    if _uploads(command):
+        return f"upload {command.dest}"
     if hasattr(command, "get_masked_value"):
         return str(command.get_masked_value())
     return repr(command)
+
+
+def _uploads(command: Any) -> bool:
+    from pyinfra.api.command import FileUploadCommand
+
+    return isinstance(command, FileUploadCommand)
+
+
+def _uploaded(command: Any) -> tuple[str, str]:
+    source = command.src
+    content = source.getvalue() if hasattr(source, "getvalue") else Path(source).read_bytes()
+    if isinstance(content, bytes):
+        content = content.decode(errors="replace")
+    return command.dest, content

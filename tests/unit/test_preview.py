@@ -1,0 +1,193 @@
+"""Operation tests: every deploy planned on homelab.py's hosts from fact profiles (fresh
+Debian 12 amd64/arm64 recorded on lab hosts; Raspberry Pi OS, a GPU node and macOS derived or
+written from real outputs). No host is contacted: the profiles answer every fact."""
+
+from __future__ import annotations
+
+import hashlib
+import plistlib
+import re
+from typing import Any
+
+import pytest
+
+from gpufleet.paths import DEPLOYS
+from gpufleet.preview import FactProfile, MissingFact, PlannedOperation, plan, profiles_for
+
+HOMELAB = "inventory/homelab.py"
+EVERY_DEPLOY = ["deploys/common.py", *DEPLOYS]
+
+
+def planned(
+    inventory: str, deploys: list[str], limit: list[str] | None = None, **overrides: Any
+) -> dict[str, list[PlannedOperation]]:
+    """Plan from each host's profile; ``overrides`` maps a fact name to a function of the
+    arguments JSON that returns the value, or raises KeyError to fall back to the profile."""
+    profiles = profiles_for(inventory, limit)
+
+    def answer(host: str, fact: str, arguments: str) -> Any:
+        if fact in overrides:
+            try:
+                return overrides[fact](arguments)
+            except KeyError:
+                pass
+        return profiles[host].answer(fact, arguments)
+
+    return plan(inventory, deploys, answer, limit)
+
+
+def commands(operations: list[PlannedOperation]) -> list[str]:
+    return [command for operation in operations for command in operation.commands]
+
+
+@pytest.fixture(scope="module")
+def homelab() -> dict[str, list[PlannedOperation]]:
+    return planned(HOMELAB, EVERY_DEPLOY)
+
+
+def test_every_homelab_host_plans_every_deploy_from_the_facts_of_a_fresh_host(homelab):
+    from gpufleet.inventory import validate_file
+
+    assert set(homelab) == set(validate_file(HOMELAB))
+    for host, operations in homelab.items():
+        assert any(operation.changes for operation in operations), host
+
+
+def uploads(operations: list[PlannedOperation]) -> dict[str, str]:
+    return {dest: content for o in operations for dest, content in o.uploads.items()}
+
+
+def test_gpu_nodes_get_their_pinned_drivers_and_cpu_nodes_get_none(homelab):
+    akshat = commands(homelab["akshat-pc"])
+    # Blackwell on Debian 12: NVIDIA's CUDA repository, its 575 branch, held at the version.
+    assert any("cuda-keyring" in c for c in akshat)
+    assert any("install" in c and "cuda-drivers-575" in c for c in akshat)
+    hold = uploads(homelab["akshat-pc"])["/etc/apt/preferences.d/gpufleet-nvidia-driver"]
+    assert "575.64.05" in hold
+    old = uploads(homelab["old-office-pc"])["/etc/apt/preferences.d/gpufleet-nvidia-driver"]
+    assert "535.261.03" in old
+    assert not any("cuda-keyring" in c for c in commands(homelab["old-office-pc"]))
+    assert "nvidia" not in " ".join(commands(homelab["gtr9-pro"]))
+
+
+def test_the_pi_fleet_is_planned_for_arm64_from_debians_packages(homelab):
+    pi = commands(homelab["pi5-01"])
+    assert any("prometheus-node-exporter" in c and "apt-get" in c for c in pi), pi
+    for host in ("pi5-01", "pi5l"):
+        assert not any("amd64" in c or "x86_64" in c for c in commands(homelab[host])), host
+
+
+def test_pi5l_runs_the_orchestrator_stack_with_its_data_layer(homelab):
+    names = [operation.name for operation in homelab["pi5l"]]
+    for expected in (
+        "LiteLLM database (PostgreSQL) | Role litellm",
+        "LiteLLM database (PostgreSQL) | Set litellm's password",
+        "Router state (Redis) | Redis",
+        "LiteLLM router | Run litellm",
+        "Gateway | Run nginx",
+    ):
+        assert any(expected in name for name in names), expected
+    # The password reaches psql from a file, never on a command line.
+    (set_password,) = [o for o in homelab["pi5l"] if "Set litellm's password" in o.name]
+    assert set_password.commands == [
+        "psql -v ON_ERROR_STOP=1 -q -f /etc/postgresql/gpufleet/set-litellm-password.sql"
+    ]
+    sql = next(o for o in homelab["pi5l"] if o.name.endswith("SQL that sets it"))
+    (content,) = sql.uploads.values()
+    assert "\\set password `cat /etc/postgresql/gpufleet/litellm.password`" in content
+
+
+def test_the_mac_gets_launchd_daemons_not_apt_or_systemd(homelab):
+    mac = homelab["mac-mini-m4-pro"]
+    everything = " ".join(commands(mac))
+    assert "apt" not in everything and "systemctl" not in everything
+    assert "brew install node_exporter" in everything and "brew install ollama" in everything
+    for label in ("com.gpufleet.ollama", "com.gpufleet.node-exporter"):
+        (load,) = [o for o in mac if o.name.endswith(f"Load {label} (plist checked first)")]
+        lint, _, bootstrap = load.commands
+        assert lint == f"plutil -lint /Library/LaunchDaemons/{label}.plist"
+        assert bootstrap == f"launchctl bootstrap system /Library/LaunchDaemons/{label}.plist"
+    pulls = [c for c in commands(mac) if c.startswith("ollama pull")]
+    assert pulls == [
+        "ollama pull qwen2.5:14b",
+        "ollama pull llama3.2:3b",
+        "ollama pull phi3.5:3.8b",
+        "ollama pull nomic-embed-text",
+    ]
+
+
+def plists(operations: list[PlannedOperation]) -> dict[str, dict[str, Any]]:
+    return {
+        dest: plistlib.loads(content.encode())
+        for operation in operations
+        for dest, content in operation.uploads.items()
+        if dest.endswith(".plist")
+    }
+
+
+def test_the_macs_ollama_settings_live_in_its_launchd_plist(homelab):
+    daemons = plists(homelab["mac-mini-m4-pro"])
+    ollama = daemons["/Library/LaunchDaemons/com.gpufleet.ollama.plist"]
+    assert ollama["ProgramArguments"] == ["/opt/homebrew/bin/ollama", "serve"]
+    assert ollama["UserName"] == "admin"  # the account the profile logs in as
+    assert ollama["EnvironmentVariables"]["OLLAMA_HOST"] == "0.0.0.0:11434"
+    assert ollama["EnvironmentVariables"]["HOME"] == "/Users/admin"
+    assert ollama["RunAtLoad"] is True and ollama["KeepAlive"] is True
+    exporter = daemons["/Library/LaunchDaemons/com.gpufleet.node-exporter.plist"]
+    assert exporter["ProgramArguments"][1] == "--web.listen-address=0.0.0.0:9100"
+
+
+def test_a_converged_mac_plans_no_change(homelab):
+    mac = ["mac-mini-m4-pro"]
+    written = {
+        dest: content for o in homelab["mac-mini-m4-pro"] for dest, content in o.uploads.items()
+    }
+
+    def present(arguments: str) -> dict[str, Any]:
+        path = re.search(r'"path": "([^"]+)"', arguments).group(1)  # type: ignore[union-attr]
+        if path in written:
+            return {"user": "root", "group": "wheel", "mode": 644, "size": len(written[path])}
+        raise KeyError(path)
+
+    def sha1(arguments: str) -> str:
+        path = re.search(r'"path": "([^"]+)"', arguments).group(1)  # type: ignore[union-attr]
+        return hashlib.sha1(written[path].encode()).hexdigest()
+
+    models = {"qwen2.5:14b", "llama3.2:3b", "phi3.5:3.8b", "nomic-embed-text:latest"}
+    aliases = {
+        f"{a}:latest" for a in ("M-LOC-FRE-qwen2.5-14b-metal", "S-LOC-FRE-llama3.2-3b-metal")
+    }
+    aliases |= {"S-LOC-FRE-phi3.5-metal:latest", "S-LOC-FRE-nomic-embed-text:latest"}
+    again = planned(
+        HOMELAB,
+        ["deploys/common.py", "deploys/inference.py"],
+        mac,
+        **{
+            "pyinfra.facts.files.File": present,
+            "pyinfra.facts.files.Sha1File": sha1,
+            "pyinfra.facts.brew.BrewPackages": lambda _: {
+                "ollama": {"0.12.10"},
+                "node_exporter": {"1.9.1"},
+            },
+            "pyinfra.facts.launchd.LaunchdStatus": lambda _: {
+                "com.gpufleet.ollama": True,
+                "com.gpufleet.node-exporter": True,
+            },
+            "gpufleet.facts.ollama.OllamaModels": lambda _: models | aliases,
+        },
+    )
+    changing = [o.name for o in again["mac-mini-m4-pro"] if o.changes]
+    assert changing == []
+
+
+def test_a_fact_the_profile_cannot_answer_is_an_error_naming_it():
+    profile = FactProfile("empty", {})
+    with pytest.raises(MissingFact, match=r"'empty' has no value for fact pyinfra.facts.x.Y"):
+        profile.answer("pyinfra.facts.x.Y", "{}")
+    profile = FactProfile.load("nvidia-fresh")
+    kernels = profile.answer("gpufleet.facts.system.Kernels", "{}")
+    assert kernels == {
+        "running": "6.1.0-28-amd64",
+        "installed": ["6.1.0-28-amd64"],
+        "with_headers": [],
+    }  # parsed from its recorded output by the fact's own parser
