@@ -301,7 +301,8 @@ def _names_per_host() -> Iterator[dict[tuple[str, str], set[str]]]:
 
     from pyinfra.context import ctx_host
 
-    operation = import_module("pyinfra.api.operation")  # the package exports a same-named function
+    # The package exports a function of the same name as the module.
+    operation: Any = import_module("pyinfra.api.operation")
     real = operation.ensure_shared_op_meta
     names: dict[tuple[str, str], set[str]] = {}
 
