@@ -256,6 +256,8 @@ orchestrator = [
             "arch": "aarch64",
             "hardware": _PI5,
             "gateway": {"clients": {"laptop": "vault:kv/gpufleet/gateway#laptop"}},
+            # The router's API on the tailnet too, with Tailscale's certificate.
+            "tailscale": {"enabled": True, "serve_router": True},
             "litellm": {
                 # Seed 004's redundancy map across different quantizations; same-alias
                 # backups come from the placements' priorities.
@@ -287,6 +289,11 @@ infra = [
     )
     for n in range(1, 12)
 ]
+
+# Every machine is on the tailnet (seed 004: everything is reached over Tailscale); the
+# auth key is one you make in Tailscale's admin console and store in Vault yourself.
+for _name, _data in [*gpu_nodes, *cpu_nodes, *orchestrator, *infra]:
+    _data.setdefault("tailscale", {"enabled": True})
 
 gateway = ["pi5l"]
 router = ["pi5l"]

@@ -203,6 +203,29 @@ class DockerEngine(Spec):
     here are kept as the user wrote them."""
 
 
+class TailscaleNode(Spec):
+    """Tailscale on a host: ``{"enabled": True}``; the auth key comes from Vault."""
+
+    enabled: bool = False
+    """Install Tailscale and join the tailnet."""
+    repo_url: str = Field("https://pkgs.tailscale.com/stable/debian", pattern=r"^https?://\S+$")
+    """Tailscale's apt repository (``/<codename>.noarmor.gpg`` is its key); a local mirror
+    for offline hosts."""
+    auth_key: str = Field(
+        "vault:kv/gpufleet/tailscale#auth_key",
+        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+    )
+    """Reference of the auth key (made in Tailscale's admin console, stored in Vault by
+    you); read only when the node is not logged in."""
+    hostname: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    """Name on the tailnet; None: the first label of ``tailscale_name``, else the host's
+    inventory name."""
+    tags: tuple[str, ...] = ()
+    """ACL tags the node advertises, e.g. ``("tag:ai",)``."""
+    serve_router: bool = False
+    """On a router host: ``tailscale serve`` the LiteLLM API over HTTPS on the tailnet."""
+
+
 class ContainerToolkit(Spec):
     """NVIDIA Container Toolkit: lets Docker hand GPUs to containers (``--gpus all``)."""
 
@@ -602,6 +625,8 @@ class HostSpec(Spec):
     """Docker engine on GPU nodes (see below)."""
     container_toolkit: ContainerToolkit = ContainerToolkit()
     """NVIDIA Container Toolkit (see below)."""
+    tailscale: TailscaleNode = TailscaleNode()
+    """Tailscale on the host (see below)."""
     proxmox: ProxmoxHost | None = None
     """GPU passthrough to LXC containers, for hosts in proxmox_hosts (see below)."""
     lxc_guest: LxcGuest | None = None

@@ -331,6 +331,8 @@ def _shown(command: Any) -> str:
     """A command as a dry run prints it: masked where it carries a secret."""
     if _uploads(command):
         return f"upload {command.dest}"
+    if hasattr(command, "function"):
+        return f"at run time: {command.function.__name__}()"
     if hasattr(command, "get_masked_value"):
         return str(command.get_masked_value())
     return repr(command)

@@ -31,6 +31,7 @@ from gpufleet.models import (
     RouterDatabase,
     RouterRedis,
     ServiceClaim,
+    TailscaleNode,
     VaultServer,
 )
 
@@ -45,6 +46,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`nvidia_driver` (`NvidiaDriver`)", NvidiaDriver),
     ("`docker` (`DockerEngine`)", DockerEngine),
     ("`container_toolkit` (`ContainerToolkit`)", ContainerToolkit),
+    ("`tailscale` (`TailscaleNode`)", TailscaleNode),
     ("`proxmox` (`ProxmoxHost`)", ProxmoxHost),
     ("`proxmox.lxc[]` (`LxcGpuPassthrough`)", LxcGpuPassthrough),
     ("`lxc_guest` (`LxcGuest`)", LxcGuest),

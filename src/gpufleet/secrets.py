@@ -54,6 +54,9 @@ def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
             if config.database_url is not None:
                 reference = config.database_url.password
                 uses.append(SecretUse(spec.name, "DATABASE_URL", reference, "litellm", True))
+        if spec.tailscale.enabled and spec.os != "macos":
+            reference = spec.tailscale.auth_key
+            uses.append(SecretUse(spec.name, "tailscale.auth_key", reference, "tailscale", False))
         if "router" in spec.groups and spec.litellm.database.enabled:
             reference = spec.litellm.database.password
             uses.append(

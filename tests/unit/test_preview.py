@@ -7,14 +7,17 @@ from __future__ import annotations
 import hashlib
 import plistlib
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gpufleet.facts.tailscale import parse_status, served_proxies
 from gpufleet.paths import DEPLOYS
 from gpufleet.preview import FactProfile, MissingFact, PlannedOperation, plan, profiles_for
 
 HOMELAB = "inventory/homelab.py"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 EVERY_DEPLOY = ["deploys/common.py", *DEPLOYS]
 
 
@@ -191,3 +194,71 @@ def test_a_fact_the_profile_cannot_answer_is_an_error_naming_it():
         "installed": ["6.1.0-28-amd64"],
         "with_headers": [],
     }  # parsed from its recorded output by the fact's own parser
+
+
+def test_hosts_join_the_tailnet_from_tailscales_signed_repository_with_a_key_file(homelab):
+    pi5l = homelab["pi5l"]
+    keyring = "/usr/share/keyrings/tailscale-archive-keyring.gpg"
+    (key,) = [o for o in pi5l if o.name == "Tailscale | Tailscale's apt signing key"]
+    fetch = " ".join(key.commands)
+    assert "https://pkgs.tailscale.com/stable/debian/bookworm.noarmor.gpg" in fetch
+    assert f" {keyring}" in fetch
+    sources = uploads(pi5l)["/etc/apt/sources.list.d/tailscale.sources"]
+    assert f"Signed-By: {keyring}" in sources and "Suites: bookworm" in sources
+    (join,) = [o for o in pi5l if o.name == "Tailscale | Join the tailnet as pi5l"]
+    assert join.commands == [
+        "tailscale up --auth-key=file:/run/gpufleet-tailscale.authkey --hostname=pi5l; "
+        "joined=$?; rm -f /run/gpufleet-tailscale.authkey; exit $joined"
+    ]
+    # The key is written by a function at run time: no plan holds it, no file keeps it.
+    (auth,) = [o for o in pi5l if o.name.startswith("Tailscale | Auth key")]
+    assert auth.commands == ["at run time: _install()"] and auth.uploads == {}
+    assert "tailscale serve --bg --https=443 http://127.0.0.1:4000" in commands(pi5l)
+    assert not any("tailscale serve" in c for c in commands(homelab["pi5-01"]))
+    assert any("--hostname=akshat-pc" in c for c in commands(homelab["akshat-pc"]))
+    # The Mac runs Tailscale's app: nothing is installed there.
+    assert not any("tailscale" in c for c in commands(homelab["mac-mini-m4-pro"]))
+
+
+def test_a_logged_in_node_is_not_logged_in_again(homelab):
+    running = parse_status(
+        (FIXTURES / "tailscale" / "status-running.json").read_text().splitlines()
+    )
+    served = served_proxies((FIXTURES / "tailscale" / "serve-status.json").read_text().splitlines())
+    again = planned(
+        HOMELAB,
+        ["deploys/common.py"],
+        ["pi5l"],
+        **{
+            "gpufleet.facts.tailscale.TailscaleStatus": lambda _: running,
+            "gpufleet.facts.tailscale.TailscaleServe": lambda _: served,
+        },
+    )
+    names = [o.name for o in again["pi5l"] if o.changes]
+    assert not [n for n in names if "Join the tailnet" in n or "Auth key" in n or "Serve" in n]
+    renamed = planned(
+        HOMELAB,
+        ["deploys/common.py"],
+        ["pi5l"],
+        **{
+            "gpufleet.facts.tailscale.TailscaleStatus": lambda _: {**running, "hostname": "pi"},
+            "gpufleet.facts.tailscale.TailscaleServe": lambda _: served,
+        },
+    )
+    assert "tailscale set --hostname=pi5l" in commands(renamed["pi5l"])
+    assert not any("tailscale up" in c for c in commands(renamed["pi5l"]))
+
+
+def test_tailscale_facts_parse_what_tailscale_prints():
+    status = parse_status((FIXTURES / "tailscale" / "status-running.json").read_text().splitlines())
+    assert status == {
+        "backend_state": "Running",
+        "hostname": "pi5l",
+        "dns_name": "pi5l.tailf49db2.ts.net",
+        "addresses": ["100.77.119.64", "fd7a:115c:a1e0::3a01:7740"],
+        "tags": ["tag:ai"],
+    }
+    assert parse_status([]) is None  # tailscaled not answering
+    served = served_proxies((FIXTURES / "tailscale" / "serve-status.json").read_text().splitlines())
+    assert served == {"443/ -> http://127.0.0.1:4000"}
+    assert served_proxies(["No serve config"]) == set()
