@@ -1,5 +1,6 @@
 """Monitoring: Prometheus (with the blackbox exporter) on the ``monitoring`` group scraping
-every exporter and server the inventory implies, and NVIDIA's DCGM exporter on GPU nodes.
+every exporter and server the inventory implies (with Grafana and gpufleet's dashboards where
+``grafana.enabled``), and NVIDIA's DCGM exporter on GPU nodes.
 
 pyinfra inventory/lab.py deploys/monitoring.py
 Targets are regenerated from the inventory on every run: a new host needs no edit.
@@ -9,6 +10,7 @@ from pyinfra import host
 
 from gpufleet.inventory import fleet_specs, host_spec
 from gpufleet.roles.baseline import baseline
+from gpufleet.roles.grafana import grafana
 from gpufleet.roles.monitoring import dcgm_exporter, prometheus
 
 spec = host_spec()
@@ -18,5 +20,7 @@ if "gpu_nodes" in spec.groups:
 if "monitoring" in spec.groups:
     baseline(spec)
     prometheus(spec, fleet_specs())
+    if spec.grafana.enabled:
+        grafana(spec, fleet_specs())
 if not {"gpu_nodes", "monitoring"} & set(spec.groups):
     host.noop(f"{spec.name} has no GPU and is not in the monitoring group")

@@ -256,6 +256,7 @@ orchestrator = [
             "arch": "aarch64",
             "hardware": _PI5,
             "gateway": {"clients": {"laptop": "vault:kv/gpufleet/gateway#laptop"}},
+            "grafana": {"enabled": True},
             # The router's API on the tailnet too, with Tailscale's certificate.
             "tailscale": {"enabled": True, "serve_router": True},
             "litellm": {

@@ -202,6 +202,8 @@ def _ports(spec: HostSpec) -> Iterator[Problem]:
             holders += [(spec.litellm.redis.port, "litellm.redis.port")]
         if spec.litellm.database.enabled:
             holders += [(spec.litellm.database.port, "litellm.database.port")]
+    if "monitoring" in spec.groups and spec.grafana.enabled:
+        holders += [(spec.grafana.port, "grafana.port")]
     if "gateway" in spec.groups:
         holders += [
             (spec.gateway.https_port, "gateway.https_port"),

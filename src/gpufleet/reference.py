@@ -19,6 +19,7 @@ from gpufleet.models import (
     DcgmExporter,
     DockerEngine,
     GatewayServer,
+    GrafanaServer,
     Hardware,
     HostSpec,
     LiteLLMRouter,
@@ -57,6 +58,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`litellm.database` (`RouterDatabase`)", RouterDatabase),
     ("`gateway` (`GatewayServer`)", GatewayServer),
     ("`prometheus` (`PrometheusServer`)", PrometheusServer),
+    ("`grafana` (`GrafanaServer`)", GrafanaServer),
     ("`dcgm_exporter` (`DcgmExporter`)", DcgmExporter),
 )
 SET_BY_GPUFLEET = {"name", "groups"}

@@ -54,6 +54,9 @@ def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
             if config.database_url is not None:
                 reference = config.database_url.password
                 uses.append(SecretUse(spec.name, "DATABASE_URL", reference, "litellm", True))
+        if "monitoring" in spec.groups and spec.grafana.enabled:
+            reference = spec.grafana.admin_password
+            uses.append(SecretUse(spec.name, "grafana.admin_password", reference, "grafana", True))
         if spec.tailscale.enabled and spec.os != "macos":
             reference = spec.tailscale.auth_key
             uses.append(SecretUse(spec.name, "tailscale.auth_key", reference, "tailscale", False))

@@ -262,3 +262,50 @@ def test_tailscale_facts_parse_what_tailscale_prints():
     served = served_proxies((FIXTURES / "tailscale" / "serve-status.json").read_text().splitlines())
     assert served == {"443/ -> http://127.0.0.1:4000"}
     assert served_proxies(["No serve config"]) == set()
+
+
+def test_pi5l_gets_grafana_with_its_datasource_and_the_four_dashboards(homelab):
+    import json
+
+    import yaml
+
+    from gpufleet.dashboards import DATASOURCE_UID
+
+    pi5l = homelab["pi5l"]
+    (key,) = [o for o in pi5l if o.name == "Grafana | Grafana's apt signing key"]
+    assert "https://apt.grafana.com/gpg.key" in " ".join(key.commands)
+    written = uploads(pi5l)
+    assert (
+        "Signed-By: /etc/apt/keyrings/grafana.asc"
+        in written["/etc/apt/sources.list.d/grafana.sources"]
+    )
+    source = yaml.safe_load(written["/etc/grafana/provisioning/datasources/gpufleet.yaml"])
+    (prometheus,) = source["datasources"]
+    assert prometheus["url"] == "http://127.0.0.1:9090" and prometheus["uid"] == DATASOURCE_UID
+    provider = yaml.safe_load(written["/etc/grafana/provisioning/dashboards/gpufleet.yaml"])
+    folder = provider["providers"][0]["options"]["path"]
+    boards = {
+        dest: json.loads(content)
+        for dest, content in written.items()
+        if dest.startswith(folder) and dest.endswith(".json")
+    }
+    assert sorted(b["title"] for b in boards.values()) == [
+        "gpufleet / GPUs",
+        "gpufleet / Hosts",
+        "gpufleet / Inference",
+        "gpufleet / Router",
+    ]
+    for board in boards.values():
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == DATASOURCE_UID
+            assert panel["targets"][0]["expr"]
+    # The admin password is written by a function at run time, from Vault.
+    (secret,) = [
+        o for o in pi5l if o.name == "Grafana | Grafana admin password (from the secret store)"
+    ]
+    assert secret.commands == ["at run time: _install()"]
+    drop_in = written["/etc/systemd/system/grafana-server.service.d/gpufleet.conf"]
+    assert "EnvironmentFile=/etc/grafana/gpufleet.env" in drop_in
+    assert "GF_SERVER_HTTP_PORT=3000" in drop_in
+    # Only the monitoring host gets Grafana.
+    assert not any("grafana" in c for c in commands(homelab["pi5-01"]))
