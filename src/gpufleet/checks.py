@@ -84,6 +84,7 @@ def check_host(
     return [
         *_groups(spec, extra_groups),
         *_accelerators(spec, catalogue),
+        *_platform(spec),
         *_ports(spec),
         *_gpu_requests(spec),
         *_engines(spec),
@@ -179,6 +180,30 @@ def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
                 f"{entry.name} ships with {sizes} GB, not {accelerator.vram_gb:g} GB; "
                 "fix the figure or leave vram_gb out to take it from the catalogue",
             )
+
+
+def _platform(spec: HostSpec) -> Iterator[Problem]:
+    """Accelerators and groups that only make sense on one operating system."""
+    jetson = any(a.kind == "jetson" for a in spec.hardware.accelerators)
+    if jetson and spec.os != "jetson-l4t":
+        yield Problem(
+            spec.name,
+            "os",
+            f"a Jetson module runs Jetson Linux, not {spec.os}; write os: 'jetson-l4t'",
+        )
+    if spec.os == "jetson-l4t" and "gpu_nodes" in spec.groups:
+        yield Problem(
+            spec.name,
+            "groups",
+            "a Jetson's GPU driver is part of Jetson Linux: put it in edge, not gpu_nodes "
+            "(whose driver steps are for discrete cards)",
+        )
+    if spec.os == "macos" and {"gpu_nodes", "proxmox_hosts"} & set(spec.groups):
+        yield Problem(
+            spec.name,
+            "groups",
+            "a Mac serves models with Metal: put it in cpu_nodes, not gpu_nodes or proxmox_hosts",
+        )
 
 
 def _ports(spec: HostSpec) -> Iterator[Problem]:

@@ -6,6 +6,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 TEMPLATES = REPOSITORY / "templates"
 DEPLOYS = (
     "deploys/gpu_node.py",
+    "deploys/edge.py",
     "deploys/proxmox_host.py",
     "deploys/inference.py",
     "deploys/vault.py",

@@ -12,6 +12,7 @@ import requests
 from .conftest import LAB_INVENTORY, SPECS, pyinfra, ssh
 
 PROMETHEUS = "http://10.200.0.12:9090/api/v1"
+GPU = "10.200.0.11"
 CANNOT_RUN_HERE = {("dcgm", "lab-pve-1"), ("dcgm", "lab-lxc-1"), ("vllm", "lab-pve-1")}
 """Targets the inventory implies that the lab cannot serve: no GPU, no vLLM binary."""
 
@@ -110,6 +111,31 @@ def test_every_grafana_panel_query_is_valid_promql_on_the_real_prometheus(scrape
             break
         time.sleep(5)
     assert not empty, f"panels without data on the lab: {empty}"
+
+
+def test_tegrastats_metrics_reach_prometheus_through_the_real_node_exporter(scraped):
+    # No Jetson here: a recorded Orin Nano tegrastats line, turned into the exporter's file on
+    # lab-gpu-1, goes through the real node exporter's textfile collector to Prometheus.
+    from pathlib import Path
+
+    from gpufleet.tegrastats import exposition, parse_tegrastats
+
+    fixture = Path(__file__).parents[1] / "fixtures/jetson/tegrastats-orin-nano-jp6.txt"
+    line = fixture.read_text().splitlines()[0]
+    target = "/var/lib/prometheus/node-exporter/gpufleet_tegra.prom"
+    ssh(GPU, f"cat > {target}", stdin=exposition(parse_tegrastats(line)))
+    try:
+        metrics = requests.get(f"http://{GPU}:9100/metrics", timeout=10).text
+        assert 'gpufleet_tegra_power_watts{rail="VDD_IN"} 4.673' in metrics
+        assert "node_textfile_scrape_error 0" in metrics
+        deadline = time.monotonic() + 60
+        while not query('gpufleet_tegra_ram_used_bytes{host="lab-gpu-1"}'):
+            assert time.monotonic() < deadline, "Prometheus never scraped the Jetson metrics"
+            time.sleep(3)
+        panel = query("gpufleet_tegra_gpu_load_percent")
+        assert [r["metric"]["host"] for r in panel] == ["lab-gpu-1"]
+    finally:
+        ssh(GPU, f"rm -f {target}")
 
 
 def test_alert_rules_are_loaded_and_evaluated(scraped):

@@ -309,3 +309,37 @@ def test_pi5l_gets_grafana_with_its_datasource_and_the_four_dashboards(homelab):
     assert "GF_SERVER_HTTP_PORT=3000" in drop_in
     # Only the monitoring host gets Grafana.
     assert not any("grafana" in c for c in commands(homelab["pi5-01"]))
+
+
+EXAMPLE = "inventory/examples/proxmox_desktop.py"
+
+
+def test_the_jetson_gets_its_container_runtime_and_tegrastats_not_a_desktop_driver():
+    import json
+
+    plan_ = planned(EXAMPLE, ["deploys/common.py", "deploys/edge.py"], ["jetson-orin-nano"])
+    jetson = plan_["jetson-orin-nano"]
+    everything = " ".join(commands(jetson))
+    for desktop_step in ("cuda-keyring", "dkms", "nvidia-driver", "cuda-drivers", "nouveau"):
+        assert desktop_step not in everything
+    assert any("install" in c and "nvidia-container" in c for c in commands(jetson))
+    written = uploads(jetson)
+    daemon = json.loads(written["/etc/docker/daemon.json.gpufleet-new"])
+    assert daemon["default-runtime"] == "nvidia" and "nvidia" in daemon["runtimes"]
+    unit = written["/etc/systemd/system/gpufleet-tegrastats.service"]
+    assert (
+        "ExecStart=/usr/bin/python3 /usr/local/lib/gpufleet/tegrastats.py "
+        "--out /var/lib/prometheus/node-exporter/gpufleet_tegra.prom" in unit
+    )
+    node_exporter = written["/etc/default/prometheus-node-exporter"]
+    assert "--collector.textfile.directory=/var/lib/prometheus/node-exporter" in node_exporter
+
+
+def test_a_host_said_to_be_a_jetson_that_is_not_stops_before_any_change():
+    with pytest.raises(Exception, match=r"/etc/nv_tegra_release is missing: this is not Jetson"):
+        planned(
+            EXAMPLE,
+            ["deploys/edge.py"],
+            ["jetson-orin-nano"],
+            **{"gpufleet.facts.jetson.JetsonRelease": lambda _: None},
+        )

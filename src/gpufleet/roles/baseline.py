@@ -20,6 +20,8 @@ from gpufleet.paths import template
 from gpufleet.roles.macos import macos_baseline
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
+NODE_EXPORTER_TEXTFILES = "/var/lib/prometheus/node-exporter"
+"""Where the node exporter reads ``*.prom`` files other programs write."""
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
 _PLANNED: WeakKeyDictionary[object, set[str]] = WeakKeyDictionary()
 """Per pyinfra run, the hosts whose baseline is already planned."""
@@ -144,5 +146,6 @@ def baseline(spec: HostSpec) -> None:
         dest="/etc/default/prometheus-node-exporter",
         mode="644",
         listen=f"{spec.node_exporter_address}:{spec.node_exporter_port}",
+        textfile_directory=NODE_EXPORTER_TEXTFILES,
     )
     run_service("prometheus-node-exporter", exporter)
