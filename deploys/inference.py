@@ -1,5 +1,5 @@
 """Inference servers: the baseline, then the engines each host's model placements name
-(Ollama, llama.cpp, vLLM), each started, health-checked and warmed up; on macOS, Homebrew's
+(Ollama, llama.cpp, vLLM, Triton), each started, health-checked and warmed up; on macOS, Homebrew's
 Ollama under launchd.
 
 pyinfra inventory/homelab.py deploys/inference.py --limit gpu_nodes
@@ -13,6 +13,7 @@ from gpufleet.inventory import host_spec
 from gpufleet.roles.baseline import baseline
 from gpufleet.roles.inference import download_tools, llama_cpp, ollama, vllm
 from gpufleet.roles.macos import macos_ollama
+from gpufleet.roles.triton import triton
 
 spec = host_spec()
 
@@ -20,10 +21,11 @@ baseline(spec)
 
 if spec.models and spec.os == "macos":
     macos_ollama(spec)
-elif spec.models:
+elif spec.models or spec.triton.enabled:
     download_tools()
     ollama(spec)
     llama_cpp(spec)
     vllm(spec)
+    triton(spec)
 else:
     host.noop(f"{spec.name} serves no models")

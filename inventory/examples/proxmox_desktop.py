@@ -49,6 +49,22 @@ gpu_nodes = [
                 },
             ],
             "secrets": {"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"},
+            # Triton (the write-ups' Must-Have) beside vLLM: an ONNX embedding model in the
+            # GPU memory vLLM leaves; its ports moved off vLLM's 8000.
+            "triton": {
+                "enabled": True,
+                "http_port": 8010,
+                "grpc_port": 8011,
+                "metrics_port": 8012,
+                "models": [
+                    {
+                        "name": "bge-small-en-v1.5",
+                        "backend": "onnxruntime",
+                        "source": "/srv/models/bge-small-en-v1.5/model.onnx",
+                        "max_batch_size": 32,
+                    }
+                ],
+            },
         },
     ),
     (

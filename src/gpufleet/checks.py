@@ -198,6 +198,23 @@ def _platform(spec: HostSpec) -> Iterator[Problem]:
             "a Jetson's GPU driver is part of Jetson Linux: put it in edge, not gpu_nodes "
             "(whose driver steps are for discrete cards)",
         )
+    if spec.triton.enabled and (
+        "gpu_nodes" not in spec.groups or spec.hardware.nvidia_gpu_count == 0
+    ):
+        yield Problem(
+            spec.name,
+            "triton.enabled",
+            "Triton runs through the NVIDIA container runtime: enable it on a gpu_nodes host "
+            "with an NVIDIA GPU",
+        )
+    for i, model in enumerate(spec.triton.models if spec.triton.enabled else ()):
+        if model.source.startswith("http") and model.sha256 is None:
+            yield Problem(
+                spec.name,
+                f"triton.models[{i}].sha256",
+                f"{model.name} is downloaded from {model.source}; give its sha256 so the "
+                "download is verified",
+            )
     if spec.os == "macos" and {"gpu_nodes", "proxmox_hosts"} & set(spec.groups):
         yield Problem(
             spec.name,
@@ -229,6 +246,12 @@ def _ports(spec: HostSpec) -> Iterator[Problem]:
             holders += [(spec.litellm.database.port, "litellm.database.port")]
     if "monitoring" in spec.groups and spec.grafana.enabled:
         holders += [(spec.grafana.port, "grafana.port")]
+    if spec.triton.enabled:
+        holders += [
+            (spec.triton.http_port, "triton.http_port"),
+            (spec.triton.grpc_port, "triton.grpc_port"),
+            (spec.triton.metrics_port, "triton.metrics_port"),
+        ]
     if "gateway" in spec.groups:
         holders += [
             (spec.gateway.https_port, "gateway.https_port"),

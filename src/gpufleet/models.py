@@ -484,6 +484,47 @@ class PrometheusServer(Spec):
     """Port of the blackbox exporter that probes every HTTP endpoint."""
 
 
+class TritonModel(Spec):
+    """One model of Triton's repository: ``{"name": "bge-small", "backend": "onnxruntime",
+    "source": "/srv/models/bge-small.onnx"}``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Folder name in the repository; the name clients ask Triton for."""
+    backend: Literal["onnxruntime", "tensorrt", "pytorch", "python"]
+    """Triton backend that runs it (its file is ``model.onnx``, ``model.plan``, ``model.pt``
+    or ``model.py``)."""
+    source: str = Field(pattern=r"^(https?://|/)\S+$")
+    """The model file: a URL (downloaded, verified by ``sha256``) or a path on the host."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of a downloaded file; required for a URL."""
+    version: int = Field(1, ge=1)
+    """Version folder the file goes in."""
+    max_batch_size: int = Field(0, ge=0)
+    """Largest batch Triton forms (0: the model takes no batch dimension)."""
+    instances: int = Field(1, ge=1, le=16)
+    """Copies of the model on each GPU (``instance_group``)."""
+
+
+class TritonServer(Spec):
+    """NVIDIA Triton Inference Server on a GPU node, from NGC's container through the NVIDIA
+    runtime: ``{"enabled": True, "models": [...]}``."""
+
+    enabled: bool = False
+    """Run Triton on this host."""
+    image: str = "nvcr.io/nvidia/tritonserver:25.01-py3"
+    """Pinned NGC image; a local registry for offline hosts."""
+    repository: str = Field("/srv/triton/models", pattern=r"^/\S+$")
+    """Model repository on the host, mounted read-only at /models."""
+    http_port: Port = 8000
+    """HTTP/REST (KServe v2) port."""
+    grpc_port: Port = 8001
+    """gRPC port."""
+    metrics_port: Port = 8002
+    """Prometheus metrics port (``nv_inference_*``), scraped by the monitoring host."""
+    models: tuple[TritonModel, ...] = ()
+    """The repository's models."""
+
+
 class GrafanaServer(Spec):
     """Grafana beside Prometheus on a ``monitoring`` host: ``{"enabled": True}``."""
 
@@ -663,6 +704,8 @@ class HostSpec(Spec):
     """LiteLLM router settings (hosts of the ``router`` group)."""
     prometheus: PrometheusServer = PrometheusServer()
     """Prometheus settings (hosts of the ``monitoring`` group)."""
+    triton: TritonServer = TritonServer()
+    """Triton Inference Server (GPU nodes, see below)."""
     grafana: GrafanaServer = GrafanaServer()
     """Grafana settings (hosts of the ``monitoring`` group)."""
     dcgm_exporter: DcgmExporter = DcgmExporter()

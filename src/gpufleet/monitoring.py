@@ -13,7 +13,7 @@ from typing import Any
 from gpufleet.models import HostSpec
 from gpufleet.routing import service_address
 
-JOBS = ("node", "dcgm", "llamacpp", "vllm", "litellm", "nginx", "vault")
+JOBS = ("node", "dcgm", "llamacpp", "vllm", "triton", "litellm", "nginx", "vault")
 """Jobs Prometheus scrapes directly; ``blackbox`` probes are a job of their own."""
 
 
@@ -33,6 +33,8 @@ def scrape_jobs(specs: dict[str, HostSpec]) -> dict[str, list[dict[str, Any]]]:
             jobs["llamacpp"].append(_target(spec, spec.llamacpp_port))
         if "vllm" in engines:
             jobs["vllm"].append(_target(spec, spec.vllm_port))
+        if spec.triton.enabled:
+            jobs["triton"].append(_target(spec, spec.triton.metrics_port))
         if "router" in spec.groups:
             jobs["litellm"].append(_target(spec, spec.litellm.port))
         if "gateway" in spec.groups:
@@ -59,6 +61,8 @@ def probes(specs: dict[str, HostSpec]) -> list[dict[str, Any]]:
             probe(spec, "llama.cpp", f"http://{address}:{spec.llamacpp_port}/health")
         if "vllm" in engines:
             probe(spec, "vllm", f"http://{address}:{spec.vllm_port}/health")
+        if spec.triton.enabled:
+            probe(spec, "triton", f"http://{address}:{spec.triton.http_port}/v2/health/ready")
         if "router" in spec.groups:
             probe(spec, "litellm", f"http://{address}:{spec.litellm.port}/health/liveliness")
         if "gateway" in spec.groups:

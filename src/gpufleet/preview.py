@@ -162,7 +162,8 @@ def plan(
         replaying = facts_from(answer)
 
     planned: dict[str, list[PlannedOperation]] = {}
-    with replaying, _names_per_host() as names:
+    guard = _no_secret_store() if answer is not None else nullcontext()
+    with replaying, guard, _names_per_host() as names:
         for deploy in deploys:
             config.lock_current_state()
             try:
@@ -291,6 +292,25 @@ def _conditions_hold(conditions: Any) -> bool:
     if isinstance(conditions, list):
         return all(condition() for condition in conditions)
     return bool(conditions())
+
+
+@contextmanager
+def _no_secret_store() -> Iterator[None]:
+    """A preview contacts no host, the secret store included. A real run asks Vault while
+    planning (a config file holding a secret is compared by content); here every such
+    request fails as an unreachable Vault does, so those files plan as written by the run."""
+    from gpufleet.vault import VaultClient, VaultError
+
+    real = VaultClient.request
+
+    def refused(self: VaultClient, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        raise VaultError(f"{self.address}: not asked during a preview ({method} {path})")
+
+    VaultClient.request = refused  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        VaultClient.request = real  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -33,6 +33,8 @@ from gpufleet.models import (
     RouterRedis,
     ServiceClaim,
     TailscaleNode,
+    TritonModel,
+    TritonServer,
     VaultServer,
 )
 
@@ -58,6 +60,8 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`litellm.database` (`RouterDatabase`)", RouterDatabase),
     ("`gateway` (`GatewayServer`)", GatewayServer),
     ("`prometheus` (`PrometheusServer`)", PrometheusServer),
+    ("`triton` (`TritonServer`)", TritonServer),
+    ("`triton.models[]` (`TritonModel`)", TritonModel),
     ("`grafana` (`GrafanaServer`)", GrafanaServer),
     ("`dcgm_exporter` (`DcgmExporter`)", DcgmExporter),
 )

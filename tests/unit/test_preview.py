@@ -343,3 +343,67 @@ def test_a_host_said_to_be_a_jetson_that_is_not_stops_before_any_change():
             ["jetson-orin-nano"],
             **{"gpufleet.facts.jetson.JetsonRelease": lambda _: None},
         )
+
+
+def test_triton_serves_a_repository_laid_out_from_the_inventory():
+    on_host = {
+        "/srv/models/bge-small-en-v1.5/model.onnx",
+        "/srv/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf",
+    }
+
+    def present(arguments: str) -> dict[str, Any]:
+        path = re.search(r'"path": "([^"]+)"', arguments).group(1)  # type: ignore[union-attr]
+        if path in on_host:
+            return {"user": "root", "group": "root", "mode": 644, "size": 1}
+        raise KeyError(path)
+
+    desktop = planned(
+        EXAMPLE,
+        ["deploys/inference.py"],
+        ["schlimers-server"],
+        **{"pyinfra.facts.files.File": present},
+    )["schlimers-server"]
+    written = uploads(desktop)
+    config = written["/srv/triton/models/bge-small-en-v1.5/config.pbtxt"]
+    assert 'name: "bge-small-en-v1.5"' in config and 'backend: "onnxruntime"' in config
+    assert "max_batch_size: 32" in config and "kind: KIND_GPU" in config
+    assert (
+        "cp -p /srv/models/bge-small-en-v1.5/model.onnx "
+        "/srv/triton/models/bge-small-en-v1.5/1/model.onnx" in commands(desktop)
+    )
+    unit = written["/etc/systemd/system/triton.service"]
+    assert "--runtime=nvidia --gpus all" in unit
+    assert "-p 8010:8000 -p 8011:8001 -p 8012:8002" in unit
+    assert "-v /srv/triton/models:/models:ro" in unit
+    (ready,) = [o for o in desktop if o.name.endswith("Triton is ready (every model loaded)")]
+    assert "http://127.0.0.1:8010" in ready.commands[0] and "/v2/health/ready" in ready.commands[0]
+
+
+def test_triton_metrics_are_scraped_and_its_readiness_probed():
+    from gpufleet.inventory import validate_file
+    from gpufleet.monitoring import probes, scrape_jobs
+
+    specs = validate_file(EXAMPLE)
+    assert [t["targets"] for t in scrape_jobs(specs)["triton"]] == [["schlimers-server:8012"]]
+    urls = [p["targets"][0] for p in probes(specs) if p["labels"]["service"] == "triton"]
+    assert urls == ["http://schlimers-server:8010/v2/health/ready"]
+
+
+def test_a_preview_opens_no_network_connection(monkeypatch):
+    # homelab.py's Vault is a real machine: not one request may be even started towards it.
+    import socket
+
+    import requests
+
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(args[1:] or kwargs)
+        raise OSError("a preview must not connect anywhere")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(requests, "request", refuse)
+    planned(HOMELAB, EVERY_DEPLOY)
+    planned(EXAMPLE, ["deploys/vault.py", "deploys/router.py", "deploys/gateway.py"])
+    assert attempts == []

@@ -8,7 +8,6 @@ answer. A converged host does none of the last steps again: they follow a (re)st
 
 from __future__ import annotations
 
-from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
@@ -24,7 +23,7 @@ from gpufleet.facts.gpu import detected_gpus, require_gpu
 from gpufleet.facts.ollama import OllamaModels, missing_models
 from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.operations import downloads, inference
+from gpufleet.operations import config, downloads, inference
 from gpufleet.paths import template
 from gpufleet.roles.baseline import run_service
 from gpufleet.secrets import read_secret
@@ -294,12 +293,12 @@ def vllm(spec: HostSpec) -> None:
     )
     placement = placements[0]
     has_vllm = bool(host.get_fact(File, path=f"{engines.VLLM_VENV}/bin/vllm"))
-    key = read_secret(spec.secrets["vllm_api_key"], fleet_vault(fleet_specs()))
-    env_file = files.put(
-        name="vLLM API key (0640, readable by the service user)",
-        src=StringIO(f"VLLM_API_KEY={key}\n"),
+    vault = fleet_vault(fleet_specs())
+    env_file = config.config_file(
+        name="vLLM API key (0640, readable by the service user; from the secret store)",
         dest=engines.VLLM_ENV_FILE,
-        user="root",
+        render=lambda: f"VLLM_API_KEY={read_secret(spec.secrets['vllm_api_key'], vault)}\n",
+        owner="root",
         group=spec.service_user,
         mode="640",
     )

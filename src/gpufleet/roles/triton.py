@@ -1,0 +1,130 @@
+"""NVIDIA Triton Inference Server on a GPU node: NGC's container through the NVIDIA runtime,
+serving a model repository laid out from the inventory.
+
+Runbook it replaces: ``docker run --gpus all -v $PWD/models:/models nvcr.io/...`` in a tmux,
+model folders and ``config.pbtxt`` written by hand. Here every model gets
+``<repository>/<name>/config.pbtxt`` and ``<name>/<version>/model.<ext>``, a download is
+verified by its checksum, and the server is a systemd unit that is restarted when the
+repository changes and must report ready (every model loaded) before the deploy goes on.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from gpufleet.models import HostSpec, TritonModel
+from gpufleet.operations import downloads, inference
+from gpufleet.paths import template
+from gpufleet.roles.baseline import run_service
+from gpufleet.roles.inference import warm_up_tool
+
+MODEL_FILES = {
+    "onnxruntime": "model.onnx",
+    "tensorrt": "model.plan",
+    "pytorch": "model.pt",
+    "python": "model.py",
+}
+"""The file name each backend loads from a version folder."""
+
+
+def model_file(repository: str, model: TritonModel) -> str:
+    return f"{repository}/{model.name}/{model.version}/{MODEL_FILES[model.backend]}"
+
+
+@deploy("Triton Inference Server")
+def triton(spec: HostSpec) -> None:
+    """
+    Converge Triton on a GPU node that enables it.
+
+    .. code:: python
+
+        triton(host_spec())
+    """
+    settings = spec.triton
+    if not settings.enabled:
+        host.noop("triton.enabled is false")
+        return
+
+    # 1. The repository: one folder per model, its config and its versioned file.
+    files.directory(name="Model repository", path=settings.repository, mode="755")
+    changed = []
+    for model in settings.models:
+        folder = f"{settings.repository}/{model.name}"
+        files.directory(
+            name=f"{model.name} version {model.version}",
+            path=f"{folder}/{model.version}",
+            mode="755",
+        )
+        changed.append(
+            files.template(
+                name=f"{model.name} config.pbtxt",
+                src=template("triton/config.pbtxt.j2"),
+                dest=f"{folder}/config.pbtxt",
+                mode="644",
+                name_=model.name,
+                backend=model.backend,
+                max_batch_size=model.max_batch_size,
+                instances=model.instances,
+                version=model.version,
+            )
+        )
+        destination = model_file(settings.repository, model)
+        if model.source.startswith("/"):
+            if not host.get_fact(File, path=model.source):
+                raise DeployError(
+                    f"{spec.name}: triton.models: {model.source} is not on the host; copy it "
+                    "there or give its URL and sha256 as the model's source"
+                )
+            if host.get_fact(File, path=destination):
+                host.noop(f"{destination} is in place (a new file goes in a new version)")
+            else:
+                changed.append(
+                    server.shell(
+                        name=f"{model.name} file from {model.source}",
+                        commands=[f"cp -p {model.source} {destination}"],
+                    )
+                )
+        else:
+            changed.append(
+                downloads.verified_download(
+                    name=f"Download {model.name}",
+                    src=model.source,
+                    dest=destination,
+                    sha256=model.sha256 or "",  # the inventory check requires it for a URL
+                )
+            )
+
+    # 2. The server; its image pulled once; restarted when the repository changed.
+    unit = files.template(
+        name="Triton unit",
+        src=template("triton/triton.service.j2"),
+        dest="/etc/systemd/system/triton.service",
+        mode="644",
+        image=settings.image,
+        repository=settings.repository,
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        metrics_port=settings.metrics_port,
+    )
+    server.shell(
+        name=f"Pull {settings.image}",
+        commands=[
+            f"docker image inspect {settings.image} >/dev/null 2>&1 || docker pull {settings.image}"
+        ],
+        _if=unit.did_change,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    started, restarted = run_service("triton", unit, *changed)
+    warm_up_tool()
+    inference.answering(
+        name="Triton is ready (every model loaded)",
+        base_url=f"http://127.0.0.1:{settings.http_port}",
+        health_path="/v2/health/ready",
+        timeout=600,
+        _if=any_changed(started, restarted),
+    )
