@@ -202,7 +202,7 @@ def _preview(args: argparse.Namespace) -> int:
             f"{host} ({profiles[host].name}): {len(operations)} operations, "
             f"{len(changing)} would change"
         )
-        for operation in operations if args.verbose else changing:
+        for operation in () if args.summary else operations if args.verbose else changing:
             print(f"  {'*' if operation.changes else ' '} {operation.name}")
             for command in operation.commands if args.verbose else ():
                 print(f"      {command}")
@@ -286,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     preview.add_argument("deploys", nargs="+")
     preview.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
     preview.add_argument("-v", "--verbose", action="store_true", help="every operation and command")
+    preview.add_argument("--summary", action="store_true", help="one line per host")
     preview.add_argument(
         "--record", metavar="PROFILE", help="ask one real host (--limit) and save its facts"
     )
