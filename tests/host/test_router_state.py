@@ -23,6 +23,14 @@ def vault_value(reference: str) -> str:
     return str(client_for(SPECS["lab-infra-1"]).kv_get(mount, path)[key])
 
 
+def assert_running_on_loopback_only(lab_host, service: str, port: int) -> None:
+    unit = lab_host.testinfra.service(service)
+    assert unit.is_running and unit.is_enabled
+    assert lab_host.testinfra.socket(f"tcp://127.0.0.1:{port}").is_listening
+    for address in ("0.0.0.0", INFRA):
+        assert not lab_host.testinfra.socket(f"tcp://{address}:{port}").is_listening
+
+
 @pytest.fixture(scope="module")
 def redis_password(lab_session) -> str:
     return vault_value(SPECS["lab-infra-1"].litellm.redis.password)
@@ -30,11 +38,7 @@ def redis_password(lab_session) -> str:
 
 @pytest.mark.hosts("lab-infra-1")
 def test_redis_runs_on_loopback_only_with_its_settings_readable_by_redis_only(lab_host):
-    service = lab_host.testinfra.service("redis-server")
-    assert service.is_running and service.is_enabled
-    assert lab_host.testinfra.socket("tcp://127.0.0.1:6379").is_listening
-    assert not lab_host.testinfra.socket("tcp://0.0.0.0:6379").is_listening
-    assert not lab_host.testinfra.socket("tcp://10.200.0.12:6379").is_listening
+    assert_running_on_loopback_only(lab_host, "redis-server", 6379)
     settings = lab_host.testinfra.file("/etc/redis/gpufleet.conf")
     assert (settings.mode, settings.user, settings.group) == (0o640, "root", "redis")
     main = lab_host.testinfra.file("/etc/redis/redis.conf").content_string.strip()
@@ -101,11 +105,7 @@ def database_password(lab_session) -> str:
 
 @pytest.mark.hosts("lab-infra-1")
 def test_postgres_listens_on_loopback_only(lab_host):
-    service = lab_host.testinfra.service("postgresql")
-    assert service.is_running and service.is_enabled
-    assert lab_host.testinfra.socket("tcp://127.0.0.1:5432").is_listening
-    assert not lab_host.testinfra.socket("tcp://0.0.0.0:5432").is_listening
-    assert not lab_host.testinfra.socket("tcp://10.200.0.12:5432").is_listening
+    assert_running_on_loopback_only(lab_host, "postgresql", 5432)
     password_file = lab_host.testinfra.file("/etc/postgresql/gpufleet/litellm.password")
     assert (password_file.mode, password_file.user, password_file.group) == (
         0o640,

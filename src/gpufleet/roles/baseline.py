@@ -37,6 +37,27 @@ def run_service(service: str, *restart_if: OperationMeta) -> tuple[OperationMeta
     return started, restarted
 
 
+def signed_apt_repository(
+    name: str, key_url: str, keyring: str, uri: str, suite: str, components: list[str]
+) -> OperationMeta:
+    """A third-party apt repository trusted for its own packages only: its key downloaded to
+    ``keyring``, a deb822 source naming it in ``Signed-By``, the lists refreshed when either
+    changed. Returns the refresh."""
+    key = files.download(name=f"{name}'s apt signing key", src=key_url, dest=keyring, mode="644")
+    sources = files.template(
+        name=f"{name}'s apt repository (signed-by its key)",
+        src=template("apt/repository.sources.j2"),
+        dest=f"/etc/apt/sources.list.d/{name.lower()}.sources",
+        mode="644",
+        repository=name,
+        uri=uri,
+        suite=suite,
+        components=components,
+        keyring=keyring,
+    )
+    return apt.update(name=f"Refresh apt lists for {name}", _if=any_changed(key, sources))
+
+
 def service_account(name: str, home: str) -> None:
     """A system user and group of the same name that cannot log in, for one service."""
     server.group(name=f"{name} group", group=name, system=True)

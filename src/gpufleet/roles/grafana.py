@@ -21,7 +21,7 @@ from gpufleet.dashboards import DATASOURCE_UID, dashboards
 from gpufleet.models import HostSpec
 from gpufleet.operations import config, inference
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_service
+from gpufleet.roles.baseline import run_service, signed_apt_repository
 from gpufleet.roles.inference import warm_up_tool
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
@@ -45,18 +45,14 @@ def grafana(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
 
     # 1. Grafana's repository, signed by its own key only.
     files.directory(name="apt keyrings folder", path="/etc/apt/keyrings", mode="755")
-    key = files.download(
-        name="Grafana's apt signing key", src=settings.key_url, dest=KEYRING, mode="644"
-    )
-    sources = files.template(
-        name="Grafana's apt repository (signed-by its key)",
-        src=template("grafana/grafana.sources.j2"),
-        dest="/etc/apt/sources.list.d/grafana.sources",
-        mode="644",
-        repo_url=settings.repo_url,
+    signed_apt_repository(
+        "Grafana",
+        key_url=settings.key_url,
         keyring=KEYRING,
+        uri=settings.repo_url,
+        suite="stable",
+        components=["main"],
     )
-    apt.update(name="Refresh apt lists for Grafana", _if=any_changed(key, sources))
     package = f"grafana={settings.version}" if settings.version else "grafana"
     apt.packages(name="Grafana", packages=[package], no_recommends=True)
 

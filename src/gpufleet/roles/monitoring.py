@@ -15,7 +15,7 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.gpu import detected_gpus
@@ -24,6 +24,7 @@ from gpufleet.monitoring import JOBS, probes, scrape_jobs
 from gpufleet.operations import config, inference
 from gpufleet.paths import TEMPLATES, render_template, template
 from gpufleet.roles.baseline import run_service
+from gpufleet.roles.container_runtime import pull_image
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, trust_fleet_ca
 from gpufleet.roles.inference import warm_up_tool
 
@@ -167,13 +168,7 @@ def dcgm_exporter(spec: HostSpec) -> None:
         image=exporter.image,
         port=exporter.port,
     )
-    server.shell(
-        name=f"Pull {exporter.image}",
-        commands=[
-            f"docker image inspect {exporter.image} >/dev/null 2>&1 || docker pull {exporter.image}"
-        ],
-        _if=unit.did_change,
-    )
+    pull_image(exporter.image, unit)
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     systemd.service(name="Run dcgm-exporter", service="dcgm-exporter", running=True, enabled=True)
     systemd.service(

@@ -12,14 +12,12 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, server
-from pyinfra.operations.util import any_changed
+from pyinfra.operations import apt, server
 
 from gpufleet.facts.tailscale import TailscaleServe, TailscaleStatus
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
-from gpufleet.paths import template
-from gpufleet.roles.baseline import run_service
+from gpufleet.roles.baseline import run_service, signed_apt_repository
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
@@ -58,22 +56,14 @@ def tailscale(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
 
     # 1. Tailscale's repository, signed by its own key only.
     codename = host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", "")
-    key = files.download(
-        name="Tailscale's apt signing key",
-        src=f"{settings.repo_url}/{codename}.noarmor.gpg",
-        dest=KEYRING,
-        mode="644",
-    )
-    sources = files.template(
-        name="Tailscale's apt repository (signed-by its key)",
-        src=template("tailscale/tailscale.sources.j2"),
-        dest="/etc/apt/sources.list.d/tailscale.sources",
-        mode="644",
-        repo_url=settings.repo_url,
-        suite=codename,
+    signed_apt_repository(
+        "Tailscale",
+        key_url=f"{settings.repo_url}/{codename}.noarmor.gpg",
         keyring=KEYRING,
+        uri=settings.repo_url,
+        suite=codename,
+        components=["main"],
     )
-    apt.update(name="Refresh apt lists for Tailscale", _if=any_changed(key, sources))
     apt.packages(name="Tailscale", packages=["tailscale"], no_recommends=True)
     run_service("tailscaled")
 

@@ -21,6 +21,7 @@ from gpufleet.models import HostSpec, TritonModel
 from gpufleet.operations import downloads, inference
 from gpufleet.paths import template
 from gpufleet.roles.baseline import run_service
+from gpufleet.roles.container_runtime import pull_image
 from gpufleet.roles.inference import warm_up_tool
 
 MODEL_FILES = {
@@ -111,13 +112,7 @@ def triton(spec: HostSpec) -> None:
         grpc_port=settings.grpc_port,
         metrics_port=settings.metrics_port,
     )
-    server.shell(
-        name=f"Pull {settings.image}",
-        commands=[
-            f"docker image inspect {settings.image} >/dev/null 2>&1 || docker pull {settings.image}"
-        ],
-        _if=unit.did_change,
-    )
+    pull_image(settings.image, unit)
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     started, restarted = run_service("triton", unit, *changed)
     warm_up_tool()
