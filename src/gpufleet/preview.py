@@ -4,10 +4,11 @@ contacting no host.
 A pyinfra dry run asks the real host for its facts. ``gpufleet preview`` answers the same
 questions from a *fact profile*: the facts a freshly installed host of one kind reports
 (Debian 12 amd64/arm64, Raspberry Pi OS, Jetson Linux, macOS). The profiles for Debian were
-recorded from real lab hosts (``gpufleet preview --record``); the others are those recordings
-with the facts that differ on that platform replaced, each replacement commented in the
-profile. Every operation of every deploy is planned exactly as a dry run plans it; only the
-fact values come from the profile.
+recorded from real lab hosts (``gpufleet preview --record``); Raspberry Pi OS, Jetson Linux and
+a fresh GPU node are those recordings with the facts that differ replaced, and macOS is
+written by hand; each profile's ``notes`` say so. Every operation of every deploy is planned
+by the same code as in a dry run; only the fact values come from the profile, and an
+operation's ``_if`` is read against the changes planned before it.
 
 .. code:: shell
 
@@ -59,7 +60,6 @@ class FactProfile:
 
     name: str
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    asked: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, name: str) -> FactProfile:
@@ -72,7 +72,6 @@ class FactProfile:
         return cls(name, merged)
 
     def answer(self, fact: str, arguments: str) -> Any:
-        self.asked.append((fact, arguments))
         values = self.facts.get(fact, {})
         for key in (arguments, "*"):
             if key in values:
@@ -198,7 +197,7 @@ def plan(
 
 
 def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, FactProfile]:
-    """Each host's profile, chosen by its ``os`` and ``arch`` (or ``preview_profile``)."""
+    """Each host's profile, chosen by its ``os`` and ``arch`` (see ``OS_PROFILES``)."""
     from gpufleet.inventory import validate_file
 
     chosen: dict[str, FactProfile] = {}
@@ -246,7 +245,7 @@ def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile
     facts["gpufleet.facts.gpu.NvidiaGpus"] = {
         "{}": {"pci": pci, "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
     }
-    return FactProfile(f"{profile.name}+{len(cards)}xNVIDIA", facts, profile.asked)
+    return FactProfile(f"{profile.name}+{len(cards)}xNVIDIA", facts)
 
 
 def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -> Path:
