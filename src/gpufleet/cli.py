@@ -268,7 +268,9 @@ def parser() -> argparse.ArgumentParser:
     verify_command.add_argument("inventory")
     verify_command.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
     verify_command.add_argument(
-        "--suite", nargs="+", help="only these suites (baseline, gpu_node, inference, platform)"
+        "--suite",
+        nargs="+",
+        help="only these suites (baseline, edge, gpu_node, inference, platform)",
     )
     verify_command.add_argument(
         "--junit-xml", default="verify-results.xml", help="where the JUnit XML goes"

@@ -42,9 +42,27 @@ def test_checks_follow_groups_and_placements(homelab_checks):
     assert "platform: secret store is initialized and unsealed" in pi5l
     assert "platform: router is alive" in pi5l
     assert not any(check.startswith("gpu_node:") for check in pi5l)
-    # A Pi with nothing placed gets the baseline only.
+    assert "platform: router database listens where the inventory says" in pi5l
+    assert "platform: grafana runs and is healthy" in pi5l
+    # A Pi with nothing placed gets the baseline only, Tailscale included.
     pi = homelab_checks["pi5-01"]
     assert {check.split(":")[0] for check in pi} == {"baseline"}
+    assert "baseline: on the tailnet under the inventorys name" in pi
+
+
+def test_the_jetson_and_triton_get_their_own_checks():
+    code, outcomes = verify.run(
+        targets(ROOT / "inventory/examples/proxmox_desktop.py"), list_only=True
+    )
+    assert code == 0
+    checks: dict[str, set[str]] = {}
+    for outcome in outcomes:
+        checks.setdefault(outcome.host, set()).add(f"{outcome.suite}: {outcome.check}")
+    jetson = checks["jetson-orin-nano"]
+    assert "edge: tegrastats metrics are fresh and served" in jetson
+    assert "baseline: apt sources are one deb822 file" not in jetson  # Jetson Linux keeps its
+    assert "inference: triton is ready with every model" in checks["schlimers-server"]
+    assert not any(c.startswith("edge:") for c in checks["schlimers-server"])
 
 
 def test_a_mac_gets_no_apt_or_systemd_checks(homelab_checks):
@@ -123,5 +141,7 @@ def test_suites_can_be_chosen_by_name():
     code, outcomes = verify.run(chosen, list_only=True, suites=["platform"])
     assert code == 0
     assert outcomes and {o.suite for o in outcomes} == {"platform"}
-    with pytest.raises(ValueError, match="the suites: baseline, gpu_node, inference, platform"):
+    with pytest.raises(
+        ValueError, match="the suites: baseline, edge, gpu_node, inference, platform"
+    ):
         verify.run(chosen, list_only=True, suites=["nginx"])

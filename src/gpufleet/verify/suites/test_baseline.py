@@ -2,11 +2,16 @@
 node exporter."""
 
 from gpufleet.roles.baseline import BASELINE_PACKAGES
-from gpufleet.verify import applies, http_get
+from gpufleet.verify import applies, assert_running, http_get
 
 
 def _debian_family(spec):
     return spec.os != "macos"
+
+
+def _debian_sources(spec):
+    """Hosts whose apt sources the baseline writes (Ubuntu and Jetson Linux keep theirs)."""
+    return spec.os in ("debian", "raspios", "proxmox")
 
 
 def test_reachable_over_ssh(target):
@@ -20,7 +25,7 @@ def test_baseline_packages_installed(target):
     assert not missing, f"not installed: {', '.join(missing)}"
 
 
-@applies(_debian_family)
+@applies(_debian_sources)
 def test_apt_sources_are_one_deb822_file(target):
     spec = target.spec
     sources = target.host.file("/etc/apt/sources.list.d/debian.sources")
@@ -63,3 +68,15 @@ def test_node_exporter_answers_with_this_hosts_metrics(target):
     assert reply.status_code == 200
     assert f'nodename="{target.spec.name}"' in reply.text
     assert "node_cpu_seconds_total" in reply.text
+
+
+@applies(lambda spec: spec.tailscale.enabled and spec.os != "macos")
+def test_on_the_tailnet_under_the_inventorys_name(target):
+    import json
+
+    from gpufleet.roles.tailscale import tailnet_hostname
+
+    assert_running(target, "tailscaled")
+    status = json.loads(target.host.check_output("tailscale status --json"))
+    assert status["BackendState"] == "Running", f"tailscale is {status['BackendState']}"
+    assert status["Self"]["HostName"] == tailnet_hostname(target.spec)

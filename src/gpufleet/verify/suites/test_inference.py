@@ -5,7 +5,7 @@ from gpufleet.verify import applies, assert_running, http_get
 
 
 def applies_to(spec):
-    return bool(spec.models)
+    return bool(spec.models) or spec.triton.enabled
 
 
 def _serves(engine):
@@ -48,3 +48,13 @@ def test_vllm_runs(target):
 @applies(_serves("vllm"))
 def test_vllm_is_healthy(target):
     assert http_get(f"http://{target.address}:{target.spec.vllm_port}/health").status_code == 200
+
+
+@applies(lambda spec: spec.triton.enabled)
+def test_triton_is_ready_with_every_model(target):
+    assert_running(target, "triton")
+    base = f"http://{target.address}:{target.spec.triton.http_port}/v2"
+    assert http_get(f"{base}/health/ready").status_code == 200, "Triton is not ready"
+    for model in target.spec.triton.models:
+        ready = http_get(f"{base}/models/{model.name}/ready").status_code
+        assert ready == 200, f"{model.name} is not loaded"

@@ -36,13 +36,28 @@ def test_router_is_alive(target):
     assert reply.status_code == 200
 
 
+def _listens(target, addresses, port):
+    for address in addresses:
+        listen = f"tcp://{address}:{port}"
+        assert target.host.socket(listen).is_listening, f"nothing listens on {listen}"
+
+
 @applies(lambda spec: "router" in spec.groups and spec.litellm.redis.enabled)
 def test_router_redis_listens_where_the_inventory_says(target):
     assert_running(target, "redis-server")
-    redis = target.spec.litellm.redis
-    for address in redis.bind:
-        listen = f"tcp://{address}:{redis.port}"
-        assert target.host.socket(listen).is_listening, f"nothing listens on {listen}"
+    _listens(target, target.spec.litellm.redis.bind, target.spec.litellm.redis.port)
+
+
+@applies(lambda spec: "router" in spec.groups and spec.litellm.database.enabled)
+def test_router_database_listens_where_the_inventory_says(target):
+    assert_running(target, "postgresql")
+    database = target.spec.litellm.database
+    _listens(target, ["127.0.0.1", *database.bind], database.port)
+    owner = target.host.check_output(
+        f'runuser -u postgres -- psql -Atc "select pg_get_userbyid(datdba) from pg_database '
+        f"where datname = '{database.name}'\""
+    )
+    assert owner == database.user, f"database {database.name} is owned by {owner or 'nobody'}"
 
 
 @applies(_in("gateway"))
@@ -77,3 +92,10 @@ def test_prometheus_config_and_rules_pass_promtool(target):
         r["name"] for g in rules["data"]["groups"] for r in g["rules"] if r["health"] != "ok"
     ]
     assert not unhealthy, f"rules not evaluating: {unhealthy}"
+
+
+@applies(lambda spec: "monitoring" in spec.groups and spec.grafana.enabled)
+def test_grafana_runs_and_is_healthy(target):
+    assert_running(target, "grafana-server")
+    health = http_get(f"http://{target.address}:{target.spec.grafana.port}/api/health").json()
+    assert health.get("database") == "ok", f"grafana reports {health}"
