@@ -1,8 +1,9 @@
-"""Edge nodes (the ``edge`` group): the baseline, then what a Jetson needs instead of a
-desktop GPU's driver stack: its container runtime and tegrastats metrics. Models are served
-by deploys/inference.py like everywhere else, within the planner's unified-memory budget.
+"""Edge nodes: the baseline on every host it is given, then, on Jetsons of the ``edge``
+group, what a Jetson needs instead of a desktop GPU's driver stack: its container runtime
+and tegrastats metrics. Models are served by deploys/inference.py like everywhere else,
+within the planner's unified-memory budget.
 
-pyinfra inventory/examples/proxmox_desktop.py deploys/edge.py
+pyinfra inventory/examples/proxmox_desktop.py deploys/edge.py --limit edge
 """
 
 from pyinfra import host
@@ -13,11 +14,8 @@ from gpufleet.roles.jetson import jetson_node
 
 spec = host_spec()
 
+baseline(spec)
 if "edge" in spec.groups and spec.os == "jetson-l4t":
-    baseline(spec)
     jetson_node(spec)
-elif "edge" in spec.groups:
-    baseline(spec)
-    host.noop(f"{spec.name} is an edge node without Jetson Linux: the baseline only")
 else:
-    host.noop(f"{spec.name} is not in the edge group")
+    host.noop(f"{spec.name} is not a Jetson of the edge group: Jetson steps skipped")

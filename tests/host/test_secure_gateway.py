@@ -385,6 +385,7 @@ def test_on_the_hosts_secrets_sit_only_in_the_files_meant_for_them(secret_values
             "/etc/nginx/gpufleet/api-keys.map",
             "/etc/nginx/gpufleet/upstream-auth.conf",
             "/etc/redis/gpufleet.conf",
+            "/etc/postgresql/gpufleet/litellm.password",
         },
         "10.200.0.13": {"/etc/gpufleet/vllm.env"},
         GPU: set(),
