@@ -95,22 +95,44 @@ def _processed(fact: str, value: Any) -> Any:
 
 
 @contextmanager
-def facts_from(answer: Callable[[str, str, str], Any]) -> Iterator[None]:
-    """Within this block pyinfra takes every fact from ``answer(host_name, fact_name,
-    arguments_json)`` (names as :func:`fact_key` makes them) and connects to nothing."""
+def _patched(owner: Any, attribute: str, replacement: Any) -> Iterator[None]:
+    """``owner.attribute`` is ``replacement`` within this block, and what it was after."""
+    real = getattr(owner, attribute)
+    setattr(owner, attribute, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, real)
+
+
+FactHandler = Callable[[Callable[[], Any], str, type, str, str], Any]
+"""``handler(ask_the_host, host_name, fact_class, fact_name, arguments_json)`` -> the value."""
+
+
+@contextmanager
+def _facts_through(handler: FactHandler) -> Iterator[None]:
+    """Within this block every fact pyinfra gets goes through ``handler``, with the fact's
+    name and arguments as :func:`fact_key` makes them and a function that asks the host."""
     from pyinfra.api import facts as pyinfra_facts
 
     real = pyinfra_facts._get_fact
 
-    def replayed(state, host, cls, args=None, kwargs=None, *rest, **more):
+    def intercepted(state, host, cls, args=None, kwargs=None, *rest, **more):
         fact_kwargs, _ = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
-        return answer(host.name, *fact_key(cls, fact_kwargs))
 
-    pyinfra_facts._get_fact = replayed
-    try:
+        def ask_the_host() -> Any:
+            return real(state, host, cls, args, kwargs, *rest, **more)
+
+        return handler(ask_the_host, host.name, cls, *fact_key(cls, fact_kwargs))
+
+    with _patched(pyinfra_facts, "_get_fact", intercepted):
         yield
-    finally:
-        pyinfra_facts._get_fact = real
+
+
+def facts_from(answer: Callable[[str, str, str], Any]) -> AbstractContextManager[None]:
+    """Within this block pyinfra takes every fact from ``answer(host_name, fact_name,
+    arguments_json)`` (names as :func:`fact_key` makes them) and connects to nothing."""
+    return _facts_through(lambda _ask, host, _cls, fact, arguments: answer(host, fact, arguments))
 
 
 @dataclass
@@ -252,27 +274,21 @@ def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -
     """Plan ``deploys`` on one real host and write every fact it was asked as a profile.
     Facts that take arguments also get a ``*`` entry: the fact's value for something absent,
     which is what a fresh host reports for paths and units no deploy has made yet."""
-    from pyinfra.api import facts as pyinfra_facts
-
-    real = pyinfra_facts._get_fact
     recorded: dict[str, dict[str, Any]] = {}
 
-    def recording(state, host, cls, args=None, kwargs=None, *rest, **more):
-        value = real(state, host, cls, args, kwargs, *rest, **more)
-        fact_kwargs, _ = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
-        name, arguments = fact_key(cls, fact_kwargs)
-        values = recorded.setdefault(name, {})
+    def recording(
+        ask_the_host: Callable[[], Any], host: str, cls: type, fact: str, arguments: str
+    ) -> Any:
+        value = ask_the_host()
+        values = recorded.setdefault(fact, {})
         values[arguments] = json.loads(json.dumps(value, default=_jsonable))
         if arguments != "{}":
             values.setdefault("*", cls().default())
         return value
 
-    pyinfra_facts._get_fact = recording
-    try:
+    with _facts_through(recording):
         hosts = plan(inventory, deploys, None, limit)
-        hosts = {name: ops for name, ops in hosts.items() if ops}
-    finally:
-        pyinfra_facts._get_fact = real
+    hosts = {name: ops for name, ops in hosts.items() if ops}
     if len(hosts) != 1:
         raise ValueError(f"record from exactly one host; --limit matched {sorted(hosts)}")
     path = PROFILES / f"{profile}.json"
@@ -300,16 +316,11 @@ def _no_secret_store() -> Iterator[None]:
     request fails as an unreachable Vault does, so those files plan as written by the run."""
     from gpufleet.vault import VaultClient, VaultError
 
-    real = VaultClient.request
-
     def refused(self: VaultClient, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         raise VaultError(f"{self.address}: not asked during a preview ({method} {path})")
 
-    VaultClient.request = refused  # type: ignore[method-assign]
-    try:
+    with _patched(VaultClient, "request", refused):
         yield
-    finally:
-        VaultClient.request = real  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -329,11 +340,8 @@ def _names_per_host() -> Iterator[dict[tuple[str, str], set[str]]]:
         names[ctx_host.get().name, op_hash] = set(op_names)
         return real(state, op_hash, op_order, global_arguments, op_names)
 
-    operation.ensure_shared_op_meta = recording
-    try:
+    with _patched(operation, "ensure_shared_op_meta", recording):
         yield names
-    finally:
-        operation.ensure_shared_op_meta = real
 
 
 def _pci_id(entry: Any) -> str:
