@@ -468,11 +468,11 @@ def _platform_services(spec: HostSpec) -> Iterator[Problem]:
 
 
 def _routing(specs: dict[str, HostSpec]) -> list[Problem]:
-    from gpufleet.routing import model_names, state_servers
+    from gpufleet.routing import model_names, router_hosts, state_servers
     from gpufleet.secrets import secret_uses
 
     problems = []
-    routers = [s for s in specs.values() if "router" in s.groups]
+    routers = router_hosts(specs)
     for spec in specs.values():
         if "gateway" in spec.groups and not routers and not spec.gateway.direct_routes:
             problems.append(

@@ -128,17 +128,22 @@ def _litellm_params(spec: HostSpec, placement: ModelPlacement) -> tuple[dict[str
 
 def redis_host(specs: dict[str, HostSpec]) -> HostSpec | None:
     """The router host that runs the shared Redis: the first that enables it."""
-    return next(
-        (s for s in specs.values() if "router" in s.groups and s.litellm.redis.enabled), None
-    )
+    return next((s for s in router_hosts(specs) if s.litellm.redis.enabled), None)
 
 
 def database_host(specs: dict[str, HostSpec]) -> HostSpec | None:
     """The router host that runs LiteLLM's PostgreSQL: the first that enables it."""
-    return next(
-        (s for s in specs.values() if "router" in s.groups and s.litellm.database.enabled),
-        None,
-    )
+    return next((s for s in router_hosts(specs) if s.litellm.database.enabled), None)
+
+
+def router_hosts(specs: dict[str, HostSpec]) -> list[HostSpec]:
+    """The hosts of the ``router`` group, in inventory order."""
+    return [s for s in specs.values() if "router" in s.groups]
+
+
+def _reached_from(router_spec: HostSpec, server: HostSpec) -> str:
+    """Where a router reaches a server the routers share: loopback on its own host."""
+    return "127.0.0.1" if server.name == router_spec.name else service_address(server)
 
 
 def state_servers(
@@ -206,10 +211,9 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     redis = redis_host(specs)
     if redis is not None:
         environment["REDIS_PASSWORD"] = redis.litellm.redis.password
-        same_host = redis.name == router_spec.name
         settings["router_settings"].update(
             {
-                "redis_host": "127.0.0.1" if same_host else service_address(redis),
+                "redis_host": _reached_from(router_spec, redis),
                 "redis_port": redis.litellm.redis.port,
                 "redis_password": "os.environ/REDIS_PASSWORD",
             }
@@ -218,7 +222,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     database_url = None
     if database is not None and database.litellm.database.router_uses_it:
         db = database.litellm.database
-        address = "127.0.0.1" if database.name == router_spec.name else service_address(database)
+        address = _reached_from(router_spec, database)
         database_url = DatabaseUrl(
             f"postgresql://{db.user}:{{password}}@{address}:{db.port}/{db.name}", db.password
         )
@@ -235,7 +239,7 @@ class Upstream:
 
 def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> list[Upstream]:
     """The router first (``/v1/``), then one route per inference server when asked for."""
-    routers = [s for s in specs.values() if "router" in s.groups]
+    routers = router_hosts(specs)
     upstreams = []
     if routers:
         servers = tuple(f"{service_address(s)}:{s.litellm.port}" for s in routers)
@@ -254,7 +258,7 @@ def describe_routes(specs: dict[str, HostSpec]) -> str:
     """What ``gpufleet routes`` prints: per router, each model group with its hosts, the
     fallback chains, and the keys it reads by reference; per gateway, its routes."""
     lines = []
-    for router in (s for s in specs.values() if "router" in s.groups):
+    for router in router_hosts(specs):
         config = router_config(router, specs)
         lines.append(f"{router.name}: LiteLLM on port {router.litellm.port}")
         groups: dict[str, list[str]] = defaultdict(list)

@@ -38,7 +38,7 @@ class SecretUse:
 
 def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
     """Every secret reference of the fleet, with the service that reads it."""
-    from gpufleet.routing import router_config
+    from gpufleet.routing import router_config, router_hosts
 
     uses = []
     for spec in specs.values():
@@ -74,10 +74,9 @@ def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
                 uses.append(
                     SecretUse(spec.name, "gateway.private_key", reference, "gateway", False)
                 )
-            for router in specs.values():
-                if "router" in router.groups:
-                    ref = router.litellm.master_key
-                    uses.append(SecretUse(spec.name, "litellm.master_key", ref, "gateway", True))
+            for router in router_hosts(specs):
+                ref = router.litellm.master_key
+                uses.append(SecretUse(spec.name, "litellm.master_key", ref, "gateway", True))
     return uses
 
 

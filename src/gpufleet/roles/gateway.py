@@ -23,7 +23,7 @@ from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA
 from gpufleet.roles.baseline import run_service
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
-from gpufleet.routing import gateway_upstreams
+from gpufleet.routing import gateway_upstreams, router_hosts
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault, vault_host
 
@@ -113,7 +113,7 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         ]
 
     # 2. Client keys and the router's key: read from the secret store, never shown.
-    routers = [s for s in specs.values() if "router" in s.groups]
+    routers = router_hosts(specs)
     keys = config.config_file(
         name=f"Client keys ({len(gateway.clients)})",
         dest=f"{SECRETS_DIR}/api-keys.map",

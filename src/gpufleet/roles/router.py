@@ -26,7 +26,7 @@ from gpufleet.operations import config, inference
 from gpufleet.paths import render_template, template
 from gpufleet.roles.baseline import run_service, service_account
 from gpufleet.roles.inference import warm_up_tool
-from gpufleet.routing import router_config, service_address
+from gpufleet.routing import router_config, router_hosts, service_address
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
@@ -234,11 +234,7 @@ def postgres_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             "-C listen_addresses >/dev/null"
         ),
     )
-    others = [
-        service_address(router)
-        for router in specs.values()
-        if "router" in router.groups and router.name != spec.name
-    ]
+    others = [service_address(r) for r in router_hosts(specs) if r.name != spec.name]
     clients = files.template(
         name="pg_hba.conf: local tools, loopback and the other router hosts, by password",
         src=template("postgres/pg_hba.conf.j2"),
