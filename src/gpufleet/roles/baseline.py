@@ -37,6 +37,15 @@ def run_service(service: str, *restart_if: OperationMeta) -> tuple[OperationMeta
     return started, restarted
 
 
+def run_unit(
+    service: str, unit: OperationMeta, *restart_if: OperationMeta
+) -> tuple[OperationMeta, OperationMeta]:
+    """:func:`run_service` for a service whose unit file gpufleet writes (``unit``): systemd
+    rereads its units first when that file changed."""
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    return run_service(service, unit, *restart_if)
+
+
 def signed_apt_repository(
     name: str, key_url: str, keyring: str, uri: str, suite: str, components: list[str]
 ) -> OperationMeta:

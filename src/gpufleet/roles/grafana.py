@@ -14,15 +14,14 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
-from pyinfra.operations.util import any_changed
+from pyinfra.operations import apt, files
 
 from gpufleet.dashboards import DATASOURCE_UID, dashboards
 from gpufleet.models import HostSpec
-from gpufleet.operations import config, inference
+from gpufleet.operations import config
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_service, signed_apt_repository
-from gpufleet.roles.inference import warm_up_tool
+from gpufleet.roles.baseline import run_unit, signed_apt_repository
+from gpufleet.roles.inference import wait_until_answering
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
@@ -106,14 +105,13 @@ def grafana(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         )
 
     # 4. Run; restart on new settings; wait until it answers.
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    started, restarted = run_service("grafana-server", unit, secret, datasource, provider)
-    warm_up_tool()
-    inference.answering(
-        name="Grafana answers",
-        base_url=f"http://127.0.0.1:{settings.port}",
-        health_path="/api/health",
-        timeout=120,
-        _if=any_changed(started, restarted),
+    started, restarted = run_unit("grafana-server", unit, secret, datasource, provider)
+    wait_until_answering(
+        "Grafana answers",
+        f"http://127.0.0.1:{settings.port}",
+        "/api/health",
+        120,
+        started,
+        restarted,
     )
     host.noop(f"Grafana on port {settings.port}: {len(dashboards())} dashboards")

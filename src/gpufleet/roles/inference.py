@@ -25,7 +25,7 @@ from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import config, downloads, inference
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_service
+from gpufleet.roles.baseline import run_unit
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
@@ -52,6 +52,21 @@ def warm_up_tool() -> OperationMeta:
     )
 
 
+def wait_until_answering(
+    name: str, base_url: str, health_path: str, timeout: int, *starts: OperationMeta
+) -> None:
+    """After any of ``starts`` changed something, wait on the host until the service answers
+    ``health_path`` (the warm-up tool does the asking)."""
+    warm_up_tool()
+    inference.answering(
+        name=name,
+        base_url=base_url,
+        health_path=health_path,
+        timeout=timeout,
+        _if=any_changed(*starts),
+    )
+
+
 def configured_not_started(service: str, unit_ops: list[OperationMeta], why: str) -> None:
     """The service's unit is in place but what it runs is not: enable it, start nothing."""
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*unit_ops))
@@ -71,8 +86,7 @@ def restart_and_warm_up(
 ) -> list[OperationMeta]:
     """Start, restart on change, then warm each model up after any (re)start. Returns the
     operations that (re)start the service, for steps that must follow a start too."""
-    systemd.daemon_reload(name="Reload systemd units", _if=unit_changed.did_change)
-    started, restarted = run_service(service, unit_changed, *config_changed)
+    started, restarted = run_unit(service, unit_changed, *config_changed)
     for model in models:
         inference.warmed_up(
             name=f"Warm up {model}",

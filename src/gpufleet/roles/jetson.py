@@ -13,7 +13,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from gpufleet import tegrastats
 from gpufleet.configs import NVIDIA_RUNTIME
@@ -21,7 +21,7 @@ from gpufleet.facts.jetson import JetsonRelease
 from gpufleet.models import HostSpec
 from gpufleet.operations import docker
 from gpufleet.paths import template
-from gpufleet.roles.baseline import NODE_EXPORTER_TEXTFILES, run_service
+from gpufleet.roles.baseline import NODE_EXPORTER_TEXTFILES, run_service, run_unit
 
 EXPORTER = "/usr/local/lib/gpufleet/tegrastats.py"
 METRICS = f"{NODE_EXPORTER_TEXTFILES}/gpufleet_tegra.prom"
@@ -75,5 +75,4 @@ def jetson_node(spec: HostSpec) -> None:
         out=METRICS,
         interval_ms=5000,
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    run_service("gpufleet-tegrastats", unit, script)
+    run_unit("gpufleet-tegrastats", unit, script)

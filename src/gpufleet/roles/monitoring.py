@@ -21,12 +21,12 @@ from pyinfra.operations.util import any_changed
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec
 from gpufleet.monitoring import JOBS, probes, scrape_jobs
-from gpufleet.operations import config, inference
+from gpufleet.operations import config
 from gpufleet.paths import TEMPLATES, render_template, template
-from gpufleet.roles.baseline import run_service
+from gpufleet.roles.baseline import run_service, run_unit
 from gpufleet.roles.container_runtime import pull_image
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, trust_fleet_ca
-from gpufleet.roles.inference import warm_up_tool
+from gpufleet.roles.inference import wait_until_answering
 
 CONFIG = "/etc/prometheus/prometheus.yml"
 FILE_SD = "/etc/prometheus/file_sd"
@@ -133,13 +133,14 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         reloaded=True,
         _if=lambda: any_changed(rules, main)() and not any_changed(started, restarted)(),
     )
-    warm_up_tool()
-    inference.answering(
-        name="Prometheus is ready",
-        base_url=f"http://127.0.0.1:{settings.port}",
-        health_path="/-/ready",
-        timeout=120,
-        _if=any_changed(started, restarted, reloaded),
+    wait_until_answering(
+        "Prometheus is ready",
+        f"http://127.0.0.1:{settings.port}",
+        "/-/ready",
+        120,
+        started,
+        restarted,
+        reloaded,
     )
 
 
@@ -169,8 +170,4 @@ def dcgm_exporter(spec: HostSpec) -> None:
         port=exporter.port,
     )
     pull_image(exporter.image, unit)
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    systemd.service(name="Run dcgm-exporter", service="dcgm-exporter", running=True, enabled=True)
-    systemd.service(
-        name="Restart dcgm-exporter", service="dcgm-exporter", restarted=True, _if=unit.did_change
-    )
+    run_unit("dcgm-exporter", unit)

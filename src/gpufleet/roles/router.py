@@ -17,15 +17,14 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import Command, LinuxDistribution
-from pyinfra.operations import apt, files, postgres, server, systemd
-from pyinfra.operations.util import any_changed
+from pyinfra.operations import apt, files, postgres, server
 
 from gpufleet.facts.system import PostgresLogin
 from gpufleet.models import HostSpec
-from gpufleet.operations import config, inference
+from gpufleet.operations import config
 from gpufleet.paths import render_template, template
-from gpufleet.roles.baseline import run_service, service_account
-from gpufleet.roles.inference import warm_up_tool
+from gpufleet.roles.baseline import run_service, run_unit, service_account
+from gpufleet.roles.inference import wait_until_answering
 from gpufleet.routing import router_config, router_hosts, service_address
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
@@ -141,15 +140,14 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         address=router.address,
         port=router.port,
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    started, restarted = run_service("litellm", unit, config_yaml, env_file, *venv)
-    warm_up_tool()
-    inference.answering(
-        name="LiteLLM answers",
-        base_url=f"http://127.0.0.1:{router.port}",
-        health_path="/health/liveliness",
-        timeout=180,
-        _if=any_changed(started, restarted),
+    started, restarted = run_unit("litellm", unit, config_yaml, env_file, *venv)
+    wait_until_answering(
+        "LiteLLM answers",
+        f"http://127.0.0.1:{router.port}",
+        "/health/liveliness",
+        180,
+        started,
+        restarted,
     )
 
 

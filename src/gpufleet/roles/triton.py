@@ -14,15 +14,14 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
-from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
+from pyinfra.operations import files, server
 
 from gpufleet.models import HostSpec, TritonModel
-from gpufleet.operations import downloads, inference
+from gpufleet.operations import downloads
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_service
+from gpufleet.roles.baseline import run_unit
 from gpufleet.roles.container_runtime import pull_image
-from gpufleet.roles.inference import warm_up_tool
+from gpufleet.roles.inference import wait_until_answering
 
 MODEL_FILES = {
     "onnxruntime": "model.onnx",
@@ -113,13 +112,12 @@ def triton(spec: HostSpec) -> None:
         metrics_port=settings.metrics_port,
     )
     pull_image(settings.image, unit)
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    started, restarted = run_service("triton", unit, *changed)
-    warm_up_tool()
-    inference.answering(
-        name="Triton is ready (every model loaded)",
-        base_url=f"http://127.0.0.1:{settings.http_port}",
-        health_path="/v2/health/ready",
-        timeout=600,
-        _if=any_changed(started, restarted),
+    started, restarted = run_unit("triton", unit, *changed)
+    wait_until_answering(
+        "Triton is ready (every model loaded)",
+        f"http://127.0.0.1:{settings.http_port}",
+        "/v2/health/ready",
+        600,
+        started,
+        restarted,
     )

@@ -14,14 +14,14 @@ from collections import defaultdict
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, downloads, vault
 from gpufleet.paths import render_template, template
-from gpufleet.roles.baseline import run_service, service_account
+from gpufleet.roles.baseline import run_unit, service_account
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
 from gpufleet.routing import service_address
 from gpufleet.secrets import secret_uses
@@ -160,8 +160,7 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         disable_mlock=disable_mlock,
         mlock_reason=mlock_reason,
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    started, restarted = run_service(user, unit, server_config, cert)
+    started, restarted = run_unit(user, unit, server_config, cert)
 
     # 3. Initialize once, unseal whenever sealed (every start seals it).
     vault.initialized(name=f"Initialize {product}", spec=spec)
