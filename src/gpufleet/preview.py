@@ -64,12 +64,8 @@ class FactProfile:
     @classmethod
     def load(cls, name: str) -> FactProfile:
         data = json.loads((PROFILES / f"{name}.json").read_text())
-        merged: dict[str, dict[str, Any]] = {}
-        if "base" in data:
-            merged = {k: dict(v) for k, v in cls.load(data["base"]).facts.items()}
-        for fact, values in data["facts"].items():
-            merged.setdefault(fact, {}).update(values)
-        return cls(name, merged)
+        base = cls.load(data["base"]).facts if "base" in data else {}
+        return cls(name, _overlaid(base, data["facts"]))
 
     def answer(self, fact: str, arguments: str) -> Any:
         values = self.facts.get(fact, {})
@@ -261,13 +257,26 @@ def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile
         }
         for n, card in enumerate(cards)
     ]
-    facts = {k: dict(v) for k, v in FactProfile.load("nvidia-fresh").facts.items()}
-    for fact, values in profile.facts.items():
-        facts[fact] = {**values, **facts.get(fact, {})}
-    facts["gpufleet.facts.gpu.NvidiaGpus"] = {
-        "{}": {"pci": pci, "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
+    cards_on_the_bus = {
+        "gpufleet.facts.gpu.NvidiaGpus": {
+            "{}": {"pci": pci, "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
+        }
     }
+    facts = _overlaid(
+        _overlaid(profile.facts, FactProfile.load("nvidia-fresh").facts), cards_on_the_bus
+    )
     return FactProfile(f"{profile.name}+{len(cards)}xNVIDIA", facts)
+
+
+def _overlaid(
+    base: dict[str, dict[str, Any]], overlay: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Fact values of ``base`` with ``overlay``'s put over them, fact by fact and argument by
+    argument; neither is changed."""
+    merged = {fact: dict(values) for fact, values in base.items()}
+    for fact, values in overlay.items():
+        merged.setdefault(fact, {}).update(values)
+    return merged
 
 
 def record(inventory: str, deploys: list[str], limit: list[str], profile: str) -> Path:
