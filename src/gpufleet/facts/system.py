@@ -171,3 +171,12 @@ class PostgresLogin(FactBase[bool]):
 
     def process(self, output: list[str]) -> bool:
         return "".join(output).strip() == "1"
+
+
+def release_codename() -> str:
+    """The current host's release codename (``bookworm``, ``jammy``), from os-release; empty
+    when it names none."""
+    from pyinfra import host
+    from pyinfra.facts.server import LinuxDistribution
+
+    return str(host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", ""))

@@ -16,10 +16,10 @@ import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.server import Command, LinuxDistribution
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, postgres, server
 
-from gpufleet.facts.system import PostgresLogin
+from gpufleet.facts.system import PostgresLogin, release_codename
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
 from gpufleet.paths import render_template, template
@@ -203,7 +203,7 @@ def postgres_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         postgres_server(host_spec(), fleet_specs())
     """
     settings = spec.litellm.database
-    codename = host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", "")
+    codename = release_codename()
     major = POSTGRES_MAJOR.get(codename)
     if major is None:
         raise DeployError(

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, server
 
+from gpufleet.facts.system import release_codename
 from gpufleet.facts.tailscale import TailscaleServe, TailscaleStatus
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
@@ -55,7 +55,7 @@ def tailscale(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         return
 
     # 1. Tailscale's repository, signed by its own key only.
-    codename = host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", "")
+    codename = release_codename()
     signed_apt_repository(
         "Tailscale",
         key_url=f"{settings.repo_url}/{codename}.noarmor.gpg",

@@ -17,7 +17,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
-from gpufleet.facts.system import ContainerVirtualization
+from gpufleet.facts.system import ContainerVirtualization, release_codename
 from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, downloads, vault
 from gpufleet.paths import render_template, template
@@ -96,7 +96,7 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             dest="/etc/apt/keyrings/hashicorp.asc",
             mode="644",
         )
-        codename = host.get_fact(Command, command=". /etc/os-release && echo $VERSION_CODENAME")
+        codename = release_codename()
         source = files.line(
             name="HashiCorp's apt repository",
             path="/etc/apt/sources.list.d/hashicorp.list",
