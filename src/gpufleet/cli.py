@@ -178,10 +178,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
+    from gpufleet.paths import EVERY_DEPLOY
     from gpufleet.preview import plan, profiles_for, record
 
     if _specs_or_report(args.inventory) is None:
         return 1
+    args.deploys = args.deploys or list(EVERY_DEPLOY)
     if args.record:
         print(f"recorded {record(args.inventory, args.deploys, args.limit or [], args.record)}")
         return 0
@@ -285,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
         help="plan deploys on the inventory's hosts from recorded facts; contacts no host",
     )
     preview.add_argument("inventory")
-    preview.add_argument("deploys", nargs="+")
+    preview.add_argument("deploys", nargs="*", help="deploy files (default: every deploy)")
     preview.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
     preview.add_argument("-v", "--verbose", action="store_true", help="every operation and command")
     preview.add_argument("--summary", action="store_true", help="one line per host")

@@ -16,6 +16,8 @@ DEPLOYS = (
 )
 """Every group's deploy, in the order a fleet is brought up (the secret store before the
 router and gateway that read it); together they are one host's full stack."""
+EVERY_DEPLOY = ("deploys/common.py", *DEPLOYS)
+"""The group deploys and the one every host gets on its own (its baseline and Tailscale)."""
 
 
 def template(name: str) -> str:

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from gpufleet.facts.tailscale import parse_status, served_proxies
-from gpufleet.paths import DEPLOYS
+from gpufleet.paths import EVERY_DEPLOY
 from gpufleet.preview import FactProfile, MissingFact, PlannedOperation, plan, profiles_for
 
 HOMELAB = "inventory/homelab.py"
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-EVERY_DEPLOY = ["deploys/common.py", *DEPLOYS]
 
 
 def planned(
@@ -45,7 +44,7 @@ def commands(operations: list[PlannedOperation]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def homelab() -> dict[str, list[PlannedOperation]]:
-    return planned(HOMELAB, EVERY_DEPLOY)
+    return planned(HOMELAB, list(EVERY_DEPLOY))
 
 
 def test_every_homelab_host_plans_every_deploy_from_the_facts_of_a_fresh_host(homelab):
@@ -404,6 +403,6 @@ def test_a_preview_opens_no_network_connection(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(requests, "request", refuse)
-    planned(HOMELAB, EVERY_DEPLOY)
+    planned(HOMELAB, list(EVERY_DEPLOY))
     planned(EXAMPLE, ["deploys/vault.py", "deploys/router.py", "deploys/gateway.py"])
     assert attempts == []
