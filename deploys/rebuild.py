@@ -11,7 +11,7 @@ from pyinfra.api.exceptions import DeployError
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.checks import check_host
-from gpufleet.engines import placements
+from gpufleet.engines import serving
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.facts.system import MachineResources
 from gpufleet.inventory import host_spec, use_spec
@@ -56,11 +56,6 @@ if "proxmox_hosts" in spec.groups:
 local.include("deploys/inference.py")
 
 # 3. Its servers answer (warm-up already ran after any restart).
-checks = {
-    "llama.cpp": ("llama-server", f"http://127.0.0.1:{spec.llamacpp_port}/health"),
-    "ollama": ("ollama", f"http://127.0.0.1:{spec.ollama_port}/api/version"),
-    "vllm": ("vllm", f"http://127.0.0.1:{spec.vllm_port}/health"),
-}
-for engine, (service, url) in checks.items():
-    if placements(rebuilt, engine):
-        inference.healthy(name=f"Verify {service}", service=service, url=url)
+for engine in serving(rebuilt):
+    url = engine.local_url(rebuilt) + engine.health_path
+    inference.healthy(name=f"Verify {engine.service}", service=engine.service, url=url)

@@ -53,7 +53,7 @@ gpu_nodes = [
             },
             # Blackwell needs branch 570+ and NVIDIA's open modules: Debian 12 has 535.
             "nvidia_driver": {"source": "cuda", "version": "575.64.05"},
-            "ollama_max_loaded_models": 2,
+            "ollama": {"max_loaded_models": 2},
             "models": _ollama(
                 ("qwen2.5-coder:32b", "XL-LOC-FRE-qwen2.5-coder-32b"),
                 ("deepseek-coder-v2:236b", "XL-LOC-FRE-deepseek-coder-236b"),
@@ -78,7 +78,7 @@ gpu_nodes = [
                 "accelerators": [{"kind": "nvidia", "model": "RTX 2080 Super"}],
             },
             "nvidia_driver": {"version": "535.261.03"},
-            "ollama_max_loaded_models": 2,
+            "ollama": {"max_loaded_models": 2},
             "models": _ollama(
                 ("qwen2.5-coder:32b-q4", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
                 ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b", 2),
@@ -105,9 +105,7 @@ cpu_nodes = [
         {
             "role": "XL models on CPU, long context",
             "hardware": _AI_MAX,
-            "ollama_num_parallel": 1,
-            "ollama_context_length": 131072,
-            "ollama_max_loaded_models": 1,
+            "ollama": {"num_parallel": 1, "context_length": 131072, "max_loaded_models": 1},
             "models": _ollama(
                 ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
                 ("llama3.1:70b-q4", "XL-LOC-FRE-llama3.1-70b-q4-cpu"),

@@ -41,8 +41,10 @@ _GEMMA_GGUF = {
     "alias": "XS-LOC-FRE-gemma3-270m",
 }
 _LLAMACPP_FROM_MIRROR = {
-    "llamacpp_source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
-    "llamacpp_ccache": True,
+    "llamacpp": {
+        "source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
+        "ccache": True,
+    },
 }
 
 _STANDS_IN_FOR_GTX_1650 = {
@@ -92,7 +94,7 @@ gpu_nodes = [
                     "alias": "XS-LOC-FRE-gemma3-270m-vllm",
                 },
             ],
-            "vllm_install": "present",
+            "vllm": {"install": "present"},
             "secrets": {"vllm_api_key": f"file:{_lab.lab_dir() / _lab.VLLM_KEY_FILE}"},
         },
     ),

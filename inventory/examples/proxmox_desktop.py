@@ -27,8 +27,8 @@ gpu_nodes = [
             },
             # Blackwell: branch 570+ with NVIDIA's open kernel modules.
             "nvidia_driver": {"source": "ubuntu-open", "version": "575.64.05"},
-            "vllm_gpu_memory_utilization": 0.80,
-            "llamacpp_gpu_layers": 0,  # the GPU is vLLM's; llama.cpp serves from the CPU
+            "vllm": {"gpu_memory_utilization": 0.80},
+            "llamacpp": {"gpu_layers": 0},  # the GPU is vLLM's; llama.cpp serves from the CPU
             "models": [
                 {
                     "model": "llama3.1:8b",

@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpufleet.catalogue import load_catalogue
-from gpufleet.checks import placement_quant
-from gpufleet.engines import served_name
+from gpufleet.engines import EMBEDDING, engine_for, served_name
 from gpufleet.models import HostSpec
 from gpufleet.planner import plan_host
 from gpufleet.routing import service_address
+from gpufleet.sizing import placement_quant
 
 PROMPT = "Write three sentences about the sea."
 MAX_TOKENS = 48
@@ -68,19 +68,22 @@ def endpoints(
     from gpufleet.vault import fleet_vault
 
     catalogue = load_catalogue()
-    ports = {"ollama": "ollama_port", "llama.cpp": "llamacpp_port", "vllm": "vllm_port"}
     found = []
     gateways = [s for s in specs.values() if "gateway" in s.groups]
     through_gateway: set[tuple[str, str]] = set()
     for spec in specs.values():
-        bounds = {(p.model, p.engine): p.bound_tok_s for p in plan_host(spec, catalogue).placements}
+        plans = {(p.model, p.engine): p for p in plan_host(spec, catalogue).placements}
         gpu = ", ".join(a.model for a in spec.hardware.accelerators) or "CPU"
         for placement in spec.models:
-            bound = bounds.get((placement.model, placement.engine))
+            planned = plans.get((placement.model, placement.engine))
+            if planned is not None and planned.kind == EMBEDDING:
+                continue  # a streamed completion measures chat models; embeddings have none
+            bound = planned.bound_tok_s if planned else None
+            engine = engine_for(spec, placement)
             key = None
-            if placement.engine == "vllm" and "vllm_api_key" in spec.secrets:
-                key = read_secret(spec.secrets["vllm_api_key"], fleet_vault(specs))
-            port = getattr(spec, ports[placement.engine])
+            if engine.api_key_secret and engine.api_key_secret in spec.secrets:
+                key = read_secret(spec.secrets[engine.api_key_secret], fleet_vault(specs))
+            port = engine.port(spec)
             direct = Endpoint(
                 name=f"{spec.name}/{placement.engine}",
                 host=spec.name,

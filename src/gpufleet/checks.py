@@ -9,39 +9,15 @@ here touches a host. Example::
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gpufleet import nvidia
-from gpufleet.catalogue import Catalogue
-from gpufleet.models import HOST_GROUPS, HostSpec, ModelPlacement
-
-SYSTEM_RESERVE_GB = 2.0
-"""Memory left to the operating system and the engine's runtime when judging a fit."""
-
-BITS_PER_WEIGHT = {
-    "Q3_K_M": 3.91,
-    "Q4_0": 4.55,
-    "Q4_K_M": 4.85,
-    "Q5_K_M": 5.69,
-    "Q6_K": 6.56,
-    "Q8_0": 8.5,
-    "FP8": 8.0,
-    "FP16": 16.0,
-    "BF16": 16.0,
-    "AWQ": 4.25,
-    "GPTQ": 4.25,
-}
-"""Average bits per weight of each quantization (llama.cpp's published figures for GGUF types;
-AWQ/GPTQ 4-bit with group scales)."""
-
-DEFAULT_QUANT = "Q4_K_M"
-"""What Ollama serves when a tag names no quantization."""
-
-_TAG_QUANT = re.compile(r"(?:^|-)(q\d(?:_k)?(?:_[a-z0-9])?|fp16|f16|bf16|fp8)(?:$|-)", re.I)
+from gpufleet.catalogue import Catalogue, suggest
+from gpufleet.engines import ENGINES, engine_for, serving
+from gpufleet.models import HOST_GROUPS, HostSpec
+from gpufleet.planner import plan_host
 
 
 @dataclass(frozen=True)
@@ -52,29 +28,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"host {self.host!r}: {self.field}: {self.message}"
-
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` when a close match exists, else an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def placement_quant(placement: ModelPlacement) -> str:
-    """The quantization a placement serves: explicit, from its tag, or Ollama's default."""
-    if placement.quant:
-        return placement.quant.upper()
-    _, _, variant = placement.model.partition(":")
-    found = _TAG_QUANT.search(variant)
-    if not found:
-        return DEFAULT_QUANT
-    tag_quant = found.group(1).upper()
-    return {"Q4": DEFAULT_QUANT, "Q8": "Q8_0", "F16": "FP16"}.get(tag_quant, tag_quant)
-
-
-def weights_gb(params_b: float, quant: str) -> float:
-    """Size of the weights in GB: ``weights_gb(70, "Q4_K_M")`` is about 42.4."""
-    return params_b * BITS_PER_WEIGHT[quant] / 8
 
 
 def check_host(
@@ -223,16 +176,25 @@ def _platform(spec: HostSpec) -> Iterator[Problem]:
         )
 
 
-def _ports(spec: HostSpec) -> Iterator[Problem]:
-    holders: list[tuple[int, str]] = [(spec.node_exporter_port, "node_exporter_port")]
-    engines = {placement.engine for placement in spec.models}
-    engine_ports = {"ollama": "ollama_port", "vllm": "vllm_port", "llama.cpp": "llamacpp_port"}
-    holders += [(getattr(spec, f), f) for engine, f in engine_ports.items() if engine in engines]
+SSH_PORT = 22
+"""sshd, which every host runs and gpufleet reaches it by."""
+
+
+def listeners(spec: HostSpec) -> list[tuple[int, str]]:
+    """Every port gpufleet configures on this host, with the field that sets it."""
+    holders: list[tuple[int, str]] = [
+        (SSH_PORT, "sshd"),
+        (spec.node_exporter_port, "node_exporter_port"),
+    ]
+    for engine in serving(spec):
+        holders += [(listener.port, listener.field) for listener in engine.listeners(spec)]
     holders += [
         (service.port, f"services[{i}].port")
         for i, service in enumerate(spec.services)
         if service.port is not None
     ]
+    if gets_dcgm_exporter(spec):
+        holders += [(spec.dcgm_exporter.port, "dcgm_exporter.port")]
     if "vault" in spec.groups:
         holders += [
             (spec.vault.port, "vault.port"),
@@ -244,21 +206,26 @@ def _ports(spec: HostSpec) -> Iterator[Problem]:
             holders += [(spec.litellm.redis.port, "litellm.redis.port")]
         if spec.litellm.database.enabled:
             holders += [(spec.litellm.database.port, "litellm.database.port")]
-    if "monitoring" in spec.groups and spec.grafana.enabled:
-        holders += [(spec.grafana.port, "grafana.port")]
-    if spec.triton.enabled:
+    if "monitoring" in spec.groups:
         holders += [
-            (spec.triton.http_port, "triton.http_port"),
-            (spec.triton.grpc_port, "triton.grpc_port"),
-            (spec.triton.metrics_port, "triton.metrics_port"),
+            (spec.prometheus.port, "prometheus.port"),
+            (spec.prometheus.blackbox_port, "prometheus.blackbox_port"),
         ]
+        if spec.grafana.enabled:
+            holders += [(spec.grafana.port, "grafana.port")]
     if "gateway" in spec.groups:
         holders += [
             (spec.gateway.https_port, "gateway.https_port"),
             (spec.gateway.http_port, "gateway.http_port"),
+            (spec.gateway.stub_status_port, "gateway.stub_status_port"),
+            (spec.gateway.exporter_port, "gateway.exporter_port"),
         ]
+    return holders
+
+
+def _ports(spec: HostSpec) -> Iterator[Problem]:
     seen: dict[int, str] = {}
-    for port, field in holders:
+    for port, field in listeners(spec):
         if port in seen:
             yield Problem(
                 spec.name,
@@ -287,31 +254,41 @@ def _gpu_requests(spec: HostSpec) -> Iterator[Problem]:
 
 def _engines(spec: HostSpec) -> Iterator[Problem]:
     for i, placement in enumerate(spec.models):
-        if placement.engine != "vllm":
-            continue
-        if spec.hardware.nvidia_gpu_count == 0:
+        engine = engine_for(spec, placement)
+        if spec.os not in engine.operating_systems:
             yield Problem(
                 spec.name,
                 f"models[{i}].engine",
-                "vLLM needs an NVIDIA GPU and this host declares none; use engine 'ollama' "
-                "or 'llama.cpp', or place the model on a GPU node",
+                f"{engine.name} does not run on {spec.os}; serve the model with an engine "
+                f"that does, or place it on another host",
             )
-        if "vllm_api_key" not in spec.secrets:
+        if engine.needs_nvidia_gpu and spec.hardware.nvidia_gpu_count == 0:
             yield Problem(
                 spec.name,
-                "secrets.vllm_api_key",
-                "vLLM is placed here but its API key is missing; add secrets="
-                "{'vllm_api_key': 'vault:kv/gpufleet/vllm#api_key'}",
+                f"models[{i}].engine",
+                f"{engine.name} needs an NVIDIA GPU and this host declares none; use an engine "
+                "that runs on the CPU (ollama, llama.cpp), or place the model on a GPU node",
             )
-            return
+    for engine in serving(spec):
+        secret = engine.api_key_secret
+        if secret and secret not in spec.secrets:
+            yield Problem(
+                spec.name,
+                f"secrets.{secret}",
+                f"{engine.name} is placed here but its API key is missing; add secrets="
+                f"{{'{secret}': 'vault:kv/gpufleet/{engine.settings_key}#api_key'}}",
+            )
 
 
 def _capacity(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
     """Placements that cannot fit, loaded sets that cannot, speeds claimed above physics."""
-    from gpufleet.planner import plan_host  # the planner builds on this module's figures
-
     for field, message in plan_host(spec, catalogue).problems:
         yield Problem(spec.name, field, message)
+
+
+def gets_dcgm_exporter(spec: HostSpec) -> bool:
+    """Hosts that run NVIDIA's DCGM exporter: an NVIDIA GPU declared and the exporter on."""
+    return bool(spec.hardware.nvidia_gpu_count) and spec.dcgm_exporter.enabled
 
 
 def gets_nvidia_driver(spec: HostSpec) -> bool:
@@ -373,61 +350,29 @@ def _proxmox(spec: HostSpec) -> Iterator[Problem]:
 
 def _engine_sources(spec: HostSpec) -> Iterator[Problem]:
     """Where each engine's binary and weights come from, and one server per engine."""
-    for engine in ("llama.cpp", "vllm"):
-        placed = [i for i, m in enumerate(spec.models) if m.engine == engine]
-        if len(placed) > 1:
+    for engine in ENGINES:
+        placed = [i for i, m in enumerate(spec.models) if engine_for(spec, m) is engine]
+        if engine.one_model_per_server and len(placed) > 1:
             yield Problem(
                 spec.name,
                 f"models[{placed[1]}].engine",
-                f"one {engine} server per host serves one model; this host places "
+                f"one {engine.name} server per host serves one model; this host places "
                 f"{len(placed)}: serve the others with Ollama or on another host",
             )
-    for i, placement in enumerate(spec.models):
-        field = f"models[{i}]"
-        if placement.engine == "llama.cpp":
-            if placement.source is None:
-                yield Problem(
-                    spec.name,
-                    f"{field}.source",
-                    "llama.cpp needs the GGUF file: give its URL (with sha256) or its path "
-                    "on the host",
-                )
-            elif placement.source.startswith(("http://", "https://")) and not placement.sha256:
-                yield Problem(
-                    spec.name,
-                    f"{field}.sha256",
-                    "a downloaded GGUF is verified: add its sha256 (sha256sum FILE)",
-                )
-            if spec.llamacpp_binary_url is None and spec.llamacpp_source_sha256 is None:
-                yield Problem(
-                    spec.name,
-                    "llamacpp_source_sha256",
-                    "llama-server is built from llamacpp_source_url, which is verified: add "
-                    "its sha256, or give llamacpp_binary_url and llamacpp_binary_sha256",
-                )
-            if spec.llamacpp_binary_url is not None and spec.llamacpp_binary_sha256 is None:
-                yield Problem(
-                    spec.name,
-                    "llamacpp_binary_sha256",
-                    "a downloaded llama-server is verified: add its sha256",
-                )
-        if (
-            placement.engine == "llama.cpp"
-            and "vllm" in {m.engine for m in spec.models}
-            and spec.llamacpp_gpu_layers != 0
-        ):
+    for engine in serving(spec):
+        indexed = [(i, m) for i, m in enumerate(spec.models) if engine_for(spec, m) is engine]
+        for field, message in engine.problems(spec, indexed):
+            yield Problem(spec.name, field, message)
+    offloading = [e for e in serving(spec) if e.offloads_to_ram and e.one_model_per_server]
+    reserving = [e for e in serving(spec) if not e.offloads_to_ram and e.placements(spec)]
+    for engine in offloading if reserving else ():
+        if engine.gpu_layers_asked(spec) != 0:
+            share = reserving[0].gpu_memory_share(spec)
             yield Problem(
                 spec.name,
-                "llamacpp_gpu_layers",
-                f"vLLM reserves {spec.vllm_gpu_memory_utilization:.0%} of this host's GPU "
-                "memory, so llama.cpp cannot offload to it; set llamacpp_gpu_layers: 0",
-            )
-        if placement.engine == "vllm" and placement.source is None:
-            yield Problem(
-                spec.name,
-                f"{field}.source",
-                "vLLM loads Hugging Face weights: give the repo id (e.g. "
-                "'meta-llama/Llama-3.1-8B-Instruct') or a folder on the host",
+                f"{engine.settings_key}.gpu_layers",
+                f"{reserving[0].name} reserves {share:.0%} of this host's GPU memory, so "
+                f"{engine.name} cannot offload to it; set {engine.settings_key}.gpu_layers: 0",
             )
 
 

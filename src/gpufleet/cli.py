@@ -104,7 +104,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _engines(args: argparse.Namespace) -> int:
-    from gpufleet.engines import describe
+    from gpufleet.serving import describe
 
     specs = _specs_or_report(args.inventory)
     if specs is None:

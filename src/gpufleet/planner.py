@@ -17,19 +17,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from gpufleet.catalogue import Catalogue, ModelEntry
-from gpufleet.checks import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant, suggest
+from gpufleet.catalogue import Catalogue, ModelEntry, suggest
+from gpufleet.engines import Engine, engine_for
 from gpufleet.gguf import read_model_entry
 from gpufleet.models import HostSpec, ModelPlacement
+from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant
 
 RUNTIME_OVERHEAD_GB = 0.3
 """Compute buffers and the CUDA context an engine adds per loaded model."""
 KV_BYTES = 2
 """KV cache entries are FP16 unless an engine is told otherwise."""
-OLLAMA_DEFAULT_CONTEXT = 2048
-"""Context Ollama gives a model when neither the placement nor OLLAMA_CONTEXT_LENGTH says."""
-OLLAMA_LOADED_PER_GPU = 3
-"""Ollama's default for OLLAMA_MAX_LOADED_MODELS: 3 per GPU (3 on a CPU-only host)."""
 RAM_TRANSFER_RATE = {"ddr4": 3200, "ddr5": 5600, "lpddr5": 6400, "lpddr5x": 8000}
 """Typical transfer rate (MT/s) of each memory type, when the inventory gives none."""
 
@@ -38,6 +35,9 @@ Where = Literal["gpu", "partial", "cpu", "does-not-fit"]
 
 @dataclass
 class PlacementPlan:
+    """What the planner decided for one placement; the engine renders exactly these numbers
+    (layers on the GPU, context, parallel slots, threads, GPUs)."""
+
     model: str
     engine: str
     quant: str
@@ -50,6 +50,15 @@ class PlacementPlan:
     layers: int
     bound_tok_s: float | None
     problem: str | None = None
+    slots: int = 1
+    threads: int = 1
+    gpus: int = 0
+    kind: str = "llm"
+    index: int = 0
+    """The placement's position in the host's ``models``."""
+    problem_field: str = "model"
+    """The placement's field the problem is about (``model``, ``context``) or, starting
+    with a dot, a host field (``.llamacpp.gpu_layers``)."""
 
 
 @dataclass
@@ -113,12 +122,11 @@ def local_gguf(placement: ModelPlacement) -> ModelEntry | None:
     return None
 
 
-def context_for(spec: HostSpec, placement: ModelPlacement, entry: ModelEntry) -> int:
-    if placement.context:
-        return placement.context
-    if placement.engine == "ollama":
-        return spec.ollama_context_length or OLLAMA_DEFAULT_CONTEXT
-    return entry.context
+def context_for(
+    engine: Engine, spec: HostSpec, placement: ModelPlacement, entry: ModelEntry
+) -> int:
+    """The placement's own context, else the engine's default for the model."""
+    return placement.context or engine.default_context(spec, entry.context)
 
 
 def kv_cache_gb(entry: ModelEntry, context: int, slots: int = 1) -> float:
@@ -127,12 +135,11 @@ def kv_cache_gb(entry: ModelEntry, context: int, slots: int = 1) -> float:
     return 2 * entry.layers * entry.kv_heads * entry.head_dim * context * KV_BYTES * slots / 1e9
 
 
-def slots_for(spec: HostSpec, placement: ModelPlacement) -> int:
-    if placement.engine == "llama.cpp":
-        return 1  # llama-server splits its context between its slots
-    if placement.engine == "ollama":
-        return spec.ollama_num_parallel or 1
-    return 1
+def services_vram_gb(spec: HostSpec, vram: float) -> float:
+    """VRAM the host's declared ``services`` take before any model is placed: what each
+    declares, or the whole GPUs it reserves."""
+    per_gpu = vram / max(spec.hardware.nvidia_gpu_count, 1)
+    return sum(max(s.vram_gb, s.gpus * per_gpu) for s in spec.services)
 
 
 def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
@@ -141,9 +148,10 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     unified = unified_bandwidth(spec, catalogue)
     ram_bw = unified or ram_bandwidth_gbs(spec)
     plan = HostPlan(spec.name, vram, spec.hardware.ram_gb, gpu_bw, ram_bw)
-    vram_free = vram
+    vram_free = max(vram - services_vram_gb(spec, vram), 0.0)
     ram_free = spec.hardware.ram_gb - SYSTEM_RESERVE_GB
     for index, placement in enumerate(spec.models):
+        engine = engine_for(spec, placement)
         entry = local_gguf(placement) or catalogue.model(placement.model)
         quant = placement_quant(placement)
         if entry is None and placement.params_b:
@@ -168,16 +176,21 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
                 )
             )
             continue
-        result = _place(spec, placement, entry, quant, vram, vram_free, ram_free, gpu_bw, ram_bw)
+        room = Room(vram, vram_free, ram_free, gpu_bw, ram_bw)
+        result = _place(engine, spec, placement, entry, quant, room)
+        result.index = index
         plan.placements.append(result)
         field_name = f"models[{index}]"
         if result.problem:
-            plan.problems.append((f"{field_name}.model", result.problem))
+            where = result.problem_field
+            plan.problems.append(
+                (where[1:] if where.startswith(".") else f"{field_name}.{where}", result.problem)
+            )
             continue
         on_gpu = result.need_gb * result.gpu_layers / max(result.layers, 1)
-        if placement.engine == "vllm":
+        if not engine.offloads_to_ram:
             on_gpu = result.need_gb
-        if placement.engine != "ollama":  # Ollama loads on demand: checked as a set below
+        if not engine.loads_on_demand:  # on-demand loading is checked as a set below
             vram_free -= on_gpu
             ram_free -= result.need_gb - on_gpu
         claimed = placement.claimed_tok_s
@@ -191,104 +204,141 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
                     "measure it and write what you measured",
                 )
             )
-    plan.problems += _ollama_loaded_set(spec, plan, vram, ram_free)
+    plan.problems += _loaded_sets(spec, plan, vram, ram_free)
     plan.vram_used_gb = round(vram - vram_free, 2)
     plan.ram_used_gb = round(spec.hardware.ram_gb - SYSTEM_RESERVE_GB - ram_free, 2)
     return plan
 
 
+@dataclass(frozen=True)
+class Room:
+    """Memory and bandwidth a placement is planned into."""
+
+    vram: float
+    vram_free: float
+    ram_free: float
+    gpu_bw: float
+    ram_bw: float
+
+
 def _place(
+    engine: Engine,
     spec: HostSpec,
     placement: ModelPlacement,
     entry: ModelEntry,
     quant: str,
-    vram: float,
-    vram_free: float,
-    ram_free: float,
-    gpu_bw: float,
-    ram_bw: float,
+    room: Room,
 ) -> PlacementPlan:
-    context = context_for(spec, placement, entry)
+    context = context_for(engine, spec, placement, entry)
     weights = entry.params_b * BITS_PER_WEIGHT[quant] / 8
     active = entry.active_params_b * BITS_PER_WEIGHT[quant] / 8
-    kv = kv_cache_gb(entry, context, slots_for(spec, placement))
+    kv = kv_cache_gb(entry, context, engine.kv_slots(spec))
     need = weights + kv + RUNTIME_OVERHEAD_GB
     result = PlacementPlan(
         placement.model, placement.engine, quant, context, round(weights, 2), round(kv, 2),
         round(need, 2), "does-not-fit", 0, entry.layers, None,
+        slots=engine.slots(spec), threads=engine.threads(spec),
+        gpus=max(placement.gpus, 1) if not engine.offloads_to_ram else placement.gpus,
+        kind="embedding" if entry.kind == "embedding" else "llm",
     )  # fmt: skip
-    if placement.engine == "vllm":
-        gpus = max(placement.gpus, 1)
-        per_gpu = vram / max(spec.hardware.nvidia_gpu_count, 1)
-        budget = gpus * per_gpu * spec.vllm_gpu_memory_utilization
-        if not vram or need > budget:
+    if placement.context and placement.context > entry.context:
+        result.problem_field = "context"
+        result.problem = (
+            f"{placement.context} tokens asked but {placement.model} supports "
+            f"{entry.context}; lower context to at most {entry.context}"
+        )
+        return result
+    if not engine.offloads_to_ram:
+        per_gpu = room.vram / max(spec.hardware.nvidia_gpu_count, 1)
+        share = engine.gpu_memory_share(spec)
+        budget = min(result.gpus * per_gpu, room.vram_free) * share
+        if not room.vram or need > budget:
             result.problem = (
                 f"{placement.model} at {quant} with a {context}-token context needs "
-                f"{need:.1f} GB but vLLM gets {budget:.1f} GB "
-                f"({spec.vllm_gpu_memory_utilization:.2f} x {gpus * per_gpu:g} GB VRAM) and "
-                "cannot offload to RAM; use a smaller model, quantization or context, or "
-                "serve it with llama.cpp/Ollama"
+                f"{need:.1f} GB but {placement.engine} gets {budget:.1f} GB "
+                f"({share:.2f} x {min(result.gpus * per_gpu, room.vram_free):g} GB free VRAM) "
+                "and cannot offload to RAM; use a smaller model, quantization or context, or "
+                "serve it with an engine that offloads (llama.cpp, Ollama)"
             )
             return result
         result.where, result.gpu_layers = "gpu", entry.layers
-        result.bound_tok_s = round(gpu_bw / active, 1)
+        result.bound_tok_s = round(room.gpu_bw / active, 1)
         return result
-    gpu_room = vram_free if placement.engine != "ollama" else vram
-    cpu_only = placement.engine == "llama.cpp" and spec.llamacpp_gpu_layers == 0
-    if gpu_room > 0 and not cpu_only and need <= gpu_room:
+    asked = engine.gpu_layers_asked(spec)
+    gpu_room = 0.0 if asked == 0 else room.vram if engine.loads_on_demand else room.vram_free
+    gpu_room = max(gpu_room, 0.0)
+    usable_vram = max(gpu_room - kv - RUNTIME_OVERHEAD_GB, 0.0)
+    fits = entry.layers if need <= gpu_room else 0
+    if not fits and weights:
+        fits = int(entry.layers * min(usable_vram / weights, 1.0))
+    if asked is not None and asked > fits:
+        result.problem_field = f".{engine.settings_key}.gpu_layers"
+        result.problem = (
+            f"{asked} layers of {placement.model} asked on the GPU but {fits} of its "
+            f"{entry.layers} fit in {gpu_room:.1f} GB of free VRAM at a {context}-token "
+            f"context; set gpu_layers to at most {fits}, or leave it out to let the planner "
+            "decide"
+        )
+        return result
+    layers_on_gpu = fits if asked is None else asked
+    on_gpu = weights * layers_on_gpu / entry.layers if entry.layers else 0.0
+    if layers_on_gpu == entry.layers and need <= gpu_room:
         result.where, result.gpu_layers = "gpu", entry.layers
-        result.bound_tok_s = round(gpu_bw / active, 1)
+        result.bound_tok_s = round(room.gpu_bw / active, 1)
         return result
-    room = (0.0 if cpu_only else max(gpu_room, 0.0)) + max(ram_free, 0.0)
-    if need > room:
+    ram_room = max(room.ram_free, 0.0)
+    in_ram = need - on_gpu - (kv + RUNTIME_OVERHEAD_GB if layers_on_gpu else 0.0)
+    if in_ram > ram_room:
         result.problem = (
             f"{placement.model} at {quant} with a {context}-token context needs {need:.1f} GB "
             f"(weights {weights:.1f} + KV cache {kv:.1f} + runtime {RUNTIME_OVERHEAD_GB:g}) "
-            f"but the host has {max(gpu_room, 0):g} GB VRAM + {max(ram_free, 0):.1f} GB RAM "
+            f"but the host has {gpu_room:g} GB VRAM + {ram_room:.1f} GB RAM "
             f"free (after a {SYSTEM_RESERVE_GB:g} GB system reserve); choose a smaller model, "
             "quantization or context, or place it on a host with more memory"
         )
         return result
-    usable_vram = 0.0 if cpu_only else max(gpu_room - kv - RUNTIME_OVERHEAD_GB, 0.0)
-    layers_on_gpu = int(entry.layers * min(usable_vram / weights, 1.0)) if weights else 0
     if layers_on_gpu == 0:
         result.where = "cpu"
-        result.bound_tok_s = round(ram_bw / active, 1)
+        result.bound_tok_s = round(room.ram_bw / active, 1)
         return result
     share = layers_on_gpu / entry.layers
-    seconds = active * share / gpu_bw + active * (1 - share) / ram_bw
+    seconds = active * share / room.gpu_bw + active * (1 - share) / room.ram_bw
     result.where, result.gpu_layers = "partial", layers_on_gpu
     result.bound_tok_s = round(1 / seconds, 1)
     return result
 
 
-def _ollama_loaded_set(
+def _loaded_sets(
     spec: HostSpec, plan: HostPlan, vram: float, ram_free: float
 ) -> list[tuple[str, str]]:
-    """Ollama keeps up to OLLAMA_MAX_LOADED_MODELS models loaded: the largest such set must
-    fit in VRAM + RAM together, or requests evict each other and stall."""
-    sizes = sorted(
-        (p.need_gb for p in plan.placements if p.engine == "ollama" and not p.problem),
-        reverse=True,
-    )
-    per_gpu = max(spec.hardware.nvidia_gpu_count, 1)
-    loaded = spec.ollama_max_loaded_models or OLLAMA_LOADED_PER_GPU * per_gpu
-    largest = sizes[:loaded]
-    room = vram + max(ram_free, 0.0)
-    if largest and sum(largest) > room:
-        field_name = (
-            "ollama_max_loaded_models" if spec.ollama_max_loaded_models is not None else "models"
+    """An engine that loads models on demand (Ollama) keeps up to its maximum loaded at once:
+    the largest such set must fit in VRAM + RAM together, or requests evict each other and
+    stall."""
+    problems = []
+    for engine in {engine_for(spec, p) for p in spec.models if engine_for(spec, p).loads_on_demand}:
+        sizes = sorted(
+            (p.need_gb for p in plan.placements if p.engine == engine.name and not p.problem),
+            reverse=True,
         )
-        return [
-            (
-                field_name,
-                f"Ollama may keep {len(largest)} models loaded at once and the largest "
-                f"{len(largest)} need {sum(largest):.1f} GB, more than the {room:.1f} GB of "
-                "VRAM + free RAM; lower ollama_max_loaded_models or move a model to "
-                "another host",
+        settings = engine.settings(spec)
+        largest = sizes[: engine.max_loaded(spec)]
+        room = vram + max(ram_free, 0.0)
+        if largest and sum(largest) > room:
+            field_name = (
+                f"{engine.settings_key}.max_loaded_models"
+                if settings.max_loaded_models is not None
+                else "models"
             )
-        ]
-    return []
+            problems.append(
+                (
+                    field_name,
+                    f"{engine.name} may keep {len(largest)} models loaded at once and the "
+                    f"largest {len(largest)} need {sum(largest):.1f} GB, more than the "
+                    f"{room:.1f} GB of VRAM + free RAM; lower {engine.settings_key}."
+                    "max_loaded_models or move a model to another host",
+                )
+            )
+    return problems
 
 
 def format_plan(plan: HostPlan) -> str:

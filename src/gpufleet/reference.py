@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from gpufleet.engines import ENGINES
+from gpufleet.engines.triton import TritonModel
 from gpufleet.models import (
     Accelerator,
     CloudModel,
@@ -33,8 +35,6 @@ from gpufleet.models import (
     RouterRedis,
     ServiceClaim,
     TailscaleNode,
-    TritonModel,
-    TritonServer,
     VaultServer,
 )
 
@@ -60,7 +60,11 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`litellm.database` (`RouterDatabase`)", RouterDatabase),
     ("`gateway` (`GatewayServer`)", GatewayServer),
     ("`prometheus` (`PrometheusServer`)", PrometheusServer),
-    ("`triton` (`TritonServer`)", TritonServer),
+    *dict.fromkeys(
+        (f"`{e.settings_key}` (`{e.settings_model.__name__}`)", e.settings_model)
+        for e in ENGINES
+        if e.settings_model is not None
+    ),
     ("`triton.models[]` (`TritonModel`)", TritonModel),
     ("`grafana` (`GrafanaServer`)", GrafanaServer),
     ("`dcgm_exporter` (`DcgmExporter`)", DcgmExporter),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from gpufleet.engines import served_name
+from gpufleet.engines import Engine, engine_for, served_name
 from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement, RouterDatabase, RouterRedis
 
 
@@ -101,29 +101,21 @@ class RouterConfig:
 
 
 def _litellm_params(spec: HostSpec, placement: ModelPlacement) -> tuple[dict[str, str], str]:
-    address = service_address(spec)
-    name = served_name(placement)
-    if placement.engine == "ollama":
-        return {
-            "model": f"ollama_chat/{name}",
-            "api_base": f"http://{address}:{spec.ollama_port}",
-        }, ""
-    if placement.engine == "vllm":
-        params = {
-            "model": f"hosted_vllm/{name}",
-            "api_base": f"http://{address}:{spec.vllm_port}/v1",
-        }
-        if "vllm_api_key" in spec.secrets:
-            variable = env_name("vllm_key", spec.name)
-            params["api_key"] = f"os.environ/{variable}"
-            return params, variable
-        return params, ""
-    # llama-server asks for no key; LiteLLM's OpenAI client insists on one being set.
-    return {
-        "model": f"openai/{name}",
-        "api_base": f"http://{address}:{spec.llamacpp_port}/v1",
-        "api_key": "none",
-    }, ""
+    """LiteLLM's parameters for one backend, and the environment variable of the engine's
+    key where it asks for one."""
+    engine = engine_for(spec, placement)
+    params = {
+        "model": f"{engine.router_provider}/{served_name(placement)}",
+        "api_base": f"http://{service_address(spec)}:{engine.port(spec)}{engine.api_path}",
+    }
+    if engine.api_key_secret and engine.api_key_secret in spec.secrets:
+        variable = env_name(f"{engine.settings_key}_key", spec.name)
+        params["api_key"] = f"os.environ/{variable}"
+        return params, variable
+    if engine.router_provider == "openai":
+        # The engine asks for no key; LiteLLM's OpenAI client insists on one being set.
+        params["api_key"] = "none"
+    return params, ""
 
 
 def redis_host(specs: dict[str, HostSpec]) -> HostSpec | None:
@@ -167,8 +159,9 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     for backend in backends(specs):
         spec = specs[backend.host]
         params, variable = _litellm_params(spec, backend.placement)
-        if variable:
-            environment[variable] = spec.secrets["vllm_api_key"]
+        secret = engine_for(spec, backend.placement).api_key_secret
+        if variable and secret:
+            environment[variable] = spec.secrets[secret]
         model_list.append(
             {
                 "model_name": backend.group,
@@ -237,6 +230,11 @@ class Upstream:
     """URI prefix on the gateway that reaches it."""
 
 
+def placement_engines(spec: HostSpec) -> set[Engine]:
+    """The engines serving this host's placements."""
+    return {engine_for(spec, placement) for placement in spec.models}
+
+
 def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> list[Upstream]:
     """The router first (``/v1/``), then one route per inference server when asked for."""
     routers = router_hosts(specs)
@@ -245,12 +243,11 @@ def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> lis
         servers = tuple(f"{service_address(s)}:{s.litellm.port}" for s in routers)
         upstreams.append(Upstream("litellm", servers, "/v1/"))
     if gateway_spec.gateway.direct_routes:
-        ports = {"ollama": "ollama_port", "llama.cpp": "llamacpp_port", "vllm": "vllm_port"}
         for spec in specs.values():
-            for engine in sorted({p.engine for p in spec.models}):
-                server = f"{service_address(spec)}:{getattr(spec, ports[engine])}"
-                name = env_name(spec.name, engine).lower()
-                upstreams.append(Upstream(name, (server,), f"/engines/{spec.name}/{engine}/"))
+            for engine in sorted(placement_engines(spec), key=lambda e: e.name):
+                server = f"{service_address(spec)}:{engine.port(spec)}"
+                name = env_name(spec.name, engine.name).lower()
+                upstreams.append(Upstream(name, (server,), f"/engines/{spec.name}/{engine.name}/"))
     return upstreams
 
 

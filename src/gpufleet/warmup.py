@@ -74,6 +74,30 @@ def complete(base: str, model: str, api_key: str | None, timeout: float) -> dict
     }
 
 
+def embed(base: str, model: str, api_key: str | None, timeout: float) -> dict:
+    """One embeddings call: an embedding model answers no completion."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    body = {"model": model, "input": "Say hello in five words."}
+    request = urllib.request.Request(
+        f"{base}/v1/embeddings", data=json.dumps(body).encode(), headers=headers
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answer = json.load(response)
+    vectors = [item.get("embedding") for item in answer.get("data", [])]
+    if not vectors or not vectors[0]:
+        raise RuntimeError(f"{model} answered with no embedding")
+    return {
+        "model": model,
+        "dimensions": len(vectors[0]),
+        "ttft_s": round(time.monotonic() - started, 3),
+        "tokens": 0,
+        "tokens_per_s": None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True)
@@ -82,6 +106,7 @@ def main() -> int:
     parser.add_argument("--record")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--api-key-env", help="environment variable holding the API key")
+    parser.add_argument("--kind", choices=("chat", "embedding"), default="chat")
     args = parser.parse_args()
     deadline = time.monotonic() + args.timeout
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
@@ -90,7 +115,8 @@ def main() -> int:
         if not args.model:
             print(f"{args.base}{args.health} is healthy")
             return 0
-        result = complete(args.base, args.model, api_key, max(deadline - time.monotonic(), 10))
+        ask = embed if args.kind == "embedding" else complete
+        result = ask(args.base, args.model, api_key, max(deadline - time.monotonic(), 10))
     except (TimeoutError, RuntimeError, urllib.error.URLError, OSError, ValueError) as error:
         print(f"warm-up failed: {args.model or 'health'} at {args.base}: {error}", file=sys.stderr)
         return 1
@@ -98,10 +124,13 @@ def main() -> int:
     os.makedirs(os.path.dirname(args.record), exist_ok=True)
     with open(args.record, "w") as record:
         json.dump(result, record, indent=2)
-    print(
-        f"{args.model}: first token {result['ttft_s']} s, {result['tokens']} tokens, "
-        f"{result['tokens_per_s']} tok/s"
-    )
+    if args.kind == "embedding":
+        print(f"{args.model}: {result['dimensions']} dimensions in {result['ttft_s']} s")
+    else:
+        print(
+            f"{args.model}: first token {result['ttft_s']} s, {result['tokens']} tokens, "
+            f"{result['tokens_per_s']} tok/s"
+        )
     return 0
 
 

@@ -35,12 +35,12 @@ def test_llama_server_built_from_the_verified_source_for_the_cpu(lab_host):
     # The build is recorded against its source and flags: CPU flags on a host without a GPU.
     stamp = lab_host.testinfra.file("/usr/local/bin/llama-server.gpufleet-build")
     flags = [*BASE_FLAGS, "-DGGML_NATIVE=OFF", *CCACHE_FLAGS]
-    expected = build_stamp(lab_host.spec.llamacpp_source_sha256, flags)
+    expected = build_stamp(lab_host.spec.llamacpp.source_sha256, flags)
     assert stamp.content_string.strip() == expected
     tarball = lab_host.testinfra.check_output(
         "sha256sum /var/cache/gpufleet/llama.cpp/llama.cpp-b0a2feb64c6f.tar.gz"
     )
-    assert tarball.startswith(lab_host.spec.llamacpp_source_sha256)
+    assert tarball.startswith(lab_host.spec.llamacpp.source_sha256)
 
 
 @pytest.mark.hosts("lab-gpu-1")

@@ -3,8 +3,9 @@
 import pytest
 
 from gpufleet.catalogue import load_catalogue, model_family_size
-from gpufleet.checks import check_host, placement_quant, weights_gb
+from gpufleet.checks import check_host
 from gpufleet.models import HostSpec, ModelPlacement
+from gpufleet.sizing import placement_quant, weights_gb
 
 
 @pytest.mark.parametrize(

@@ -37,9 +37,9 @@ def test_homelab_is_the_whole_fleet():
     assert str(akshat.lan_address) == "10.0.0.5"
     assert akshat.tailscale_name == "akshat-pc.tailf49db2.ts.net"
     assert [a.model for a in akshat.hardware.accelerators] == ["RTX 5090"]
-    assert akshat.ollama_max_loaded_models == 2  # 3 cannot be loaded at once (docstring)
+    assert akshat.ollama.max_loaded_models == 2  # 3 cannot be loaded at once (docstring)
     assert "XL-LOC-FRE-qwen2.5-coder-32b" in {m.alias for m in akshat.models}
-    assert specs["gtr9-pro"].ollama_context_length == 131072
+    assert specs["gtr9-pro"].ollama.context_length == 131072
     assert set(specs["pi5l"].groups) == {"orchestrator", "gateway", "router", "monitoring", "vault"}
     assert not specs["pi5l"].models
     # group_data/gpu_nodes.py reaches GPU nodes only.

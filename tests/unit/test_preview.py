@@ -12,10 +12,15 @@ from typing import Any
 
 import pytest
 
+from gpufleet.engines.ollama_macos import OLLAMA_MACOS
 from gpufleet.facts.tailscale import parse_status, served_proxies
+from gpufleet.inventory import validate_file
 from gpufleet.paths import EVERY_DEPLOY
 from gpufleet.preview import FactProfile, MissingFact, PlannedOperation, plan, profiles_for
+from gpufleet.roles.ollama import models_and_aliases
+from gpufleet.serving import placement_runs
 
+ROOT = Path(__file__).parents[2]
 HOMELAB = "inventory/homelab.py"
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -155,6 +160,15 @@ def test_a_converged_mac_plans_no_change(homelab):
         path = re.search(r'"path": "([^"]+)"', arguments).group(1)  # type: ignore[union-attr]
         return hashlib.sha1(written[path].encode()).hexdigest()
 
+    spec = validate_file(ROOT / HOMELAB)[mac[0]]
+    _, modelfiles = models_and_aliases(placement_runs(spec, OLLAMA_MACOS))
+
+    def modelfile(arguments: str) -> list[str] | None:
+        """Each alias's Modelfile as the last run wrote it (the planner's parameters)."""
+        path = re.search(r'"path": "([^"]+)"', arguments).group(1)  # type: ignore[union-attr]
+        alias = path.rsplit("/", 1)[-1].removesuffix(".Modelfile")
+        return modelfiles[alias].splitlines() if alias in modelfiles else None
+
     models = {"qwen2.5:14b", "llama3.2:3b", "phi3.5:3.8b", "nomic-embed-text:latest"}
     aliases = {
         f"{a}:latest" for a in ("M-LOC-FRE-qwen2.5-14b-metal", "S-LOC-FRE-llama3.2-3b-metal")
@@ -176,6 +190,7 @@ def test_a_converged_mac_plans_no_change(homelab):
                 "com.gpufleet.node-exporter": True,
             },
             "gpufleet.facts.ollama.OllamaModels": lambda _: models | aliases,
+            "pyinfra.facts.files.FileContents": modelfile,
         },
     )
     changing = [o.name for o in again["mac-mini-m4-pro"] if o.changes]

@@ -70,7 +70,8 @@ def test_a_mac_gets_no_apt_or_systemd_checks(homelab_checks):
     assert "baseline: apt sources are one deb822 file" not in mac
     assert "baseline: node exporter listens where the inventory says" not in mac
     assert "baseline: node exporter answers with this hosts metrics" in mac
-    assert "inference: ollama runs" in mac
+    assert "inference: every engine runs and answers its health path" in mac
+    assert "inference: ollama has every placed model" in mac
 
 
 def test_limit_narrows_to_hosts_and_groups_and_refuses_unknown_names():

@@ -9,6 +9,8 @@ records. Example::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -68,6 +70,12 @@ class Catalogue:
             if canonical in self.models:
                 return self.models[canonical]
         return None
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when a close match exists, else an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def model_family_size(tag: str) -> str:

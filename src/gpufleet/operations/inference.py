@@ -10,7 +10,7 @@ from pyinfra.api import FactBase, OperationError, operation
 from pyinfra.facts.files import File, FileContents
 from pyinfra.facts.systemd import SystemdStatus
 
-from gpufleet.engines import LLAMA_SERVER
+from gpufleet.engines.llamacpp import LLAMA_SERVER
 
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
 WARMUP_SCRIPT = "/usr/local/lib/gpufleet/warmup.py"
@@ -85,10 +85,12 @@ def warmed_up(
     timeout: int = 300,
     api_key_env: str | None = None,
     env_file: str | None = None,
+    kind: str = "chat",
 ):
     """
-    Wait for a server to be healthy, then ask ``model`` one short question and record the
-    time to first token and the tokens per second in /var/lib/gpufleet/warmup/<model>.json.
+    Wait for a server to be healthy, then ask ``model`` one short question (an embedding
+    model: one embedding) and record the time to first token and the tokens per second in
+    /var/lib/gpufleet/warmup/<model>.json.
     Fails the deploy, naming the model, when it does not answer within ``timeout`` seconds.
     Run it with ``_if`` on the service's restart: a converged host does not warm up again.
 
@@ -107,6 +109,8 @@ def warmed_up(
         "--record", f"{WARMUP_RECORDS}/{model}.json",
         "--timeout", str(timeout),
     ]  # fmt: skip
+    if kind == "embedding":
+        arguments += ["--kind", "embedding"]
     if api_key_env:
         arguments += ["--api-key-env", api_key_env]
     command = " ".join(shlex.quote(a) for a in arguments)

@@ -8,7 +8,6 @@ from weakref import WeakKeyDictionary
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.api.operation import OperationMeta
 from pyinfra.context import ctx_state
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
@@ -18,6 +17,7 @@ from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import HostSpec
 from gpufleet.paths import template
 from gpufleet.roles.macos import macos_baseline
+from gpufleet.roles.steps import run_service
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 NODE_EXPORTER_TEXTFILES = "/var/lib/prometheus/node-exporter"
@@ -25,59 +25,6 @@ NODE_EXPORTER_TEXTFILES = "/var/lib/prometheus/node-exporter"
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
 _PLANNED: WeakKeyDictionary[object, set[str]] = WeakKeyDictionary()
 """Per pyinfra run, the hosts whose baseline is already planned."""
-
-
-def run_service(service: str, *restart_if: OperationMeta) -> tuple[OperationMeta, OperationMeta]:
-    """Keep ``service`` enabled and running; restart it when any of ``restart_if`` changed
-    its config. Returns the start and the restart, for steps that must follow either."""
-    started = systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
-    restarted = systemd.service(
-        name=f"Restart {service}", service=service, restarted=True, _if=any_changed(*restart_if)
-    )
-    return started, restarted
-
-
-def run_unit(
-    service: str, unit: OperationMeta, *restart_if: OperationMeta
-) -> tuple[OperationMeta, OperationMeta]:
-    """:func:`run_service` for a service whose unit file gpufleet writes (``unit``): systemd
-    rereads its units first when that file changed."""
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    return run_service(service, unit, *restart_if)
-
-
-def signed_apt_repository(
-    name: str, key_url: str, keyring: str, uri: str, suite: str, components: list[str]
-) -> OperationMeta:
-    """A third-party apt repository trusted for its own packages only: its key downloaded to
-    ``keyring``, a deb822 source naming it in ``Signed-By``, the lists refreshed when either
-    changed. Returns the refresh."""
-    key = files.download(name=f"{name}'s apt signing key", src=key_url, dest=keyring, mode="644")
-    sources = files.template(
-        name=f"{name}'s apt repository (signed-by its key)",
-        src=template("apt/repository.sources.j2"),
-        dest=f"/etc/apt/sources.list.d/{name.lower()}.sources",
-        mode="644",
-        repository=name,
-        uri=uri,
-        suite=suite,
-        components=components,
-        keyring=keyring,
-    )
-    return apt.update(name=f"Refresh apt lists for {name}", _if=any_changed(key, sources))
-
-
-def service_account(name: str, home: str) -> None:
-    """A system user and group of the same name that cannot log in, for one service."""
-    server.group(name=f"{name} group", group=name, system=True)
-    server.user(
-        name=f"{name} user",
-        user=name,
-        group=name,
-        system=True,
-        home=home,
-        shell="/usr/sbin/nologin",
-    )
 
 
 @deploy("Baseline")

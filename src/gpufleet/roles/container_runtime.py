@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.configs import NVIDIA_RUNTIME
@@ -21,7 +20,7 @@ from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec
 from gpufleet.operations import docker
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_service
+from gpufleet.roles.steps import run_service
 
 KEYRINGS = "/etc/apt/keyrings"
 TOOLKIT_KEYRING = f"{KEYRINGS}/nvidia-container-toolkit.asc"
@@ -134,16 +133,6 @@ def container_toolkit(spec: HostSpec) -> bool:
             "the packages are not installed"
         )
     return True
-
-
-def pull_image(image: str, unit: OperationMeta) -> OperationMeta:
-    """Pull ``image`` for a unit that runs it, once, when the unit is new or changed (a pinned
-    tag does not change under the same name)."""
-    return server.shell(
-        name=f"Pull {image}",
-        commands=[f"docker image inspect {image} >/dev/null 2>&1 || docker pull {image}"],
-        _if=unit.did_change,
-    )
 
 
 @deploy("Docker and NVIDIA Container Toolkit")

@@ -21,8 +21,8 @@ from gpufleet.operations import config
 from gpufleet.operations.config import WantedFile
 from gpufleet.paths import render_template
 from gpufleet.pki import FleetCA
-from gpufleet.roles.baseline import run_service
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
+from gpufleet.roles.steps import run_service
 from gpufleet.routing import gateway_upstreams, router_hosts
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault, vault_host

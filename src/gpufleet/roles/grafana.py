@@ -20,8 +20,7 @@ from gpufleet.dashboards import DATASOURCE_UID, dashboards
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_unit, signed_apt_repository
-from gpufleet.roles.inference import wait_until_answering
+from gpufleet.roles.steps import run_unit, signed_apt_repository, wait_until_answering
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 

@@ -21,7 +21,8 @@ from gpufleet.facts.jetson import JetsonRelease
 from gpufleet.models import HostSpec
 from gpufleet.operations import docker
 from gpufleet.paths import template
-from gpufleet.roles.baseline import NODE_EXPORTER_TEXTFILES, run_service, run_unit
+from gpufleet.roles.baseline import NODE_EXPORTER_TEXTFILES
+from gpufleet.roles.steps import run_service, run_unit
 
 EXPORTER = "/usr/local/lib/gpufleet/tegrastats.py"
 METRICS = f"{NODE_EXPORTER_TEXTFILES}/gpufleet_tegra.prom"

@@ -19,10 +19,12 @@ from pyinfra.facts.launchd import LaunchdStatus
 from pyinfra.facts.server import Os, User
 from pyinfra.operations import brew, files, server
 
-from gpufleet import engines
-from gpufleet.facts.ollama import OllamaModels, missing_models
+from gpufleet.engines.ollama_macos import OLLAMA_MACOS
 from gpufleet.models import HostSpec
+from gpufleet.operations import ollama
 from gpufleet.paths import template
+from gpufleet.roles.ollama import models_and_aliases
+from gpufleet.serving import placement_runs
 
 BREW_PREFIX = "/opt/homebrew"
 """Homebrew's prefix on Apple silicon."""
@@ -111,30 +113,24 @@ def macos_baseline(spec: HostSpec) -> None:
 
 
 @deploy("Ollama (macOS)")
-def macos_ollama(spec: HostSpec) -> None:
+def serve(spec: HostSpec) -> None:
     """
     Homebrew's Ollama as a LaunchDaemon with the host's Ollama settings in its plist, then
-    the placed models pulled and aliased.
+    the placed models pulled and aliased as on Linux.
 
     .. code:: python
 
-        macos_ollama(host_spec())
+        serve(host_spec())
     """
-    placements = engines.placements(spec, "ollama")
-    if not placements:
+    runs = placement_runs(spec, OLLAMA_MACOS)
+    if not runs:
         host.noop("no Ollama model placed on this host")
         return
-    others = [p.model for p in spec.models if p.engine != "ollama"]
-    if others:
-        raise DeployError(
-            f"{spec.name}: models[].engine: only Ollama is provisioned on macOS ({others} ask "
-            "for another engine); serve them with Ollama or place them on a Linux host"
-        )
     user = macos_user(spec)
     installed = brew.packages(name="Ollama (Homebrew)", packages=["ollama"], _env={"PATH": PATH})
-    environment = {"HOME": f"/Users/{user}", "PATH": PATH, **engines.ollama_environment(spec)}
+    environment = {"HOME": f"/Users/{user}", "PATH": PATH, **dict(runs[0].rendered.environment)}
     _, started = launch_daemon(
-        "com.gpufleet.ollama",
+        OLLAMA_MACOS.service,
         [f"{BREW_PREFIX}/bin/ollama", "serve"],
         environment,
         user,
@@ -144,19 +140,18 @@ def macos_ollama(spec: HostSpec) -> None:
         name="Ollama answers",
         commands=[
             "for _ in $(seq 60); do "
-            f"curl -fsS http://127.0.0.1:{spec.ollama_port}/api/version >/dev/null && exit 0; "
-            "sleep 1; done; exit 1"
+            f"curl -fsS {OLLAMA_MACOS.local_url(spec)}{OLLAMA_MACOS.health_path} >/dev/null "
+            "&& exit 0; sleep 1; done; exit 1"
         ],
         _if=started.did_change,
     )
-    client = {"PATH": PATH, "OLLAMA_HOST": f"127.0.0.1:{spec.ollama_port}"}
-    listed = host.get_fact(OllamaModels, _env=client) or set()
-    for tag in missing_models([p.model for p in placements], listed):
-        server.shell(name=f"Pull {tag}", commands=[f"ollama pull {tag}"], _env=client)
-    for placement in placements:
-        if placement.alias and missing_models([placement.alias], listed):
-            server.shell(
-                name=f"Alias {placement.alias}",
-                commands=[f"ollama cp {placement.model} {placement.alias}"],
-                _env=client,
-            )
+    client = {"PATH": PATH, "OLLAMA_HOST": f"127.0.0.1:{OLLAMA_MACOS.port(spec)}"}
+    pulled, aliases = models_and_aliases(runs)
+    ollama.models(
+        name="Pull and alias Ollama models",
+        pulled=pulled,
+        aliases=aliases,
+        modelfiles=f"/Users/{user}/.gpufleet/ollama",
+        env=client,
+        _env=client,
+    )

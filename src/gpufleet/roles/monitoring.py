@@ -23,10 +23,8 @@ from gpufleet.models import HostSpec
 from gpufleet.monitoring import JOBS, probes, scrape_jobs
 from gpufleet.operations import config
 from gpufleet.paths import TEMPLATES, render_template, template
-from gpufleet.roles.baseline import run_service, run_unit
-from gpufleet.roles.container_runtime import pull_image
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, trust_fleet_ca
-from gpufleet.roles.inference import wait_until_answering
+from gpufleet.roles.steps import pull_image, run_service, run_unit, wait_until_answering
 
 CONFIG = "/etc/prometheus/prometheus.yml"
 FILE_SD = "/etc/prometheus/file_sd"

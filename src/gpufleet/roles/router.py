@@ -23,8 +23,7 @@ from gpufleet.facts.system import PostgresLogin, release_codename
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
 from gpufleet.paths import render_template, template
-from gpufleet.roles.baseline import run_service, run_unit, service_account
-from gpufleet.roles.inference import wait_until_answering
+from gpufleet.roles.steps import run_service, run_unit, service_account, wait_until_answering
 from gpufleet.routing import router_config, router_hosts, service_address
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault

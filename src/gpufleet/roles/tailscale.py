@@ -17,7 +17,7 @@ from gpufleet.facts.system import release_codename
 from gpufleet.facts.tailscale import TailscaleServe, TailscaleStatus
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
-from gpufleet.roles.baseline import run_service, signed_apt_repository
+from gpufleet.roles.steps import run_service, signed_apt_repository
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 

@@ -16,12 +16,11 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from gpufleet.models import HostSpec, TritonModel
+from gpufleet.engines.triton import TRITON, TritonModel
+from gpufleet.models import HostSpec
 from gpufleet.operations import downloads
 from gpufleet.paths import template
-from gpufleet.roles.baseline import run_unit
-from gpufleet.roles.container_runtime import pull_image
-from gpufleet.roles.inference import wait_until_answering
+from gpufleet.roles.steps import pull_image, run_unit, wait_until_answering
 
 MODEL_FILES = {
     "onnxruntime": "model.onnx",
@@ -37,7 +36,7 @@ def model_file(repository: str, model: TritonModel) -> str:
 
 
 @deploy("Triton Inference Server")
-def triton(spec: HostSpec) -> None:
+def serve(spec: HostSpec) -> None:
     """
     Converge Triton on a GPU node that enables it.
 
@@ -112,7 +111,7 @@ def triton(spec: HostSpec) -> None:
         metrics_port=settings.metrics_port,
     )
     pull_image(settings.image, unit)
-    started, restarted = run_unit("triton", unit, *changed)
+    started, restarted = run_unit(TRITON.service, unit, *changed)
     wait_until_answering(
         "Triton is ready (every model loaded)",
         f"http://127.0.0.1:{settings.http_port}",

@@ -21,8 +21,8 @@ from gpufleet.facts.system import ContainerVirtualization, release_codename
 from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, downloads, vault
 from gpufleet.paths import render_template, template
-from gpufleet.roles.baseline import run_unit, service_account
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
+from gpufleet.roles.steps import run_unit, service_account
 from gpufleet.routing import service_address
 from gpufleet.secrets import secret_uses
 

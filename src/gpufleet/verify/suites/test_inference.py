@@ -1,59 +1,45 @@
 """Inference servers: each engine with a placement runs, answers and serves its models."""
 
-from gpufleet import engines
+from gpufleet.engines import ENGINES, served_name, serving
+from gpufleet.engines.llamacpp import LLAMACPP
+from gpufleet.engines.ollama import OLLAMA
+from gpufleet.engines.triton import TRITON
 from gpufleet.verify import applies, assert_running, http_get
 
 
 def applies_to(spec):
-    return bool(spec.models) or spec.triton.enabled
+    return any(engine.runs_on(spec) for engine in ENGINES)
 
 
-def _serves(engine):
-    return lambda spec: bool(engines.placements(spec, engine))
+@applies(lambda spec: bool(serving(spec)))
+def test_every_engine_runs_and_answers_its_health_path(target):
+    for engine in serving(target.spec):
+        assert_running(target, engine.service)
+        url = engine.probe_url(target.spec, target.address)
+        assert http_get(url).status_code == 200, f"{engine.name} does not answer {url}"
 
 
-@applies(_serves("llama.cpp"))
-def test_llama_server_runs(target):
-    assert_running(target, "llama-server")
-
-
-@applies(_serves("llama.cpp"))
+@applies(LLAMACPP.runs_on)
 def test_llama_server_serves_its_model(target):
-    base = f"http://{target.address}:{target.spec.llamacpp_port}"
+    base = f"http://{target.address}:{LLAMACPP.port(target.spec)}"
     assert http_get(f"{base}/health").json() == {"status": "ok"}
     served = {m["id"] for m in http_get(f"{base}/v1/models").json()["data"]}
-    for placement in engines.placements(target.spec, "llama.cpp"):
-        assert engines.served_name(placement) in served, f"served: {sorted(served)}"
+    for placement in LLAMACPP.placements(target.spec):
+        assert served_name(placement) in served, f"served: {sorted(served)}"
 
 
-@applies(_serves("ollama"))
-def test_ollama_runs(target):
-    assert_running(target, "ollama")
-
-
-@applies(_serves("ollama"))
+@applies(lambda spec: bool(OLLAMA.placements(spec)))
 def test_ollama_has_every_placed_model(target):
-    tags = http_get(f"http://{target.address}:{target.spec.ollama_port}/api/tags").json()
+    tags = http_get(f"http://{target.address}:{OLLAMA.port(target.spec)}/api/tags").json()
     present = {m["name"] for m in tags["models"]}
-    for placement in engines.placements(target.spec, "ollama"):
-        name = engines.served_name(placement)
+    for placement in OLLAMA.placements(target.spec):
+        name = served_name(placement)
         assert name in present or f"{name}:latest" in present, f"{name} not in {sorted(present)}"
 
 
-@applies(_serves("vllm"))
-def test_vllm_runs(target):
-    assert_running(target, "vllm")
-
-
-@applies(_serves("vllm"))
-def test_vllm_is_healthy(target):
-    assert http_get(f"http://{target.address}:{target.spec.vllm_port}/health").status_code == 200
-
-
-@applies(lambda spec: spec.triton.enabled)
+@applies(TRITON.runs_on)
 def test_triton_is_ready_with_every_model(target):
-    assert_running(target, "triton")
-    base = f"http://{target.address}:{target.spec.triton.http_port}/v2"
+    base = f"http://{target.address}:{TRITON.port(target.spec)}/v2"
     assert http_get(f"{base}/health/ready").status_code == 200, "Triton is not ready"
     for model in target.spec.triton.models:
         ready = http_get(f"{base}/models/{model.name}/ready").status_code

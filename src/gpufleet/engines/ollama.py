@@ -1,0 +1,146 @@
+"""Ollama on Linux: one server (a systemd unit with a drop-in) that loads models on demand.
+
+Host-wide settings go into the drop-in's environment; what the planner decides per model
+(its context and the layers it puts on the GPU) goes into the Modelfile its alias is
+created from, since Ollama takes those per model. Example::
+
+    >>> OLLAMA.render(spec, placement, decision).parameters
+    (('num_ctx', '8192'), ('num_gpu', '49'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+
+from gpufleet.engines.base import Engine, PlacementDecision, Rendered
+from gpufleet.fields import Port, Spec
+
+if TYPE_CHECKING:
+    from gpufleet.models import HostSpec, ModelPlacement
+
+BINARY = "/usr/local/bin/ollama"
+DEFAULT_CONTEXT = 2048
+"""Context Ollama gives a model when neither the placement nor OLLAMA_CONTEXT_LENGTH says."""
+LOADED_PER_GPU = 3
+"""Ollama's default for OLLAMA_MAX_LOADED_MODELS: 3 per GPU (3 on a CPU-only host)."""
+MODELFILES = "/var/lib/gpufleet/ollama"
+"""Where the Modelfiles of aliases are kept on the host (the alias is re-created when its
+Modelfile changes)."""
+
+
+class OllamaSettings(Spec):
+    """Ollama's settings (``ollama: {num_parallel: 2}``)."""
+
+    port: Port = 11434
+    """Port Ollama listens on (OLLAMA_HOST)."""
+    address: IPv4Address = IPv4Address("0.0.0.0")
+    """Address Ollama listens on (OLLAMA_HOST); the gateway reaches it there."""
+    keep_alive: str = Field("5m", pattern=r"^(-1|0|\d+[smh])$")
+    """OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (``-1``: for ever)."""
+    flash_attention: bool = True
+    """OLLAMA_FLASH_ATTENTION: less memory for long contexts on GPUs that support it."""
+    version: str = Field("0.12.10", pattern=r"^\d+\.\d+\.\d+$")
+    """Ollama release to install."""
+    url: str = Field(
+        "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tgz",
+        pattern=r"^https?://\S+$",
+    )
+    """Where the release archive comes from (``{version}``, ``{arch}``: amd64/arm64); a
+    local mirror for offline hosts."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of that archive; without it the binary must already be on the host."""
+    max_loaded_models: int | None = Field(None, ge=1)
+    """OLLAMA_MAX_LOADED_MODELS; Ollama's own default (3 per GPU) when left out."""
+    num_parallel: int | None = Field(None, ge=1)
+    """OLLAMA_NUM_PARALLEL: requests served at once per loaded model."""
+    context_length: int | None = Field(None, ge=256)
+    """OLLAMA_CONTEXT_LENGTH: default context for every model the host serves."""
+
+
+class Ollama(Engine):
+    name = "ollama"
+    settings_key = "ollama"
+    had_flat_keys = True
+    settings_model = OllamaSettings
+    service = "ollama"
+    role = "gpufleet.roles.ollama"
+    health_path = "/api/version"
+    api_path = ""
+    router_provider = "ollama_chat"
+    loads_on_demand = True
+    binary: ClassVar[str] = BINARY
+
+    def settings(self, spec: HostSpec) -> OllamaSettings:
+        return spec.ollama
+
+    def runs_on(self, spec: HostSpec) -> bool:
+        return spec.os != "macos" and bool(self.placements(spec))
+
+    def default_context(self, spec: HostSpec, model_context: int) -> int:
+        return spec.ollama.context_length or DEFAULT_CONTEXT
+
+    def slots(self, spec: HostSpec) -> int:
+        return spec.ollama.num_parallel or 1
+
+    def max_loaded(self, spec: HostSpec) -> int:
+        return spec.ollama.max_loaded_models or LOADED_PER_GPU * max(
+            spec.hardware.nvidia_gpu_count, 1
+        )
+
+    def problems(
+        self, spec: HostSpec, placed: list[tuple[int, ModelPlacement]]
+    ) -> Iterator[tuple[str, str]]:
+        for i, placement in placed:
+            if placement.context and not placement.alias:
+                yield (
+                    f"models[{i}].context",
+                    "Ollama takes a model's own context through its alias (a Modelfile): give "
+                    "the placement an alias, or set ollama.context_length for the whole host",
+                )
+
+    def environment(self, spec: HostSpec) -> dict[str, str]:
+        """The server's environment (its drop-in, or its plist on macOS)."""
+        settings = spec.ollama
+        env = {
+            "OLLAMA_HOST": f"{settings.address}:{settings.port}",
+            "OLLAMA_KEEP_ALIVE": settings.keep_alive,
+            "OLLAMA_FLASH_ATTENTION": "1" if settings.flash_attention else "0",
+        }
+        if settings.max_loaded_models is not None:
+            env["OLLAMA_MAX_LOADED_MODELS"] = str(settings.max_loaded_models)
+        if settings.num_parallel is not None:
+            env["OLLAMA_NUM_PARALLEL"] = str(settings.num_parallel)
+        if settings.context_length is not None:
+            env["OLLAMA_CONTEXT_LENGTH"] = str(settings.context_length)
+        return env
+
+    def render(
+        self, spec: HostSpec, placement: ModelPlacement, decision: PlacementDecision
+    ) -> Rendered:
+        """The server's environment, and the model's context and GPU layers as its alias's
+        Modelfile parameters (a placement without an alias runs with the server's)."""
+        parameters: tuple[tuple[str, str], ...] = ()
+        if placement.alias:
+            parameters = (
+                ("num_ctx", str(decision.context)),
+                ("num_gpu", str(decision.gpu_layers)),
+            )
+        return Rendered(environment=tuple(self.environment(spec).items()), parameters=parameters)
+
+
+def modelfile(placement: ModelPlacement, rendered: Rendered) -> str:
+    """The Modelfile an alias is created from: the pulled model and the planned parameters."""
+    lines = [f"FROM {placement.model}"]
+    lines += [f"PARAMETER {key} {value}" for key, value in rendered.parameters]
+    return "\n".join(lines) + "\n"
+
+
+def modelfile_path(alias: str) -> str:
+    return f"{MODELFILES}/{alias}.Modelfile"
+
+
+OLLAMA = Ollama()

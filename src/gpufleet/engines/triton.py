@@ -1,0 +1,96 @@
+"""NVIDIA Triton Inference Server: NGC's image through the NVIDIA runtime, serving the model
+repository the inventory lays out (``triton: {enabled: true, models: [...]}``). It has no
+placements: it runs where it is enabled, and is ready only when every model has loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from gpufleet.engines.base import Engine, Listener, ScrapeTarget
+from gpufleet.fields import Port, Spec
+
+if TYPE_CHECKING:
+    from gpufleet.models import HostSpec
+
+
+class TritonModel(Spec):
+    """One model of Triton's repository: ``{"name": "bge-small", "backend": "onnxruntime",
+    "source": "/srv/models/bge-small.onnx"}``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Folder name in the repository; the name clients ask Triton for."""
+    backend: Literal["onnxruntime", "tensorrt", "pytorch", "python"]
+    """Triton backend that runs it (its file is ``model.onnx``, ``model.plan``, ``model.pt``
+    or ``model.py``)."""
+    source: str = Field(pattern=r"^(https?://|/)\S+$")
+    """The model file: a URL (downloaded, verified by ``sha256``) or a path on the host."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Checksum of a downloaded file; required for a URL."""
+    version: int = Field(1, ge=1)
+    """Version folder the file goes in."""
+    max_batch_size: int = Field(0, ge=0)
+    """Largest batch Triton forms (0: the model takes no batch dimension)."""
+    instances: int = Field(1, ge=1, le=16)
+    """Copies of the model on each GPU (``instance_group``)."""
+
+
+class TritonServer(Spec):
+    """NVIDIA Triton Inference Server on a GPU node, from NGC's container through the NVIDIA
+    runtime: ``{"enabled": True, "models": [...]}``."""
+
+    enabled: bool = False
+    """Run Triton on this host."""
+    image: str = "nvcr.io/nvidia/tritonserver:25.01-py3"
+    """Pinned NGC image; a local registry for offline hosts."""
+    repository: str = Field("/srv/triton/models", pattern=r"^/\S+$")
+    """Model repository on the host, mounted read-only at /models."""
+    http_port: Port = 8000
+    """HTTP/REST (KServe v2) port."""
+    grpc_port: Port = 8001
+    """gRPC port."""
+    metrics_port: Port = 8002
+    """Prometheus metrics port (``nv_inference_*``), scraped by the monitoring host."""
+    models: tuple[TritonModel, ...] = ()
+    """The repository's models."""
+
+
+class Triton(Engine):
+    name = "triton"
+    settings_key = "triton"
+    settings_model = TritonServer
+    service = "triton"
+    role = "gpufleet.roles.triton"
+    health_path = "/v2/health/ready"
+    metrics_path = "/metrics"
+    scrape_job = "triton"
+    needs_nvidia_gpu = True
+
+    def settings(self, spec: HostSpec) -> TritonServer:
+        return spec.triton
+
+    def runs_on(self, spec: HostSpec) -> bool:
+        return spec.triton.enabled
+
+    def port(self, spec: HostSpec) -> int:
+        return spec.triton.http_port
+
+    def address(self, spec: HostSpec) -> str:
+        return "0.0.0.0"
+
+    def listeners(self, spec: HostSpec) -> list[Listener]:
+        if not spec.triton.enabled:
+            return []
+        return [
+            Listener(spec.triton.http_port, "triton.http_port"),
+            Listener(spec.triton.grpc_port, "triton.grpc_port"),
+            Listener(spec.triton.metrics_port, "triton.metrics_port"),
+        ]
+
+    def scrape_targets(self, spec: HostSpec) -> list[ScrapeTarget]:
+        return [ScrapeTarget("triton", spec.triton.metrics_port)]
+
+
+TRITON = Triton()

@@ -1,0 +1,120 @@
+"""vLLM: one model per server on NVIDIA GPUs, from a pinned venv, the container image or an
+installation of your own; its API key read from an environment file, never a command line.
+Example::
+
+    >>> VLLM.render(spec, placement, decision).command[:2]
+    ('/opt/vllm/bin/vllm', 'serve')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from gpufleet.engines.base import Engine, PlacementDecision, Rendered, served_name
+from gpufleet.fields import Port, Spec
+
+if TYPE_CHECKING:
+    from gpufleet.models import HostSpec, ModelPlacement
+
+VENV = "/opt/vllm"
+ENV_FILE = "/etc/gpufleet/vllm.env"
+API_KEY_ENV = "VLLM_API_KEY"
+
+
+class VllmSettings(Spec):
+    """vLLM's settings (``vllm: {install: container}``)."""
+
+    port: Port = 8000
+    """Port of vLLM's OpenAI-compatible server."""
+    address: IPv4Address = IPv4Address("0.0.0.0")
+    """Address vLLM listens on (--host)."""
+    install: Literal["venv", "container", "present"] = "venv"
+    """venv: ``pip install vllm==<version>`` in /opt/vllm; container: the vLLM image run by
+    Docker through the NVIDIA runtime; present: you installed vLLM in /opt/vllm yourself
+    (the service starts once it is there)."""
+    version: str = Field("0.11.0", pattern=r"^\d+\.\d+\.\d+$")
+    """vLLM release (pip version, image tag ``v<version>``)."""
+    image: str = "vllm/vllm-openai"
+    """Container image for ``install: container``; a local registry for offline hosts."""
+    pip_index: str | None = Field(None, pattern=r"^https?://\S+$")
+    """A PyPI mirror for the venv install."""
+    max_num_seqs: int = Field(32, ge=1)
+    """--max-num-seqs: one user does not need 128 sequences; fewer keep memory free."""
+    max_num_batched_tokens: int = Field(4096, ge=256)
+    """--max-num-batched-tokens."""
+    enable_prefix_caching: bool = True
+    """--enable-prefix-caching: reuse the KV cache of a repeated system prompt."""
+    gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
+    """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
+
+
+class Vllm(Engine):
+    name = "vllm"
+    settings_key = "vllm"
+    had_flat_keys = True
+    settings_model = VllmSettings
+    service = "vllm"
+    role = "gpufleet.roles.vllm"
+    health_path = "/health"
+    metrics_path = "/metrics"
+    scrape_job = "vllm"
+    router_provider = "hosted_vllm"
+    api_key_secret = "vllm_api_key"
+    one_model_per_server = True
+    needs_nvidia_gpu = True
+    offloads_to_ram = False
+
+    def settings(self, spec: HostSpec) -> VllmSettings:
+        return spec.vllm
+
+    def slots(self, spec: HostSpec) -> int:
+        return spec.vllm.max_num_seqs
+
+    def kv_slots(self, spec: HostSpec) -> int:
+        return 1  # paged: the KV cache is shared by the sequences, sized for one context
+
+    def gpu_memory_share(self, spec: HostSpec) -> float:
+        return spec.vllm.gpu_memory_utilization
+
+    def problems(
+        self, spec: HostSpec, placed: list[tuple[int, ModelPlacement]]
+    ) -> Iterator[tuple[str, str]]:
+        for i, placement in placed:
+            if placement.source is None:
+                yield (
+                    f"models[{i}].source",
+                    "vLLM loads Hugging Face weights: give the repo id (e.g. "
+                    "'meta-llama/Llama-3.1-8B-Instruct') or a folder on the host",
+                )
+
+    def render(
+        self, spec: HostSpec, placement: ModelPlacement, decision: PlacementDecision
+    ) -> Rendered:
+        """``vllm serve`` with the planned flags. The API key is read from VLLM_API_KEY (an
+        environment file), so it never shows in a process list or a plan."""
+        settings = spec.vllm
+        command: tuple[str, ...] = (
+            "vllm" if settings.install == "container" else f"{VENV}/bin/vllm",
+            "serve", placement.source or placement.model,
+            "--served-model-name", served_name(placement),
+            "--host", str(settings.address),
+            "--port", str(settings.port),
+            "--gpu-memory-utilization", f"{settings.gpu_memory_utilization:.2f}",
+            "--max-num-seqs", str(decision.slots),
+            "--max-num-batched-tokens", str(settings.max_num_batched_tokens),
+            "--tensor-parallel-size", str(decision.gpus),
+            "--max-model-len", str(decision.context),
+        )  # fmt: skip
+        if settings.enable_prefix_caching:
+            command += ("--enable-prefix-caching",)
+        if decision.kind == "embedding":
+            command += ("--task", "embed")
+        key = spec.secrets.get(self.api_key_secret or "", "missing")
+        return Rendered(command=command, environment=((API_KEY_ENV, f"<{key}>"),))
+
+
+VLLM = Vllm()

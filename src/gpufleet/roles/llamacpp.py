@@ -1,0 +1,121 @@
+"""llama.cpp: build or install ``llama-server`` and serve the host's llama.cpp model with the
+flags the planner decided (layers on the GPU, context, slots, threads).
+
+Runbook it replaces: know the GPU; fetch the source and the weights, verified; build; write
+the unit; start; wait for health; warm the model up and record its first-token time; fail
+loudly if it does not answer. A converged host does none of the last steps again.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files
+
+from gpufleet.engines import served_name
+from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, gguf_path
+from gpufleet.facts.gpu import detected_gpus
+from gpufleet.models import HostSpec, ModelPlacement
+from gpufleet.operations import downloads, inference
+from gpufleet.paths import template
+from gpufleet.roles.steps import restart_and_warm_up, warm_up_tool
+from gpufleet.serving import placement_runs
+
+BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
+
+
+@deploy("llama.cpp")
+def serve(spec: HostSpec) -> None:
+    """
+    Build or install ``llama-server`` and serve the host's llama.cpp model with it.
+
+    .. code:: python
+
+        serve(host_spec())
+    """
+    runs = placement_runs(spec, LLAMACPP)
+    if not runs:
+        host.noop("no llama.cpp model placed on this host")
+        return
+    run = runs[0]
+    settings = spec.llamacpp
+    gpu = bool(detected_gpus()["pci"]) and spec.hardware.nvidia_gpu_count > 0
+
+    # 1. The server: a given binary, or built from the verified source.
+    if settings.binary_url:
+        assert settings.binary_sha256 is not None  # the inventory check requires it
+        binary = downloads.verified_download(
+            name="Download llama-server",
+            src=settings.binary_url,
+            dest=LLAMA_SERVER,
+            sha256=settings.binary_sha256,
+            mode="755",
+        )
+    else:
+        packages = [*BUILD_PACKAGES, *(["ccache"] if settings.ccache else [])]
+        packages += ["nvidia-cuda-toolkit"] if gpu else []
+        apt.packages(name="llama.cpp build tools", packages=packages, no_recommends=True)
+        assert settings.source_sha256 is not None  # the inventory check requires it
+        tarball = f"{inference.BUILD_ROOT}/llama.cpp-{settings.source_sha256[:12]}.tar.gz"
+        files.directory(name="llama.cpp build folder", path=inference.BUILD_ROOT)
+        downloads.verified_download(
+            name="Download the llama.cpp source",
+            src=settings.source_url,
+            dest=tarball,
+            sha256=settings.source_sha256,
+        )
+        binary = inference.llama_server_built(
+            name=f"Build llama-server ({'CUDA' if gpu else 'CPU'})",
+            tarball=tarball,
+            source_sha256=settings.source_sha256,
+            subdir=settings.source_subdir,
+            cmake_flags=["-DGGML_CUDA=ON"] if gpu else ["-DGGML_NATIVE=OFF"],
+            ccache=settings.ccache,
+            jobs=spec.hardware.cores,
+        )
+
+    # 2. The weights, verified; or a file already on the host.
+    model = model_file(run.placement)
+
+    # 3. The unit, with the planned flags.
+    warm_up_tool()
+    unit = files.template(
+        name="llama-server unit",
+        src=template("llamacpp/llama-server.service.j2"),
+        dest=f"/etc/systemd/system/{LLAMACPP.service}.service",
+        mode="644",
+        served=served_name(run.placement),
+        run_as=spec.service_user,
+        command=list(run.rendered.command),
+    )
+    restart_and_warm_up(
+        LLAMACPP.service,
+        unit_changed=unit,
+        config_changed=[binary, *([model] if model else [])],
+        base_url=LLAMACPP.local_url(spec),
+        health_path=LLAMACPP.health_path,
+        models=[(served_name(run.placement), run.decision.kind)],
+    )
+
+
+def model_file(placement: ModelPlacement) -> OperationMeta | None:
+    path = gguf_path(placement)
+    if placement.source and placement.source.startswith(("http://", "https://")):
+        files.directory(name="llama.cpp models folder", path=MODELS)
+        assert placement.sha256 is not None  # the inventory check requires it
+        return downloads.verified_download(
+            name=f"Download {served_name(placement)}",
+            src=placement.source,
+            dest=path,
+            sha256=placement.sha256,
+            mode="644",
+        )
+    if not host.get_fact(File, path=path):
+        raise DeployError(
+            f"{host.name}: models: {path} is not on the host; copy it there or give its URL "
+            "and sha256 as the placement's source"
+        )
+    return None

@@ -1,0 +1,121 @@
+"""Ollama on Linux: install it, configure it through a systemd drop-in, pull the placed models
+and create their aliases from Modelfiles holding what the planner decided for each (context,
+layers on the GPU), then warm each model up.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server
+from pyinfra.operations.util import any_changed
+
+from gpufleet.engines import served_name
+from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile
+from gpufleet.models import HostSpec
+from gpufleet.operations import downloads, inference, ollama
+from gpufleet.paths import template
+from gpufleet.roles.steps import configured_not_started, restart_and_warm_up, warm_up_tool
+from gpufleet.serving import PlacementRun, placement_runs
+
+DROP_IN = "/etc/systemd/system/ollama.service.d/override.conf"
+
+
+def models_and_aliases(runs: tuple[PlacementRun, ...]) -> tuple[list[str], dict[str, str]]:
+    """The tags to pull and each alias's Modelfile."""
+    pulled = list(dict.fromkeys(run.placement.model for run in runs))
+    aliases = {
+        run.placement.alias: modelfile(run.placement, run.rendered)
+        for run in runs
+        if run.placement.alias
+    }
+    return pulled, aliases
+
+
+@deploy("Ollama")
+def serve(spec: HostSpec) -> None:
+    """
+    Install Ollama, configure it through a systemd drop-in, pull the placed models that are
+    missing and create their aliases.
+
+    .. code:: python
+
+        serve(host_spec())
+    """
+    runs = placement_runs(spec, OLLAMA)
+    if not runs:
+        host.noop("no Ollama model placed on this host")
+        return
+    settings = spec.ollama
+
+    server.user(
+        name="ollama user",
+        user="ollama",
+        system=True,
+        home="/usr/share/ollama",
+        shell="/usr/sbin/nologin",
+        create_home=True,
+    )
+    if settings.sha256:
+        arch = "arm64" if spec.arch == "aarch64" else "amd64"
+        archive = f"/var/cache/gpufleet/ollama-{settings.version}.tgz"
+        files.directory(name="Download folder", path="/var/cache/gpufleet")
+        download = downloads.verified_download(
+            name=f"Download Ollama {settings.version}",
+            src=settings.url.format(version=settings.version, arch=arch),
+            dest=archive,
+            sha256=settings.sha256,
+        )
+        binary = server.shell(
+            name=f"Unpack Ollama {settings.version} into /usr/local",
+            commands=[f"tar -xzf {archive} -C /usr/local"],
+            _if=download.did_change,
+        )
+    else:
+        binary = None
+    installed = bool(settings.sha256) or bool(host.get_fact(File, path=OLLAMA.binary))
+
+    unit = files.template(
+        name="Ollama unit",
+        src=template("ollama/ollama.service.j2"),
+        dest=f"/etc/systemd/system/{OLLAMA.service}.service",
+        mode="644",
+        binary=OLLAMA.binary,
+    )
+    drop_in = files.template(
+        name="Ollama settings (drop-in)",
+        src=template("ollama/override.conf.j2"),
+        dest=DROP_IN,
+        mode="644",
+        environment=dict(runs[0].rendered.environment),
+    )
+    if not installed:
+        configured_not_started(
+            OLLAMA.service,
+            [unit, drop_in],
+            f"no Ollama binary at {OLLAMA.binary} and no ollama.sha256 to install one",
+        )
+        return
+    warm_up_tool()
+    starts = restart_and_warm_up(
+        OLLAMA.service,
+        unit_changed=unit,
+        config_changed=[drop_in, *([binary] if binary else [])],
+        base_url=OLLAMA.local_url(spec),
+        health_path=OLLAMA.health_path,
+        models=[],  # warmed up below, once pulled
+    )
+    pulled, aliases = models_and_aliases(runs)
+    fetched = ollama.models(
+        name="Pull and alias Ollama models", pulled=pulled, aliases=aliases, modelfiles=MODELFILES
+    )
+    for run in runs:
+        inference.warmed_up(
+            name=f"Warm up {served_name(run.placement)}",
+            base_url=OLLAMA.local_url(spec),
+            health_path=OLLAMA.health_path,
+            model=served_name(run.placement),
+            kind=run.decision.kind,
+            _if=any_changed(*starts, fetched),
+        )

@@ -1,0 +1,151 @@
+"""Steps the roles share: run a service (and restart it on change), write a unit and run it,
+trust a signed apt repository, pull a pinned image, wait until a service answers, warm its
+models up. Each is a few pyinfra operations in the order a runbook would give them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from gpufleet.operations import inference
+from gpufleet.paths import template
+
+
+def run_service(service: str, *restart_if: OperationMeta) -> tuple[OperationMeta, OperationMeta]:
+    """Keep ``service`` enabled and running; restart it when any of ``restart_if`` changed
+    its config. Returns the start and the restart, for steps that must follow either."""
+    started = systemd.service(name=f"Run {service}", service=service, running=True, enabled=True)
+    restarted = systemd.service(
+        name=f"Restart {service}", service=service, restarted=True, _if=any_changed(*restart_if)
+    )
+    return started, restarted
+
+
+def run_unit(
+    service: str, unit: OperationMeta, *restart_if: OperationMeta
+) -> tuple[OperationMeta, OperationMeta]:
+    """:func:`run_service` for a service whose unit file gpufleet writes (``unit``): systemd
+    rereads its units first when that file changed."""
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    return run_service(service, unit, *restart_if)
+
+
+def signed_apt_repository(
+    name: str, key_url: str, keyring: str, uri: str, suite: str, components: list[str]
+) -> OperationMeta:
+    """A third-party apt repository trusted for its own packages only: its key downloaded to
+    ``keyring``, a deb822 source naming it in ``Signed-By``, the lists refreshed when either
+    changed. Returns the refresh."""
+    key = files.download(name=f"{name}'s apt signing key", src=key_url, dest=keyring, mode="644")
+    sources = files.template(
+        name=f"{name}'s apt repository (signed-by its key)",
+        src=template("apt/repository.sources.j2"),
+        dest=f"/etc/apt/sources.list.d/{name.lower()}.sources",
+        mode="644",
+        repository=name,
+        uri=uri,
+        suite=suite,
+        components=components,
+        keyring=keyring,
+    )
+    return apt.update(name=f"Refresh apt lists for {name}", _if=any_changed(key, sources))
+
+
+def service_account(name: str, home: str) -> None:
+    """A system user and group of the same name that cannot log in, for one service."""
+    server.group(name=f"{name} group", group=name, system=True)
+    server.user(
+        name=f"{name} user",
+        user=name,
+        group=name,
+        system=True,
+        home=home,
+        shell="/usr/sbin/nologin",
+    )
+
+
+def pull_image(image: str, unit: OperationMeta) -> OperationMeta:
+    """Pull ``image`` for a unit that runs it, once, when the unit is new or changed (a pinned
+    tag does not change under the same name)."""
+    quoted = shlex.quote(image)
+    return server.shell(
+        name=f"Pull {image}",
+        commands=[f"docker image inspect {quoted} >/dev/null 2>&1 || docker pull {quoted}"],
+        _if=unit.did_change,
+    )
+
+
+def download_tools() -> None:
+    """What pyinfra's downloads and the warm-up need on a host that has no GPU role to bring
+    them (a CPU node serving a backup model)."""
+    apt.packages(
+        name="Download tools",
+        packages=["curl", "ca-certificates", "python3"],
+        no_recommends=True,
+    )
+
+
+def warm_up_tool() -> OperationMeta:
+    return files.put(
+        name="Warm-up tool",
+        src=str(Path(__file__).parents[1] / "warmup.py"),
+        dest=inference.WARMUP_SCRIPT,
+        mode="755",
+    )
+
+
+def wait_until_answering(
+    name: str, base_url: str, health_path: str, timeout: int, *starts: OperationMeta
+) -> None:
+    """After any of ``starts`` changed something, wait on the host until the service answers
+    ``health_path`` (the warm-up tool does the asking)."""
+    warm_up_tool()
+    inference.answering(
+        name=name,
+        base_url=base_url,
+        health_path=health_path,
+        timeout=timeout,
+        _if=any_changed(*starts),
+    )
+
+
+def configured_not_started(service: str, unit_ops: list[OperationMeta], why: str) -> None:
+    """The service's unit is in place but what it runs is not: enable it, start nothing."""
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*unit_ops))
+    systemd.service(name=f"Enable {service}", service=service, enabled=True, running=None)
+    host.noop(f"{why}: {service} is configured and starts once that is there")
+
+
+def restart_and_warm_up(
+    service: str,
+    unit_changed: OperationMeta,
+    config_changed: list[OperationMeta],
+    base_url: str,
+    health_path: str,
+    models: list[tuple[str, str]],
+    api_key_env: str | None = None,
+    env_file: str | None = None,
+) -> list[OperationMeta]:
+    """Start, restart on change, then warm each model up after any (re)start: ``models`` are
+    (served name, kind) pairs, a chat model asked for a completion, an embedding model for an
+    embedding. Returns the operations that (re)start the service, for steps that must follow
+    a start too."""
+    started, restarted = run_unit(service, unit_changed, *config_changed)
+    for model, kind in models:
+        inference.warmed_up(
+            name=f"Warm up {model}",
+            base_url=base_url,
+            health_path=health_path,
+            model=model,
+            kind=kind,
+            api_key_env=api_key_env,
+            env_file=env_file,
+            _if=any_changed(started, restarted),
+        )
+    return [started, restarted]

@@ -1,0 +1,108 @@
+"""vLLM: install it (a pinned venv, or the container image through the NVIDIA runtime) and
+serve the host's vLLM model with the flags the planner decided, its API key read from the
+secret store into a 0640 environment file.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server
+
+from gpufleet.engines import served_name
+from gpufleet.engines.vllm import API_KEY_ENV, ENV_FILE, VENV, VLLM
+from gpufleet.facts.gpu import require_gpu
+from gpufleet.inventory import fleet_specs
+from gpufleet.models import HostSpec
+from gpufleet.operations import config
+from gpufleet.paths import template
+from gpufleet.roles.steps import configured_not_started, restart_and_warm_up, warm_up_tool
+from gpufleet.secrets import read_secret
+from gpufleet.serving import placement_runs
+from gpufleet.vault import fleet_vault
+
+
+@deploy("vLLM")
+def serve(spec: HostSpec) -> None:
+    """
+    Install vLLM (a pinned venv, or the container image through the NVIDIA runtime) and
+    serve the host's vLLM model, its API key read from the secret store.
+
+    .. code:: python
+
+        serve(host_spec())
+    """
+    runs = placement_runs(spec, VLLM)
+    if not runs:
+        host.noop("no vLLM model placed on this host")
+        return
+    require_gpu(
+        spec.nvidia_driver.force,
+        "models",
+        "vLLM needs one: serve the model with llama.cpp or Ollama, or place it on a GPU node",
+    )
+    run = runs[0]
+    settings = spec.vllm
+    has_vllm = bool(host.get_fact(File, path=f"{VENV}/bin/vllm"))
+    vault = fleet_vault(fleet_specs())
+    secret = spec.secrets[VLLM.api_key_secret or ""]
+    env_file = config.config_file(
+        name="vLLM API key (0640, readable by the service user; from the secret store)",
+        dest=ENV_FILE,
+        render=lambda: f"{API_KEY_ENV}={read_secret(secret, vault)}\n",
+        owner="root",
+        group=spec.service_user,
+        mode="640",
+    )
+    command = list(run.rendered.command)
+    installed = None
+    if settings.install == "venv" and not has_vllm:
+        apt.packages(name="Python venv", packages=["python3-venv"], no_recommends=True)
+        index = f" --index-url {shlex.quote(settings.pip_index)}" if settings.pip_index else ""
+        installed = server.shell(
+            name=f"vLLM {settings.version} in {VENV}",
+            commands=[
+                f"python3 -m venv {VENV}",
+                f"{VENV}/bin/pip install -q{index} vllm=={settings.version}",
+            ],
+        )
+    if settings.install == "container":
+        image = f"{settings.image}:v{settings.version}"
+        command = [
+            "/usr/bin/docker", "run", "--rm", "--name", VLLM.service, "--entrypoint", "vllm",
+            "--runtime", "nvidia", "--gpus", "all", "--ipc", "host",
+            "--env-file", ENV_FILE,
+            "-p", f"{settings.port}:{settings.port}",
+            "-v", "/var/lib/vllm/huggingface:/root/.cache/huggingface",
+            image, *command[1:],
+        ]  # fmt: skip
+    unit = files.template(
+        name="vLLM unit",
+        src=template("vllm/vllm.service.j2"),
+        dest=f"/etc/systemd/system/{VLLM.service}.service",
+        mode="644",
+        served=served_name(run.placement),
+        run_as="root" if settings.install == "container" else spec.service_user,
+        env_file=ENV_FILE,
+        command=command,
+        after_docker=settings.install == "container",
+    )
+    if settings.install == "present" and not has_vllm:
+        configured_not_started(
+            VLLM.service, [unit], f"vllm.install is 'present' but {VENV}/bin/vllm is missing"
+        )
+        return
+    warm_up_tool()
+    restart_and_warm_up(
+        VLLM.service,
+        unit_changed=unit,
+        config_changed=[env_file, *([installed] if installed else [])],
+        base_url=VLLM.local_url(spec),
+        health_path=VLLM.health_path,
+        models=[(served_name(run.placement), run.decision.kind)],
+        api_key_env=API_KEY_ENV,
+        env_file=ENV_FILE,
+    )

@@ -1,0 +1,88 @@
+"""What each host serves: the planner's decisions, rendered by the engines. Pure logic.
+
+The same rendering goes into the systemd units, the Modelfiles, ``gpufleet engines`` and the
+tests, so what a user reviews is what runs, and what runs is what the planner decided.
+Secrets appear as their references, never as values. Example::
+
+    >>> [run.rendered.command[:1] for run in engine_runs(spec)]
+    [(), ('/usr/local/bin/llama-server',)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpufleet.catalogue import Catalogue, load_catalogue
+from gpufleet.engines import Engine, Rendered, engine_for, served_name, serving
+from gpufleet.models import HostSpec, ModelPlacement
+from gpufleet.planner import PlacementPlan, plan_host
+
+
+class NotPlanned(ValueError):
+    """A placement the planner could not place (the inventory check reports why)."""
+
+
+@dataclass(frozen=True)
+class PlacementRun:
+    """One placement as it runs: the planner's decision and the engine's rendering of it."""
+
+    placement: ModelPlacement
+    decision: PlacementPlan
+    rendered: Rendered
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """One engine on one host and the placements it serves."""
+
+    engine: Engine
+    placements: tuple[PlacementRun, ...]
+
+    @property
+    def rendered(self) -> Rendered:
+        """The server's rendering: its one model's, or (several models) the first's, whose
+        environment is the server's own."""
+        return self.placements[0].rendered if self.placements else Rendered()
+
+
+def placement_runs(
+    spec: HostSpec, engine: Engine, catalogue: Catalogue | None = None
+) -> tuple[PlacementRun, ...]:
+    """The engine's placements on this host, each with its decision and rendering."""
+    plan = plan_host(spec, catalogue or load_catalogue())
+    decisions = {p.index: p for p in plan.placements}
+    runs = []
+    for index, placement in enumerate(spec.models):
+        if engine_for(spec, placement) is not engine:
+            continue
+        decision = decisions.get(index)
+        if decision is None or decision.problem:
+            why = decision.problem if decision else "unknown model or quantization"
+            raise NotPlanned(f"{spec.name}: models[{index}] ({placement.model}): {why}")
+        runs.append(PlacementRun(placement, decision, engine.render(spec, placement, decision)))
+    return tuple(runs)
+
+
+def engine_runs(spec: HostSpec, catalogue: Catalogue | None = None) -> list[EngineRun]:
+    """Every engine the host runs, with what each of its placements renders to."""
+    return [EngineRun(e, placement_runs(spec, e, catalogue)) for e in serving(spec)]
+
+
+def describe(spec: HostSpec) -> str:
+    """The rendering as text, for ``gpufleet engines``."""
+    runs = engine_runs(spec)
+    if not runs:
+        return f"{spec.name}: no models placed"
+    lines = [f"{spec.name}:"]
+    for run in runs:
+        served = ", ".join(served_name(p.placement) for p in run.placements)
+        lines.append(f"  {run.engine.name} on port {run.engine.port(spec)}: {served}")
+        for key, value in run.rendered.environment:
+            lines.append(f"    {key}={value}")
+        if run.rendered.command:
+            lines.append("    " + " ".join(run.rendered.command))
+        for placement_run in run.placements:
+            if placement_run.rendered.parameters:
+                parameters = " ".join(f"{k}={v}" for k, v in placement_run.rendered.parameters)
+                lines.append(f"    {served_name(placement_run.placement)}: {parameters}")
+    return "\n".join(lines)
