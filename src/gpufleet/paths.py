@@ -3,7 +3,9 @@
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-TEMPLATES = REPOSITORY / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+"""The templates ship inside the package, so an installed wheel renders what the clone does
+(``templates/`` at the top of the repository points here)."""
 DEPLOYS = (
     "deploys/gpu_node.py",
     "deploys/edge.py",
