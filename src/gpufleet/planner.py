@@ -126,7 +126,7 @@ def context_for(
     engine: Engine, spec: HostSpec, placement: ModelPlacement, entry: ModelEntry
 ) -> int:
     """The placement's own context, else the engine's default for the model."""
-    return placement.context or engine.default_context(spec, entry.context)
+    return placement.context or engine.default_context(spec, placement, entry.context)
 
 
 def kv_cache_gb(entry: ModelEntry, context: int, slots: int = 1) -> float:

@@ -141,7 +141,7 @@ class Engine:
         return WARM_UP_PATHS[EMBEDDING if kind == EMBEDDING else CHAT]
 
     # What the planner asks before it decides.
-    def default_context(self, spec: HostSpec, model_context: int) -> int:
+    def default_context(self, spec: HostSpec, placement: ModelPlacement, model_context: int) -> int:
         """Context a placement gets when it names none."""
         return model_context
 

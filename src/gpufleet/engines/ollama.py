@@ -80,8 +80,13 @@ class Ollama(Engine):
     def runs_on(self, spec: HostSpec) -> bool:
         return spec.os != "macos" and bool(self.placements(spec))
 
-    def default_context(self, spec: HostSpec, model_context: int) -> int:
-        return spec.ollama.context_length or DEFAULT_CONTEXT
+    def default_context(self, spec: HostSpec, placement: ModelPlacement, model_context: int) -> int:
+        """The host's default (OLLAMA_CONTEXT_LENGTH, else Ollama's own); for an alias, never
+        above what the model supports, since its Modelfile carries the number (a 512-token
+        embedding model is not given a 128k window). A model served under its own tag runs
+        with the host's default, whatever it is, so that is what is planned."""
+        default = spec.ollama.context_length or DEFAULT_CONTEXT
+        return min(default, model_context) if placement.alias else default
 
     def slots(self, spec: HostSpec) -> int:
         return spec.ollama.num_parallel or 1
