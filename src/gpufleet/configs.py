@@ -45,11 +45,9 @@ def merge_daemon_json(current: str | None, ours: dict[str, Any]) -> dict[str, An
     try:
         existing = json.loads(current)
     except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"/etc/docker/daemon.json is not valid JSON ({error}); fix or remove it"
-        ) from None
+        raise ConfigError(f"not valid JSON ({error}); fix or remove it") from None
     if not isinstance(existing, dict):
-        raise ConfigError("/etc/docker/daemon.json must hold a JSON object; fix or remove it")
+        raise ConfigError("must hold a JSON object; fix or remove it")
     return deep_merge(existing, ours)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from io import StringIO
 from typing import Any
 
@@ -35,7 +36,7 @@ def daemon_json(settings: dict[str, Any], path: str = DAEMON_JSON):
     try:
         wanted = merge_daemon_json(current, settings)
     except ConfigError as error:
-        raise OperationError(f"{host.name}: {error}") from None
+        raise OperationError(f"{host.name}: {path} {error}") from None
     if current is not None and merge_daemon_json(current, {}) == wanted:
         host.noop(f"{path} already has gpufleet's settings")
         return
@@ -43,6 +44,6 @@ def daemon_json(settings: dict[str, Any], path: str = DAEMON_JSON):
     yield from files.put._inner(src=StringIO(render_daemon_json(wanted)), dest=staged, mode="644")
     yield (
         f"if dockerd --help 2>&1 | grep -q -- --validate; then "
-        f"dockerd --validate --config-file={staged}; fi"
+        f"dockerd --validate --config-file={shlex.quote(staged)}; fi"
     )
-    yield f"mv {staged} {path}"
+    yield f"mv {shlex.quote(staged)} {shlex.quote(path)}"

@@ -75,6 +75,7 @@ def verified_download(src: str, dest: str, sha256: str, mode: str | None = None)
             host.noop(f"{dest} is there with its verified sha256")
         return
     file, part = shlex.quote(dest), shlex.quote(f"{dest}.part")
+    mismatch = shlex.quote(f"sha256 mismatch: {src}")
     stamp = shlex.quote(stamp_path(dest))
     fetch = (
         f"( curl -fsSL --retry 3 -o {part} {shlex.quote(src)}"
@@ -86,7 +87,7 @@ def verified_download(src: str, dest: str, sha256: str, mode: str | None = None)
             f"mkdir -p {shlex.quote(STAMPS)} $(dirname {file})",
             f"( echo '{sha256}  '{file} | sha256sum -c --status 2>/dev/null"
             f" || ( {fetch} && ( echo '{sha256}  '{part} | sha256sum -c --status"
-            f" || ( rm -f {part}; echo 'sha256 mismatch: {src}' >&2; false ) )"
+            f" || ( rm -f {part}; echo {mismatch} >&2; false ) )"
             f" && mv {part} {file} ) )",
             *([f"chmod {mode} {file}"] if mode else []),
             f"echo '{sha256}' $(stat -c '%s %Y' {file}) > {stamp}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.facts.files import File
@@ -30,4 +32,4 @@ def reboot_required(reason: str):
         return
     logger.warning(f"{host.print_prefix}REBOOT REQUIRED: {reason}")
     yield f"echo '*** System restart required ***' > {REBOOT_FLAG}"
-    yield f"echo 'gpufleet: {reason}' >> {REBOOT_FLAG}.pkgs"
+    yield f"echo {shlex.quote(f'gpufleet: {reason}')} >> {REBOOT_FLAG}.pkgs"
