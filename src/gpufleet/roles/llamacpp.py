@@ -75,6 +75,7 @@ def serve(spec: HostSpec) -> None:
             cmake_flags=["-DGGML_CUDA=ON"] if gpu else ["-DGGML_NATIVE=OFF"],
             ccache=settings.ccache,
             jobs=spec.hardware.cores,
+            _serial=settings.ccache and settings.ccache_shared,
         )
 
     # 2. The weights, verified; or a file already on the host.
