@@ -11,6 +11,9 @@ hosts over SSH with a key the lab generates. Example::
 
 The lab reads an inventory to know which hosts to make and never deploys anything itself.
 It refuses any address outside :data:`LAB_NETWORK`, so it can never be pointed at real hosts.
+A host stands in for a machine with what that machine has before gpufleet: a host in
+``proxmox_hosts`` boots with a config for each container its ``proxmox.lxc`` lists, as
+``pct create`` leaves one (:func:`container_configs`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -146,6 +150,80 @@ def hosts_from_inventory(path: str | Path) -> list[LabHost]:
             )
         hosts.append(LabHost(host.name, address, str(host.data.get("arch") or "x86_64")))
     return hosts
+
+
+def container_configs(path: str | Path) -> dict[str, dict[str, str]]:
+    """Per host of ``proxmox_hosts``: the path and text of a config for each container its
+    ``proxmox.lxc`` lists, as ``pct create`` writes one (keys sorted, no GPU lines). The
+    inventory's host with that ``lxc_guest`` gives the container's name and size."""
+    from gpufleet.inventory import validate_file
+
+    specs = validate_file(path)
+    configs: dict[str, dict[str, str]] = {}
+    for spec in specs.values():
+        if "proxmox_hosts" not in spec.groups or spec.proxmox is None:
+            continue
+        for container in spec.proxmox.lxc:
+            guest = next(
+                (
+                    other
+                    for other in specs.values()
+                    if other.lxc_guest
+                    and other.lxc_guest.proxmox_host == spec.name
+                    and other.lxc_guest.vmid == container.vmid
+                ),
+                None,
+            )
+            path_in_host = f"{spec.proxmox.conf_dir}/{container.vmid}.conf"
+            configs.setdefault(spec.name, {})[path_in_host] = _pct_create_conf(
+                container.vmid,
+                guest.name if guest else f"ct{container.vmid}",
+                guest.hardware.cores if guest else 1,
+                int(guest.hardware.ram_gb * 1024) if guest else 512,
+            )
+    return configs
+
+
+def _pct_create_conf(vmid: int, hostname: str, cores: int, memory_mb: int) -> str:
+    """What ``pct create VMID local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst
+    --hostname NAME --cores N --memory MB --net0 name=eth0,bridge=vmbr0,ip=dhcp
+    --rootfs local-lvm:8 --unprivileged 1 --features nesting=1`` leaves in
+    ``/etc/pve/lxc/VMID.conf`` on Proxmox VE 8 (the MAC in Proxmox's BC:24:11 range)."""
+    mac = hashlib.sha256(f"{vmid}".encode()).hexdigest()[:6].upper()
+    hwaddr = "BC:24:11:" + ":".join(mac[i : i + 2] for i in (0, 2, 4))
+    return (
+        "arch: amd64\n"
+        f"cores: {cores}\n"
+        "features: nesting=1\n"
+        f"hostname: {hostname}\n"
+        f"memory: {memory_mb}\n"
+        f"net0: name=eth0,bridge=vmbr0,hwaddr={hwaddr},ip=dhcp,type=veth\n"
+        "ostype: debian\n"
+        f"rootfs: local-lvm:vm-{vmid}-disk-0,size=8G\n"
+        "swap: 512\n"
+        "unprivileged: 1\n"
+    )
+
+
+def _put_missing(host: LabHost, files: dict[str, str]) -> None:
+    """Write each file on a booted host over SSH, unless the host has it already; as
+    Proxmox's cluster file system shows its files: root:www-data, 0640."""
+    for path, content in files.items():
+        quoted = shlex.quote(path)
+        folder = shlex.quote(str(Path(path).parent))
+        command = (
+            f"test -e {quoted} || {{ mkdir -p {folder} && (umask 027 && cat > {quoted}.new) "
+            f"&& chgrp www-data {quoted}.new && mv {quoted}.new {quoted}; }}"
+        )
+        result = subprocess.run(
+            ["ssh", "-F", str(ssh_config_path()), str(host.address), command],
+            input=content,
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise LabError(f"lab host {host.name}: writing {path} failed: {result.stderr}")
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -505,8 +583,10 @@ def ssh_ready(host: LabHost, timeout: float = 1.0) -> bool:
 
 
 def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
-    """Make and boot every host of ``inventory``; returns once each answers SSH."""
+    """Make and boot every host of ``inventory``; returns once each answers SSH and has
+    what its stand-in machine has before gpufleet (:func:`container_configs`)."""
     hosts = hosts_from_inventory(inventory)
+    configs = container_configs(inventory)
     check_host_tools()
     lab_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
     roots = {}
@@ -532,6 +612,8 @@ def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
             time.sleep(0.3)
     if waiting:
         raise LabError(f"no SSH within {timeout:.0f} s: {', '.join(h.name for h in waiting)}")
+    for host in hosts:
+        _put_missing(host, configs.get(host.name, {}))
     return hosts
 
 

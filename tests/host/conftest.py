@@ -1,10 +1,11 @@
 """The lab layer: real nspawn hosts, reached over SSH, shared by every test in this folder.
 
-One session fixture brings the lab up, puts on the hosts what a user had there before
-gpufleet (a Proxmox container config, a daemon.json, an old NVIDIA apt list), and runs, for
-each deploy in turn, what a user would: a dry run (which must change nothing), the deploy,
-and the deploy again (which must change nothing). Tests then assert on those runs and
-inspect the hosts with testinfra.
+One session fixture brings the lab up, records what the hosts have as they boot (a Proxmox
+stand-in has its containers' configs, as ``pct create`` left them), puts on the hosts what a
+user had there before gpufleet (their own container config, a daemon.json, an old NVIDIA apt
+list), and runs, for each deploy in turn, what a user would: a dry run (which must change
+nothing), the deploy, and the deploy again (which must change nothing). Tests then assert on
+those runs and inspect the hosts with testinfra.
 
 Set GPUFLEET_KEEP_LAB=1 to leave the lab running after the session, to look around.
 """
@@ -59,6 +60,8 @@ SNAPSHOT = (
     "find /etc /usr/local /opt -xdev -printf '%M %u %g %p\\n' | sort; "
     "dpkg-query -W -f '${Package} ${Version} ${Status}\\n'"
 )
+# Proxmox's files on a host as it booted: a "== path owner:group mode" line, then the file.
+PVE_FILES = "find /etc/pve -type f -printf '== %p %u:%g %m\\n' -exec cat {} \\; 2>/dev/null || true"
 
 SPECS: dict[str, HostSpec] = validate_file(LAB_INVENTORY)
 
@@ -151,6 +154,8 @@ class LabSession:
     hosts: list[lab.LabHost]
     up_seconds: float
     runs: dict[str, DeployRuns]
+    pve_files_at_boot: dict[str, str] = field(default_factory=dict)
+    """PVE_FILES per host, right after ``lab up`` and before any test wrote to it."""
 
     # The GPU node deploy's runs, which most tests look at.
     @property
@@ -179,6 +184,7 @@ def lab_session() -> LabSession:
     started = time.monotonic()
     hosts = lab.up(LAB_INVENTORY)
     up_seconds = time.monotonic() - started
+    pve_files = {h.name: ssh(str(h.address), PVE_FILES) for h in hosts}
 
     for host in hosts:
         for path, content in BEFORE_GPUFLEET.get(host.name, {}).items():
@@ -193,7 +199,7 @@ def lab_session() -> LabSession:
         second = pyinfra(deploy, "-y")
         unchanged = {n: before[n] == after[n] for n in before}
         runs[deploy] = DeployRuns(dry, unchanged, first, second)
-    session = LabSession(hosts, up_seconds, runs)
+    session = LabSession(hosts, up_seconds, runs, pve_files)
     timings: dict[str, float] = {"lab_up_s": round(up_seconds, 1)}
     for deploy, run in runs.items():
         name = Path(deploy).stem
