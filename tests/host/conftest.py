@@ -53,6 +53,10 @@ BEFORE_GPUFLEET = {
 }
 """Files a user had before gpufleet ran, per lab host."""
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+PYINFRA_TIMEOUT_S = 1800
+"""One pyinfra run of the lab. The longest, the first converge of deploys/inference.py on a
+cold machine (llama.cpp compiled once from scratch on 2 cores, the other hosts served from
+the shared ccache), takes under half of it."""
 # What a dry run must leave byte-for-byte as it was.
 SNAPSHOT = (
     "find /etc /usr/local /opt -xdev \\( -type f -o -type l \\) -print0 2>/dev/null"
@@ -97,7 +101,7 @@ def pyinfra(deploy: str, *args: str, inventory: Path = LAB_INVENTORY) -> Pyinfra
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=PYINFRA_TIMEOUT_S,
         env={**os.environ, "PYINFRA_PROGRESS": "off"},
     )
     run = PyinfraRun(command, result.returncode, time.monotonic() - started, result.stderr)
