@@ -1,5 +1,6 @@
 """Planned engine settings, Ollama's model list, secret references (pure logic)."""
 
+import ast
 import itertools
 import os
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.checks import check_host
-from gpufleet.engines import engine_for
+from gpufleet.engines import ENGINES, engine_for
 from gpufleet.facts.ollama import full_name, missing_models, parse_ollama_list
 from gpufleet.inventory import spec_for, validate_file
 from gpufleet.secrets import SecretError, read_secret
@@ -197,3 +198,23 @@ def test_vault_secrets_need_an_address_and_token(monkeypatch):
     monkeypatch.delenv("VAULT_ADDR", raising=False)
     with pytest.raises(SecretError, match="set VAULT_ADDR and VAULT_TOKEN"):
         read_secret("vault:kv/gpufleet/vllm#api_key")
+
+
+def test_the_inference_deploy_runs_every_engines_role_in_the_registrys_order():
+    """Adding an engine to the registry without its step in deploys/inference.py fails here."""
+    tree = ast.parse((ROOT / "deploys/inference.py").read_text())
+    modules = {
+        alias.asname or alias.name: f"{node.module}.{alias.name}"
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module == "gpufleet.roles"
+        for alias in node.names
+    }
+    called = [
+        modules[node.value.func.value.id]
+        for node in tree.body
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute)
+        and node.value.func.attr == "serve"
+    ]
+    assert called == list(dict.fromkeys(engine.role for engine in ENGINES))

@@ -42,7 +42,7 @@ def serve(spec: HostSpec) -> None:
 
     .. code:: python
 
-        triton(host_spec())
+        serve(host_spec())
     """
     settings = spec.triton
     if not settings.enabled:
