@@ -23,7 +23,12 @@ def test_bench_measures_each_running_endpoint_with_intervals(lab_session, tmp_pa
     rows = {(r["endpoint"], int(r["concurrency"])): r for r in csv.DictReader(out.open())}
     expected = {
         (endpoint, level)
-        for endpoint in ("lab-gpu-1/llama.cpp", "lab-infra-1/llama.cpp", "lab-infra-1/gateway")
+        for endpoint in (
+            "lab-gpu-1/llama.cpp",
+            "lab-infra-1/llama.cpp",
+            "lab-lxc-1/llama.cpp",
+            "lab-infra-1/gateway",
+        )
         for level in (1, 2)
     }
     assert set(rows) == expected
@@ -32,7 +37,8 @@ def test_bench_measures_each_running_endpoint_with_intervals(lab_session, tmp_pa
         speed, bound = float(row["decode_tok_s"]), float(row["planner_bound_tok_s"])
         assert 0 < speed <= bound, endpoint  # physics: no faster than memory bandwidth allows
         assert float(row["decode_tok_s_ci95"]) >= 0 and float(row["ttft_s"]) > 0
-        assert row["quant"] == "Q4_K_M" and row["gpu"] == "CPU"
+        assert row["quant"] == "Q4_K_M"
+        assert row["gpu"] == ("GTX 1650" if endpoint.startswith("lab-lxc-1") else "CPU")
     # Configured but not runnable here: reported, not measured.
     assert "lab-gpu-1/ollama XS-LOC-FRE-gemma3-270m-ollama: not answering" in result.stderr
     assert "lab-pve-1/vllm XS-LOC-FRE-gemma3-270m-vllm: not answering" in result.stderr

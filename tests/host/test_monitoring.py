@@ -49,7 +49,7 @@ def test_every_implied_target_is_scraped_and_up(scraped):
     assert {("nginx", "lab-infra-1"), ("litellm", "lab-infra-1"), ("vault", "lab-infra-1")} <= up
     assert ("prometheus", "lab-infra-1") in up
     assert jobs - up == CANNOT_RUN_HERE
-    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 7
+    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 8
 
 
 def test_probes_see_what_runs_and_what_does_not(scraped):

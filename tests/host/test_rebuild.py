@@ -29,5 +29,5 @@ def test_rebuild_refuses_a_host_whose_placements_no_longer_fit(rebuild_session):
         refused.stderr
     )
     assert "hardware.accelerators: inventory GTX 1650 x1, host no NVIDIA GPU" in refused.stderr
-    assert "vLLM needs an NVIDIA GPU" in refused.stderr
+    assert "vllm needs an NVIDIA GPU" in refused.stderr
     assert rebuild_session.refused_unchanged  # stopped before any change

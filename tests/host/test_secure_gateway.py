@@ -370,7 +370,11 @@ def test_no_secret_value_in_plans_outputs_logs_or_git(lab_session, secret_values
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
-    repository = b"".join((ROOT / name.decode()).read_bytes() for name in tracked if name)
+    repository = b"".join(
+        (ROOT / name.decode()).read_bytes()
+        for name in tracked
+        if name and (ROOT / name.decode()).is_file()  # templates/ is a link to a folder
+    )
     for name, value in secret_values.items():
         assert not any(value in output for output in outputs), name
         assert not any(value in log for log in logs.values()), name

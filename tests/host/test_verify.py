@@ -13,12 +13,11 @@ from .conftest import ROOT, SPECS, ssh
 
 GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
 CANNOT_PASS_HERE = {
-    ("lab-gpu-1", "inference: ollama runs"),
+    ("lab-gpu-1", "inference: ollama runs and answers"),
     ("lab-gpu-1", "inference: ollama has every placed model"),
     ("lab-pve-1", "gpu_node: nvidia smi sees every declared gpu"),
     ("lab-pve-1", "gpu_node: dcgm exporter serves gpu metrics"),
-    ("lab-pve-1", "inference: vllm runs"),
-    ("lab-pve-1", "inference: vllm is healthy"),
+    ("lab-pve-1", "inference: vllm runs and answers"),
     ("lab-lxc-1", "gpu_node: nvidia smi sees every declared gpu"),
 }
 """The lab has no GPU, and Ollama's and vLLM's binaries cannot be fetched here."""
@@ -73,7 +72,7 @@ def test_only_what_the_lab_cannot_run_fails_and_the_run_says_so(full_run):
     assert result.stdout.splitlines()[-2] == (
         "verify: 4 hosts, failing: lab-gpu-1, lab-pve-1, lab-lxc-1"
     )
-    assert "  FAIL  inference: vllm runs" in result.stdout
+    assert "  FAIL  inference: vllm runs and answers" in result.stdout
     assert "vllm is not running" in result.stdout
     assert len(cases) > 40
 
@@ -89,7 +88,7 @@ def test_a_stopped_service_is_caught_on_that_host_only(lab_session, tmp_path):
     assert failed == {
         "baseline: node exporter listens where the inventory says",
         "baseline: node exporter answers with this hosts metrics",
-        "inference: ollama runs",
+        "inference: ollama runs and answers",
         "inference: ollama has every placed model",
     }
     assert result.returncode == 1

@@ -70,7 +70,7 @@ def test_a_mac_gets_no_apt_or_systemd_checks(homelab_checks):
     assert "baseline: apt sources are one deb822 file" not in mac
     assert "baseline: node exporter listens where the inventory says" not in mac
     assert "baseline: node exporter answers with this hosts metrics" in mac
-    assert "inference: every engine runs and answers its health path" in mac
+    assert "inference: ollama macos runs and answers" in mac
     assert "inference: ollama has every placed model" in mac
 
 

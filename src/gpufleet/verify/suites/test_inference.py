@@ -1,6 +1,6 @@
 """Inference servers: each engine with a placement runs, answers and serves its models."""
 
-from gpufleet.engines import ENGINES, served_name, serving
+from gpufleet.engines import ENGINES, served_name
 from gpufleet.engines.llamacpp import LLAMACPP
 from gpufleet.engines.ollama import OLLAMA
 from gpufleet.engines.triton import TRITON
@@ -11,12 +11,22 @@ def applies_to(spec):
     return any(engine.runs_on(spec) for engine in ENGINES)
 
 
-@applies(lambda spec: bool(serving(spec)))
-def test_every_engine_runs_and_answers_its_health_path(target):
-    for engine in serving(target.spec):
+def _runs_and_answers(engine):
+    """A check per engine of the registry: its service runs and answers its health path."""
+
+    def check(target):
         assert_running(target, engine.service)
         url = engine.probe_url(target.spec, target.address)
         assert http_get(url).status_code == 200, f"{engine.name} does not answer {url}"
+
+    key = engine.__class__.__module__.rsplit(".", 1)[-1]
+    check.__name__ = f"test_{key}_runs_and_answers"
+    return applies(engine.runs_on)(check)
+
+
+for _engine in ENGINES:
+    _check = _runs_and_answers(_engine)
+    globals()[_check.__name__] = _check
 
 
 @applies(LLAMACPP.runs_on)
