@@ -33,7 +33,7 @@ def wait_for_health(url: str, deadline: float) -> None:
     raise TimeoutError(f"{url} not healthy in time (last: {last})")
 
 
-def complete(base: str, model: str, api_key: str | None, timeout: float) -> dict:
+def complete(url: str, model: str, api_key: str | None, timeout: float) -> dict:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Say hello in five words."}],
@@ -44,9 +44,7 @@ def complete(base: str, model: str, api_key: str | None, timeout: float) -> dict
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(
-        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
-    )
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     started = time.monotonic()
     first: float | None = None
     chunks: list[str] = []
@@ -74,15 +72,13 @@ def complete(base: str, model: str, api_key: str | None, timeout: float) -> dict
     }
 
 
-def embed(base: str, model: str, api_key: str | None, timeout: float) -> dict:
+def embed(url: str, model: str, api_key: str | None, timeout: float) -> dict:
     """One embeddings call: an embedding model answers no completion."""
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     body = {"model": model, "input": "Say hello in five words."}
-    request = urllib.request.Request(
-        f"{base}/v1/embeddings", data=json.dumps(body).encode(), headers=headers
-    )
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     started = time.monotonic()
     with urllib.request.urlopen(request, timeout=timeout) as response:
         answer = json.load(response)
@@ -106,7 +102,11 @@ def main() -> int:
     parser.add_argument("--record")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--api-key-env", help="environment variable holding the API key")
-    parser.add_argument("--kind", choices=("chat", "embedding"), default="chat")
+    parser.add_argument(
+        "--request",
+        default="/v1/chat/completions",
+        help="the OpenAI-compatible path to ask: a completion, or /v1/embeddings",
+    )
     args = parser.parse_args()
     deadline = time.monotonic() + args.timeout
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
@@ -115,8 +115,9 @@ def main() -> int:
         if not args.model:
             print(f"{args.base}{args.health} is healthy")
             return 0
-        ask = embed if args.kind == "embedding" else complete
-        result = ask(args.base, args.model, api_key, max(deadline - time.monotonic(), 10))
+        ask = embed if args.request.endswith("/embeddings") else complete
+        url = args.base + args.request
+        result = ask(url, args.model, api_key, max(deadline - time.monotonic(), 10))
     except (TimeoutError, RuntimeError, urllib.error.URLError, OSError, ValueError) as error:
         print(f"warm-up failed: {args.model or 'health'} at {args.base}: {error}", file=sys.stderr)
         return 1
@@ -124,7 +125,7 @@ def main() -> int:
     os.makedirs(os.path.dirname(args.record), exist_ok=True)
     with open(args.record, "w") as record:
         json.dump(result, record, indent=2)
-    if args.kind == "embedding":
+    if "dimensions" in result:
         print(f"{args.model}: {result['dimensions']} dimensions in {result['ttft_s']} s")
     else:
         print(

@@ -218,3 +218,9 @@ def test_the_inference_deploy_runs_every_engines_role_in_the_registrys_order():
         and node.value.func.attr == "serve"
     ]
     assert called == list(dict.fromkeys(engine.role for engine in ENGINES))
+
+
+def test_each_engine_names_its_warm_up_request():
+    for engine in ENGINES:
+        assert engine.warm_up_path("llm") == "/v1/chat/completions"
+        assert engine.warm_up_path("embedding") == "/v1/embeddings"

@@ -15,6 +15,8 @@ from gpufleet.engines.llamacpp import LLAMA_SERVER
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
 WARMUP_SCRIPT = "/usr/local/lib/gpufleet/warmup.py"
 WARMUP_RECORDS = "/var/lib/gpufleet/warmup"
+CHAT_REQUEST = "/v1/chat/completions"
+"""What the warm-up tool asks when told nothing else: an OpenAI-compatible completion."""
 BASE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -85,11 +87,12 @@ def warmed_up(
     timeout: int = 300,
     api_key_env: str | None = None,
     env_file: str | None = None,
-    kind: str = "chat",
+    request_path: str = CHAT_REQUEST,
 ):
     """
-    Wait for a server to be healthy, then ask ``model`` one short question (an embedding
-    model: one embedding) and record the time to first token and the tokens per second in
+    Wait for a server to be healthy, then ask ``model`` one short question at
+    ``request_path`` (an embedding model: one embedding at its embeddings path, as its engine
+    says) and record the time to first token and the tokens per second in
     /var/lib/gpufleet/warmup/<model>.json.
     Fails the deploy, naming the model, when it does not answer within ``timeout`` seconds.
     Run it with ``_if`` on the service's restart: a converged host does not warm up again.
@@ -109,8 +112,8 @@ def warmed_up(
         "--record", f"{WARMUP_RECORDS}/{model}.json",
         "--timeout", str(timeout),
     ]  # fmt: skip
-    if kind == "embedding":
-        arguments += ["--kind", "embedding"]
+    if request_path != CHAT_REQUEST:
+        arguments += ["--request", request_path]
     if api_key_env:
         arguments += ["--api-key-env", api_key_env]
     command = " ".join(shlex.quote(a) for a in arguments)

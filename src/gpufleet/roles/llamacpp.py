@@ -98,7 +98,7 @@ def serve(spec: HostSpec) -> None:
         config_changed=[binary, *([model] if model else [])],
         base_url=LLAMACPP.local_url(spec),
         health_path=LLAMACPP.health_path,
-        models=[(served_name(run.placement), run.decision.kind)],
+        models=[(served_name(run.placement), LLAMACPP.warm_up_path(run.decision.kind))],
     )
 
 

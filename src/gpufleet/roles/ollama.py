@@ -116,6 +116,6 @@ def serve(spec: HostSpec) -> None:
             base_url=OLLAMA.local_url(spec),
             health_path=OLLAMA.health_path,
             model=served_name(run.placement),
-            kind=run.decision.kind,
+            request_path=OLLAMA.warm_up_path(run.decision.kind),
             _if=any_changed(*starts, fetched),
         )

@@ -133,17 +133,17 @@ def restart_and_warm_up(
     env_file: str | None = None,
 ) -> list[OperationMeta]:
     """Start, restart on change, then warm each model up after any (re)start: ``models`` are
-    (served name, kind) pairs, a chat model asked for a completion, an embedding model for an
-    embedding. Returns the operations that (re)start the service, for steps that must follow
-    a start too."""
+    (served name, request path) pairs, as the engine gives them (a chat model is asked for a
+    completion, an embedding model for an embedding). Returns the operations that (re)start
+    the service, for steps that must follow a start too."""
     started, restarted = run_unit(service, unit_changed, *config_changed)
-    for model, kind in models:
+    for model, request_path in models:
         inference.warmed_up(
             name=f"Warm up {model}",
             base_url=base_url,
             health_path=health_path,
             model=model,
-            kind=kind,
+            request_path=request_path,
             api_key_env=api_key_env,
             env_file=env_file,
             _if=any_changed(started, restarted),

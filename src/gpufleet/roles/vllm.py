@@ -102,7 +102,7 @@ def serve(spec: HostSpec) -> None:
         config_changed=[env_file, *([installed] if installed else [])],
         base_url=VLLM.local_url(spec),
         health_path=VLLM.health_path,
-        models=[(served_name(run.placement), run.decision.kind)],
+        models=[(served_name(run.placement), VLLM.warm_up_path(run.decision.kind))],
         api_key_env=API_KEY_ENV,
         env_file=ENV_FILE,
     )
