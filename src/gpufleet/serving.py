@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gpufleet.catalogue import Catalogue, load_catalogue
 from gpufleet.engines import Engine, Rendered, engine_for, served_name, serving
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.planner import PlacementPlan, plan_host
+from gpufleet.planner import HostPlan, PlacementPlan, plan_host
 
 
 class NotPlanned(ValueError):
@@ -49,7 +49,17 @@ def placement_runs(
     spec: HostSpec, engine: Engine, catalogue: Catalogue | None = None
 ) -> tuple[PlacementRun, ...]:
     """The engine's placements on this host, each with its decision and rendering."""
+    return _runs(spec, engine, plan_host(spec, catalogue or load_catalogue()))
+
+
+def engine_runs(spec: HostSpec, catalogue: Catalogue | None = None) -> list[EngineRun]:
+    """Every engine the host runs, with what each of its placements renders to (the host is
+    planned once for all of them)."""
     plan = plan_host(spec, catalogue or load_catalogue())
+    return [EngineRun(engine, _runs(spec, engine, plan)) for engine in serving(spec)]
+
+
+def _runs(spec: HostSpec, engine: Engine, plan: HostPlan) -> tuple[PlacementRun, ...]:
     decisions = {p.index: p for p in plan.placements}
     runs = []
     for index, placement in enumerate(spec.models):
@@ -61,11 +71,6 @@ def placement_runs(
             raise NotPlanned(f"{spec.name}: models[{index}] ({placement.model}): {why}")
         runs.append(PlacementRun(placement, decision, engine.render(spec, placement, decision)))
     return tuple(runs)
-
-
-def engine_runs(spec: HostSpec, catalogue: Catalogue | None = None) -> list[EngineRun]:
-    """Every engine the host runs, with what each of its placements renders to."""
-    return [EngineRun(e, placement_runs(spec, e, catalogue)) for e in serving(spec)]
 
 
 def describe(spec: HostSpec) -> str:

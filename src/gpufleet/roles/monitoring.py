@@ -18,6 +18,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
+from gpufleet.checks import gets_dcgm_exporter
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec
 from gpufleet.monitoring import JOBS, probes, scrape_jobs
@@ -153,7 +154,7 @@ def dcgm_exporter(spec: HostSpec) -> None:
         dcgm_exporter(host_spec())
     """
     exporter = spec.dcgm_exporter
-    if not exporter.enabled or spec.hardware.nvidia_gpu_count == 0:
+    if not gets_dcgm_exporter(spec):
         host.noop("no NVIDIA GPU declared, or dcgm_exporter.enabled is false: no DCGM exporter")
         return
     if not detected_gpus()["pci"]:

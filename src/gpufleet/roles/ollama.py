@@ -9,14 +9,13 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
-from pyinfra.operations.util import any_changed
 
 from gpufleet.engines import served_name
 from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile
 from gpufleet.models import HostSpec
-from gpufleet.operations import downloads, inference, ollama
+from gpufleet.operations import downloads, ollama
 from gpufleet.paths import template
-from gpufleet.roles.steps import configured_not_started, restart_and_warm_up, warm_up_tool
+from gpufleet.roles.steps import configured_not_started, run_unit, warm_up, warm_up_tool
 from gpufleet.serving import PlacementRun, placement_runs
 
 DROP_IN = "/etc/systemd/system/ollama.service.d/override.conf"
@@ -98,24 +97,14 @@ def serve(spec: HostSpec) -> None:
         )
         return
     warm_up_tool()
-    starts = restart_and_warm_up(
-        OLLAMA.service,
-        unit_changed=unit,
-        config_changed=[drop_in, *([binary] if binary else [])],
-        base_url=OLLAMA.local_url(spec),
-        health_path=OLLAMA.health_path,
-        models=[],  # warmed up below, once pulled
-    )
+    started, restarted = run_unit(OLLAMA.service, unit, drop_in, *([binary] if binary else []))
     pulled, aliases = models_and_aliases(runs)
     fetched = ollama.models(
         name="Pull and alias Ollama models", pulled=pulled, aliases=aliases, modelfiles=MODELFILES
     )
-    for run in runs:
-        inference.warmed_up(
-            name=f"Warm up {served_name(run.placement)}",
-            base_url=OLLAMA.local_url(spec),
-            health_path=OLLAMA.health_path,
-            model=served_name(run.placement),
-            request_path=OLLAMA.warm_up_path(run.decision.kind),
-            _if=any_changed(*starts, fetched),
-        )
+    warm_up(
+        [(served_name(r.placement), OLLAMA.warm_up_path(r.decision.kind)) for r in runs],
+        OLLAMA.local_url(spec),
+        OLLAMA.health_path,
+        after=[started, restarted, fetched],
+    )

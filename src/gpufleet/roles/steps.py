@@ -137,6 +137,20 @@ def restart_and_warm_up(
     completion, an embedding model for an embedding). Returns the operations that (re)start
     the service, for steps that must follow a start too."""
     started, restarted = run_unit(service, unit_changed, *config_changed)
+    warm_up(models, base_url, health_path, [started, restarted], api_key_env, env_file)
+    return [started, restarted]
+
+
+def warm_up(
+    models: list[tuple[str, str]],
+    base_url: str,
+    health_path: str,
+    after: list[OperationMeta],
+    api_key_env: str | None = None,
+    env_file: str | None = None,
+) -> None:
+    """Warm each of ``models`` ((served name, request path) pairs) up once any of ``after``
+    changed something: a converged host is not asked again."""
     for model, request_path in models:
         inference.warmed_up(
             name=f"Warm up {model}",
@@ -146,6 +160,5 @@ def restart_and_warm_up(
             request_path=request_path,
             api_key_env=api_key_env,
             env_file=env_file,
-            _if=any_changed(started, restarted),
+            _if=any_changed(*after),
         )
-    return [started, restarted]
