@@ -34,7 +34,23 @@ def _ollama(*placements: tuple[str, str] | tuple[str, str, int]) -> list[dict[st
     ]
 
 
+def _claimed(tok_s: float, placements: list[dict[str, object]], *tags: str) -> None:
+    """The plan's expected speed for these placements (the low end of its range): the planner
+    refuses a claim the hardware's memory bandwidth cannot reach."""
+    for placement in placements:
+        if placement["model"] in tags:
+            placement["claimed_tok_s"] = tok_s
+
+
+def _cloud(name: str, model: str) -> dict[str, str]:
+    """A paid model the router may use; its key is the provider's, kept in Vault."""
+    provider = model.split("/", 1)[0]
+    return {"name": name, "model": model, "api_key": f"vault:kv/gpufleet/cloud#{provider}"}
+
+
 _TAILNET = "tailf49db2.ts.net"
+_QWEN_72B_Q4 = "qwen2.5:72b-instruct-q4_K_M"
+_LLAMA_70B_Q4 = "llama3.1:70b-instruct-q4_K_M"
 
 gpu_nodes = [
     (
@@ -80,7 +96,8 @@ gpu_nodes = [
             "nvidia_driver": {"version": "535.261.03"},
             "ollama": {"max_loaded_models": 2},
             "models": _ollama(
-                ("qwen2.5-coder:32b-q4", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
+                # The plan's "qwen2.5-coder:32b-q4" is no tag of Ollama's library: its Q4 tag is this.
+                ("qwen2.5-coder:32b-instruct-q4_K_M", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
                 ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b", 2),
                 ("mistral-nemo:12b", "M-LOC-FRE-mistral-nemo-12b"),
                 ("qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"),
@@ -107,9 +124,12 @@ cpu_nodes = [
             "hardware": _AI_MAX,
             "ollama": {"num_parallel": 1, "context_length": 131072, "max_loaded_models": 1},
             "models": _ollama(
-                ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
-                ("llama3.1:70b-q4", "XL-LOC-FRE-llama3.1-70b-q4-cpu"),
-                ("mixtral:8x22b-q4", "XL-LOC-FRE-mixtral-8x22b-q4"),
+                # The plan's "-q4" tags are not in Ollama's library: these are its Q4 tags.
+                (_QWEN_72B_Q4, "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                (_LLAMA_70B_Q4, "XL-LOC-FRE-llama3.1-70b-q4-cpu"),
+                ("mixtral:8x22b-instruct-v0.1-q4_K_M", "XL-LOC-FRE-mixtral-8x22b-q4"),
+                # XL Code's backup 1 (the redundancy map: GTR9-Pro on its CPU).
+                ("qwen2.5-coder:32b", "XL-LOC-FRE-qwen2.5-coder-32b", 2),
                 ("mxbai-embed-large", "M-LOC-FRE-mxbai-embed-large"),
                 ("bge-m3", "M-LOC-FRE-bge-m3"),
             ),
@@ -121,7 +141,9 @@ cpu_nodes = [
             "role": "XL models on CPU, redundancy",
             "hardware": _AI_MAX,
             "models": _ollama(
-                ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                (_QWEN_72B_Q4, "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                # XL Code's backup 2 (the redundancy map: EVO-X2 on its CPU).
+                ("qwen2.5-coder:32b", "XL-LOC-FRE-qwen2.5-coder-32b", 3),
                 ("snowflake-arctic-embed:335m", "S-LOC-FRE-arctic-embed"),
                 ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
             ),
@@ -133,8 +155,8 @@ cpu_nodes = [
             "role": "third XL CPU node",
             "hardware": _AI_MAX,
             "models": _ollama(
-                ("qwen2.5:72b-q4", "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
-                ("llama3.1:70b-q4", "XL-LOC-FRE-llama3.1-70b-q4-cpu"),
+                (_QWEN_72B_Q4, "XL-LOC-FRE-qwen2.5-72b-q4-cpu"),
+                (_LLAMA_70B_Q4, "XL-LOC-FRE-llama3.1-70b-q4-cpu"),
                 ("granite-embedding", "S-LOC-FRE-granite-embed"),
             ),
         },
@@ -193,6 +215,8 @@ cpu_nodes = [
                 ("llama3.2:3b", "S-LOC-FRE-llama3.2-3b-metal"),
                 ("phi3.5:3.8b", "S-LOC-FRE-phi3.5-metal"),
                 ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
+                # M Vision's backup 2 (the redundancy map: Mac Mini after Old-Office-PC).
+                ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b", 3),
             ),
         },
     ),
@@ -231,6 +255,7 @@ cpu_nodes = [
             "hardware": {"cpu": "AMD Ryzen 3 3200U", "cores": 2, "ram_gb": 16},
             "models": _ollama(
                 ("tinyllama:1.1b", "XS-LOC-FRE-tinyllama-1.1b"),
+                # The plan's "phi-2:2.7b": Phi-2 is "phi" in Ollama's library.
                 ("phi:2.7b", "S-LOC-FRE-phi-2-2.7b"),
                 ("llama3.2:1b", "XS-LOC-FRE-llama3.2-1b"),
                 ("nomic-embed-text", "S-LOC-FRE-nomic-embed-text"),
@@ -238,6 +263,29 @@ cpu_nodes = [
         },
     ),
 ]
+
+# Seed 004's performance table, where the hardware can reach it. Its other rows cannot be
+# met, and the planner refuses them (tests/unit/test_inventories.py holds each refusal):
+# "RTX 5090, 70B+: 20-30 tok/s" (qwen2.5:72b, llama3.2-vision:90b and deepseek-coder-v2:236b
+# do not fit in 32 GB of VRAM: <= 5 tok/s), "RTX 2080S, 30B Q4: 10-15" (<= 4 tok/s with 23 of
+# 64 layers on its 8 GB), "Intel CPU, 7-14B: 8-12" for the 12-14B models on DDR4 (<= 7 tok/s).
+_SPEEDS = {
+    # Tier 2, "AI Max+ CPU, 70B Q4: 5-10".
+    "gtr9-pro": (5, (_QWEN_72B_Q4, _LLAMA_70B_Q4)),
+    "evo-x2": (5, (_QWEN_72B_Q4,)),
+    "ms-s1": (5, (_QWEN_72B_Q4, _LLAMA_70B_Q4)),
+    # Tier 3, "NPU, 3-14B: 20-40" (the 3-4B models; the CPU does the work for now).
+    "ser9": (20, ("phi3.5:3.8b", "llama3.2:3b")),
+    "atomman-x7-ti": (20, ("phi3.5:3.8b", "llama3.2:3b")),
+    # Tier 4, "M4 Pro, 3-14B: 15-25".
+    "mac-mini-m4-pro": (15, ("qwen2.5:14b", "llama3.2:3b", "phi3.5:3.8b")),
+    # Tier 5, "Intel CPU, 7-14B: 8-12" (the 7-8B models).
+    "ms01": (8, ("deepseek-r1:8b",)),
+    "borgcube": (8, ("qwen2.5:7b", "mistral:7b")),
+}
+for _name, _data in cpu_nodes:
+    if _name in _SPEEDS:
+        _claimed(_SPEEDS[_name][0], _data["models"], *_SPEEDS[_name][1])  # type: ignore[arg-type]
 
 _PI5 = {"cpu": "Broadcom BCM2712 (Raspberry Pi 5)", "cores": 4, "ram_gb": 8}
 
@@ -258,18 +306,66 @@ orchestrator = [
             # The router's API on the tailnet too, with Tailscale's certificate.
             "tailscale": {"enabled": True, "serve_router": True},
             "litellm": {
-                # Seed 004's redundancy map across different quantizations; same-alias
-                # backups come from the placements' priorities.
+                # Seed 004's redundancy map. A placement's priority makes the same alias's
+                # backup 1 and 2 on other hosts; these carry a category to other aliases
+                # (another model or quantization), and to the cloud last.
                 "fallbacks": {
-                    "XL-LOC-FRE-qwen2.5-coder-32b": ("XL-LOC-FRE-qwen2.5-coder-32b-q4",),
+                    # XL Code: Akshat-PC, GTR9-Pro (CPU), EVO-X2 (CPU), then the cloud.
+                    "XL-LOC-FRE-deepseek-coder-236b": (
+                        "XL-LOC-FRE-qwen2.5-coder-32b",
+                        "XL-LOC-FRE-qwen2.5-coder-32b.backup1",
+                        "XL-LOC-FRE-qwen2.5-coder-32b.backup2",
+                        "XL-CLD-PAY-claude-opus-4.5",
+                    ),
+                    "XL-LOC-FRE-qwen2.5-coder-32b": (
+                        "XL-LOC-FRE-qwen2.5-coder-32b-q4",
+                        "XL-CLD-PAY-claude-opus-4.5",
+                    ),
+                    # XL Vision: Akshat-PC, Old-Office-PC's smaller vision model, the cloud.
+                    "XL-LOC-FRE-llama3.2-vision-90b": (
+                        "XL-LOC-FRE-llava-34b",
+                        "M-LOC-FRE-llama3.2-vision-11b.backup1",
+                        "XL-CLD-PAY-gpt-4o",
+                    ),
+                    "XL-LOC-FRE-llava-34b": (
+                        "M-LOC-FRE-llama3.2-vision-11b.backup1",
+                        "XL-CLD-PAY-gpt-4o",
+                    ),
+                    # Qwen 2.5 72B on the GPU and its Q4 copies on the three CPU boxes.
+                    "XL-LOC-FRE-qwen2.5-72b": (
+                        "XL-LOC-FRE-qwen2.5-72b-q4-cpu",
+                        "XL-CLD-PAY-claude-opus-4.5",
+                    ),
+                    "XL-LOC-FRE-qwen2.5-72b-q4-cpu": (
+                        "XL-LOC-FRE-qwen2.5-72b",
+                        "XL-CLD-PAY-claude-opus-4.5",
+                    ),
+                    "XL-LOC-FRE-llama3.1-70b-q4-cpu": (
+                        "XL-LOC-FRE-qwen2.5-72b-q4-cpu",
+                        "XL-CLD-PAY-claude-opus-4.5",
+                    ),
+                    # L Code: Akshat-PC, Old-Office-PC, MS01, then the cloud.
+                    "L-LOC-FRE-codestral-22b": (
+                        "XL-LOC-FRE-qwen2.5-coder-32b-q4",
+                        "M-LOC-FRE-codellama-13b",
+                        "M-CLD-PAY-claude-sonnet-4.5",
+                    ),
+                    # M Vision: Akshat-PC, Old-Office-PC, Mac Mini (priorities), the cloud.
+                    "M-LOC-FRE-llama3.2-vision-11b": ("M-CLD-PAY-gemini-flash-2.0",),
+                    # S Fast: served by several hosts each; the cloud when all are down.
+                    "S-LOC-FRE-llama3.2-3b": ("S-CLD-PAY-gpt-4o-mini",),
+                    "S-LOC-FRE-mistral-7b": ("S-CLD-PAY-claude-haiku-4.5",),
                 },
-                # Paid models only as declared here; their keys go into Vault by hand.
+                # The plan's seven paid models, as declared here only; their keys go into
+                # Vault by hand.
                 "cloud_models": [
-                    {
-                        "name": "M-CLD-PAY-claude-sonnet-4.5",
-                        "model": "anthropic/claude-sonnet-4-5",
-                        "api_key": "vault:kv/gpufleet/cloud#anthropic",
-                    },
+                    _cloud("XL-CLD-PAY-claude-opus-4.5", "anthropic/claude-opus-4-5"),
+                    _cloud("XL-CLD-PAY-gpt-4o", "openai/gpt-4o"),
+                    _cloud("XL-CLD-PAY-o1", "openai/o1"),
+                    _cloud("M-CLD-PAY-claude-sonnet-4.5", "anthropic/claude-sonnet-4-5"),
+                    _cloud("M-CLD-PAY-gemini-flash-2.0", "gemini/gemini-2.0-flash"),
+                    _cloud("S-CLD-PAY-gpt-4o-mini", "openai/gpt-4o-mini"),
+                    _cloud("S-CLD-PAY-claude-haiku-4.5", "anthropic/claude-haiku-4-5"),
                 ],
                 # Routing state in Redis and LiteLLM's keys, users and spend in PostgreSQL,
                 # both on this Pi (seed 004's Pi5L stack).

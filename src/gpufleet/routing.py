@@ -63,16 +63,17 @@ def backends(specs: dict[str, HostSpec]) -> list[Backend]:
 
 
 def fallbacks(specs: dict[str, HostSpec], router: LiteLLMRouter) -> list[dict[str, list[str]]]:
-    """LiteLLM ``fallbacks``: each alias to its backup groups in order, then the extra ones
-    the router declares."""
+    """LiteLLM ``fallbacks``: each alias to its backup groups (backup 1, then 2), then the
+    extra ones the router declares, in the order declared: LiteLLM tries them in this order,
+    so a cloud model declared last is asked last."""
     chains: dict[str, list[str]] = defaultdict(list)
-    for backend in backends(specs):
+    for backend in sorted(backends(specs), key=lambda b: b.group):
         name = served_name(backend.placement)
         if backend.group != name and backend.group not in chains[name]:
             chains[name].append(backend.group)
     for name, targets in router.fallbacks.items():
         chains[name] += [t for t in targets if t not in chains[name]]
-    return [{name: sorted(targets)} for name, targets in sorted(chains.items()) if targets]
+    return [{name: targets} for name, targets in sorted(chains.items()) if targets]
 
 
 def model_names(specs: dict[str, HostSpec], router: LiteLLMRouter) -> set[str]:
@@ -251,6 +252,50 @@ def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> lis
     return upstreams
 
 
+@dataclass(frozen=True)
+class MapRow:
+    """One alias of the redundancy map: the hosts of each rank, then the other models."""
+
+    alias: str
+    ranks: tuple[tuple[str, ...], ...]
+    """Hosts serving the alias: primary, backup 1, backup 2 …"""
+    then: tuple[str, ...]
+    """The other model groups the router falls back to after those, in order."""
+
+
+def redundancy_map(specs: dict[str, HostSpec], router: LiteLLMRouter) -> list[MapRow]:
+    """Seed 004's "Redundancy Map" as the inventory gives it, one row per alias."""
+    hosts: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for backend in backends(specs):
+        hosts[served_name(backend.placement)][backend.group].append(backend.host)
+    chains = {name: targets for chain in fallbacks(specs, router) for name, targets in chain.items()}
+    rows = []
+    for alias in sorted(hosts):
+        groups = hosts[alias]
+        ranks = [alias, *sorted(g for g in groups if g != alias)]
+        then = tuple(t for t in chains.get(alias, []) if t not in groups)
+        rows.append(MapRow(alias, tuple(tuple(groups[g]) for g in ranks if g in groups), then))
+    return rows
+
+
+def format_map(rows: list[MapRow]) -> list[str]:
+    """The map as a table: alias, primary, backup 1, backup 2, then (fallbacks, cloud last)."""
+    header = ("model", "primary", "backup 1", "backup 2", "then")
+    table = [
+        (
+            row.alias,
+            *(", ".join(row.ranks[i]) if i < len(row.ranks) else "-" for i in range(3)),
+            " -> ".join(row.then) or "-",
+        )
+        for row in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(4)]
+    return [
+        "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:4])) + "  " + r[4]
+        for r in [header, *table]
+    ]
+
+
 def describe_routes(specs: dict[str, HostSpec]) -> str:
     """What ``gpufleet routes`` prints: per router, each model group with its hosts, the
     fallback chains, and the keys it reads by reference; per gateway, its routes."""
@@ -265,6 +310,8 @@ def describe_routes(specs: dict[str, HostSpec]) -> str:
         for name in sorted(groups):
             lines.append(f"  {name}")
             lines += [f"    {target}" for target in groups[name]]
+        lines.append(f"{router.name}: redundancy map")
+        lines += format_map(redundancy_map(specs, router.litellm))
         for chain in fallbacks(specs, router.litellm):
             for name, targets in chain.items():
                 lines.append(f"  fallback {name} -> {' -> '.join(targets)}")

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,58 @@ def test_cli_validate_reports_and_exits_nonzero():
     )
     assert result.returncode == 1
     assert "host 'box': services[0].port: port 9100 is already used" in result.stderr
+
+
+HOMELAB = ROOT / "inventory" / "homelab.py"
+
+# Seed 004's performance table, row by row, on the host and model each row names.
+SEED_SPEEDS_MET = [
+    ("gtr9-pro", "qwen2.5:72b-instruct-q4_K_M", 5),  # AI Max+ CPU, 70B Q4: 5-10
+    ("ser9", "phi3.5:3.8b", 20),  # NPU, 3-14B: 20-40
+    ("mac-mini-m4-pro", "qwen2.5:14b", 15),  # M4 Pro, 3-14B: 15-25
+    ("borgcube", "qwen2.5:7b", 8),  # Intel CPU, 7-14B: 8-12
+]
+SEED_SPEEDS_REFUSED = [
+    ("akshat-pc", "qwen2.5:72b", 20),  # RTX 5090, 70B+: 20-30
+    ("akshat-pc", "llama3.2-vision:90b", 20),
+    ("akshat-pc", "deepseek-coder-v2:236b", 20),
+    ("old-office-pc", "qwen2.5-coder:32b-instruct-q4_K_M", 10),  # RTX 2080S, 30B Q4: 10-15
+    ("ms01", "qwen2.5:14b", 8),  # Intel CPU, 7-14B: 8-12
+]
+
+
+def _plan_with_claim(host: str, tag: str, tok_s: float) -> list[tuple[str, str]]:
+    from gpufleet.catalogue import load_catalogue
+    from gpufleet.planner import plan_host
+
+    spec = validate_file(HOMELAB)[host]
+    models = [
+        m.model_copy(update={"claimed_tok_s": tok_s}) if m.model == tag else m
+        for m in spec.models
+    ]
+    assert any(m.model == tag for m in models), f"{host} has no {tag}"
+    return plan_host(spec.model_copy(update={"models": models}), load_catalogue()).problems
+
+
+@pytest.mark.parametrize(("host", "tag", "tok_s"), SEED_SPEEDS_MET)
+def test_the_seed_speeds_the_hardware_reaches_are_claimed_and_accepted(host, tag, tok_s):
+    spec = validate_file(HOMELAB)[host]
+    claimed = {m.model: m.claimed_tok_s for m in spec.models}
+    assert claimed[tag] == tok_s
+    assert not _plan_with_claim(host, tag, tok_s)
+
+
+@pytest.mark.parametrize(("host", "tag", "tok_s"), SEED_SPEEDS_REFUSED)
+def test_the_seed_speeds_the_hardware_cannot_reach_are_refused(host, tag, tok_s):
+    problems = _plan_with_claim(host, tag, tok_s)
+    assert any(
+        where.endswith(".claimed_tok_s") and "measure it" in why for where, why in problems
+    ), problems
+
+
+def test_every_ollama_placement_of_the_shipped_inventories_uses_a_library_tag():
+    """The seed's "-q4" tags are not in Ollama's library: a pull of one fails."""
+    for path in SHIPPED:
+        for spec in validate_file(ROOT / path).values():
+            for placement in spec.models:
+                assert not re.search(r"-q\d$", placement.model), (path.name, placement.model)

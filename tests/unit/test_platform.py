@@ -43,14 +43,38 @@ def test_same_alias_same_priority_is_one_load_balanced_group(homelab):
 
 
 def test_backups_follow_the_redundancy_map(homelab):
+    """Seed 004's map, row by row: primary, backup 1, backup 2, the cloud last."""
     router = homelab["pi5l"].litellm
     chains = {k: v for entry in fallbacks(homelab, router) for k, v in entry.items()}
-    # M Vision: Akshat-PC primary, Old-Office-PC backup 1 (priority 2).
-    assert chains["M-LOC-FRE-llama3.2-vision-11b"] == ["M-LOC-FRE-llama3.2-vision-11b.backup1"]
-    # XL code: the 32B on Akshat-PC falls back to the Q4 build on Old-Office-PC.
-    assert chains["XL-LOC-FRE-qwen2.5-coder-32b"] == ["XL-LOC-FRE-qwen2.5-coder-32b-q4"]
-    backup = [b for b in backends(homelab) if b.group.endswith(".backup1")]
-    assert {(b.host, b.placement.priority) for b in backup} == {("old-office-pc", 2)}
+    hosts = {}
+    for backend in backends(homelab):
+        hosts.setdefault(backend.group, set()).add(backend.host)
+    # M Vision: Akshat-PC, Old-Office-PC (priority 2), Mac Mini (priority 3), then the cloud.
+    vision = "M-LOC-FRE-llama3.2-vision-11b"
+    assert hosts[vision] == {"akshat-pc"}
+    assert hosts[f"{vision}.backup1"] == {"old-office-pc"}
+    assert hosts[f"{vision}.backup2"] == {"mac-mini-m4-pro"}
+    assert chains[vision] == [
+        f"{vision}.backup1", f"{vision}.backup2", "M-CLD-PAY-gemini-flash-2.0",
+    ]  # fmt: skip
+    # XL Code: Akshat-PC, GTR9-Pro (CPU), EVO-X2 (CPU), then the cloud.
+    coder = "XL-LOC-FRE-qwen2.5-coder-32b"
+    assert (hosts[coder], hosts[f"{coder}.backup1"], hosts[f"{coder}.backup2"]) == (
+        {"akshat-pc"}, {"gtr9-pro"}, {"evo-x2"},
+    )  # fmt: skip
+    assert chains["XL-LOC-FRE-deepseek-coder-236b"][-1] == "XL-CLD-PAY-claude-opus-4.5"
+    assert chains[coder][:2] == [f"{coder}.backup1", f"{coder}.backup2"]
+    # The 72B on the GPU and its Q4 copies on the three CPU boxes back each other up.
+    assert hosts["XL-LOC-FRE-qwen2.5-72b-q4-cpu"] == {"gtr9-pro", "evo-x2", "ms-s1"}
+    assert chains["XL-LOC-FRE-qwen2.5-72b"][0] == "XL-LOC-FRE-qwen2.5-72b-q4-cpu"
+    assert chains["XL-LOC-FRE-qwen2.5-72b-q4-cpu"][0] == "XL-LOC-FRE-qwen2.5-72b"
+    # L Code: Akshat-PC, Old-Office-PC, MS01.
+    assert chains["L-LOC-FRE-codestral-22b"][:2] == [
+        "XL-LOC-FRE-qwen2.5-coder-32b-q4", "M-LOC-FRE-codellama-13b",
+    ]  # fmt: skip
+    # Every chain ends in the cloud; the seven paid models are declared.
+    assert all(chain[-1].split("-")[1] == "CLD" for chain in chains.values()), chains
+    assert len(router.cloud_models) == 7
 
 
 def test_lab_backup_is_the_cpu_host(lab):
@@ -79,9 +103,12 @@ def test_router_config_holds_references_never_values(lab, homelab):
 def test_cloud_models_only_as_declared(homelab):
     config = router_config(homelab["pi5l"], homelab)
     cloud = [e for e in config.settings["model_list"] if "-CLD-" in e["model_name"]]
-    assert [e["model_name"] for e in cloud] == ["M-CLD-PAY-claude-sonnet-4.5"]
-    variable = cloud[0]["litellm_params"]["api_key"].removeprefix("os.environ/")
-    assert config.environment[variable] == "vault:kv/gpufleet/cloud#anthropic"
+    declared = [c.name for c in homelab["pi5l"].litellm.cloud_models]
+    assert sorted(e["model_name"] for e in cloud) == sorted(declared)
+    for entry in cloud:
+        provider = entry["litellm_params"]["model"].split("/")[0]
+        variable = entry["litellm_params"]["api_key"].removeprefix("os.environ/")
+        assert config.environment[variable] == f"vault:kv/gpufleet/cloud#{provider}"
 
 
 def test_vllm_backend_gets_its_key_by_reference(lab):

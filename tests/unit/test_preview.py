@@ -120,6 +120,7 @@ def test_the_mac_gets_launchd_daemons_not_apt_or_systemd(homelab):
         "ollama pull llama3.2:3b",
         "ollama pull phi3.5:3.8b",
         "ollama pull nomic-embed-text",
+        "ollama pull llama3.2-vision:11b",
     ]
 
 
@@ -170,10 +171,8 @@ def test_a_converged_mac_plans_no_change(homelab):
         return modelfiles[alias].splitlines() if alias in modelfiles else None
 
     models = {"qwen2.5:14b", "llama3.2:3b", "phi3.5:3.8b", "nomic-embed-text:latest"}
-    aliases = {
-        f"{a}:latest" for a in ("M-LOC-FRE-qwen2.5-14b-metal", "S-LOC-FRE-llama3.2-3b-metal")
-    }
-    aliases |= {"S-LOC-FRE-phi3.5-metal:latest", "S-LOC-FRE-nomic-embed-text:latest"}
+    models |= {"llama3.2-vision:11b"}
+    aliases = {f"{a}:latest" for a in modelfiles}
     again = planned(
         HOMELAB,
         ["deploys/common.py", "deploys/inference.py"],

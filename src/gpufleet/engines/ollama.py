@@ -10,6 +10,7 @@ created from, since Ollama takes those per model. Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, ClassVar
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
 
 BINARY = "/usr/local/bin/ollama"
+INVENTED_QUANT_TAG = re.compile(r"^(?P<base>[^:/]+:[^-]+)-q\d$")
+"""``qwen2.5:72b-q4``: a spelling people write that no tag of Ollama's library has (its
+quantized tags read ``qwen2.5:72b-instruct-q4_K_M``), so the pull fails on the host."""
 DEFAULT_CONTEXT = 2048
 """Context Ollama gives a model when neither the placement nor OLLAMA_CONTEXT_LENGTH says."""
 LOADED_PER_GPU = 3
@@ -100,6 +104,14 @@ class Ollama(Engine):
         self, spec: HostSpec, placed: list[tuple[int, ModelPlacement]]
     ) -> Iterator[tuple[str, str]]:
         for i, placement in placed:
+            invented = INVENTED_QUANT_TAG.match(placement.model)
+            if invented:
+                yield (
+                    f"models[{i}].model",
+                    f"Ollama's library has no tag {placement.model!r} (its quantized tags "
+                    f"are spelt like '{invented['base']}-instruct-q4_K_M'); write the "
+                    f"library's tag, or '{invented['base']}', whose default is Q4_K_M",
+                )
             if placement.context and not placement.alias:
                 yield (
                     f"models[{i}].context",
