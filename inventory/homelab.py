@@ -96,7 +96,7 @@ gpu_nodes = [
             "nvidia_driver": {"version": "535.261.03"},
             "ollama": {"max_loaded_models": 2},
             "models": _ollama(
-                # The plan's "qwen2.5-coder:32b-q4" is no tag of Ollama's library: its Q4 tag is this.
+                # The plan's "qwen2.5-coder:32b-q4" is no tag of Ollama's library; this is.
                 ("qwen2.5-coder:32b-instruct-q4_K_M", "XL-LOC-FRE-qwen2.5-coder-32b-q4"),
                 ("llama3.2-vision:11b", "M-LOC-FRE-llama3.2-vision-11b", 2),
                 ("mistral-nemo:12b", "M-LOC-FRE-mistral-nemo-12b"),

@@ -268,7 +268,7 @@ def redundancy_map(specs: dict[str, HostSpec], router: LiteLLMRouter) -> list[Ma
     hosts: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for backend in backends(specs):
         hosts[served_name(backend.placement)][backend.group].append(backend.host)
-    chains = {name: targets for chain in fallbacks(specs, router) for name, targets in chain.items()}
+    chains = {name: chain for entry in fallbacks(specs, router) for name, chain in entry.items()}
     rows = []
     for alias in sorted(hosts):
         groups = hosts[alias]

@@ -144,8 +144,7 @@ def _plan_with_claim(host: str, tag: str, tok_s: float) -> list[tuple[str, str]]
 
     spec = validate_file(HOMELAB)[host]
     models = [
-        m.model_copy(update={"claimed_tok_s": tok_s}) if m.model == tag else m
-        for m in spec.models
+        m.model_copy(update={"claimed_tok_s": tok_s}) if m.model == tag else m for m in spec.models
     ]
     assert any(m.model == tag for m in models), f"{host} has no {tag}"
     return plan_host(spec.model_copy(update={"models": models}), load_catalogue()).problems
