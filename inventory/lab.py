@@ -69,6 +69,8 @@ gpu_nodes = [
                 _GEMMA_GGUF,
                 {"model": _GEMMA, "alias": "XS-LOC-FRE-gemma3-270m-ollama"},
             ],
+            # Ollama's release archive is out of the lab's reach: configured, not installed.
+            "ollama": {"install": "present"},
             **_LLAMACPP_FROM_MIRROR,
         },
     ),

@@ -1,9 +1,12 @@
 """TCP_NODELAY on SSH connections; the verified-download record."""
 
+import hashlib
 import socket
+import subprocess
 from types import SimpleNamespace
 
 from gpufleet.connection import set_tcp_nodelay
+from gpufleet.operations import downloads
 from gpufleet.operations.downloads import STAMPS, VerifiedFile, stamp_path
 
 
@@ -71,3 +74,60 @@ def test_the_fact_command_answers_for_a_missing_file_and_an_unrecorded_one(tmp_p
     assert found.returncode == 0
     assert seen is not None and seen["size"] == 10 and seen["mode"] == "644"
     assert seen["mtime"] == int(present.stat().st_mtime)
+
+
+class _AbsentFile:
+    """The host a download sees when its file is not there yet."""
+
+    def get_fact(self, cls, **kwargs):
+        return None
+
+    def noop(self, description):
+        raise AssertionError(description)
+
+
+def _release(tmp_path, name: str, body: bytes, listed: bytes) -> tuple[str, str]:
+    """A release folder as a project publishes one: the archive and its sha256sum.txt."""
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / name).write_bytes(body)
+    digest = hashlib.sha256(listed).hexdigest()
+    other = "0" * 64
+    (release / "sha256sum.txt").write_text(
+        f"{other}  ./dist/ollama-darwin.tgz\n{digest}  ./dist/{name}\n"
+    )
+    return f"file://{release / name}", f"file://{release / 'sha256sum.txt'}"
+
+
+def _download(monkeypatch, tmp_path, src: str, sums: str) -> subprocess.CompletedProcess:
+    monkeypatch.setattr(downloads, "STAMPS", str(tmp_path / "stamps"))
+    monkeypatch.setattr(downloads, "host", _AbsentFile())
+    dest = str(tmp_path / "cache/ollama.tgz")
+    (command,) = downloads.verified_download._inner(src=src, dest=dest, sha256_list=sums)
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+
+
+def test_a_download_is_checked_against_the_checksum_list_its_release_publishes(
+    monkeypatch, tmp_path
+):
+    body = b"the release archive"
+    src, sums = _release(tmp_path, "ollama-linux-amd64.tgz", body, body)
+    result = _download(monkeypatch, tmp_path, src, sums)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cache/ollama.tgz").read_bytes() == body
+    stamp = (tmp_path / "stamps").iterdir().__next__().read_text().split()
+    assert stamp[0] == hashlib.sha256(body).hexdigest()  # recorded like a given checksum
+
+
+def test_a_download_the_list_does_not_vouch_for_is_removed_and_fails(monkeypatch, tmp_path):
+    src, sums = _release(tmp_path, "ollama-linux-amd64.tgz", b"tampered", b"the original")
+    result = _download(monkeypatch, tmp_path, src, sums)
+    assert result.returncode != 0 and "sha256 mismatch" in result.stderr
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_a_file_the_list_does_not_name_fails_before_any_download(monkeypatch, tmp_path):
+    src, sums = _release(tmp_path, "ollama-linux-amd64.tgz", b"x", b"x")
+    result = _download(monkeypatch, tmp_path, src.replace("amd64", "riscv64"), sums)
+    assert result.returncode != 0 and "no sha256 for ollama-linux-riscv64.tgz" in result.stderr
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

@@ -420,3 +420,24 @@ def test_a_preview_opens_no_network_connection(monkeypatch):
     planned(HOMELAB, list(EVERY_DEPLOY))
     planned(EXAMPLE, ["deploys/vault.py", "deploys/router.py", "deploys/gateway.py"])
     assert attempts == []
+
+
+def test_every_linux_model_host_installs_ollama_and_pulls_each_placement_by_its_tag(homelab):
+    """Seed 004: "curl -fsSL https://ollama.ai/install.sh | sh" then "ollama pull" on every
+    model host; here the pinned release, checked against the list its release publishes."""
+    specs = validate_file(HOMELAB)
+    linux_model_hosts = [n for n, s in specs.items() if s.models and s.os != "macos"]
+    assert len(linux_model_hosts) == 10
+    for name in linux_model_hosts:
+        operations = homelab[name]
+        download = next(o for o in operations if "Download Ollama" in o.name)
+        arch = "arm64" if specs[name].arch == "aarch64" else "amd64"
+        version = specs[name].ollama.version
+        (fetch,) = download.commands
+        assert f"/v{version}/ollama-linux-{arch}.tgz" in fetch
+        assert f"/v{version}/sha256sum.txt" in fetch and "sha256sum -c" in fetch
+        assert any(o.name.endswith(f"Unpack Ollama {version} into /usr/local") for o in operations)
+        pulls = [c for c in commands(operations) if c.startswith("ollama pull ")]
+        tags = list(dict.fromkeys(p.model for p in specs[name].models))
+        assert pulls == [f"ollama pull {tag}" for tag in tags], name
+        assert not any("no Ollama binary" in o.name for o in operations)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -51,12 +51,23 @@ class OllamaSettings(Spec):
     """Ollama release to install."""
     url: str = Field(
         "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tgz",
-        pattern=r"^https?://\S+$",
+        pattern=r"^https?://[^\s'\"`$;|&<>\\]+$",
     )
     """Where the release archive comes from (``{version}``, ``{arch}``: amd64/arm64); a
     local mirror for offline hosts."""
+    install: Literal["release", "present"] = "release"
+    """``release``: the release archive is downloaded, checked and unpacked into /usr/local;
+    ``present``: Ollama is installed by other means and left as it is."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    """Checksum of that archive; without it the binary must already be on the host."""
+    """Checksum of that archive (amd64 or arm64, whichever the host is); without it, the
+    archive is checked against the release's published checksum list (``checksums_url``)."""
+    checksums_url: str = Field(
+        "https://github.com/ollama/ollama/releases/download/v{version}/sha256sum.txt",
+        pattern=r"^https?://[^\s'\"`$;|&<>\\]+$",
+    )
+    """The checksum list the release publishes (``sha256sum`` output naming each archive),
+    read on the host when the archive is fetched; a mirror serves its copy beside the
+    archive."""
     max_loaded_models: int | None = Field(None, ge=1)
     """OLLAMA_MAX_LOADED_MODELS; Ollama's own default (3 per GPU) when left out."""
     num_parallel: int | None = Field(None, ge=1)

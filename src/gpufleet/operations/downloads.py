@@ -13,7 +13,7 @@ import hashlib
 import shlex
 
 from pyinfra import host
-from pyinfra.api import FactBase, operation
+from pyinfra.api import FactBase, OperationValueError, operation
 
 STAMPS = "/var/lib/gpufleet/verified"
 
@@ -47,8 +47,30 @@ class VerifiedFile(FactBase):
         }
 
 
+def _sha256_from_list(sha256_list: str, name: str) -> str:
+    """Shell that prints the checksum a release's list (``sha256sum`` output, as
+    ``<hash>  ./dist/<name>`` or ``<hash> *<name>``) gives for the file ``name``, and fails
+    when the list cannot be fetched or does not name the file."""
+    url = shlex.quote(sha256_list)
+    missing = shlex.quote(f"no sha256 for {name} in {sha256_list}")
+    pick = (
+        "awk -v f=" + shlex.quote(name) + ' \'{n=$2; sub(/^[*]/, "", n); sub(/.*[/]/, "", n)}'
+        " n == f && length($1) == 64 && $1 ~ /^[0-9a-f]+$/ {print $1; exit}'"
+    )
+    return (
+        f"expected=$( ( curl -fsSL --retry 3 {url} || wget -q -O - {url} ) | {pick} )"
+        f' && {{ [ -n "$expected" ] || {{ echo {missing} >&2; false; }}; }}'
+    )
+
+
 @operation()
-def verified_download(src: str, dest: str, sha256: str, mode: str | None = None):
+def verified_download(
+    src: str,
+    dest: str,
+    sha256: str | None = None,
+    mode: str | None = None,
+    sha256_list: str | None = None,
+):
     """
     Download ``src`` to ``dest`` unless a file with that sha256 is there; a download whose
     checksum differs is removed and fails the operation.
@@ -57,6 +79,9 @@ def verified_download(src: str, dest: str, sha256: str, mode: str | None = None)
     + dest: path on the host
     + sha256: the file's expected checksum
     + mode: octal permissions of the file (``"755"`` for a binary)
+    + sha256_list: without ``sha256``, the URL of the checksum list the release publishes
+      (``sha256sum`` output naming the file as ``src`` does); the file's checksum is read from
+      it on the host, when the file is fetched, and recorded like a given one
 
     .. code:: python
 
@@ -67,13 +92,17 @@ def verified_download(src: str, dest: str, sha256: str, mode: str | None = None)
             mode="644",
         )
     """
+    if sha256 is None and sha256_list is None:
+        raise OperationValueError("verified_download needs sha256 or sha256_list")
     found = host.get_fact(VerifiedFile, path=dest)
-    if found is not None and found["stamp"] == f"{sha256} {found['size']} {found['mtime']}":
-        if mode is not None and found["mode"] != mode.lstrip("0"):
-            yield f"chmod {mode} {shlex.quote(dest)}"
-        else:
-            host.noop(f"{dest} is there with its verified sha256")
-        return
+    if found is not None:
+        recorded, _, size_mtime = found["stamp"].partition(" ")
+        if size_mtime == f"{found['size']} {found['mtime']}" and recorded == (sha256 or recorded):
+            if mode is not None and found["mode"] != mode.lstrip("0"):
+                yield f"chmod {mode} {shlex.quote(dest)}"
+            else:
+                host.noop(f"{dest} is there with its verified sha256")
+            return
     file, part = shlex.quote(dest), shlex.quote(f"{dest}.part")
     mismatch = shlex.quote(f"sha256 mismatch: {src}")
     stamp = shlex.quote(stamp_path(dest))
@@ -81,15 +110,23 @@ def verified_download(src: str, dest: str, sha256: str, mode: str | None = None)
         f"( curl -fsSL --retry 3 -o {part} {shlex.quote(src)}"
         f" || wget -q -O {part} {shlex.quote(src)} )"
     )
+    if sha256 is not None:
+        checksum, line, known = f"'{sha256}'", f"'{sha256}  '", []
+    else:
+        assert sha256_list is not None
+        name = src.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+        checksum, line = '"$expected"', '"$expected  "'
+        known = [_sha256_from_list(sha256_list, name)]
     # A file already there (an older run, or put there by hand) is hashed once, not fetched.
     yield " && ".join(
         [
             f"mkdir -p {shlex.quote(STAMPS)} $(dirname {file})",
-            f"( echo '{sha256}  '{file} | sha256sum -c --status 2>/dev/null"
-            f" || ( {fetch} && ( echo '{sha256}  '{part} | sha256sum -c --status"
+            *known,
+            f"( echo {line}{file} | sha256sum -c --status 2>/dev/null"
+            f" || ( {fetch} && ( echo {line}{part} | sha256sum -c --status"
             f" || ( rm -f {part}; echo {mismatch} >&2; false ) )"
             f" && mv {part} {file} ) )",
             *([f"chmod {mode} {file}"] if mode else []),
-            f"echo '{sha256}' $(stat -c '%s %Y' {file}) > {stamp}",
+            f"echo {checksum} $(stat -c '%s %Y' {file}) > {stamp}",
         ]
     )

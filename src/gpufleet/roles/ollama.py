@@ -5,8 +5,11 @@ layers on the GPU), then warm each model up.
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
@@ -30,6 +33,29 @@ def models_and_aliases(runs: tuple[PlacementRun, ...]) -> tuple[list[str], dict[
         if run.placement.alias
     }
     return pulled, aliases
+
+
+def install_release(spec: HostSpec) -> OperationMeta:
+    """Download the pinned release archive for the host's architecture, checked against the
+    inventory's sha256 or the checksum list the release publishes, and unpack it into
+    /usr/local (``bin/ollama`` and ``lib/ollama``, as Ollama's own installer does)."""
+    settings = spec.ollama
+    arch = "arm64" if spec.arch == "aarch64" else "amd64"
+    archive = f"/var/cache/gpufleet/ollama-{settings.version}-{arch}.tgz"
+    download = downloads.verified_download(
+        name=f"Download Ollama {settings.version} ({arch})",
+        src=settings.url.format(version=settings.version, arch=arch),
+        dest=archive,
+        sha256=settings.sha256,
+        sha256_list=None
+        if settings.sha256
+        else settings.checksums_url.format(version=settings.version, arch=arch),
+    )
+    return server.shell(
+        name=f"Unpack Ollama {settings.version} into /usr/local",
+        commands=[f"tar -xzf {shlex.quote(archive)} -C /usr/local"],
+        _if=download.did_change,
+    )
 
 
 @deploy("Ollama")
@@ -56,24 +82,12 @@ def serve(spec: HostSpec) -> None:
         shell="/usr/sbin/nologin",
         create_home=True,
     )
-    if settings.sha256:
-        arch = "arm64" if spec.arch == "aarch64" else "amd64"
-        archive = f"/var/cache/gpufleet/ollama-{settings.version}.tgz"
-        files.directory(name="Download folder", path="/var/cache/gpufleet")
-        download = downloads.verified_download(
-            name=f"Download Ollama {settings.version}",
-            src=settings.url.format(version=settings.version, arch=arch),
-            dest=archive,
-            sha256=settings.sha256,
-        )
-        binary = server.shell(
-            name=f"Unpack Ollama {settings.version} into /usr/local",
-            commands=[f"tar -xzf {archive} -C /usr/local"],
-            _if=download.did_change,
-        )
+    if settings.install == "release":
+        binary = install_release(spec)
+        installed = True
     else:
         binary = None
-    installed = bool(settings.sha256) or bool(host.get_fact(File, path=OLLAMA.binary))
+        installed = bool(host.get_fact(File, path=OLLAMA.binary))
 
     unit = files.template(
         name="Ollama unit",
@@ -93,7 +107,7 @@ def serve(spec: HostSpec) -> None:
         configured_not_started(
             OLLAMA.service,
             [unit, drop_in],
-            f"no Ollama binary at {OLLAMA.binary} and no ollama.sha256 to install one",
+            f"no Ollama binary at {OLLAMA.binary} (ollama.install is 'present')",
         )
         return
     warm_up_tool()
