@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from gpufleet.catalogue import load_catalogue
 from gpufleet.engines import Engine, engine_for, served_name
+from gpufleet.engines.base import CHAT, EMBEDDING
 from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement, RouterDatabase, RouterRedis
+from gpufleet.planner import plan_host
 
 
 def service_address(spec: HostSpec) -> str:
@@ -44,6 +47,8 @@ class Backend:
     placement: ModelPlacement
     group: str
     """The router's model name for this backend: the alias, or ``alias.backupN``."""
+    kind: str = CHAT
+    """What the planner decided it serves: chat (completions) or embedding."""
 
 
 def backends(specs: dict[str, HostSpec]) -> list[Backend]:
@@ -53,12 +58,15 @@ def backends(specs: dict[str, HostSpec]) -> list[Backend]:
         for placement in spec.models:
             priorities[served_name(placement)].add(placement.priority)
     found = []
+    catalogue = load_catalogue()
     for spec in specs.values():
-        for placement in spec.models:
+        kinds = {p.index: p.kind for p in plan_host(spec, catalogue).placements}
+        for index, placement in enumerate(spec.models):
             name = served_name(placement)
             rank = sorted(priorities[name]).index(placement.priority)
             group = name if rank == 0 else f"{name}.backup{rank}"
-            found.append(Backend(spec.name, placement, group))
+            kind = EMBEDDING if kinds.get(index) == EMBEDDING else CHAT
+            found.append(Backend(spec.name, placement, group, kind))
     return found
 
 
@@ -101,19 +109,24 @@ class RouterConfig:
     """``DATABASE_URL`` for LiteLLM, when it uses the fleet's PostgreSQL."""
 
 
-def _litellm_params(spec: HostSpec, placement: ModelPlacement) -> tuple[dict[str, str], str]:
+def _litellm_params(
+    spec: HostSpec, placement: ModelPlacement, kind: str = CHAT
+) -> tuple[dict[str, str], str]:
     """LiteLLM's parameters for one backend, and the environment variable of the engine's
-    key where it asks for one."""
+    key where it asks for one. An embedding model is asked through the engine's embeddings
+    API, a chat model through its chat API."""
     engine = engine_for(spec, placement)
+    provider = engine.embedding_provider if kind == EMBEDDING else engine.router_provider
+    api_path = "" if provider == "ollama" else engine.api_path
     params = {
-        "model": f"{engine.router_provider}/{served_name(placement)}",
-        "api_base": f"http://{service_address(spec)}:{engine.port(spec)}{engine.api_path}",
+        "model": f"{provider}/{served_name(placement)}",
+        "api_base": f"http://{service_address(spec)}:{engine.port(spec)}{api_path}",
     }
     if engine.api_key_secret and engine.api_key_secret in spec.secrets:
         variable = env_name(f"{engine.settings_key}_key", spec.name)
         params["api_key"] = f"os.environ/{variable}"
         return params, variable
-    if engine.router_provider == "openai":
+    if provider == "openai":
         # The engine asks for no key; LiteLLM's OpenAI client insists on one being set.
         params["api_key"] = "none"
     return params, ""
@@ -159,7 +172,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     model_list: list[dict[str, object]] = []
     for backend in backends(specs):
         spec = specs[backend.host]
-        params, variable = _litellm_params(spec, backend.placement)
+        params, variable = _litellm_params(spec, backend.placement, backend.kind)
         secret = engine_for(spec, backend.placement).api_key_secret
         if variable and secret:
             environment[variable] = spec.secrets[secret]
@@ -171,6 +184,8 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
                     "id": f"{backend.host}/{backend.placement.engine}/{backend.group}",
                     "host": backend.host,
                     "engine": backend.placement.engine,
+                    # LiteLLM's health checks ask an embedding model for an embedding.
+                    "mode": "embedding" if backend.kind == EMBEDDING else "chat",
                 },
             }
         )

@@ -286,3 +286,22 @@ def test_routers_reach_litellms_database_by_a_url_built_from_vaults_password(lab
     assert pi5l is not None and pi5l.template.startswith(
         "postgresql://litellm:{password}@127.0.0.1"
     )
+
+
+def test_embedding_models_are_routed_through_the_embeddings_api(homelab):
+    """Ollama answers an embedding-only model's chat request with HTTP 400: LiteLLM must ask
+    its embeddings API (``ollama/``: /api/embed), and health-check it with an embedding."""
+    config = router_config(homelab["pi5l"], homelab)
+    entries = [e for e in config.settings["model_list"] if "-LOC-" in e["model_name"]]
+    embedding = {e["model_name"] for e in entries if e["model_info"]["mode"] == "embedding"}
+    assert embedding == {
+        "S-LOC-FRE-nomic-embed-text", "M-LOC-FRE-mxbai-embed-large", "M-LOC-FRE-bge-m3",
+        "S-LOC-FRE-arctic-embed", "S-LOC-FRE-granite-embed",
+    }  # fmt: skip
+    for entry in entries:
+        params = entry["litellm_params"]
+        if entry["model_name"] in embedding:
+            assert params["model"] == f"ollama/{entry['model_name']}"
+            assert params["api_base"].endswith(":11434")
+        else:
+            assert params["model"].startswith("ollama_chat/"), params

@@ -90,6 +90,9 @@ class Engine:
     """Where its OpenAI-compatible API starts, below its address."""
     router_provider: ClassVar[str] = "openai"
     """LiteLLM's provider prefix for it."""
+    embedding_provider: ClassVar[str] = "openai"
+    """LiteLLM's provider prefix for its embedding models (their OpenAI-compatible
+    ``/v1/embeddings``, unless the engine has an API of its own LiteLLM speaks)."""
     api_key_secret: ClassVar[str | None] = None
     """The ``secrets`` entry holding the key it asks clients for, if it asks for one."""
     one_model_per_server: ClassVar[bool] = False

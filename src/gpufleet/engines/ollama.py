@@ -86,6 +86,7 @@ class Ollama(Engine):
     health_path = "/api/version"
     api_path = ""
     router_provider = "ollama_chat"
+    embedding_provider = "ollama"  # LiteLLM asks Ollama's own /api/embed
     loads_on_demand = True
     binary: ClassVar[str] = BINARY
 
