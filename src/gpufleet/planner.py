@@ -69,6 +69,9 @@ class HostPlan:
     gpu_bandwidth_gbs: float
     ram_bandwidth_gbs: float
     placements: list[PlacementPlan] = field(default_factory=list)
+    unified: bool = False
+    """The GPU's memory is a share of system memory (Apple silicon, Jetson): ``vram_gb`` is
+    that share and ``ram_gb`` the whole."""
     vram_used_gb: float = 0.0
     ram_used_gb: float = 0.0
     problems: list[tuple[str, str]] = field(default_factory=list)
@@ -112,6 +115,26 @@ def unified_bandwidth(spec: HostSpec, catalogue: Catalogue) -> float | None:
     return None
 
 
+UNIFIED_GPU_SHARE = {"apple_metal": (2 / 3, 3 / 4), "jetson": (1.0, 1.0)}
+"""Share of system memory the GPU may use, (up to 36 GB of RAM, above): macOS lets Metal
+wire about two thirds of a small Mac's memory and three quarters of a larger one's (its
+``recommendedMaxWorkingSetSize``, which Ollama and llama.cpp plan with); a Jetson's GPU
+allocates from the whole of it."""
+
+
+def unified_gpu_memory_gb(spec: HostSpec) -> float:
+    """GB of system memory a unified-memory GPU (Apple silicon, Jetson) may hold models in;
+    0 for hosts without one. It is taken from the host's memory after the system reserve, so
+    memory is never counted twice."""
+    usable = max(spec.hardware.ram_gb - SYSTEM_RESERVE_GB, 0.0)
+    for accelerator in spec.hardware.accelerators:
+        if accelerator.kind in UNIFIED_GPU_SHARE:
+            small, large = UNIFIED_GPU_SHARE[accelerator.kind]
+            share = small if spec.hardware.ram_gb <= 36 else large
+            return round(min(spec.hardware.ram_gb * share, usable), 2)
+    return 0.0
+
+
 def local_gguf(placement: ModelPlacement) -> ModelEntry | None:
     """The model's figures from its GGUF header, when the file is on this machine."""
     source = placement.source or ""
@@ -147,9 +170,13 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     vram, gpu_bw = gpu_memory(spec, catalogue)
     unified = unified_bandwidth(spec, catalogue)
     ram_bw = unified or ram_bandwidth_gbs(spec)
-    plan = HostPlan(spec.name, vram, spec.hardware.ram_gb, gpu_bw, ram_bw)
-    vram_free = max(vram - services_vram_gb(spec, vram), 0.0)
     ram_free = spec.hardware.ram_gb - SYSTEM_RESERVE_GB
+    shared = unified_gpu_memory_gb(spec)
+    if shared and unified:
+        vram, gpu_bw = shared, unified
+        ram_free -= shared
+    plan = HostPlan(spec.name, vram, spec.hardware.ram_gb, gpu_bw, ram_bw, unified=bool(shared))
+    vram_free = max(vram - services_vram_gb(spec, vram), 0.0)
     for index, placement in enumerate(spec.models):
         engine = engine_for(spec, placement)
         entry = local_gguf(placement) or catalogue.model(placement.model)
@@ -206,7 +233,7 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
             )
     plan.problems += _loaded_sets(spec, plan, vram, ram_free)
     plan.vram_used_gb = round(vram - vram_free, 2)
-    plan.ram_used_gb = round(spec.hardware.ram_gb - SYSTEM_RESERVE_GB - ram_free, 2)
+    plan.ram_used_gb = round(spec.hardware.ram_gb - SYSTEM_RESERVE_GB - shared - ram_free, 2)
     return plan
 
 
@@ -343,9 +370,15 @@ def _loaded_sets(
 
 def format_plan(plan: HostPlan) -> str:
     """The plan of one host as a small table."""
+    memory = (
+        f"{plan.ram_gb:g} GB unified memory ({plan.vram_gb:g} GB of it for the GPU, "
+        f"{plan.gpu_bandwidth_gbs:g} GB/s)"
+        if plan.unified
+        else f"{plan.vram_gb:g} GB VRAM ({plan.gpu_bandwidth_gbs:g} GB/s), "
+        f"{plan.ram_gb:g} GB RAM ({plan.ram_bandwidth_gbs:g} GB/s)"
+    )
     lines = [
-        f"{plan.host}: {plan.vram_gb:g} GB VRAM ({plan.gpu_bandwidth_gbs:g} GB/s), "
-        f"{plan.ram_gb:g} GB RAM ({plan.ram_bandwidth_gbs:g} GB/s); dedicated use "
+        f"{plan.host}: {memory}; dedicated use "
         f"{plan.vram_used_gb:g} GB VRAM, {plan.ram_used_gb:g} GB RAM"
     ]
     for p in plan.placements:
