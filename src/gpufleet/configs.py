@@ -140,7 +140,7 @@ def _not_passed_by_pve(lines: list[str], passed: set[str], majors: dict[str, int
             continue
         allow = _CHAR_ALLOW.match(line.partition(":")[2].strip())
         is_uvm = allow is not None and int(allow["major"]) == uvm
-        if (uvm_left if is_uvm else frontend_left):
+        if uvm_left if is_uvm else frontend_left:
             kept.append(line)
     return kept
 

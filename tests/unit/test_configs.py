@@ -177,9 +177,9 @@ def test_devices_dev_entries_pass_are_not_passed_again():
 
 
 def test_old_lxc_lines_for_devices_dev_entries_pass_are_removed():
-    before = "arch: amd64\ndev0: /dev/nvidia0\n" + "\n".join(
-        passthrough_lines([0], MAJORS, True)
-    ) + "\n"
+    before = (
+        "arch: amd64\ndev0: /dev/nvidia0\n" + "\n".join(passthrough_lines([0], MAJORS, True)) + "\n"
+    )
     after, _ = merge_lxc_conf(before, passthrough_lines([0], MAJORS, True), MAJORS)
     assert "lxc.mount.entry: /dev/nvidia0 " not in after
     assert "lxc.mount.entry: /dev/nvidiactl dev/nvidiactl" in after

@@ -164,11 +164,20 @@ def test_a_fan_it_cannot_read_is_unknown_the_rest_is_read():
 
 
 def test_not_supported_fields_are_unknown():
-    fields = (
-        "gpu_name,utilization.gpu,utilization.memory,temperature.gpu,power.draw,power.limit,"
-        "fan.speed,pstate,clocks.current.graphics,clocks.current.memory,power.max_limit,"
-        "power.default_limit"
-    ).split(",")
+    fields = [
+        "gpu_name",
+        "utilization.gpu",
+        "utilization.memory",
+        "temperature.gpu",
+        "power.draw",
+        "power.limit",
+        "fan.speed",
+        "pstate",
+        "clocks.current.graphics",
+        "clocks.current.memory",
+        "power.max_limit",
+        "power.default_limit",
+    ]
     rows, errors = parse_smi_csv(lines("nvidia-smi-query-gtx770-not-supported.csv"), fields)
     assert errors == []
     assert rows[0]["gpu_name"] == "GeForce GTX 770"

@@ -91,7 +91,10 @@ def parse_smi_csv(
             errors.append(line.strip())
             continue
         rows.append(
-            {field: None if value in SMI_UNKNOWN else value for field, value in zip(fields, values)}
+            {
+                field: None if value in SMI_UNKNOWN else value
+                for field, value in zip(fields, values, strict=True)
+            }
         )
     return rows, errors
 

@@ -91,7 +91,7 @@ def parse_ollama_ps(lines: list[str]) -> list[LoadedModel]:
     for row in table[1:]:
         cells = {
             name: row[start:end].strip()
-            for name, start, end in zip(names, starts, [*starts[1:], None])
+            for name, start, end in zip(names, starts, [*starts[1:], None], strict=True)
         }
         share = gpu_percent(cells.get("PROCESSOR", ""))
         if not cells.get("NAME") or share is None:
