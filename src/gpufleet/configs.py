@@ -61,6 +61,7 @@ _LXC_KEY = re.compile(r"^(?P<key>lxc\.[A-Za-z0-9_.\-]+)\s*(?::|=)\s*(?P<value>.*
 _CHAR_ALLOW = re.compile(r"^c\s+(?P<major>\d+):(?P<minor>\*|\d+)\s+\S+")
 _PASSED_NODE = re.compile(r"^dev/nvidia(\d+|ctl|-uvm|-uvm-tools|-modeset)$")
 """Device nodes gpufleet passes; others (``nvidia-caps/*`` for MIG) stay the user's."""
+_PVE_DEV = re.compile(r"^dev\d+\s*:\s*(?P<value>\S.*?)\s*$")
 DYNAMIC_MAJORS = (range(234, 255), range(384, 512))
 """Character majors the kernel hands out at module load (Documentation/admin-guide/devices)."""
 
@@ -106,6 +107,44 @@ def _is_managed(line: str, nvidia_majors: set[int]) -> bool:
     return False
 
 
+def pve_dev_paths(lines: list[str]) -> set[str]:
+    """The host devices Proxmox's own ``devN:`` entries pass (PVE 8.1+):
+    ``dev0: /dev/nvidia0`` or ``dev1: path=/dev/nvidiactl,gid=44,mode=0666``. Proxmox creates
+    each node in the container and allows it in the device cgroup itself."""
+    paths = set()
+    for line in lines:
+        match = _PVE_DEV.match(line)
+        if not match:
+            continue
+        for position, option in enumerate(match["value"].split(",")):
+            if option.startswith("path="):
+                paths.add(option.removeprefix("path="))
+            elif position == 0 and "=" not in option:
+                paths.add(option)
+    return paths
+
+
+def _not_passed_by_pve(lines: list[str], passed: set[str], majors: dict[str, int]) -> list[str]:
+    """``lines`` less what ``devN:`` entries already do: the mounts of nodes they pass, and
+    a major's cgroup rules once none of that major's nodes is left to mount."""
+    mounts = [line for line in lines if line.startswith("lxc.mount.entry:")]
+    left = [line.split()[1] for line in mounts if line.split()[1] not in passed]
+    uvm_left = any(node.startswith("/dev/nvidia-uvm") for node in left)
+    frontend_left = any(not node.startswith("/dev/nvidia-uvm") for node in left)
+    uvm = majors.get("nvidia-uvm")
+    kept = []
+    for line in lines:
+        if line.startswith("lxc.mount.entry:"):
+            if line.split()[1] in left:
+                kept.append(line)
+            continue
+        allow = _CHAR_ALLOW.match(line.partition(":")[2].strip())
+        is_uvm = allow is not None and int(allow["major"]) == uvm
+        if uvm_left if is_uvm else frontend_left:
+            kept.append(line)
+    return kept
+
+
 def merge_lxc_conf(text: str, lines: list[str], majors: dict[str, int]) -> tuple[str, list[str]]:
     """A Proxmox container config with ``lines`` as its NVIDIA passthrough.
 
@@ -115,12 +154,16 @@ def merge_lxc_conf(text: str, lines: list[str], majors: dict[str, int]) -> tuple
     replaced by ``lines`` where the first of them stood, or appended; every other line stays
     as it is, comments and order included. Returns the text and notes for the operator
     (cgroup rules for dynamic majors no NVIDIA device holds now: a stale uvm major?).
+    Devices Proxmox's own ``devN:`` entries pass are not passed a second time.
     """
     managed = {majors.get("nvidia-frontend") or majors.get("nvidia") or 195}
     managed |= {majors["nvidia-uvm"]} if "nvidia-uvm" in majors else set()
     all_lines = text.splitlines()
     split = next((i for i, line in enumerate(all_lines) if line.startswith("[")), len(all_lines))
     current, snapshots = all_lines[:split], all_lines[split:]
+    passed = pve_dev_paths(current)
+    if passed:
+        lines = _not_passed_by_pve(lines, passed, majors)
     kept: list[str] = []
     insert_at: int | None = None
     for line in current:

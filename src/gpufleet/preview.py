@@ -259,7 +259,13 @@ def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile
     ]
     cards_on_the_bus = {
         "gpufleet.facts.gpu.NvidiaGpus": {
-            "{}": {"pci": pci, "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
+            "{}": {
+                "pci": pci,
+                "nvidia_smi": [],
+                "nvidia_smi_error": None,
+                "driver_version": None,
+                "module_flavour": None,
+            }
         }
     }
     facts = _overlaid(

@@ -26,7 +26,13 @@ _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
 _CPUS = re.compile(r"\bCPU \[([^\]]*)\]")
 _GPU = re.compile(r"\bGR3D_FREQ (\d+)%")
 _TEMPERATURE = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C\b")
-_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]+) (\d+)mW/(\d+)mW")
+_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]+) (\d+)(?:mW)?/(\d+)(?:mW)?(?![\w%])")
+"""``VDD_IN 4673mW/4673mW``; JetPack 4 and early 5 print the same milliwatts without the unit
+(``POM_5V_IN 2746/2911``). ``RAM 1464/3964MB`` is no rail: its number runs into ``MB``."""
+NO_SENSOR = -256.0
+"""What tegrastats prints for a thermal zone with no sensor behind it (``CV0@-256C``)."""
+NOT_CONNECTED = "NC"
+"""A monitor channel wired to nothing (AGX Orin prints two ``NC 0mW/0mW``)."""
 
 Sample = tuple[str, dict[str, str], float]
 HELP = {
@@ -43,7 +49,7 @@ HELP = {
 
 def parse_tegrastats(line: str) -> list[Sample]:
     """One tegrastats line -> (metric, labels, value) samples; parts a board does not print
-    (swap, a rail) are simply absent."""
+    (swap, a rail) or cannot read (a zone at -256C) are simply absent."""
     samples: list[Sample] = []
     for pattern, name in ((_RAM, "ram"), (_SWAP, "swap")):
         found = pattern.search(line)
@@ -65,9 +71,11 @@ def parse_tegrastats(line: str) -> list[Sample]:
     if gpu:
         samples.append(("gpufleet_tegra_gpu_load_percent", {}, float(gpu.group(1))))
     for zone, celsius in _TEMPERATURE.findall(line):
-        samples.append(("gpufleet_tegra_temperature_celsius", {"zone": zone}, float(celsius)))
+        if float(celsius) > NO_SENSOR:
+            samples.append(("gpufleet_tegra_temperature_celsius", {"zone": zone}, float(celsius)))
     for rail, now, _average in _RAIL.findall(line):
-        samples.append(("gpufleet_tegra_power_watts", {"rail": rail}, int(now) / 1000))
+        if rail != NOT_CONNECTED:  # twice on a line: the same series twice breaks the file
+            samples.append(("gpufleet_tegra_power_watts", {"rail": rail}, int(now) / 1000))
     return samples
 
 

@@ -11,6 +11,7 @@ from gpufleet.configs import (
     merge_daemon_json,
     merge_lxc_conf,
     passthrough_lines,
+    pve_dev_paths,
     render_daemon_json,
 )
 
@@ -140,3 +141,46 @@ def test_hand_written_lines_in_lxc_syntax_are_recognised():
     after, _ = merge_lxc_conf(before, passthrough_lines([0], MAJORS, True), MAJORS)
     assert "# /dev/nvidia0" not in after
     assert after.count("c 195:* rwm") == 1
+
+
+# --- Proxmox's own device entries (devN:, PVE 8.1+) ----------------------------------------
+
+
+def test_dev_entries_of_a_real_config_are_read_with_their_options():
+    # A Jellyfin container passing /dev/dri with gid options (strongtz/i915-sriov-dkms#308).
+    lines = conf("pve-lxc-no-nvidia-intel-dev.conf").splitlines()
+    assert pve_dev_paths(lines) == {"/dev/dri/card0", "/dev/dri/renderD128"}
+    assert pve_dev_paths(["dev3: path=/dev/nvidia-uvm,mode=0666", "mp0: /dev/x,mp=/y"]) == {
+        "/dev/nvidia-uvm"
+    }
+
+
+def test_devices_dev_entries_pass_are_not_passed_again():
+    # The real config above, with the NVIDIA device entries as Proxmox writes them
+    # (pct set -devN /dev/nvidiaX,gid=44) for every node our lines would mount.
+    before = conf("pve-lxc-no-nvidia-intel-dev.conf") + "".join(
+        f"dev{n}: /dev/{node},gid=44\n"
+        for n, node in enumerate(
+            ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"], start=2
+        )
+    )
+    after, notes = merge_lxc_conf(before, passthrough_lines([0], MAJORS, True), MAJORS)
+    assert after == before and notes == []
+    # Only nvidia-modeset left to pass: its mount and the frontend rule, no uvm rule.
+    partial = before.replace("dev6: /dev/nvidia-modeset,gid=44\n", "")
+    after, _ = merge_lxc_conf(partial, passthrough_lines([0], MAJORS, True), MAJORS)
+    added = [line for line in after.splitlines() if line.startswith("lxc.")]
+    assert added == [
+        "lxc.cgroup2.devices.allow: c 195:* rwm",
+        "lxc.mount.entry: /dev/nvidia-modeset dev/nvidia-modeset none bind,optional,create=file",
+    ]
+
+
+def test_old_lxc_lines_for_devices_dev_entries_pass_are_removed():
+    before = (
+        "arch: amd64\ndev0: /dev/nvidia0\n" + "\n".join(passthrough_lines([0], MAJORS, True)) + "\n"
+    )
+    after, _ = merge_lxc_conf(before, passthrough_lines([0], MAJORS, True), MAJORS)
+    assert "lxc.mount.entry: /dev/nvidia0 " not in after
+    assert "lxc.mount.entry: /dev/nvidiactl dev/nvidiactl" in after
+    assert after.count("lxc.cgroup2.devices.allow: c 195:* rwm") == 1

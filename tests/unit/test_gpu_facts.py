@@ -9,8 +9,10 @@ from gpufleet.facts.gpu import (
     describe,
     parse_driver_version,
     parse_lspci,
+    parse_module_flavour,
     parse_nvidia_smi_query,
     parse_proc_devices,
+    parse_smi_csv,
     uvm_major,
 )
 from gpufleet.facts.system import Kernels, parse_secure_boot
@@ -108,6 +110,101 @@ def test_no_driver_version_without_the_file():
     assert parse_driver_version("") is None
 
 
+@pytest.mark.parametrize(
+    "fixture, flavour, version",
+    [
+        ("proc-driver-nvidia-version.txt", "open", "565.57.01"),
+        ("proc-driver-nvidia-version-proprietary.txt", "proprietary", "384.98"),
+        ("proc-driver-nvidia-version-open-aarch64-jetson.txt", "open", "35.3.1"),
+    ],
+)
+def test_which_kernel_module_is_loaded(fixture, flavour, version):
+    text = (FIXTURES / fixture).read_text()
+    assert parse_module_flavour(text) == flavour
+    assert parse_driver_version(text) == version  # "for aarch64" does not hide the version
+    assert parse_module_flavour("") is None
+
+
+def test_the_fact_says_which_module_is_loaded():
+    report = NvidiaGpus().process(
+        [
+            "### pci",
+            "### nvidia-smi",
+            *SMI_TWO_GPUS,
+            "### driver",
+            *lines("proc-driver-nvidia-version-proprietary.txt"),
+        ]
+    )
+    assert report["module_flavour"] == "proprietary"
+
+
+# --- values nvidia-smi cannot report: [N/A], [Not Supported] -----------------------------
+
+
+def test_unified_memory_gpu_reports_memory_as_na():
+    # DGX Spark (GB10): memory.total is [N/A]; csv with its header line.
+    rows, errors = parse_smi_csv(
+        lines("nvidia-smi-query-gb10-memory-na.csv"),
+        ["index", "name", "memory.total", "memory.free"],
+    )
+    assert errors == []
+    assert rows == [
+        {"index": "0", "name": "NVIDIA GB10", "memory.total": None, "memory.free": None}
+    ]
+
+
+def test_a_fan_it_cannot_read_is_unknown_the_rest_is_read():
+    fields = "memory.total,memory.free,memory.used,temperature.gpu,fan.speed,utilization.gpu,"
+    rows, errors = parse_smi_csv(
+        lines("nvidia-smi-query-fan-na-nounits.csv"), (fields + "utilization.memory").split(",")
+    )
+    assert errors == []
+    assert rows[0]["fan.speed"] is None
+    assert rows[0]["temperature.gpu"] == "44" and rows[0]["memory.total"] == "2004"
+
+
+def test_not_supported_fields_are_unknown():
+    fields = [
+        "gpu_name",
+        "utilization.gpu",
+        "utilization.memory",
+        "temperature.gpu",
+        "power.draw",
+        "power.limit",
+        "fan.speed",
+        "pstate",
+        "clocks.current.graphics",
+        "clocks.current.memory",
+        "power.max_limit",
+        "power.default_limit",
+    ]
+    rows, errors = parse_smi_csv(lines("nvidia-smi-query-gtx770-not-supported.csv"), fields)
+    assert errors == []
+    assert rows[0]["gpu_name"] == "GeForce GTX 770"
+    assert rows[0]["power.draw"] is None and rows[0]["utilization.gpu"] is None
+    assert rows[0]["temperature.gpu"] == "52" and rows[0]["fan.speed"] == "52 %"
+
+
+def test_a_gpu_with_unknown_memory_is_still_a_working_gpu():
+    # The GB10 row above, in the fact's own four columns (no capture of exactly this query
+    # on a GB10 is on hand): name and [N/A] memory as the real row has them.
+    gb10 = "NVIDIA GB10, [N/A], 580.126.09, 0000000F:01:00.0"
+    gpus, error = parse_nvidia_smi_query([gb10])
+    assert error is None
+    assert gpus == [
+        {
+            "name": "NVIDIA GB10",
+            "memory_total_mib": None,
+            "driver_version": "580.126.09",
+            "pci_bus_id": "0000000F:01:00.0",
+        }
+    ]
+    report = NvidiaGpus().process(["### pci", "### nvidia-smi", gb10, "### driver"])
+    text = describe(report)
+    assert text.startswith("1 NVIDIA GPU(s)") and "NVIDIA GB10 (memory unknown)" in text
+    assert "not usable" not in text
+
+
 def fact_output(pci: str, smi: list[str], driver: str) -> list[str]:
     return [
         "### pci",
@@ -137,7 +234,13 @@ def test_fact_on_a_host_without_gpu():
     report = NvidiaGpus().process(
         ["### pci", *lines("lspci-nn-no-gpu.txt"), "### nvidia-smi", "### driver"]
     )
-    assert report == {"pci": [], "nvidia_smi": [], "nvidia_smi_error": None, "driver_version": None}
+    assert report == {
+        "pci": [],
+        "nvidia_smi": [],
+        "nvidia_smi_error": None,
+        "driver_version": None,
+        "module_flavour": None,
+    }
     assert describe(report) == "no NVIDIA GPU (no PCI display device with vendor 10de)"
 
 

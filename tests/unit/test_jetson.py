@@ -64,3 +64,37 @@ def test_exposition_is_prometheus_text_with_one_help_and_type_per_metric():
     assert 'gpufleet_tegra_power_watts{rail="VDD_IN"} 5.263' in text.splitlines()
     assert "gpufleet_tegra_gpu_load_percent 0" in text.splitlines()
     assert text.endswith("\n")
+
+
+def rails(line: str) -> dict[str, float]:
+    return {dict(k[1])["rail"]: v for k, v in samples_of(line).items() if k[0].endswith("watts")}
+
+
+def test_jetpack_4_rails_without_units_are_milliwatts():
+    nano = rails(lines("tegrastats-nano-jp4-rails-without-units.txt")[0])
+    assert nano == {"POM_5V_IN": 2.746, "POM_5V_GPU": 0.159, "POM_5V_CPU": 0.796}
+    tx2 = rails(lines("tegrastats-tx2-jp4-rails-without-units.txt")[0])
+    assert tx2["VDD_IN"] == 5.297 and tx2["VDD_SYS_GPU"] == 0.182
+    assert tx2["VDD_4V0_WIFI"] == 0
+    # RAM, SWAP and IRAM (x/yMB, x/ykB) are no rails.
+    assert not {"RAM", "SWAP", "IRAM"} & (set(nano) | set(tx2))
+    samples = samples_of(lines("tegrastats-nano-jp4-rails-without-units.txt")[0])
+    assert samples[("gpufleet_tegra_ram_used_bytes", ())] == 1464 * 1024 * 1024
+    assert samples[("gpufleet_tegra_gpu_load_percent", ())] == 7
+
+
+def test_a_zone_without_sensor_is_no_temperature_and_nc_is_no_rail():
+    line = lines("tegrastats-agx-orin-jp5-no-sensor.txt")[0]
+    zones = {
+        dict(k[1])["zone"]: v
+        for k, v in samples_of(line).items()
+        if k[0] == "gpufleet_tegra_temperature_celsius"
+    }
+    assert "CV0" not in zones and "CV1" not in zones and "CV2" not in zones  # -256C
+    assert zones["GPU"] == 38.156 and zones["CPU"] == 43.5
+    assert "NC" not in rails(line)
+    assert rails(line)["VDD_GPU_SOC"] == 4.788
+    # Every series once: the node exporter rejects a file that repeats one.
+    text = exposition(parse_tegrastats(line)).splitlines()
+    series = [entry.rsplit(" ", 1)[0] for entry in text if not entry.startswith("#")]
+    assert len(series) == len(set(series))

@@ -8,10 +8,22 @@ from pathlib import Path
 import pytest
 
 from gpufleet import verify
+from gpufleet.catalogue import load_catalogue
+from gpufleet.facts.gpu import parse_smi_csv
+from gpufleet.facts.ollama import parse_ollama_ps
 from gpufleet.inventory import InventoryError
-from gpufleet.verify import Outcome, ssh_connection, table, targets
+from gpufleet.verify import (
+    Outcome,
+    gpus_differ,
+    loaded_placements,
+    loaded_report,
+    ssh_connection,
+    table,
+    targets,
+)
 
 ROOT = Path(__file__).parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
 GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
 
 
@@ -146,3 +158,77 @@ def test_suites_can_be_chosen_by_name():
         ValueError, match="the suites: baseline, edge, gpu_node, inference, platform"
     ):
         verify.run(chosen, list_only=True, suites=["nginx"])
+
+
+# --- GPU names as nvidia-smi prints them (tests/fixtures/gpu/SOURCES.md) ------------------
+
+
+@pytest.mark.parametrize(
+    "declared, seen",
+    [
+        (["H100 SXM"], [("NVIDIA H100 80GB HBM3", None)]),
+        (["H100 PCIe"], [("NVIDIA H100 PCIe", None)]),
+        (["H200"], [("NVIDIA H200", "0x233510DE")]),
+        (["H200 NVL"], [("NVIDIA H200 NVL", None)]),
+        (["RTX 5090", "RTX 4090"], [("NVIDIA GeForce RTX 4090", None), ("Renamed", "0x2B8510DE")]),
+    ],
+)
+def test_gpu_names_match_through_the_catalogue(declared, seen):
+    assert gpus_differ(declared, seen, load_catalogue()) is None
+
+
+def test_a_different_or_unknown_part_is_named():
+    catalogue = load_catalogue()
+    # An H200 NVL (device 233b) is not the H200 SXM the inventory declares.
+    assert gpus_differ(["H200"], [("NVIDIA H200 NVL", "0x233B10DE")], catalogue) == (
+        "declared ['H200'], nvidia-smi shows ['H200 NVL']"
+    )
+    rows, _ = parse_smi_csv(
+        (FIXTURES / "gpu" / "nvidia-smi-query-name-device-id-h100nvl.csv").read_text().splitlines(),
+        ["name", "pci.device_id"],
+    )
+    seen = [(row["name"] or "", row["pci.device_id"]) for row in rows]
+    assert gpus_differ(["H100 PCIe"], seen, catalogue) == (
+        "declared ['H100 PCIe'], nvidia-smi shows ['NVIDIA H100 NVL (not catalogued)']"
+    )
+    assert "nvidia-smi shows []" in gpus_differ(["RTX 4090"], [], catalogue)
+
+
+# --- what Ollama has loaded, against the plan -------------------------------------------
+
+
+def loaded(name: str) -> list:
+    return parse_ollama_ps((FIXTURES / "ollama" / name).read_text().splitlines())
+
+
+def test_a_loaded_model_split_across_cpu_and_gpu_against_the_plan():
+    split = loaded("ollama-ps-context-split.txt")  # llama4:16x17b, 48% on the GPU
+    assert loaded_placements({"llama4:16x17b": "partial"}, split) == []
+    assert loaded_placements({"llama4:16x17b": "gpu"}, split) == [
+        "llama4:16x17b is 48% on the GPU, the plan puts it on gpu"
+    ]
+    whole = loaded("ollama-ps-faq-tabs.txt")  # llama3:70b, 100% GPU
+    assert loaded_placements({"llama3:70b": "gpu"}, whole) == []
+    assert loaded_placements({"llama3:70b": "cpu"}, whole) != []
+    # Planned but not loaded, or loaded but not planned: nothing to hold against it.
+    assert loaded_placements({"qwen3:8b": "gpu"}, whole) == []
+    assert loaded_placements({}, split) == []
+
+
+def test_the_report_line_says_what_is_loaded_where():
+    assert loaded_report(loaded("ollama-ps-context-split.txt")) == (
+        "loaded: llama4:16x17b 48% GPU (159 GB, context 128000)"
+    )
+    assert loaded_report([]) == "loaded: nothing"
+
+
+def test_ollama_hosts_get_the_loaded_models_check(homelab_checks):
+    check = "inference: loaded ollama models sit where the plan puts them"
+    assert check in homelab_checks["akshat-pc"]
+    assert check in homelab_checks["mac-mini-m4-pro"]
+    assert check not in homelab_checks["pi5-01"]
+
+
+def test_a_passing_check_can_report_what_it_saw():
+    outcomes = [Outcome("a", "inference", "loaded", "pass", "loaded: nothing")]
+    assert "        loaded: nothing" in table(outcomes).splitlines()

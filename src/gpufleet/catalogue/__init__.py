@@ -62,6 +62,18 @@ class Catalogue:
                 return entry
         return None
 
+    def identify(self, name: str, pci_device_id: str | None = None) -> AcceleratorEntry | None:
+        """The part a card is, from what nvidia-smi says of it: its PCI device id first
+        (``0x233010DE``: device 2330, vendor 10de; ``2330``), since names differ from one
+        driver to the next (``NVIDIA H100 80GB HBM3`` is the H100 SXM), then its name through
+        the aliases. None for a part the catalogue does not know."""
+        if pci_device_id:
+            device = pci_device_id.lower().removeprefix("0x")
+            entry = self.accelerator_by_pci_id(device[:4] if len(device) == 8 else device)
+            if entry is not None:
+                return entry
+        return self.accelerator(name.strip())
+
     def model(self, tag: str) -> ModelEntry | None:
         """The entry for an Ollama-style tag; quantization suffixes (``-q4``) are ignored."""
         family_size = model_family_size(tag)

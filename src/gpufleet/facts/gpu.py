@@ -15,6 +15,9 @@ from pyinfra.api import FactBase
 NVIDIA_VENDOR = "10de"
 DISPLAY_CLASSES = {"0300", "0302"}  # VGA compatible controller, 3D controller
 SMI_QUERY = "name,memory.total,driver_version,pci.bus_id"
+SMI_UNKNOWN = {"[N/A]", "[Not Supported]", "N/A", "Not Supported", "[Unknown Error]"}
+"""What nvidia-smi prints for a value the board does not report (memory on unified-memory parts
+like GB10, power on many laptops and older GeForce cards): unknown, not a failure."""
 
 _LSPCI = re.compile(
     r"^(?P<slot>(?:[0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\s+(?P<class_name>.*?)\s*"
@@ -23,6 +26,7 @@ _LSPCI = re.compile(
     re.I,
 )
 _DRIVER = re.compile(r"^NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s", re.M)
+_MODULE = re.compile(r"^NVRM version: NVIDIA UNIX (Open )?.*?Kernel Module", re.M)
 
 
 class PciGpu(TypedDict):
@@ -34,7 +38,8 @@ class PciGpu(TypedDict):
 
 class SmiGpu(TypedDict):
     name: str
-    memory_total_mib: int
+    memory_total_mib: int | None
+    """None where nvidia-smi reports none (``[N/A]`` on unified-memory parts)."""
     driver_version: str
     pci_bus_id: str
 
@@ -44,6 +49,8 @@ class NvidiaGpuReport(TypedDict):
     nvidia_smi: list[SmiGpu]
     nvidia_smi_error: str | None
     driver_version: str | None
+    module_flavour: str | None
+    """``open`` or ``proprietary``: which kernel module is loaded; None when none is."""
 
 
 def parse_lspci(lines: list[str]) -> list[PciGpu]:
@@ -68,25 +75,49 @@ def parse_lspci(lines: list[str]) -> list[PciGpu]:
     return gpus
 
 
-def parse_nvidia_smi_query(lines: list[str]) -> tuple[list[SmiGpu], str | None]:
-    """``nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id
-    --format=csv,noheader,nounits`` -> (GPUs, error text or None)."""
-    gpus: list[SmiGpu] = []
+def parse_smi_csv(
+    lines: list[str], fields: list[str]
+) -> tuple[list[dict[str, str | None]], list[str]]:
+    """``nvidia-smi --query-gpu=<fields> --format=csv[,noheader][,nounits]`` -> (one dict per
+    GPU, the lines that are no GPU row: errors). A value the board does not report
+    (``[N/A]``, ``[Not Supported]``) is None; a header line is skipped."""
+    rows: list[dict[str, str | None]] = []
     errors: list[str] = []
     for line in lines:
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) == 4 and fields[1].isdigit():
-            name, memory, driver, bus_id = fields
-            gpus.append(
-                SmiGpu(
-                    name=name,
-                    memory_total_mib=int(memory),
-                    driver_version=driver,
-                    pci_bus_id=bus_id,
-                )
-            )
-        elif line.strip():
+        values = [value.strip() for value in line.split(",")]
+        if not line.strip() or values[0].split(" [")[0] == fields[0]:
+            continue  # blank, or the header (csv without noheader)
+        if len(values) != len(fields):
             errors.append(line.strip())
+            continue
+        rows.append(
+            {
+                field: None if value in SMI_UNKNOWN else value
+                for field, value in zip(fields, values, strict=True)
+            }
+        )
+    return rows, errors
+
+
+def parse_nvidia_smi_query(lines: list[str]) -> tuple[list[SmiGpu], str | None]:
+    """``nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id
+    --format=csv,noheader,nounits`` -> (GPUs, error text or None). A GPU stays a GPU when a
+    field is unknown; a row whose memory is neither a number nor unknown is an error line."""
+    rows, errors = parse_smi_csv(lines, SMI_QUERY.split(","))
+    gpus: list[SmiGpu] = []
+    for row in rows:
+        memory = row["memory.total"]
+        if memory is not None and not memory.isdigit():
+            errors.append(", ".join(value or "" for value in row.values()))
+            continue
+        gpus.append(
+            SmiGpu(
+                name=row["name"] or "",
+                memory_total_mib=int(memory) if memory is not None else None,
+                driver_version=row["driver_version"] or "",
+                pci_bus_id=row["pci.bus_id"] or "",
+            )
+        )
     return gpus, ("\n".join(errors) or None)
 
 
@@ -94,6 +125,15 @@ def parse_driver_version(text: str) -> str | None:
     """Driver version from ``/proc/driver/nvidia/version`` (``565.57.01``), or None."""
     match = _DRIVER.search(text)
     return match.group(1) if match else None
+
+
+def parse_module_flavour(text: str) -> str | None:
+    """``open`` (``NVIDIA UNIX Open Kernel Module for x86_64``) or ``proprietary`` (``NVIDIA
+    UNIX x86_64 Kernel Module``) from ``/proc/driver/nvidia/version``; None without it."""
+    match = _MODULE.search(text)
+    if not match:
+        return None
+    return "open" if match.group(1) else "proprietary"
 
 
 def split_sections(lines: list[str]) -> dict[str, list[str]]:
@@ -120,6 +160,7 @@ class NvidiaGpus(FactBase[NvidiaGpuReport]):
                             "driver_version": "550.54.14", "pci_bus_id": "00000000:01:00.0"}],
             "nvidia_smi_error": None,       # e.g. "Failed to initialize NVML: ..."
             "driver_version": "550.54.14",  # from /proc/driver/nvidia/version
+            "module_flavour": "open",       # or "proprietary"; None without a driver
         }
     """
 
@@ -141,11 +182,13 @@ class NvidiaGpus(FactBase[NvidiaGpuReport]):
     def process(self, output: list[str]) -> NvidiaGpuReport:
         sections = split_sections(output)
         smi, smi_error = parse_nvidia_smi_query(sections.get("nvidia-smi", []))
+        driver = "\n".join(sections.get("driver", []))
         return NvidiaGpuReport(
             pci=parse_lspci(sections.get("pci", [])),
             nvidia_smi=smi,
             nvidia_smi_error=smi_error,
-            driver_version=parse_driver_version("\n".join(sections.get("driver", []))),
+            driver_version=parse_driver_version(driver),
+            module_flavour=parse_module_flavour(driver),
         )
 
 
@@ -178,7 +221,9 @@ def describe(report: NvidiaGpuReport) -> str:
         return "no NVIDIA GPU (no PCI display device with vendor 10de)"
     if report["nvidia_smi"]:
         cards = ", ".join(
-            f"{g['name']} ({g['memory_total_mib']} MiB)" for g in report["nvidia_smi"]
+            f"{g['name']} ({g['memory_total_mib'] or 'memory unknown'}"
+            f"{' MiB' if g['memory_total_mib'] else ''})"
+            for g in report["nvidia_smi"]
         )
         return (
             f"{len(report['nvidia_smi'])} NVIDIA GPU(s), driver {report['driver_version']}: {cards}"

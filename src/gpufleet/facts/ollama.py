@@ -1,6 +1,10 @@
-"""What Ollama has: the models ``ollama list`` shows."""
+"""What Ollama has: the models ``ollama list`` shows, and those ``ollama ps`` shows loaded."""
 
 from __future__ import annotations
+
+import re
+import shlex
+from typing import TypedDict
 
 from pyinfra.api import FactBase
 
@@ -43,3 +47,88 @@ class OllamaModels(FactBase[set[str] | None]):
 
     def process(self, output: list[str]) -> set[str] | None:
         return parse_ollama_list(output)
+
+
+class LoadedModel(TypedDict):
+    name: str
+    size: str
+    """As ``ollama ps`` prints it (``4.0 GB``): the memory the loaded model takes."""
+    gpu_percent: int
+    """The share of that memory on the GPU: 100 (``100% GPU``), 0 (``100% CPU``), 52
+    (``48%/52% CPU/GPU``)."""
+    context: int | None
+    """The context it was loaded with; None from Ollama releases without that column."""
+    until: str
+    """When it unloads (``4 minutes from now``, ``Forever``)."""
+
+
+_SPLIT = re.compile(r"^(\d+)%/(\d+)% CPU/GPU$")
+_WHOLE = re.compile(r"^(\d+)% (CPU|GPU)$")
+
+
+def gpu_percent(processor: str) -> int | None:
+    """``100% GPU`` -> 100, ``100% CPU`` -> 0, ``48%/52% CPU/GPU`` -> 52; None otherwise."""
+    split = _SPLIT.match(processor)
+    if split:
+        return int(split.group(2))
+    whole = _WHOLE.match(processor)
+    if whole:
+        return int(whole.group(1)) if whole.group(2) == "GPU" else 100 - int(whole.group(1))
+    return None
+
+
+def parse_ollama_ps(lines: list[str]) -> list[LoadedModel]:
+    """The models ``ollama ps`` lists, read by the header's columns: releases differ in which
+    columns there are (CONTEXT since 0.6, RUNNER in newer ones) and in padding (tabs in older
+    ones). No header (Ollama absent or not answering) reads as nothing loaded."""
+    table = [line.expandtabs() for line in lines if line.strip()]
+    if not table or not table[0].startswith("NAME"):
+        return []
+    header = table[0]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    loaded: list[LoadedModel] = []
+    for row in table[1:]:
+        cells = {
+            name: row[start:end].strip()
+            for name, start, end in zip(names, starts, [*starts[1:], None], strict=True)
+        }
+        share = gpu_percent(cells.get("PROCESSOR", ""))
+        if not cells.get("NAME") or share is None:
+            continue
+        context = cells.get("CONTEXT", "")
+        loaded.append(
+            LoadedModel(
+                name=cells["NAME"],
+                size=cells.get("SIZE", ""),
+                gpu_percent=share,
+                context=int(context) if context.isdigit() else None,
+                until=cells.get("UNTIL", ""),
+            )
+        )
+    return loaded
+
+
+class OllamaLoaded(FactBase[list[LoadedModel]]):
+    """
+    The models Ollama has loaded now (``ollama ps``) and how much of each sits on the GPU;
+    empty when none is loaded, or Ollama is not installed or not answering.
+
+    .. code:: python
+
+        [{"name": "llama4:16x17b", "size": "159 GB", "gpu_percent": 48, "context": 128000,
+          "until": "Forever"}]
+    """
+
+    default = list
+
+    def command(self, address: str = "127.0.0.1:11434") -> str:
+        # Homebrew's bin, where macOS keeps ollama, is not on a non-interactive SSH PATH.
+        return (
+            'PATH="$PATH:/opt/homebrew/bin:/usr/local/bin"; '
+            "command -v ollama >/dev/null 2>&1 || exit 0; "
+            f"OLLAMA_HOST={shlex.quote(address)} ollama ps 2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> list[LoadedModel]:
+        return parse_ollama_ps(output)

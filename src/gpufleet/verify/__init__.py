@@ -16,13 +16,16 @@ import functools
 import hashlib
 import shlex
 import tempfile
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from gpufleet.catalogue import Catalogue
+from gpufleet.facts.ollama import LoadedModel, full_name
 from gpufleet.inventory import load_inventory, validate_file
 from gpufleet.models import HostSpec
 from gpufleet.routing import service_address
@@ -46,6 +49,61 @@ def assert_running(target: Target, service: str) -> None:
     unit = target.host.service(service)
     assert unit.is_enabled, f"{service} is not enabled"
     assert unit.is_running, f"{service} is not running"
+
+
+def gpus_differ(
+    declared: list[str], seen: list[tuple[str, str | None]], catalogue: Catalogue
+) -> str | None:
+    """What differs between the GPUs the inventory declares (catalogue names, one per card)
+    and those nvidia-smi shows (``(name, pci.device_id)``), each named through the catalogue
+    (:meth:`Catalogue.identify`); None when they are the same parts, in any order."""
+
+    def part(model: str) -> str:
+        entry = catalogue.accelerator(model)
+        return entry.name if entry else model
+
+    wanted = Counter(part(model) for model in declared)
+    found = Counter(
+        entry.name if (entry := catalogue.identify(name, device)) else f"{name} (not catalogued)"
+        for name, device in seen
+    )
+    if wanted == found:
+        return None
+    return f"declared {sorted(wanted.elements())}, nvidia-smi shows {sorted(found.elements())}"
+
+
+def placement_differs(where: str, loaded: LoadedModel) -> str | None:
+    """How a loaded model's GPU share contradicts where the planner put it (``gpu``: all of
+    it, ``cpu``: none, ``partial``: some), or None."""
+    share = loaded["gpu_percent"]
+    fits = {"gpu": share == 100, "cpu": share == 0, "partial": 0 < share < 100}.get(where, True)
+    if fits:
+        return None
+    return f"{loaded['name']} is {share}% on the GPU, the plan puts it on {where}"
+
+
+def loaded_report(loaded: list[LoadedModel]) -> str:
+    """One line for the table: ``loaded: qwen3:8b 100% GPU (5.9 GB, context 4096)``."""
+    if not loaded:
+        return "loaded: nothing"
+    return "loaded: " + ", ".join(
+        f"{m['name']} {m['gpu_percent']}% GPU ({m['size']}"
+        + (f", context {m['context']})" if m["context"] else ")")
+        for m in loaded
+    )
+
+
+def loaded_placements(wanted: Mapping[str, str], loaded: list[LoadedModel]) -> list[str]:
+    """For each loaded model the plan places (``{served name: where}``), how it contradicts
+    the plan; models loaded but not planned, and planned but not loaded, are no problem."""
+    by_name = {full_name(name): where for name, where in wanted.items()}
+    problems = []
+    for model in loaded:
+        where = by_name.get(full_name(model["name"]))
+        problem = placement_differs(where, model) if where else None
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 def applies(predicate: Callable[[HostSpec], bool]) -> Callable[[Check], Check]:
@@ -192,6 +250,9 @@ class VerifyPlugin:
         elif report.skipped:
             outcome.result = "skip"
             outcome.message = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        elif report.when == "call":
+            # A passing check may report what it saw (record_property("report", text)).
+            outcome.message = str(dict(report.user_properties).get("report", ""))
 
 
 def table(outcomes: Iterable[Outcome]) -> str:

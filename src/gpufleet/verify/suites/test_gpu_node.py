@@ -2,7 +2,9 @@
 
 import json
 
-from gpufleet.verify import applies, http_get
+from gpufleet.catalogue import load_catalogue
+from gpufleet.facts.gpu import parse_smi_csv
+from gpufleet.verify import applies, gpus_differ, http_get
 
 
 def applies_to(spec):
@@ -24,12 +26,12 @@ def test_docker_runs(target):
 def test_nvidia_smi_sees_every_declared_gpu(target):
     nvidia = [a for a in target.spec.hardware.accelerators if a.kind == "nvidia"]
     declared = [a.model for a in nvidia for _ in range(a.count)]
-    reply = target.host.run("nvidia-smi --query-gpu=name --format=csv,noheader")
+    reply = target.host.run("nvidia-smi --query-gpu=name,pci.device_id --format=csv,noheader")
     assert reply.rc == 0, f"nvidia-smi failed: {(reply.stdout + reply.stderr).strip()[:120]}"
-    seen = [line.strip() for line in reply.stdout.splitlines() if line.strip()]
-    assert len(seen) == len(declared), f"declared {declared}, nvidia-smi shows {seen}"
-    for model in declared:
-        assert any(model.lower() in name.lower() for name in seen), f"{model} not in {seen}"
+    rows, _ = parse_smi_csv(reply.stdout.splitlines(), ["name", "pci.device_id"])
+    seen = [(row["name"] or "", row["pci.device_id"]) for row in rows]
+    difference = gpus_differ(declared, seen, load_catalogue())
+    assert difference is None, difference
 
 
 @applies(lambda spec: _nvidia(spec) and spec.lxc_guest is None)

@@ -3,8 +3,11 @@
 from gpufleet.engines import ENGINES, served_name
 from gpufleet.engines.llamacpp import LLAMACPP
 from gpufleet.engines.ollama import OLLAMA
+from gpufleet.engines.ollama_macos import OLLAMA_MACOS
 from gpufleet.engines.triton import TRITON
-from gpufleet.verify import applies, assert_running, http_get
+from gpufleet.facts.ollama import OllamaLoaded
+from gpufleet.serving import placement_runs
+from gpufleet.verify import applies, assert_running, http_get, loaded_placements, loaded_report
 
 
 def applies_to(spec):
@@ -45,6 +48,27 @@ def test_ollama_has_every_placed_model(target):
     for placement in OLLAMA.placements(target.spec):
         name = served_name(placement)
         assert name in present or f"{name}:latest" in present, f"{name} not in {sorted(present)}"
+
+
+def _ollama(spec):
+    return next((e for e in (OLLAMA, OLLAMA_MACOS) if e.runs_on(spec)), None)
+
+
+@applies(lambda spec: _ollama(spec) is not None)
+def test_loaded_ollama_models_sit_where_the_plan_puts_them(target, record_property):
+    """What Ollama has loaded now, reported; a placed model it has loaded must sit on the GPU
+    as the plan says. Nothing loaded (Ollama unloads idle models) is no failure."""
+    engine = _ollama(target.spec)
+    fact = OllamaLoaded()
+    reply = target.host.run(fact.command(address=f"127.0.0.1:{engine.port(target.spec)}"))
+    loaded = fact.process(reply.stdout.splitlines())
+    record_property("report", loaded_report(loaded))
+    wanted = {
+        served_name(run.placement): run.decision.where
+        for run in placement_runs(target.spec, engine)
+    }
+    problems = loaded_placements(wanted, loaded)
+    assert not problems, "; ".join(problems)
 
 
 @applies(TRITON.runs_on)
