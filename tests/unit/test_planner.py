@@ -10,7 +10,8 @@ import pytest
 from gpufleet.catalogue import load_catalogue
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
-from gpufleet.planner import plan_host, ram_bandwidth_gbs
+from gpufleet.planner import format_plan, plan_host, ram_bandwidth_gbs
+from gpufleet.sizing import SYSTEM_RESERVE_GB
 
 ROOT = Path(__file__).parents[2]
 CATALOGUE = load_catalogue()
@@ -112,3 +113,43 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
     fake.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (1).to_bytes(8, "little"))
     with pytest.raises(GGUFError, match="file ends inside its header"):
         read_header(fake)
+
+
+def test_apple_and_jetson_unified_memory_is_planned_as_gpu_memory():
+    """Seed 004's Mac Mini (24 GB) and the Jetson example (8 GB) run their models on the GPU
+    from the share of memory it may use, not "0 GB VRAM, cpu"."""
+    catalogue = load_catalogue()
+    mac = plan_host(validate_file(ROOT / "inventory/homelab.py")["mac-mini-m4-pro"], catalogue)
+    assert mac.unified and mac.vram_gb == 16  # two thirds of 24 GB: Metal's working set
+    assert {p.where for p in mac.placements} == {"gpu"}
+    assert all(p.gpu_layers == p.layers for p in mac.placements)
+    assert "24 GB unified memory (16 GB of it for the GPU" in format_plan(mac)
+    jetson_spec = validate_file(ROOT / "inventory/examples/proxmox_desktop.py")["jetson-orin-nano"]
+    jetson = plan_host(jetson_spec, catalogue)
+    assert jetson.unified and jetson.vram_gb == jetson_spec.hardware.ram_gb - SYSTEM_RESERVE_GB
+    assert {p.where for p in jetson.placements} == {"gpu"}
+
+
+def test_unified_memory_is_not_counted_twice():
+    """What the GPU may hold is taken out of system memory: a model larger than the GPU's
+    share plus what is left is refused, as on a discrete card with the same total."""
+    spec = HostSpec.model_validate(
+        {
+            "name": "mac",
+            "os": "macos",
+            "arch": "aarch64",
+            "hardware": {
+                "cores": 12,
+                "ram_gb": 24,
+                "accelerators": [{"kind": "apple_metal", "model": "M4 Pro"}],
+            },
+            # ~25 GB: more than the GPU's 16 GB and the 6 GB left beside it together, less
+            # than 16 GB "VRAM" plus all 22 GB of usable memory counted again.
+            "models": [
+                {"model": "qwen2.5:32b", "alias": "L-LOC-FRE-qwen2.5-32b", "context": 16384}
+            ],
+        }
+    )
+    plan = plan_host(spec, load_catalogue())
+    assert 22 < plan.placements[0].need_gb < 16 + 24 - SYSTEM_RESERVE_GB
+    assert plan.problems and "needs" in plan.problems[0][1]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gpufleet.engines.ollama import RELEASE, RELEASE_SHA256
 from gpufleet.engines.ollama_macos import OLLAMA_MACOS
 from gpufleet.facts.tailscale import parse_status, served_proxies
 from gpufleet.inventory import validate_file
@@ -434,10 +435,25 @@ def test_every_linux_model_host_installs_ollama_and_pulls_each_placement_by_its_
         arch = "arm64" if specs[name].arch == "aarch64" else "amd64"
         version = specs[name].ollama.version
         (fetch,) = download.commands
-        assert f"/v{version}/ollama-linux-{arch}.tgz" in fetch
-        assert f"/v{version}/sha256sum.txt" in fetch and "sha256sum -c" in fetch
-        assert any(o.name.endswith(f"Unpack Ollama {version} into /usr/local") for o in operations)
+        assert f"/v{version}/ollama-linux-{arch}.tar.zst" in fetch
+        assert f"'{RELEASE_SHA256[(version, arch)]}  '" in fetch and "sha256sum -c" in fetch
+        (unpack,) = [
+            o for o in operations if o.name.endswith(f"Unpack Ollama {version} into /usr/local")
+        ]
+        archive = f"/var/cache/gpufleet/ollama-{version}-{arch}.tar.zst"
+        assert unpack.commands == [f"zstd -dc {archive} | tar -xf - -C /usr/local"]
         pulls = [c for c in commands(operations) if c.startswith("ollama pull ")]
         tags = list(dict.fromkeys(p.model for p in specs[name].models))
         assert pulls == [f"ollama pull {tag}" for tag in tags], name
         assert not any("no Ollama binary" in o.name for o in operations)
+
+
+def test_another_ollama_release_is_checked_against_the_list_it_publishes():
+    spec = validate_file(HOMELAB)["ms01"]
+    other = spec.model_copy(update={"ollama": spec.ollama.model_copy(update={"version": "0.34.1"})})
+    from gpufleet.engines.ollama import release_sha256
+
+    assert release_sha256(spec.ollama, "amd64") == RELEASE_SHA256[(RELEASE, "amd64")]
+    assert release_sha256(other.ollama, "amd64") is None  # read from v0.34.1's sha256sum.txt
+    given = other.ollama.model_copy(update={"sha256": "ab" * 32})
+    assert release_sha256(given, "arm64") == "ab" * 32

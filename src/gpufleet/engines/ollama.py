@@ -36,6 +36,23 @@ MODELFILES = "/var/lib/gpufleet/ollama"
 Modelfile changes)."""
 
 
+RELEASE = "0.35.0"
+"""The Ollama release installed on Linux unless the inventory pins another."""
+RELEASE_SHA256 = {
+    ("0.35.0", "amd64"): "1c114a6b220c5efca2ef2b1e5f01d1e535e26f6cd6d1678c8489325d2835e525",
+    ("0.35.0", "arm64"): "cb627d332b1fe5055bd5485ca10d595da8429e447648209e375390ec3bd09374",
+}
+"""The default release's archives as its sha256sum.txt lists them: a pinned checksum needs
+no list fetched from the place the archive comes from. Another version is checked against
+its own release's list, or the inventory's ``sha256``."""
+
+
+def release_sha256(settings: OllamaSettings, arch: str) -> str | None:
+    """The checksum the archive for ``arch`` is held to: the inventory's, else the pinned one
+    of a known release; None: read it from the release's published list."""
+    return settings.sha256 or RELEASE_SHA256.get((settings.version, arch))
+
+
 class OllamaSettings(Spec):
     """Ollama's settings (``ollama: {num_parallel: 2}``)."""
 
@@ -47,10 +64,10 @@ class OllamaSettings(Spec):
     """OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (``-1``: for ever)."""
     flash_attention: bool = True
     """OLLAMA_FLASH_ATTENTION: less memory for long contexts on GPUs that support it."""
-    version: str = Field("0.12.10", pattern=r"^\d+\.\d+\.\d+$")
+    version: str = Field(RELEASE, pattern=r"^\d+\.\d+\.\d+$")
     """Ollama release to install."""
     url: str = Field(
-        "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tgz",
+        "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tar.zst",
         pattern=r"^https?://[^\s'\"`$;|&<>\\]+$",
     )
     """Where the release archive comes from (``{version}``, ``{arch}``: amd64/arm64); a

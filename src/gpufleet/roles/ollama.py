@@ -11,10 +11,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
-from pyinfra.operations import files, server
+from pyinfra.operations import apt, files, server
 
 from gpufleet.engines import served_name
-from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile
+from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile, release_sha256
 from gpufleet.models import HostSpec
 from gpufleet.operations import downloads, ollama
 from gpufleet.paths import template
@@ -37,23 +37,37 @@ def models_and_aliases(runs: tuple[PlacementRun, ...]) -> tuple[list[str], dict[
 
 def install_release(spec: HostSpec) -> OperationMeta:
     """Download the pinned release archive for the host's architecture, checked against the
-    inventory's sha256 or the checksum list the release publishes, and unpack it into
-    /usr/local (``bin/ollama`` and ``lib/ollama``, as Ollama's own installer does)."""
+    inventory's sha256, the pinned one of a known release, or the checksum list the release
+    publishes, and unpack it into /usr/local (``bin/ollama`` and ``lib/ollama``, as Ollama's
+    own installer lays it out). Releases since 0.14 are zstd archives."""
     settings = spec.ollama
     arch = "arm64" if spec.arch == "aarch64" else "amd64"
-    archive = f"/var/cache/gpufleet/ollama-{settings.version}-{arch}.tgz"
+    src = settings.url.format(version=settings.version, arch=arch)
+    zstd = src.endswith(".zst")
+    if zstd:
+        apt.packages(name="zstd (Ollama's archives are zstd)", packages=["zstd"])
+    archive = f"/var/cache/gpufleet/ollama-{settings.version}-{arch}.tar" + (
+        ".zst" if zstd else ".gz"
+    )
+    sha256 = release_sha256(settings, arch)
     download = downloads.verified_download(
         name=f"Download Ollama {settings.version} ({arch})",
-        src=settings.url.format(version=settings.version, arch=arch),
+        src=src,
         dest=archive,
-        sha256=settings.sha256,
+        sha256=sha256,
         sha256_list=None
-        if settings.sha256
+        if sha256
         else settings.checksums_url.format(version=settings.version, arch=arch),
+    )
+    quoted = shlex.quote(archive)
+    unpack = (
+        f"zstd -dc {quoted} | tar -xf - -C /usr/local"
+        if zstd
+        else f"tar -xzf {quoted} -C /usr/local"
     )
     return server.shell(
         name=f"Unpack Ollama {settings.version} into /usr/local",
-        commands=[f"tar -xzf {shlex.quote(archive)} -C /usr/local"],
+        commands=[unpack],
         _if=download.did_change,
     )
 
