@@ -306,18 +306,25 @@ def _nvidia_driver(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
     if pin:
         yield Problem(spec.name, "nvidia_driver.version", pin)
         return
+    modules = nvidia.modules_problem(driver)
+    if modules:
+        yield Problem(spec.name, "nvidia_driver.modules", modules)
+        return
     field = "nvidia_driver.branch" if driver.branch is not None else "nvidia_driver.version"
-    for accelerator in spec.hardware.accelerators:
-        entry = catalogue.accelerator(accelerator.model)
-        problem = nvidia.support_problem(entry, driver) if entry else None
+    cards = nvidia.declared_cards(spec)
+    open_modules = nvidia.uses_open_modules(driver, cards)
+    for entry in cards:
+        problem = nvidia.support_problem(entry, driver, open_modules)
         if problem:
-            yield Problem(spec.name, field, problem)
+            # A branch too old is fixed by the version; a module flavour by nvidia_driver.modules.
+            too_old = entry.min_driver and (driver.effective_branch or 0) < entry.min_driver
+            yield Problem(spec.name, field if too_old else "nvidia_driver.modules", problem)
 
 
 def _proxmox(spec: HostSpec) -> Iterator[Problem]:
     if spec.proxmox is None:
         return
-    if "proxmox_hosts" not in spec.groups:
+    if spec.proxmox.lxc and "proxmox_hosts" not in spec.groups:
         yield Problem(
             spec.name,
             "proxmox",

@@ -182,6 +182,10 @@ class NvidiaDriver(Spec):
     flavour: Literal["headless", "desktop"] = "headless"
     """headless: kernel module, nvidia-smi, CUDA and NVML libraries (an inference server);
     desktop: the full driver with X/Wayland support."""
+    modules: Literal["auto", "open", "proprietary"] = "auto"
+    """Kernel modules: open (NVIDIA's open GPU kernel modules, Turing and newer; the only
+    ones Blackwell runs on), proprietary, or auto: open where a declared card requires them,
+    proprietary otherwise. Source ``ubuntu-open`` always installs the open ones."""
     persistence: bool = True
     """Run nvidia-persistenced so the GPU stays initialised between jobs (faster first token)."""
     modprobe_options: tuple[str, ...] = ("options nvidia-drm modeset=1",)
@@ -271,7 +275,16 @@ class LxcGpuPassthrough(Spec):
 
 
 class ProxmoxHost(Spec):
-    """A Proxmox VE host that passes its NVIDIA GPUs to LXC containers."""
+    """A Proxmox VE host (``os: proxmox``): its package repository, and the LXC containers
+    it passes its NVIDIA GPUs to."""
+
+    repository: Literal["pve-no-subscription", "pve-enterprise"] = "pve-no-subscription"
+    """Proxmox VE repository the host's packages (kernel headers for the driver) come from:
+    pve-no-subscription (written, and the installer's enterprise entries commented out,
+    since they refuse a host without a subscription key), or pve-enterprise (the
+    installer's entry kept as it is; a subscription key is needed)."""
+    repo_url: str = Field("http://download.proxmox.com/debian/pve", pattern=r"^https?://\S+$")
+    """Base of the pve-no-subscription repository; a local mirror for offline hosts."""
 
     lxc: tuple[LxcGpuPassthrough, ...] = ()
     """Containers that get GPU access."""
@@ -600,7 +613,8 @@ class HostSpec(Spec):
     tailscale: TailscaleNode = TailscaleNode()
     """Tailscale on the host (see below)."""
     proxmox: ProxmoxHost | None = None
-    """GPU passthrough to LXC containers, for hosts in proxmox_hosts (see below)."""
+    """Proxmox VE hosts: the package repository, and GPU passthrough to LXC containers for
+    hosts in proxmox_hosts (see below)."""
     lxc_guest: LxcGuest | None = None
     """Set when this host is an LXC container using a Proxmox host's GPUs (see below)."""
     vault: VaultServer = VaultServer()

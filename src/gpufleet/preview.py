@@ -3,10 +3,11 @@ contacting no host.
 
 A pyinfra dry run asks the real host for its facts. ``gpufleet preview`` answers the same
 questions from a *fact profile*: the facts a freshly installed host of one kind reports
-(Debian 12 amd64/arm64, Raspberry Pi OS, Jetson Linux, macOS). The profiles for Debian were
-recorded from real lab hosts (``gpufleet preview --record``); Raspberry Pi OS, Jetson Linux and
-a fresh GPU node are those recordings with the facts that differ replaced, and macOS is
-written by hand; each profile's ``notes`` say so. Every operation of every deploy is planned
+(Debian 12 amd64/arm64, Proxmox VE 8, Ubuntu 24.04, Raspberry Pi OS, Jetson Linux, macOS). The
+profiles for Debian were recorded from real lab hosts (``gpufleet preview --record``); Proxmox
+VE, Ubuntu, Raspberry Pi OS, Jetson Linux and a fresh GPU node are those recordings with the
+facts that differ replaced from real outputs, and macOS is written by hand; each profile's
+``notes`` say so and name their sources. Every operation of every deploy is planned
 by the same code as in a dry run; only the fact values come from the profile, and an
 operation's ``_if`` is read against the changes planned before it.
 
@@ -34,8 +35,8 @@ PROFILES = Path(__file__).parent / "profiles"
 OS_PROFILES = {
     ("debian", "x86_64"): "debian12-amd64",
     ("debian", "aarch64"): "debian12-arm64",
-    ("proxmox", "x86_64"): "debian12-amd64",
-    ("ubuntu", "x86_64"): "debian12-amd64",
+    ("proxmox", "x86_64"): "proxmox8-amd64",
+    ("ubuntu", "x86_64"): "ubuntu2404-amd64",
     ("raspios", "aarch64"): "raspios12-arm64",
     ("jetson-l4t", "aarch64"): "jetson-l4t36",
     ("macos", "aarch64"): "macos15-arm64",
@@ -60,12 +61,15 @@ class FactProfile:
 
     name: str
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu_overlay: str | None = "nvidia-fresh"
+    """The profile put over this one for a host that declares NVIDIA cards (a fresh GPU
+    node's kernels and Secure Boot); None where this profile already describes them."""
 
     @classmethod
     def load(cls, name: str) -> FactProfile:
         data = json.loads((PROFILES / f"{name}.json").read_text())
         base = cls.load(data["base"]).facts if "base" in data else {}
-        return cls(name, _overlaid(base, data["facts"]))
+        return cls(name, _overlaid(base, data["facts"]), data.get("gpu_overlay", "nvidia-fresh"))
 
     def answer(self, fact: str, arguments: str) -> Any:
         values = self.facts.get(fact, {})
@@ -163,7 +167,10 @@ def plan(
 
     state = State(check_for_changes=True)
     ctx_state.set(state)
-    hosts_of = make_inventory(inventory)
+    from gpufleet.inventory import project_root
+
+    # group_data/ as pyinfra run from the project folder finds it, as validation reads it.
+    hosts_of = make_inventory(inventory, cwd=str(project_root(Path(inventory))))
     ctx_inventory.set(hosts_of)
     config = Config()
     ctx_config.set(config)
@@ -268,10 +275,9 @@ def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile
             }
         }
     }
-    facts = _overlaid(
-        _overlaid(profile.facts, FactProfile.load("nvidia-fresh").facts), cards_on_the_bus
-    )
-    return FactProfile(f"{profile.name}+{len(cards)}xNVIDIA", facts)
+    overlay = FactProfile.load(profile.gpu_overlay).facts if profile.gpu_overlay else {}
+    facts = _overlaid(_overlaid(profile.facts, overlay), cards_on_the_bus)
+    return FactProfile(f"{profile.name}+{len(cards)}xNVIDIA", facts, None)
 
 
 def _overlaid(

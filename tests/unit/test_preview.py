@@ -67,9 +67,11 @@ def uploads(operations: list[PlannedOperation]) -> dict[str, str]:
 
 def test_gpu_nodes_get_their_pinned_drivers_and_cpu_nodes_get_none(homelab):
     akshat = commands(homelab["akshat-pc"])
-    # Blackwell on Debian 12: NVIDIA's CUDA repository, its 575 branch, held at the version.
+    # Blackwell on Debian 12: NVIDIA's CUDA repository, its 575 branch with the open kernel
+    # modules (the only ones an RTX 5090 runs on), held at the version.
     assert any("cuda-keyring" in c for c in akshat)
-    assert any("install" in c and "cuda-drivers-575" in c for c in akshat)
+    assert any("install" in c and "nvidia-open-575" in c for c in akshat)
+    assert not any("cuda-drivers" in c for c in akshat)
     hold = uploads(homelab["akshat-pc"])["/etc/apt/preferences.d/gpufleet-nvidia-driver"]
     assert "575.64.05" in hold
     old = uploads(homelab["old-office-pc"])["/etc/apt/preferences.d/gpufleet-nvidia-driver"]
@@ -457,3 +459,94 @@ def test_another_ollama_release_is_checked_against_the_list_it_publishes():
     assert release_sha256(other.ollama, "amd64") is None  # read from v0.34.1's sha256sum.txt
     given = other.ollama.model_copy(update={"sha256": "ab" * 32})
     assert release_sha256(given, "arm64") == "ab" * 32
+
+
+def installs(operations: list[PlannedOperation]) -> list[str]:
+    """Packages named by the apt-get install commands of a plan."""
+    return [
+        package
+        for command in commands(operations)
+        if "apt-get" in command and " install " in command
+        for package in command.split()
+        if not package.startswith("-") and "=" not in package
+    ]
+
+
+def test_a_proxmox_host_gets_the_headers_of_its_running_and_every_installed_pve_kernel():
+    plan_ = planned(EXAMPLE, ["deploys/common.py", "deploys/proxmox_host.py"], ["xps15"])
+    packages = installs(plan_["xps15"])
+    # The profile's host runs 6.8.12-5-pve with 6.8.12-6 installed beside it (and two older).
+    assert "proxmox-default-headers" in packages
+    for release in ("6.8.12-5-pve", "6.8.12-6-pve", "6.8.12-1-pve", "6.8.4-2-pve"):
+        assert f"proxmox-headers-{release}" in packages
+    assert not [p for p in packages if p.startswith("linux-headers")]
+    # Debian's driver (GTX 1650: proprietary modules) from contrib/non-free on PVE.
+    assert "nvidia-kernel-dkms" in packages and "nvidia-open-kernel-dkms" not in packages
+    debian = uploads(plan_["xps15"])["/etc/apt/sources.list.d/debian.sources"]
+    assert "Components: main contrib non-free non-free-firmware" in debian
+
+
+def test_a_proxmox_host_uses_pve_no_subscription_not_the_enterprise_repository():
+    plan_ = planned(EXAMPLE, ["deploys/common.py"], ["xps15"])["xps15"]
+    source = uploads(plan_)["/etc/apt/sources.list.d/gpufleet-pve.sources"]
+    assert "URIs: http://download.proxmox.com/debian/pve" in source
+    assert "Suites: bookworm" in source and "Components: pve-no-subscription" in source
+    assert "Signed-By: /etc/apt/trusted.gpg.d/proxmox-release-bookworm.gpg" in source
+    disabled = [c for c in commands(plan_) if c.startswith("sed")]
+    assert len(disabled) == 2
+    assert all("s/^(deb .*enterprise\\.proxmox\\.com.*)$/# \\1/" in c for c in disabled)
+    # The Debian-only hosts get no Proxmox repository.
+    desktop = planned(EXAMPLE, ["deploys/common.py"], ["schlimers-server"])["schlimers-server"]
+    assert "/etc/apt/sources.list.d/gpufleet-pve.sources" not in uploads(desktop)
+
+
+def test_the_ubuntu_blackwell_desktop_gets_the_open_modules_and_its_hwe_headers():
+    plan_ = planned(EXAMPLE, ["deploys/gpu_node.py"], ["schlimers-server"])
+    packages = installs(plan_["schlimers-server"])
+    assert "nvidia-headless-575-server-open" in packages
+    assert not [p for p in packages if p.startswith("nvidia-headless") and "open" not in p]
+    # The 6.11 HWE kernel of Ubuntu 24.04: its headers and the HWE meta, not 6.8's.
+    assert "linux-headers-6.11.0-26-generic" in packages
+    assert "linux-headers-generic-hwe-24.04" in packages
+    assert "linux-headers-generic" not in packages
+
+
+BLACKWELL_LLAMACPP = """
+from gpufleet.inventory import check_inventory
+
+gpu_nodes = [("rtx-box", {{"ssh_hostname": "10.200.0.250", "os": "ubuntu", "hardware": {{
+    "cores": 12, "ram_gb": 64, "accelerators": [{{"kind": "nvidia", "model": "RTX 5070 Ti"}}]}},
+    "nvidia_driver": {{"source": "ubuntu", "version": "575.64.05"}},
+    "llamacpp": {{"cuda_toolkit": {toolkit!r}}},
+    "models": [{{"model": "llama3.2:3b", "engine": "llama.cpp", "alias": "S-LOC-FRE-llama3.2-3b",
+                "source": "/srv/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf", "context": 8192}}]}})]
+check_inventory(__file__)
+"""
+
+
+def test_llamacpp_on_blackwell_builds_with_nvidias_toolkit_for_sm_120(tmp_path):
+    from gpufleet.inventory import InventoryError
+
+    refused = tmp_path / "refused.py"
+    refused.write_text(BLACKWELL_LLAMACPP.format(toolkit="distribution"))
+    with pytest.raises(InventoryError, match=r"llamacpp.cuda_toolkit: nvidia-cuda-toolkit"):
+        validate_file(refused)
+
+    inventory = tmp_path / "blackwell.py"
+    inventory.write_text(BLACKWELL_LLAMACPP.format(toolkit="cuda-toolkit-12-8"))
+    gguf = "/srv/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf"
+
+    def present(arguments: str) -> dict[str, Any]:
+        if f'"path": "{gguf}"' in arguments:
+            return {"user": "root", "group": "root", "mode": 644, "size": 1}
+        raise KeyError(arguments)
+
+    box = planned(
+        str(inventory), ["deploys/inference.py"], None, **{"pyinfra.facts.files.File": present}
+    )["rtx-box"]
+    assert "cuda-toolkit-12-8" in installs(box) and "nvidia-cuda-toolkit" not in installs(box)
+    assert any("cuda-keyring" in c for c in commands(box))
+    (configure,) = [c for c in commands(box) if c.startswith("cmake -S")]
+    assert "-DGGML_CUDA=ON" in configure
+    assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda-12.8/bin/nvcc" in configure
+    assert "-DCMAKE_CUDA_ARCHITECTURES=120" in configure

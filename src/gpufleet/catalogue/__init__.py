@@ -30,6 +30,16 @@ class AcceleratorEntry:
     pci_device_ids: tuple[str, ...]
     min_driver: int | None = None
     open_modules: str | None = None
+    compute_capability: str | None = None
+    """CUDA compute capability, ``"12.0"``; None for parts CUDA does not target."""
+
+    @property
+    def sm(self) -> int | None:
+        """The compute capability as CUDA architectures are numbered: 12.0 -> 120."""
+        if self.compute_capability is None:
+            return None
+        major, minor = self.compute_capability.split(".")
+        return int(major) * 10 + int(minor)
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ def _accelerators(raw: dict[str, Any]) -> dict[str, AcceleratorEntry]:
             pci_device_ids=tuple(entry.get("pci_device_ids", [])),
             min_driver=entry.get("min_driver"),
             open_modules=entry.get("open_modules"),
+            compute_capability=entry.get("compute_capability"),
         )
         for name, entry in raw.items()
     }

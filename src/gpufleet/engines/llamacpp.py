@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from gpufleet import nvidia
 from gpufleet.engines.base import Engine, PlacementDecision, Rendered, served_name
 from gpufleet.fields import Port, Spec
 
@@ -57,6 +58,12 @@ class LlamaCppSettings(Spec):
     gpu_layers: int | None = Field(None, ge=0)
     """-ngl: layers offloaded to the GPU; as many as the planner finds room for when left
     out. A number larger than fits is refused."""
+    cuda_toolkit: str = Field("distribution", pattern=r"^(distribution|cuda-toolkit-\d+-\d+)$")
+    """CUDA toolkit llama-server is built with on a host with an NVIDIA GPU: distribution
+    (``nvidia-cuda-toolkit``: CUDA 11.8 on Debian 12 and Proxmox VE 8, 12.0 on Ubuntu 24.04,
+    too old for Blackwell's sm_120) or ``cuda-toolkit-X-Y`` from NVIDIA's CUDA repository
+    (``cuda-toolkit-12-8`` or newer for an RTX 50). A toolkit that cannot compile for a
+    declared card is refused."""
     ccache: bool = False
     """Build through ccache (in /var/cache/ccache), so a rebuild after a change is quick."""
     ccache_shared: bool = False
@@ -109,6 +116,11 @@ class LlamaCpp(Engine):
                     "a downloaded GGUF is verified: add its sha256 (sha256sum FILE)",
                 )
         settings = spec.llamacpp
+        if settings.binary_url is None and builds_with_cuda(spec) and spec.os in PLANNED:
+            toolkit = nvidia.cuda_toolkit(settings.cuda_toolkit, *PLANNED[spec.os])
+            problem = nvidia.toolkit_problem(toolkit, nvidia.declared_cards(spec))
+            if problem:
+                yield "llamacpp.cuda_toolkit", problem
         if settings.binary_url is None and settings.source_sha256 is None:
             yield (
                 "llamacpp.source_sha256",
@@ -141,6 +153,15 @@ class LlamaCpp(Engine):
         if decision.kind == "embedding":
             command += ("--embeddings",)
         return Rendered(command=command)
+
+
+PLANNED = nvidia.PLANNED_RELEASES
+
+
+def builds_with_cuda(spec: HostSpec) -> bool:
+    """llama-server is built with CUDA on a host with an NVIDIA GPU, unless its model is kept
+    off the GPU (``gpu_layers: 0``): then a CPU build serves it without a toolkit."""
+    return spec.hardware.nvidia_gpu_count > 0 and spec.llamacpp.gpu_layers != 0
 
 
 def gguf_path(placement: ModelPlacement) -> str:

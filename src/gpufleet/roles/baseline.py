@@ -17,6 +17,7 @@ from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.models import HostSpec
 from gpufleet.paths import template
 from gpufleet.roles.macos import macos_baseline
+from gpufleet.roles.proxmox import proxmox_repository
 from gpufleet.roles.steps import run_service
 
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
@@ -73,9 +74,12 @@ def baseline(spec: HostSpec) -> None:
             path="/etc/apt/sources.list",
             present=False,
         )
+        # A Proxmox VE host is Debian with Proxmox's repository beside it (where
+        # sources.list may have named it).
+        pve = proxmox_repository(spec, codename) if spec.os == "proxmox" else []
         apt.update(
             name="Refresh apt lists after a sources change",
-            _if=any_changed(sources, old_list),
+            _if=any_changed(sources, old_list, *pve),
         )
     else:
         host.noop(f"apt sources on {name} are left as the distribution set them")

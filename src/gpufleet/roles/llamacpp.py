@@ -13,14 +13,17 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files
 
+from gpufleet import nvidia
 from gpufleet.engines import served_name
-from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, gguf_path
+from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, builds_with_cuda, gguf_path
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import downloads, inference
 from gpufleet.paths import template
+from gpufleet.roles.nvidia_driver import cuda_repository, release_of
 from gpufleet.roles.steps import restart_and_warm_up, warm_up_tool
 from gpufleet.serving import placement_runs
 
@@ -42,7 +45,8 @@ def serve(spec: HostSpec) -> None:
         return
     run = runs[0]
     settings = spec.llamacpp
-    gpu = bool(detected_gpus()["pci"]) and spec.hardware.nvidia_gpu_count > 0
+    gpu = bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
+    toolkit = cuda_toolkit(spec) if gpu and not settings.binary_url else None
 
     # 1. The server: a given binary, or built from the verified source.
     if settings.binary_url:
@@ -56,7 +60,17 @@ def serve(spec: HostSpec) -> None:
         )
     else:
         packages = [*BUILD_PACKAGES, *(["ccache"] if settings.ccache else [])]
-        packages += ["nvidia-cuda-toolkit"] if gpu else []
+        cmake_flags = ["-DGGML_NATIVE=OFF"]
+        if toolkit is not None:
+            if toolkit.from_cuda_repository:
+                cuda_repository(spec, host.get_fact(LinuxDistribution))
+            packages.append(toolkit.package)
+            cmake_flags = [
+                "-DGGML_CUDA=ON",
+                f"-DCMAKE_CUDA_COMPILER={toolkit.nvcc}",
+                # Only the host's cards: a build for every architecture takes far longer.
+                f"-DCMAKE_CUDA_ARCHITECTURES={nvidia.cuda_architectures(nvidia.declared_cards(spec))}",
+            ]
         apt.packages(name="llama.cpp build tools", packages=packages, no_recommends=True)
         assert settings.source_sha256 is not None  # the inventory check requires it
         tarball = f"{inference.BUILD_ROOT}/llama.cpp-{settings.source_sha256[:12]}.tar.gz"
@@ -72,7 +86,7 @@ def serve(spec: HostSpec) -> None:
             tarball=tarball,
             source_sha256=settings.source_sha256,
             subdir=settings.source_subdir,
-            cmake_flags=["-DGGML_CUDA=ON"] if gpu else ["-DGGML_NATIVE=OFF"],
+            cmake_flags=cmake_flags,
             ccache=settings.ccache,
             jobs=spec.hardware.cores,
             _serial=settings.ccache and settings.ccache_shared,
@@ -100,6 +114,20 @@ def serve(spec: HostSpec) -> None:
         health_path=LLAMACPP.health_path,
         models=[(served_name(run.placement), LLAMACPP.warm_up_path(run.decision.kind))],
     )
+
+
+def cuda_toolkit(spec: HostSpec) -> nvidia.CudaToolkit:
+    """The toolkit ``llamacpp.cuda_toolkit`` names, for this host's release; stops before
+    any change when it cannot compile for a declared card (a release other than the one the
+    inventory check assumed)."""
+    distribution = host.get_fact(LinuxDistribution)
+    toolkit = nvidia.cuda_toolkit(
+        spec.llamacpp.cuda_toolkit, distribution["name"] or "", release_of(distribution)
+    )
+    problem = nvidia.toolkit_problem(toolkit, nvidia.declared_cards(spec))
+    if problem:
+        raise DeployError(f"{host.name}: llamacpp.cuda_toolkit: {problem}")
+    return toolkit
 
 
 def model_file(placement: ModelPlacement) -> OperationMeta | None:

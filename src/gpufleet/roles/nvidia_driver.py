@@ -28,8 +28,9 @@ CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
 DRIVER_PIN = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
 
 
-def check_detected_gpus(spec: HostSpec) -> None:
-    """Stop before any change when the driver branch cannot drive a GPU the host has."""
+def check_detected_gpus(spec: HostSpec, open_modules: bool) -> None:
+    """Stop before any change when the driver branch, or the kernel modules chosen, cannot
+    drive a GPU the host has."""
     catalogue = load_catalogue()
     for gpu in detected_gpus()["pci"]:
         entry = catalogue.accelerator_by_pci_id(gpu["device_id"])
@@ -39,10 +40,11 @@ def check_detected_gpus(spec: HostSpec) -> None:
                 "the catalogue: driver support not checked"
             )
             continue
-        problem = nvidia.support_problem(entry, spec.nvidia_driver)
+        problem = nvidia.support_problem(entry, spec.nvidia_driver, open_modules)
         if problem:
             raise DeployError(
-                f"{host.name}: nvidia_driver: detected {entry.name} at {gpu['slot']}: {problem}"
+                f"{host.name}: nvidia_driver: detected {entry.name} at {gpu['slot']} "
+                f"(declare it under hardware.accelerators if it is not): {problem}"
             )
 
 
@@ -62,15 +64,29 @@ def driver_sources(spec: HostSpec, distribution: LinuxDistributionDict) -> None:
         )
         apt.update(name="Refresh apt lists for backports", _if=backports.did_change)
     elif driver.source == "cuda":
-        distro = f"{(distribution['name'] or 'debian').lower()}{distribution['major']}"
-        if distribution["name"] == "Ubuntu":
-            distro = f"ubuntu{distribution['major']}{distribution['minor']:02d}"
-        arch = "sbsa" if spec.arch == "aarch64" else "x86_64"
-        keyring = apt.deb(
-            name="Install NVIDIA's cuda-keyring",
-            src=f"{driver.cuda_repo_url}/{distro}/{arch}/{CUDA_KEYRING}",
-        )
-        apt.update(name="Refresh apt lists for the CUDA repository", _if=keyring.did_change)
+        cuda_repository(spec, distribution)
+
+
+def cuda_repository(spec: HostSpec, distribution: LinuxDistributionDict) -> None:
+    """NVIDIA's CUDA repository, through its cuda-keyring package: the driver (source
+    ``cuda``) and the CUDA toolkits ``cuda-toolkit-X-Y`` come from it."""
+    distro = f"{(distribution['name'] or 'debian').lower()}{distribution['major']}"
+    if distribution["name"] == "Ubuntu":
+        distro = f"ubuntu{distribution['major']}{distribution['minor']:02d}"
+    arch = "sbsa" if spec.arch == "aarch64" else "x86_64"
+    keyring = apt.deb(
+        name="Install NVIDIA's cuda-keyring",
+        src=f"{spec.nvidia_driver.cuda_repo_url}/{distro}/{arch}/{CUDA_KEYRING}",
+    )
+    apt.update(name="Refresh apt lists for the CUDA repository", _if=keyring.did_change)
+
+
+def release_of(distribution: LinuxDistributionDict) -> str:
+    """The release as apt sources and package names use it: ``12`` (Debian), ``24.04``
+    (Ubuntu)."""
+    if distribution["name"] == "Ubuntu":
+        return f"{distribution['major']}.{distribution['minor'] or 0:02d}"
+    return str(distribution["major"] or "")
 
 
 def hold_driver_version(driver: NvidiaDriver) -> None:
@@ -114,7 +130,8 @@ def nvidia_driver(spec: HostSpec) -> None:
     if not gpus["pci"] and not driver.force:
         host.noop("no NVIDIA GPU detected: driver not installed (nvidia_driver.force installs)")
         return
-    check_detected_gpus(spec)
+    open_modules = nvidia.uses_open_modules(driver, nvidia.declared_cards(spec))
+    check_detected_gpus(spec, open_modules)
     distribution = host.get_fact(LinuxDistribution)
     distribution_name = distribution["name"] or "Debian"
     kernels = host.get_fact(Kernels)
@@ -152,9 +169,14 @@ def nvidia_driver(spec: HostSpec) -> None:
     driver_sources(spec, distribution)
     hold_driver_version(driver)
 
-    # 3. Headers for DKMS: the running kernel's where the distribution has them.
+    # 3. Headers for DKMS: the running kernel's and every installed kernel's, so the module
+    #    is built for the kernel in memory and for the one the next boot picks.
     headers, running_covered = nvidia.header_packages(
-        kernels["running"], spec.arch, distribution_name
+        kernels["running"],
+        kernels["installed"],
+        spec.arch,
+        distribution_name,
+        release_of(distribution),
     )
     if not running_covered:
         host.noop(
@@ -164,9 +186,11 @@ def nvidia_driver(spec: HostSpec) -> None:
         )
 
     # 4. The driver, at the held version, with the headers DKMS builds it against.
-    packages = nvidia.driver_packages(driver, distribution_name)
+    packages = nvidia.driver_packages(driver, distribution_name, open_modules)
+    modules = "open" if open_modules else "proprietary"
     installed = apt.packages(
-        name=f"Install NVIDIA driver {driver.version or driver.effective_branch}",
+        name=f"Install NVIDIA driver {driver.version or driver.effective_branch} ({modules} "
+        "kernel modules)",
         packages=[*headers, *packages],
         no_recommends=True,
     )

@@ -10,12 +10,73 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
 from gpufleet.facts.gpu import NvidiaDeviceMajors, require_gpu, uvm_major
-from gpufleet.models import HostSpec
+from gpufleet.models import HostSpec, ProxmoxHost
 from gpufleet.operations import proxmox
 from gpufleet.paths import template
+
+PVE_SOURCES = "/etc/apt/sources.list.d/gpufleet-pve.sources"
+PVE_KEYRINGS = {
+    "bookworm": "/etc/apt/trusted.gpg.d/proxmox-release-bookworm.gpg",
+    "bullseye": "/etc/apt/trusted.gpg.d/proxmox-release-bullseye.gpg",
+}
+"""Where the Proxmox VE installer puts the release key (pve-docs, "SecureApt"); from PVE 9
+on it is the proxmox-archive-keyring package's file."""
+PVE_ARCHIVE_KEYRING = "/usr/share/keyrings/proxmox-archive-keyring.gpg"
+ENTERPRISE_LISTS = (
+    "/etc/apt/sources.list.d/pve-enterprise.list",
+    "/etc/apt/sources.list.d/ceph.list",
+)
+"""The installer's enterprise entries (PVE 8): without a subscription key their ``apt-get
+update`` fails with 401, and every apt step after it."""
+ENTERPRISE_LINE = r"^(deb .*enterprise\.proxmox\.com.*)$"
+
+
+def proxmox_repository(spec: HostSpec, codename: str) -> list[OperationMeta]:
+    """The Proxmox VE repository the inventory names (``proxmox.repository``), beside the
+    Debian sources the baseline writes: the kernel headers the NVIDIA driver is built against
+    come from it. Returns the operations whose change calls for an apt refresh."""
+    settings = spec.proxmox or ProxmoxHost()
+    if settings.repository == "pve-enterprise":
+        host.noop(
+            "proxmox.repository is pve-enterprise: the installer's pve-enterprise.list is "
+            "kept as it is (it needs a subscription key)"
+        )
+        return [
+            files.file(
+                name="Remove gpufleet's pve-no-subscription source", path=PVE_SOURCES, present=False
+            )
+        ]
+    changed = [
+        files.template(
+            name="Proxmox VE pve-no-subscription repository",
+            src=template("apt/repository.sources.j2"),
+            dest=PVE_SOURCES,
+            mode="644",
+            repository="Proxmox VE pve-no-subscription",
+            uri=settings.repo_url,
+            suite=codename,
+            components=["pve-no-subscription"],
+            keyring=PVE_KEYRINGS.get(codename, PVE_ARCHIVE_KEYRING),
+        )
+    ]
+    for path in ENTERPRISE_LISTS:
+        if host.get_fact(File, path=path):
+            # Commented out, as the web interface's "Disable" does: kept for a later key.
+            changed.append(
+                files.replace(
+                    name=f"Disable the enterprise repository in {path} (no subscription)",
+                    path=path,
+                    text=ENTERPRISE_LINE,
+                    replace=r"# \1",
+                    extended_regex=True,
+                )
+            )
+    return changed
 
 
 @deploy("Proxmox GPU passthrough")
