@@ -303,6 +303,10 @@ orchestrator = [
             "hardware": _PI5,
             "gateway": {"clients": {"laptop": "vault:kv/gpufleet/gateway#laptop"}},
             "grafana": {"enabled": True},
+            # Alerts posted to a relay that pages a phone; its URL holds a token you put in Vault.
+            "alertmanager": {
+                "webhooks": [{"name": "pager", "url": "vault:kv/gpufleet/alertmanager#pager_url"}]
+            },
             # The router's API on the tailnet too, with Tailscale's certificate.
             "tailscale": {"enabled": True, "serve_router": True},
             "litellm": {

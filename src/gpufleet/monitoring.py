@@ -8,12 +8,17 @@ per job, so a host added to the inventory is scraped after the next run with no 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from gpufleet.checks import gets_dcgm_exporter
+from gpufleet.checks import gets_alertmanager, gets_dcgm_exporter
 from gpufleet.engines import ENGINES, serving
-from gpufleet.models import HostSpec
+from gpufleet.models import AlertmanagerServer, HostSpec
+from gpufleet.paths import render_template
 from gpufleet.routing import service_address
+
+ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
+"""Where Debian's prometheus-alertmanager reads its config (its default ``--config.file``)."""
 
 ENGINE_JOBS = tuple(dict.fromkeys(e.scrape_job for e in ENGINES if e.scrape_job))
 JOBS = ("node", "dcgm", *ENGINE_JOBS, "litellm", "nginx", "vault")
@@ -62,3 +67,42 @@ def probes(specs: dict[str, HostSpec]) -> list[dict[str, Any]]:
         if "vault" in spec.groups:
             probe(spec, "vault", f"https://{address}:{spec.vault.port}/v1/sys/health")
     return found
+
+
+def alertmanager_target(spec: HostSpec) -> str | None:
+    """``host:port`` where Prometheus on ``spec`` sends alerts; None when the host runs no
+    Alertmanager. Loopback unless Alertmanager listens on one address that is not."""
+    if not gets_alertmanager(spec):
+        return None
+    settings = spec.alertmanager
+    address = settings.address
+    reach = "127.0.0.1" if address.is_unspecified or address.is_loopback else str(address)
+    return f"{reach}:{settings.port}"
+
+
+def alertmanager_flags(settings: AlertmanagerServer) -> str:
+    """``/etc/default/prometheus-alertmanager``: where it listens, and no cluster listener
+    (an empty ``--cluster.listen-address`` turns the HA gossip port 9094 off)."""
+    return (
+        "# Managed by gpufleet (deploys/monitoring.py).\n"
+        f'ARGS="--config.file={ALERTMANAGER_CONFIG} '
+        f"--web.listen-address={settings.address}:{settings.port} "
+        '--cluster.listen-address="\n'
+    )
+
+
+def alertmanager_yml(settings: AlertmanagerServer, urls: Mapping[str, str]) -> str:
+    """``alertmanager.yml``: one route that groups every alert and one receiver holding every
+    webhook. ``urls`` maps each webhook's name to its URL, secret references already read."""
+    webhooks = [
+        {"name": w.name, "url": urls[w.name], "send_resolved": w.send_resolved}
+        for w in settings.webhooks
+    ]
+    return render_template(
+        "alertmanager/alertmanager.yml.j2",
+        group_by=list(settings.group_by),
+        group_wait=settings.group_wait,
+        group_interval=settings.group_interval,
+        repeat_interval=settings.repeat_interval,
+        webhooks=webhooks,
+    )

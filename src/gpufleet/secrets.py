@@ -57,6 +57,11 @@ def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
         if "monitoring" in spec.groups and spec.grafana.enabled:
             reference = spec.grafana.admin_password
             uses.append(SecretUse(spec.name, "grafana.admin_password", reference, "grafana", True))
+        if "monitoring" in spec.groups:
+            for i, webhook in enumerate(spec.alertmanager.webhooks):
+                if webhook.url_is_secret:  # a URL that carries a token
+                    field = f"alertmanager.webhooks[{i}].url"
+                    uses.append(SecretUse(spec.name, field, webhook.url, "alertmanager", False))
         if spec.tailscale.enabled and spec.os != "macos":
             reference = spec.tailscale.auth_key
             uses.append(SecretUse(spec.name, "tailscale.auth_key", reference, "tailscale", False))

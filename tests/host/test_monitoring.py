@@ -1,13 +1,21 @@
 """Prometheus on lab-infra-1, asked through its own HTTP API: every target the inventory
-implies is scraped, every endpoint probed, the rules loaded, and a host added to the
-inventory becomes a target on the next run."""
+implies is scraped, every endpoint probed, the rules loaded, a firing rule reaches the
+webhook the inventory names through Alertmanager, and a host added to the inventory becomes
+a target on the next run."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 import requests
+
+from gpufleet.lab import ALERT_WEBHOOK_URL
 
 from .conftest import LAB_INVENTORY, SPECS, pyinfra, ssh
 
@@ -15,6 +23,10 @@ PROMETHEUS = "http://10.200.0.12:9090/api/v1"
 GPU = "10.200.0.11"
 CANNOT_RUN_HERE = {("dcgm", "lab-pve-1"), ("dcgm", "lab-lxc-1"), ("vllm", "lab-pve-1")}
 """Targets the inventory implies that the lab cannot serve: no GPU, no vLLM binary."""
+ALERT_TIMEOUT_S = 900
+"""TargetDown fires 5 minutes after Prometheus first finds those targets down; Alertmanager
+then waits group_wait (10 s on the lab) and retries a webhook that was not listening yet
+about once a minute. A cold 2-core machine gets three times that."""
 
 
 def targets() -> list[dict]:
@@ -152,6 +164,75 @@ def test_promtool_accepts_what_is_live(lab_host):
     assert lab_host.testinfra.run("promtool check config /etc/prometheus/prometheus.yml").rc == 0
     flags = lab_host.testinfra.file("/etc/default/prometheus").content_string
     assert "--storage.tsdb.retention.time=15d" in flags
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """Records what Alertmanager posts: (path, JSON body)."""
+
+    posts: list[tuple[str, dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.posts.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[list[tuple[str, dict]]]:
+    """The lab inventory's webhook, served on this machine's lab address."""
+    url = urlsplit(ALERT_WEBHOOK_URL)
+    server = ThreadingHTTPServer((str(url.hostname), int(url.port or 80)), _Webhook)
+    _Webhook.posts = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield _Webhook.posts
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_firing_rule_reaches_the_webhook_the_inventory_names(scraped, webhook):
+    active = requests.get(f"{PROMETHEUS}/alertmanagers", timeout=10).json()["data"]
+    assert [a["url"] for a in active["activeAlertmanagers"]] == [
+        "http://127.0.0.1:9093/api/v2/alerts"
+    ]
+
+    def fired() -> dict[tuple[str, str], dict]:
+        return {
+            (alert["labels"]["job"], alert["labels"]["host"]): alert
+            for _, body in list(webhook)
+            for alert in body["alerts"]
+            if alert["labels"]["alertname"] == "TargetDown" and alert["status"] == "firing"
+        }
+
+    # What the lab cannot serve is down from the start: TargetDown is bound to fire.
+    deadline = time.monotonic() + ALERT_TIMEOUT_S
+    while set(fired()) != CANNOT_RUN_HERE:
+        assert time.monotonic() < deadline, f"posted so far: {webhook}"
+        time.sleep(5)
+    alert = fired()[("dcgm", "lab-pve-1")]
+    path, body = next((path, body) for path, body in webhook if alert in body["alerts"])
+    assert path == urlsplit(ALERT_WEBHOOK_URL).path
+    assert (body["version"], body["receiver"]) == ("4", "gpufleet")
+    assert alert["annotations"]["summary"] == "dcgm on lab-pve-1 does not answer Prometheus"
+    assert alert["labels"]["severity"] == "warning"
+
+
+@pytest.mark.hosts("lab-infra-1")
+def test_alertmanager_listens_on_loopback_only_with_a_checked_config(lab_host):
+    host = lab_host.testinfra
+    assert host.service("prometheus-alertmanager").is_running
+    assert host.socket("tcp://127.0.0.1:9093").is_listening
+    assert not host.socket("tcp://0.0.0.0:9093").is_listening
+    assert not host.socket("tcp://10.200.0.12:9093").is_listening
+    # No cluster: nothing on 9094, TCP or UDP, on any address.
+    assert host.run("ss -Hltun 'sport = :9094'").stdout.strip() == ""
+    config = host.file("/etc/prometheus/alertmanager.yml")
+    assert (config.mode, config.user, config.group) == (0o640, "root", "prometheus")
+    assert host.run("amtool check-config /etc/prometheus/alertmanager.yml").rc == 0
 
 
 def test_a_host_added_to_the_inventory_is_scraped_after_the_next_run(tmp_path):

@@ -1,42 +1,18 @@
 """The alert rules, tested the way Prometheus evaluates them: ``promtool test rules`` on
 synthetic series (tests/fixtures/prometheus/gpufleet.rules.test.yml), with the promtool of
-Debian's prometheus package, the one the monitoring deploy installs."""
+Debian's prometheus package, the one the monitoring deploy installs (tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
-
-from gpufleet.lab import cache_dir
 
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "templates/prometheus/gpufleet.rules.yml"
 RULE_TESTS = ROOT / "tests/fixtures/prometheus/gpufleet.rules.test.yml"
 SEED_003_EXPRESSION = "DCGM_FI_DEV_FB_USED / DCGM_FI_DEV_FB_FREE > 0.9"
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    """promtool from Debian 12's prometheus package, unpacked once into the cache."""
-    if found := shutil.which("promtool"):
-        return found
-    folder = cache_dir() / "tools" / "prometheus-debian12"
-    binary = folder / "usr/bin/promtool"
-    if not binary.exists():
-        download = folder.with_suffix(".download")
-        download.mkdir(parents=True, exist_ok=True)
-        fetch = ["apt-get", "download", "prometheus"]
-        if subprocess.run(fetch, cwd=download, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], check=True)  # no package lists yet
-            subprocess.run(fetch, cwd=download, check=True)
-        [package] = download.glob("prometheus_*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(package), str(folder)], check=True)
-        shutil.rmtree(download)
-    return str(binary)
 
 
 def run_rule_tests(promtool: str, tests: Path) -> subprocess.CompletedProcess[str]:

@@ -50,8 +50,10 @@ def test_prometheus_config_reads_one_file_per_job():
         file_sd="/etc/prometheus/file_sd",
         fleet_ca="/usr/local/share/ca-certificates/gpufleet-fleet-ca.crt",
         blackbox_port=9115,
+        alertmanager=None,
     )
     config = yaml.safe_load(text)
+    assert "alerting" not in config  # no Alertmanager on the host: nothing to send to
     jobs = {c["job_name"]: c for c in config["scrape_configs"]}
     assert set(jobs) == {"prometheus", "blackbox", *JOBS}
     for job in (*JOBS, "blackbox"):

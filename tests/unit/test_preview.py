@@ -327,6 +327,37 @@ def test_pi5l_gets_grafana_with_its_datasource_and_the_four_dashboards(homelab):
     assert not any("grafana" in c for c in commands(homelab["pi5-01"]))
 
 
+def test_pi5l_gets_alertmanager_configured_before_it_starts_and_before_prometheus(homelab):
+    pi5l = homelab["pi5l"]
+    names = [o.name for o in pi5l]
+    step = {o.name.removeprefix("Alertmanager | "): o for o in pi5l if o.name.startswith("Alert")}
+    flags, install = "Alertmanager flags (listen address, no cluster)", "Alertmanager"
+    config, ready = "Alertmanager config (amtool check-config)", "Alertmanager is ready"
+    assert list(step)[:3] == [flags, install, config]  # flags first: the package keeps them
+    assert any(
+        "install --no-install-recommends prometheus-alertmanager" in c
+        for c in commands([step[install]])
+    )
+    # The webhook URL comes from Vault when the file is written: never part of the plan.
+    assert step[config].commands == ["at run time: _install()"]
+    assert (
+        step[ready]
+        .commands[-1]
+        .endswith("--base http://127.0.0.1:9093 --health /-/ready --timeout 120")
+    )
+    assert names.index(f"Alertmanager | {ready}") < names.index(
+        "Prometheus | Prometheus config (promtool check config)"
+    )
+    assert not any("alertmanager" in c for c in commands(homelab["pi5-01"]))
+
+
+def test_a_monitoring_host_without_webhooks_runs_no_alertmanager():
+    plan_ = planned("inventory/examples/three_node.py", ["deploys/monitoring.py"])
+    operations = [o for ops in plan_.values() for o in ops if o.name.startswith("Alertmanager")]
+    assert [o.name for o in operations] == ["Alertmanager | No Alertmanager without webhooks"]
+    assert not operations[0].changes and not operations[0].commands
+
+
 EXAMPLE = "inventory/examples/proxmox_desktop.py"
 
 

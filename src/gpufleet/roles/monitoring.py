@@ -1,10 +1,13 @@
-"""Prometheus on the ``monitoring`` group, scraping what the inventory deploys, and the DCGM
-exporter on hosts with an NVIDIA GPU.
+"""Prometheus on the ``monitoring`` group, scraping what the inventory deploys, Alertmanager
+beside it posting the alerts to the inventory's webhooks, and the DCGM exporter on hosts with
+an NVIDIA GPU.
 
 Runbook it replaces: install Prometheus; hand-add every host to ``prometheus.yml``; write
 alert rules and hope the expressions mean what they say (seed 003's VRAM rule did not). Here
 targets are ``file_sd`` lists generated from the inventory, every file is checked by promtool
 or the exporter itself before it counts, and Prometheus reloads only when its config changed.
+Alertmanager's config is checked by amtool the same way, so a bad one never reaches the
+running Alertmanager.
 """
 
 from __future__ import annotations
@@ -18,19 +21,31 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet.checks import gets_dcgm_exporter
+from gpufleet.checks import gets_alertmanager, gets_dcgm_exporter
 from gpufleet.facts.gpu import detected_gpus
-from gpufleet.models import HostSpec
-from gpufleet.monitoring import JOBS, probes, scrape_jobs
+from gpufleet.models import WEBHOOK_URL, AlertWebhook, HostSpec
+from gpufleet.monitoring import (
+    ALERTMANAGER_CONFIG,
+    JOBS,
+    alertmanager_flags,
+    alertmanager_target,
+    alertmanager_yml,
+    probes,
+    scrape_jobs,
+)
 from gpufleet.operations import config
 from gpufleet.paths import TEMPLATES, render_template, template
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, trust_fleet_ca
 from gpufleet.roles.steps import pull_image, run_service, run_unit, wait_until_answering
+from gpufleet.secrets import SecretError, read_secret
+from gpufleet.vault import VaultClient, fleet_vault
 
 CONFIG = "/etc/prometheus/prometheus.yml"
 FILE_SD = "/etc/prometheus/file_sd"
 RULES = "/etc/prometheus/rules/gpufleet.rules.yml"
 BLACKBOX = "/etc/prometheus/blackbox.yml"
+ALERTMANAGER = "prometheus-alertmanager"
+ALERTMANAGER_FLAGS = "/etc/default/prometheus-alertmanager"
 
 
 def _as_json(entries: list[dict[str, Any]]) -> str:
@@ -91,6 +106,7 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             file_sd=FILE_SD,
             fleet_ca=FLEET_CA_ON_HOST,
             blackbox_port=settings.blackbox_port,
+            alertmanager=alertmanager_target(spec),
         ),
         validate=f"promtool check config {CONFIG}",
     )
@@ -141,6 +157,80 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         restarted,
         reloaded,
     )
+
+
+def webhook_url(webhook: AlertWebhook, vault: VaultClient | None) -> str:
+    """The URL a webhook posts to: its ``url``, or the secret that references. A secret that
+    is not an http(s) URL is refused without showing it."""
+    if not webhook.url_is_secret:
+        return webhook.url
+    value = read_secret(webhook.url, vault)
+    if not WEBHOOK_URL.match(value):
+        raise SecretError(f"{webhook.url}: not an http(s) URL without spaces or quotes")
+    return value
+
+
+@deploy("Alertmanager")
+def alertmanager(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
+    """
+    Converge Alertmanager on a ``monitoring`` host that has webhooks to notify; on one that
+    has none, make sure none runs (it would discard every alert).
+
+    .. code:: python
+
+        alertmanager(host_spec(), fleet_specs())
+    """
+    settings = spec.alertmanager
+    if not gets_alertmanager(spec):
+        systemd.service(
+            name="No Alertmanager without webhooks",
+            service=ALERTMANAGER,
+            running=False,
+            enabled=False,
+        )
+        host.noop("alertmanager.webhooks is empty: no Alertmanager, alerts show in Prometheus")
+        return
+
+    # 1. Flags before the package: dpkg keeps a flags file it finds (--force-confold), so the
+    #    service it starts never listens beyond loopback nor on the cluster port 9094.
+    arguments = config.config_file(
+        name="Alertmanager flags (listen address, no cluster)",
+        dest=ALERTMANAGER_FLAGS,
+        render=partial(alertmanager_flags, settings),
+    )
+    apt.packages(name="Alertmanager", packages=[ALERTMANAGER], no_recommends=True)
+
+    # 2. Routes and webhooks, checked by amtool before they count; 0640, a URL may hold a token.
+    vault = fleet_vault(specs)
+    main = config.config_file(
+        name="Alertmanager config (amtool check-config)",
+        dest=ALERTMANAGER_CONFIG,
+        mode="640",
+        group="prometheus",
+        render=lambda: alertmanager_yml(
+            settings, {w.name: webhook_url(w, vault) for w in settings.webhooks}
+        ),
+        validate=f"amtool check-config {ALERTMANAGER_CONFIG}",
+    )
+
+    # 3. Restart on new flags, reload on a new config (not while starting: see prometheus()).
+    started, restarted = run_service(ALERTMANAGER, arguments)
+    reloaded = systemd.service(
+        name=f"Reload {ALERTMANAGER}",
+        service=ALERTMANAGER,
+        reloaded=True,
+        _if=lambda: main.did_change() and not any_changed(started, restarted)(),
+    )
+    wait_until_answering(
+        "Alertmanager is ready",
+        f"http://{alertmanager_target(spec)}",
+        "/-/ready",
+        120,
+        started,
+        restarted,
+        reloaded,
+    )
+    host.noop(f"Alertmanager notifies {len(settings.webhooks)} webhook(s)")
 
 
 @deploy("DCGM exporter")
