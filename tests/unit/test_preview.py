@@ -421,3 +421,12 @@ def test_a_preview_opens_no_network_connection(monkeypatch):
     planned(HOMELAB, list(EVERY_DEPLOY))
     planned(EXAMPLE, ["deploys/vault.py", "deploys/router.py", "deploys/gateway.py"])
     assert attempts == []
+
+
+def test_ollamas_drop_in_holds_the_planned_memory_limit(homelab):
+    # old-office-pc: 32 GB; its two largest loaded models need more than 30 GB with
+    # headroom, so the limit is its RAM less the 2 GB system reserve: 30 GB = 28611 MiB.
+    drop_in = uploads(homelab["old-office-pc"])[
+        "/etc/systemd/system/ollama.service.d/override.conf"
+    ]
+    assert "[Service]\nMemoryMax=28611M\n" in drop_in

@@ -15,7 +15,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files
 
-from gpufleet.engines import served_name
+from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, gguf_path
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec, ModelPlacement
@@ -91,6 +91,7 @@ def serve(spec: HostSpec) -> None:
         served=served_name(run.placement),
         run_as=spec.service_user,
         command=list(run.rendered.command),
+        memory_max=memory_size(run.decision.memory_max_gb),
     )
     restart_and_warm_up(
         LLAMACPP.service,
