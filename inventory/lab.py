@@ -95,7 +95,9 @@ gpu_nodes = [
                 {
                     "model": _GEMMA,
                     "engine": "vllm",
-                    "source": "google/gemma-3-270m-it",
+                    # An ungated copy of google/gemma-3-270m-it: the lab holds no Hugging
+                    # Face token (the catalogue marks google/gemma-* gated).
+                    "source": "unsloth/gemma-3-270m-it",
                     "quant": "BF16",
                     "context": 4096,
                     "alias": "XS-LOC-FRE-gemma3-270m-vllm",

@@ -33,7 +33,12 @@ gpu_nodes = [
                 },
             ],
             "services": [{"name": "litellm", "port": 4000}],
-            "secrets": {"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"},
+            # Llama weights are gated on Hugging Face: the token of an account that accepted
+            # the licence, stored in Vault by you.
+            "secrets": {
+                "vllm_api_key": "vault:kv/gpufleet/vllm#api_key",
+                "hf_token": "vault:kv/gpufleet/huggingface#token",
+            },
         },
     ),
     (

@@ -672,7 +672,9 @@ class HostSpec(Spec):
     services: tuple[ServiceClaim, ...] = ()
     """Other things the host runs that hold ports or GPUs."""
     secrets: dict[str, str] = {}
-    """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``."""
+    """Named secret references, e.g. ``{"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"}``;
+    ``hf_token`` (vLLM's Hugging Face token, for gated weights) and ``ngc_api_key`` (Triton's
+    NGC key, for nvcr.io) are yours to store, never generated."""
     ollama: OllamaSettings = OllamaSettings()
     """Ollama's settings (see below)."""
     llamacpp: LlamaCppSettings = LlamaCppSettings()

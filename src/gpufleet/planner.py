@@ -5,7 +5,8 @@ under a second. Memory for a model = weights (parameters x bits per weight) + KV
 (2 x layers x KV heads x head dim x context x 2 bytes x parallel slots) + a runtime
 allowance. Decoding reads every active weight once per token, so tokens/s can never exceed
 memory bandwidth / bytes of active weights; with layers split between GPU and CPU the two
-reads add up. Example::
+reads add up. Each engine server also gets a system memory limit from the same figures
+(:func:`memory_limits`). Example::
 
     >>> plan_host(spec, load_catalogue()).placements[0].where
     'gpu'
@@ -13,12 +14,13 @@ reads add up. Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from gpufleet.catalogue import Catalogue, ModelEntry, suggest
-from gpufleet.engines import Engine, engine_for
+from gpufleet.engines import Engine, engine_for, serving
 from gpufleet.gguf import read_model_entry
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant
@@ -27,6 +29,11 @@ RUNTIME_OVERHEAD_GB = 0.3
 """Compute buffers and the CUDA context an engine adds per loaded model."""
 KV_BYTES = 2
 """KV cache entries are FP16 unless an engine is told otherwise."""
+MEMORY_HEADROOM = 1.2
+"""A server's memory limit is 20% above what it is planned to hold: allocator slack, request
+buffers, a prompt longer than the warm-up's."""
+MEMORY_FLOOR_GB = 2.0
+"""No server is limited below this (unless the host is smaller): a runtime alone takes 1 GB."""
 RAM_TRANSFER_RATE = {"ddr4": 3200, "ddr5": 5600, "lpddr5": 6400, "lpddr5x": 8000}
 """Typical transfer rate (MT/s) of each memory type, when the inventory gives none."""
 
@@ -59,6 +66,10 @@ class PlacementPlan:
     problem_field: str = "model"
     """The placement's field the problem is about (``model``, ``context``) or, starting
     with a dot, a host field (``.llamacpp.gpu_layers``)."""
+    ram_gb: float = 0.0
+    """What it holds in system memory: the weights and KV cache the GPU does not."""
+    memory_max_gb: float = 0.0
+    """The system memory limit of the server that runs it (:func:`memory_limits`)."""
 
 
 @dataclass
@@ -75,6 +86,8 @@ class HostPlan:
     vram_used_gb: float = 0.0
     ram_used_gb: float = 0.0
     problems: list[tuple[str, str]] = field(default_factory=list)
+    memory_max_gb: dict[str, float] = field(default_factory=dict)
+    """Engine name -> its server's system memory limit in GB (:func:`memory_limits`)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -217,6 +230,7 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
         on_gpu = result.need_gb * result.gpu_layers / max(result.layers, 1)
         if not engine.offloads_to_ram:
             on_gpu = result.need_gb
+        result.ram_gb = round(result.need_gb - on_gpu, 2)
         if not engine.loads_on_demand:  # on-demand loading is checked as a set below
             vram_free -= on_gpu
             ram_free -= result.need_gb - on_gpu
@@ -234,7 +248,79 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     plan.problems += _loaded_sets(spec, plan, vram, ram_free)
     plan.vram_used_gb = round(vram - vram_free, 2)
     plan.ram_used_gb = round(spec.hardware.ram_gb - SYSTEM_RESERVE_GB - shared - ram_free, 2)
+    plan.memory_max_gb, too_low = memory_limits(spec, plan)
+    plan.problems += too_low
+    for placement_plan in plan.placements:
+        placement_plan.memory_max_gb = plan.memory_max_gb.get(placement_plan.engine, 0.0)
     return plan
+
+
+def _round_up(gb: float) -> float:
+    return math.ceil(round(gb * 10, 6)) / 10
+
+
+def memory_limits(spec: HostSpec, plan: HostPlan) -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """The system memory limit of each engine server on the host in GB (its unit's
+    ``MemoryMax=``, or ``docker run --memory`` for a container), so a server that outgrows
+    its plan is held by its own limit rather than pushing the host into swap or letting the
+    OOM killer pick a victim (seed 000: allocation failures, container limits as the cure).
+    Returns the limits by engine name and the problems of limits set too low.
+
+    * ``<engine>.memory_max_gb`` in the inventory is taken as given; below what the plan puts
+      in that server's RAM it is refused.
+    * A server of one model (llama.cpp, vLLM): what the plan puts in RAM (weights and KV
+      cache the GPU does not hold) plus the engine's own runtime (``host_memory_gb``), with
+      20% headroom.
+    * Ollama, which loads models on demand and decides each one's GPU split itself when it
+      loads it (with other models loaded, less goes on the GPU): the whole need of the
+      largest set it may keep loaded (weights, KV cache and runtime of each) plus its
+      runtime, as if all of it were in RAM, with the same headroom. Seed 000 shows why not
+      less: deepseek-coder:33b held 18.6 GB of RAM beside only 8.6 GB on a 16 GB card, far
+      more than the ~5 GB a full-GPU split would leave over. Bounded by the loaded set, not
+      by the host, it still leaves the rest of the host to other servers.
+    * An engine the planner does not size (Triton's repository): what the limits of the
+      host's other servers leave.
+
+    Every limit is at least ``MEMORY_FLOOR_GB`` and at most the host's RAM less the system
+    reserve (a limit above that would never hold anything back); on a host too small for
+    both, the floor wins, up to the host's RAM.
+    """
+    ram = spec.hardware.ram_gb
+    ceiling = max(ram - SYSTEM_RESERVE_GB, min(MEMORY_FLOOR_GB, ram))
+    limits: dict[str, float] = {}
+    problems = []
+    unsized: list[Engine] = []
+    for engine in serving(spec):
+        placed = [p for p in plan.placements if p.engine == engine.name and not p.problem]
+        if engine.loads_on_demand:
+            loaded = sorted((p.need_gb for p in placed), reverse=True)[: engine.max_loaded(spec)]
+            holds = sum(loaded)
+            least = max(holds - plan.vram_gb, 0.0)  # what cannot be on the GPU in any split
+        elif engine.placements(spec):
+            holds = least = sum(p.ram_gb for p in placed)
+        else:
+            unsized.append(engine)
+            continue
+        asked = getattr(engine.settings(spec), "memory_max_gb", None)
+        if asked is not None:
+            limits[engine.name] = asked
+            if asked < least:
+                problems.append(
+                    (
+                        f"{engine.settings_key}.memory_max_gb",
+                        f"{asked:g} GB is less than the {least:.1f} GB of system memory the "
+                        f"plan puts in {engine.name}'s server; raise it, or leave it out for "
+                        "the planner's limit",
+                    )
+                )
+            continue
+        wanted = (holds + engine.host_memory_gb) * MEMORY_HEADROOM
+        limits[engine.name] = _round_up(min(max(wanted, MEMORY_FLOOR_GB), ceiling))
+    for engine in unsized:
+        asked = getattr(engine.settings(spec), "memory_max_gb", None)
+        left = ceiling - sum(limits.values())
+        limits[engine.name] = asked or _round_up(min(max(left, MEMORY_FLOOR_GB), ceiling))
+    return limits, problems
 
 
 @dataclass(frozen=True)

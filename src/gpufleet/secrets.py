@@ -38,13 +38,17 @@ class SecretUse:
 
 def secret_uses(specs: dict[str, HostSpec]) -> list[SecretUse]:
     """Every secret reference of the fleet, with the service that reads it."""
+    from gpufleet.engines import ENGINES
     from gpufleet.routing import router_config, router_hosts
 
+    # An engine's secret is read by that engine's service; one someone else issues (a
+    # Hugging Face token, an NGC key) is never generated. Other names: the prefix's service.
+    readers = {s.secret: (e.service, s.issued_by is None) for e in ENGINES for s in e.secret_env}
     uses = []
     for spec in specs.values():
         for name, reference in spec.secrets.items():
-            service = name.split("_")[0]
-            uses.append(SecretUse(spec.name, f"secrets.{name}", reference, service, True))
+            service, generate = readers.get(name, (name.split("_")[0], True))
+            uses.append(SecretUse(spec.name, f"secrets.{name}", reference, service, generate))
         if "router" in spec.groups:
             config = router_config(spec, specs)
             clouds = {c.api_key for c in spec.litellm.cloud_models}

@@ -37,6 +37,8 @@ class EngineRun:
 
     engine: Engine
     placements: tuple[PlacementRun, ...]
+    memory_max_gb: float = 0.0
+    """Its server's system memory limit, as the planner set it."""
 
     @property
     def rendered(self) -> Rendered:
@@ -56,7 +58,10 @@ def engine_runs(spec: HostSpec, catalogue: Catalogue | None = None) -> list[Engi
     """Every engine the host runs, with what each of its placements renders to (the host is
     planned once for all of them)."""
     plan = plan_host(spec, catalogue or load_catalogue())
-    return [EngineRun(engine, _runs(spec, engine, plan)) for engine in serving(spec)]
+    return [
+        EngineRun(engine, _runs(spec, engine, plan), plan.memory_max_gb.get(engine.name, 0.0))
+        for engine in serving(spec)
+    ]
 
 
 def _runs(spec: HostSpec, engine: Engine, plan: HostPlan) -> tuple[PlacementRun, ...]:
@@ -81,7 +86,10 @@ def describe(spec: HostSpec) -> str:
     lines = [f"{spec.name}:"]
     for run in runs:
         served = ", ".join(served_name(p.placement) for p in run.placements)
-        lines.append(f"  {run.engine.name} on port {run.engine.port(spec)}: {served}")
+        lines.append(
+            f"  {run.engine.name} on port {run.engine.port(spec)}: {served or '(its own models)'}"
+            f" (memory max {run.memory_max_gb:g} GB)"
+        )
         for key, value in run.rendered.environment:
             lines.append(f"    {key}={value}")
         if run.rendered.command:

@@ -581,3 +581,12 @@ def test_llamacpp_on_blackwell_builds_with_nvidias_toolkit_for_sm_120(tmp_path):
     assert "-DGGML_CUDA=ON" in configure
     assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda-12.8/bin/nvcc" in configure
     assert "-DCMAKE_CUDA_ARCHITECTURES=120" in configure
+
+
+def test_ollamas_drop_in_holds_the_planned_memory_limit(homelab):
+    # old-office-pc: 32 GB; its two largest loaded models need more than 30 GB with
+    # headroom, so the limit is its RAM less the 2 GB system reserve: 30 GB = 28611 MiB.
+    drop_in = uploads(homelab["old-office-pc"])[
+        "/etc/systemd/system/ollama.service.d/override.conf"
+    ]
+    assert "[Service]\nMemoryMax=28611M\n" in drop_in

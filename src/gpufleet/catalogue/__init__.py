@@ -10,6 +10,7 @@ records. Example::
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -60,6 +61,8 @@ class Catalogue:
     accelerator_aliases: dict[str, str]
     models: dict[str, ModelEntry]
     model_aliases: dict[str, str]
+    gated_repos: tuple[str, ...] = ()
+    """Patterns of Hugging Face repo ids that are gated (download needs an account's token)."""
 
     def accelerator(self, name: str) -> AcceleratorEntry | None:
         """The entry for a name as people write it (``NVIDIA GeForce RTX 4090`` too)."""
@@ -91,6 +94,14 @@ class Catalogue:
             canonical = self.model_aliases.get(key, key)
             if canonical in self.models:
                 return self.models[canonical]
+        return None
+
+    def gated_repo(self, repo_id: str) -> str | None:
+        """The catalogue's pattern that marks ``repo_id`` gated on Hugging Face, or None (not
+        known to be gated; a folder on the host never is)."""
+        for pattern in self.gated_repos:
+            if fnmatch.fnmatchcase(repo_id.lower(), pattern.lower()):
+                return pattern
         return None
 
 
@@ -149,4 +160,5 @@ def load_catalogue() -> Catalogue:
         accelerator_aliases=dict(accelerators.get("aliases") or {}),
         models=_models(models["models"]),
         model_aliases=dict(models.get("aliases") or {}),
+        gated_repos=tuple(models.get("gated") or ()),
     )

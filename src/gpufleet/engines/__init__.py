@@ -18,10 +18,12 @@ from gpufleet.engines.base import (
     CHAT,
     EMBEDDING,
     Engine,
+    EngineSecret,
     Listener,
     PlacementDecision,
     Rendered,
     ScrapeTarget,
+    memory_size,
     served_name,
 )
 from gpufleet.engines.llamacpp import LLAMACPP
@@ -45,11 +47,13 @@ __all__ = [
     "ENGINES",
     "PLACEMENT_ENGINES",
     "Engine",
+    "EngineSecret",
     "Listener",
     "PlacementDecision",
     "Rendered",
     "ScrapeTarget",
     "engine_for",
+    "memory_size",
     "served_name",
     "serving",
 ]

@@ -9,6 +9,7 @@ out again here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -48,6 +49,22 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class EngineSecret:
+    """A secret an engine's service reads from its environment file (mode 0640 or stricter,
+    written from the secret store; a unit file, a plan or a log holds only its reference):
+    ``EngineSecret("hf_token", "HF_TOKEN", issued_by="Hugging Face")``."""
+
+    secret: str
+    """Its entry in the host's ``secrets``."""
+    variable: str
+    """The environment variable the service reads it from."""
+    issued_by: str | None = None
+    """None: a key the fleet issues itself (deploys/vault.py generates it, the engine cannot
+    run without it); else who issues it (Hugging Face, NGC): you store it in Vault or a 0600
+    file, and it is only delivered where the host data names it."""
+
+
+@dataclass(frozen=True)
 class Listener:
     """A port a component listens on, with the host-data field that sets it."""
 
@@ -60,6 +77,12 @@ class ScrapeTarget:
     job: str
     port: int
     path: str = "/metrics"
+
+
+def memory_size(gb: float) -> str:
+    """A memory limit in GB (10^9 bytes, the plan's unit) as systemd's ``MemoryMax=`` and
+    Docker's ``--memory`` read it, in whole MiB rounded up: ``memory_size(2.5) == "2385M"``."""
+    return f"{math.ceil(gb * 1e9 / 2**20)}M"
 
 
 def served_name(placement: ModelPlacement) -> str:
@@ -95,6 +118,11 @@ class Engine:
     ``/v1/embeddings``, unless the engine has an API of its own LiteLLM speaks)."""
     api_key_secret: ClassVar[str | None] = None
     """The ``secrets`` entry holding the key it asks clients for, if it asks for one."""
+    secret_env: ClassVar[tuple[EngineSecret, ...]] = ()
+    """The secrets its service reads from its environment file."""
+    host_memory_gb: ClassVar[float] = 1.0
+    """System memory the server process holds beside the model's weights and KV cache
+    (runtime, CUDA context, request buffers); the planner adds it to the memory limit."""
     one_model_per_server: ClassVar[bool] = False
     needs_nvidia_gpu: ClassVar[bool] = False
     offloads_to_ram: ClassVar[bool] = True
@@ -139,6 +167,11 @@ class Engine:
     def local_url(self, spec: HostSpec) -> str:
         """Where the engine answers on its own host (the deploy's health wait, warm-up)."""
         return f"http://127.0.0.1:{self.port(spec)}"
+
+    def secret_environment(self, spec: HostSpec) -> tuple[tuple[str, str], ...]:
+        """(variable, reference) of each of its secrets the host's ``secrets`` names."""
+        named = spec.secrets
+        return tuple((s.variable, named[s.secret]) for s in self.secret_env if s.secret in named)
 
     def warm_up_path(self, kind: str) -> str:
         return WARM_UP_PATHS[EMBEDDING if kind == EMBEDDING else CHAT]

@@ -71,6 +71,9 @@ class LlamaCppSettings(Spec):
     they build one at a time, so every host after the first reuses the first one's objects
     and takes seconds instead of minutes. Leave it off where each host has its own cache:
     there, building one at a time only waits."""
+    memory_max_gb: float | None = Field(None, gt=0)
+    """System memory limit of the server in GB (``MemoryMax=``); the planner's when left out
+    (see ``planner.memory_limits``)."""
 
 
 class LlamaCpp(Engine):

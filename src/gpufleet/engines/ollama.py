@@ -91,6 +91,9 @@ class OllamaSettings(Spec):
     """OLLAMA_NUM_PARALLEL: requests served at once per loaded model."""
     context_length: int | None = Field(None, ge=256)
     """OLLAMA_CONTEXT_LENGTH: default context for every model the host serves."""
+    memory_max_gb: float | None = Field(None, gt=0)
+    """System memory limit of the server in GB (``MemoryMax=``); the planner's when left out
+    (see ``planner.memory_limits``)."""
 
 
 class Ollama(Engine):

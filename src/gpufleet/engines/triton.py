@@ -1,6 +1,8 @@
 """NVIDIA Triton Inference Server: NGC's image through the NVIDIA runtime, serving the model
 repository the inventory lays out (``triton: {enabled: true, models: [...]}``). It has no
 placements: it runs where it is enabled, and is ready only when every model has loaded.
+An NGC API key (``secrets.ngc_api_key``), where the image needs one, logs Docker in to
+nvcr.io before the pull, read on the host from a 0600 file.
 """
 
 from __future__ import annotations
@@ -9,11 +11,18 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from gpufleet.engines.base import Engine, Listener, ScrapeTarget
+from gpufleet.engines.base import Engine, EngineSecret, Listener, ScrapeTarget
 from gpufleet.fields import Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec
+
+ENV_FILE = "/etc/gpufleet/triton.env"
+NGC_API_KEY = EngineSecret("ngc_api_key", "NGC_API_KEY", issued_by="NGC")
+"""The key Docker logs in to nvcr.io with (user ``$oauthtoken``): for NGC images that are not
+public. The public tritonserver image needs none."""
+NGC_USER = "$oauthtoken"
+"""NGC's registry takes any API key under this literal user name."""
 
 
 class TritonModel(Spec):
@@ -55,6 +64,9 @@ class TritonServer(Spec):
     """Prometheus metrics port (``nv_inference_*``), scraped by the monitoring host."""
     models: tuple[TritonModel, ...] = ()
     """The repository's models."""
+    memory_max_gb: float | None = Field(None, gt=0)
+    """System memory limit of the container in GB (``docker run --memory``); the planner's
+    when left out (see ``planner.memory_limits``)."""
 
 
 class Triton(Engine):
@@ -67,6 +79,7 @@ class Triton(Engine):
     metrics_path = "/metrics"
     scrape_job = "triton"
     needs_nvidia_gpu = True
+    secret_env = (NGC_API_KEY,)
 
     def settings(self, spec: HostSpec) -> TritonServer:
         return spec.triton
@@ -91,6 +104,13 @@ class Triton(Engine):
 
     def scrape_targets(self, spec: HostSpec) -> list[ScrapeTarget]:
         return [ScrapeTarget("triton", spec.triton.metrics_port)]
+
+
+def registry(image: str) -> str:
+    """The registry an image reference names: ``nvcr.io`` for ``nvcr.io/nvidia/x:1``, Docker
+    Hub's ``docker.io`` for a reference without a host."""
+    first, _, rest = image.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else "docker.io"
 
 
 TRITON = Triton()

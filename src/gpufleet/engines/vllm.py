@@ -1,6 +1,6 @@
 """vLLM: one model per server on NVIDIA GPUs, from a pinned venv, the container image or an
-installation of your own; its API key read from an environment file, never a command line.
-Example::
+installation of your own; its API key and, for gated weights, a Hugging Face token read
+from an environment file, never a command line. Example::
 
     >>> VLLM.render(spec, placement, decision).command[:2]
     ('/opt/vllm/bin/vllm', 'serve')
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from gpufleet.engines.base import Engine, PlacementDecision, Rendered, served_name
+from gpufleet.catalogue import load_catalogue
+from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
 from gpufleet.fields import Port, Spec
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 VENV = "/opt/vllm"
 ENV_FILE = "/etc/gpufleet/vllm.env"
 API_KEY_ENV = "VLLM_API_KEY"
+HF_TOKEN = EngineSecret("hf_token", "HF_TOKEN", issued_by="Hugging Face")
+"""The token vLLM downloads gated weights with (huggingface_hub reads HF_TOKEN)."""
 
 
 class VllmSettings(Spec):
@@ -50,6 +53,9 @@ class VllmSettings(Spec):
     """--enable-prefix-caching: reuse the KV cache of a repeated system prompt."""
     gpu_memory_utilization: float = Field(0.80, gt=0.1, le=0.95)
     """Share of VRAM vLLM reserves; 0.80 leaves room for long prompts without OOM."""
+    memory_max_gb: float | None = Field(None, gt=0)
+    """System memory limit of the server in GB (``MemoryMax=``, ``docker run --memory``);
+    the planner's when left out (see ``planner.memory_limits``)."""
 
 
 class Vllm(Engine):
@@ -64,6 +70,8 @@ class Vllm(Engine):
     scrape_job = "vllm"
     router_provider = "hosted_vllm"
     api_key_secret = "vllm_api_key"
+    secret_env = (EngineSecret("vllm_api_key", API_KEY_ENV), HF_TOKEN)
+    host_memory_gb = 8.0  # an API server and an engine core, each with PyTorch and CUDA
     one_model_per_server = True
     needs_nvidia_gpu = True
     offloads_to_ram = False
@@ -90,12 +98,23 @@ class Vllm(Engine):
                     "vLLM loads Hugging Face weights: give the repo id (e.g. "
                     "'meta-llama/Llama-3.1-8B-Instruct') or a folder on the host",
                 )
+                continue
+            gated = load_catalogue().gated_repo(placement.source)
+            if gated and HF_TOKEN.secret not in spec.secrets:
+                yield (
+                    f"models[{i}].source",
+                    f"model {placement.source} is gated on Hugging Face ({gated}): accept its "
+                    "licence with your account, then add secrets.hf_token, e.g. "
+                    "{'hf_token': 'vault:kv/gpufleet/huggingface#token'} (your token, stored "
+                    "by you), or serve weights from a folder on the host",
+                )
 
     def render(
         self, spec: HostSpec, placement: ModelPlacement, decision: PlacementDecision
     ) -> Rendered:
-        """``vllm serve`` with the planned flags. The API key is read from VLLM_API_KEY (an
-        environment file), so it never shows in a process list or a plan."""
+        """``vllm serve`` with the planned flags. The API key (and a Hugging Face token) is
+        read from the environment file, so it never shows in a process list or a plan; the
+        environment shown here holds the references."""
         settings = spec.vllm
         command: tuple[str, ...] = (
             "vllm" if settings.install == "container" else f"{VENV}/bin/vllm",
@@ -113,8 +132,13 @@ class Vllm(Engine):
             command += ("--enable-prefix-caching",)
         if decision.kind == "embedding":
             command += ("--task", "embed")
-        key = spec.secrets.get(self.api_key_secret or "", "missing")
-        return Rendered(command=command, environment=((API_KEY_ENV, f"<{key}>"),))
+        named = dict(self.secret_environment(spec))
+        environment = tuple(
+            (s.variable, f"<{named.get(s.variable, 'missing')}>")
+            for s in self.secret_env
+            if s.variable in named or s.issued_by is None
+        )
+        return Rendered(command=command, environment=environment)
 
 
 VLLM = Vllm()

@@ -17,7 +17,7 @@ from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files
 
 from gpufleet import nvidia
-from gpufleet.engines import served_name
+from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, builds_with_cuda, gguf_path
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec, ModelPlacement
@@ -105,6 +105,7 @@ def serve(spec: HostSpec) -> None:
         served=served_name(run.placement),
         run_as=spec.service_user,
         command=list(run.rendered.command),
+        memory_max=memory_size(run.decision.memory_max_gb),
     )
     restart_and_warm_up(
         LLAMACPP.service,

@@ -13,7 +13,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
-from gpufleet.engines import served_name
+from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile, release_sha256
 from gpufleet.models import HostSpec
 from gpufleet.operations import downloads, ollama
@@ -116,6 +116,7 @@ def serve(spec: HostSpec) -> None:
         dest=DROP_IN,
         mode="644",
         environment=dict(runs[0].rendered.environment),
+        memory_max=memory_size(runs[0].decision.memory_max_gb),  # the server's, planned
     )
     if not installed:
         configured_not_started(

@@ -6,6 +6,7 @@ models up. Each is a few pyinfra operations in the order a runbook would give th
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host
@@ -70,14 +71,44 @@ def service_account(name: str, home: str) -> None:
     )
 
 
-def pull_image(image: str, unit: OperationMeta) -> OperationMeta:
+@dataclass(frozen=True)
+class RegistryLogin:
+    """Docker's login to a registry with a key kept in an environment file on the host:
+    ``RegistryLogin("nvcr.io", "$oauthtoken", "/etc/gpufleet/triton.env", "NGC_API_KEY")``."""
+
+    registry: str
+    username: str
+    env_file: str
+    variable: str
+
+    def command(self) -> str:
+        """The key is read on the host from the file and piped to ``--password-stdin``: it is
+        in no command line, no plan and no log."""
+        q = shlex.quote
+        return (
+            f"sed -n {q(f's/^{self.variable}=//p')} {q(self.env_file)} | docker login "
+            f"{q(self.registry)} --username {q(self.username)} --password-stdin >/dev/null"
+        )
+
+
+def pull_image(
+    image: str,
+    unit: OperationMeta,
+    login: RegistryLogin | None = None,
+    key_changed: OperationMeta | None = None,
+) -> OperationMeta:
     """Pull ``image`` for a unit that runs it, once, when the unit is new or changed (a pinned
-    tag does not change under the same name)."""
+    tag does not change under the same name). With ``login``, Docker logs in to the registry
+    first (its credentials stay in root's Docker config for later pulls), also when
+    ``key_changed`` changed the key."""
     quoted = shlex.quote(image)
+    pull = f"docker pull {quoted}"
+    if login:
+        pull = f"{{ {login.command()} && {pull}; }}"
     return server.shell(
-        name=f"Pull {image}",
-        commands=[f"docker image inspect {quoted} >/dev/null 2>&1 || docker pull {quoted}"],
-        _if=unit.did_change,
+        name=f"Pull {image}" + (f" (logged in to {login.registry})" if login else ""),
+        commands=[f"docker image inspect {quoted} >/dev/null 2>&1 || {pull}"],
+        _if=any_changed(unit, *([key_changed] if key_changed else [])),
     )
 
 

@@ -6,6 +6,8 @@ model folders and ``config.pbtxt`` written by hand. Here every model gets
 ``<repository>/<name>/config.pbtxt`` and ``<name>/<version>/model.<ext>``, a download is
 verified by its checksum, and the server is a systemd unit that is restarted when the
 repository changes and must report ready (every model loaded) before the deploy goes on.
+Its container's memory is held to the planner's limit (``docker run --memory``); an NGC key,
+where the host data names one, logs Docker in to the registry before the pull.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from gpufleet.engines.triton import TRITON, TritonModel
+from gpufleet.catalogue import load_catalogue
+from gpufleet.engines import memory_size
+from gpufleet.engines.triton import ENV_FILE, NGC_API_KEY, NGC_USER, TRITON, TritonModel, registry
+from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec
-from gpufleet.operations import downloads
+from gpufleet.operations import config, downloads
 from gpufleet.paths import template
-from gpufleet.roles.steps import pull_image, run_unit, wait_until_answering
+from gpufleet.planner import plan_host
+from gpufleet.roles.steps import RegistryLogin, pull_image, run_unit, wait_until_answering
+from gpufleet.secrets import read_secret
+from gpufleet.vault import fleet_vault
 
 MODEL_FILES = {
     "onnxruntime": "model.onnx",
@@ -109,8 +117,20 @@ def serve(spec: HostSpec) -> None:
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         metrics_port=settings.metrics_port,
+        memory=memory_size(plan_host(spec, load_catalogue()).memory_max_gb[TRITON.name]),
     )
-    pull_image(settings.image, unit)
+    login, key_file = None, None
+    reference = dict(TRITON.secret_environment(spec)).get(NGC_API_KEY.variable)
+    if reference:
+        vault = fleet_vault(fleet_specs())
+        key_file = config.config_file(
+            name="NGC API key (0600, root's: Docker logs in with it; from the secret store)",
+            dest=ENV_FILE,
+            render=lambda: f"{NGC_API_KEY.variable}={read_secret(reference, vault)}\n",
+            mode="600",
+        )
+        login = RegistryLogin(registry(settings.image), NGC_USER, ENV_FILE, NGC_API_KEY.variable)
+    pull_image(settings.image, unit, login, key_file)
     started, restarted = run_unit(TRITON.service, unit, *changed)
     wait_until_answering(
         "Triton is ready (every model loaded)",

@@ -1,6 +1,7 @@
 """vLLM: install it (a pinned venv, or the container image through the NVIDIA runtime) and
-serve the host's vLLM model with the flags the planner decided, its API key read from the
-secret store into a 0640 environment file.
+serve the host's vLLM model with the flags the planner decided, its API key (and a Hugging
+Face token for gated weights) read from the secret store into a 0640 environment file, its
+system memory held to the planner's limit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
-from gpufleet.engines import served_name
+from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.vllm import API_KEY_ENV, ENV_FILE, VENV, VLLM
 from gpufleet.facts.gpu import require_gpu
 from gpufleet.inventory import fleet_specs
@@ -48,16 +49,18 @@ def serve(spec: HostSpec) -> None:
     settings = spec.vllm
     has_vllm = bool(host.get_fact(File, path=f"{VENV}/bin/vllm"))
     vault = fleet_vault(fleet_specs())
-    secret = spec.secrets[VLLM.api_key_secret or ""]
+    secret_environment = VLLM.secret_environment(spec)
     env_file = config.config_file(
-        name="vLLM API key (0640, readable by the service user; from the secret store)",
+        name=f"vLLM {', '.join(v for v, _ in secret_environment)} (0640, readable by the "
+        "service user; from the secret store)",
         dest=ENV_FILE,
-        render=lambda: f"{API_KEY_ENV}={read_secret(secret, vault)}\n",
+        render=lambda: "".join(f"{v}={read_secret(r, vault)}\n" for v, r in secret_environment),
         owner="root",
         group=spec.service_user,
         mode="640",
     )
     command = list(run.rendered.command)
+    memory = memory_size(run.decision.memory_max_gb)
     installed = None
     if settings.install == "venv" and not has_vllm:
         apt.packages(name="Python venv", packages=["python3-venv"], no_recommends=True)
@@ -74,7 +77,7 @@ def serve(spec: HostSpec) -> None:
         command = [
             "/usr/bin/docker", "run", "--rm", "--name", VLLM.service, "--entrypoint", "vllm",
             "--runtime", "nvidia", "--gpus", "all", "--ipc", "host",
-            "--env-file", ENV_FILE,
+            "--env-file", ENV_FILE, "--memory", memory,
             "-p", f"{settings.port}:{settings.port}",
             "-v", "/var/lib/vllm/huggingface:/root/.cache/huggingface",
             image, *command[1:],
@@ -89,6 +92,8 @@ def serve(spec: HostSpec) -> None:
         env_file=ENV_FILE,
         command=command,
         after_docker=settings.install == "container",
+        # A container's memory is held by docker run --memory, not by the client's unit.
+        memory_max=None if settings.install == "container" else memory,
     )
     if settings.install == "present" and not has_vllm:
         configured_not_started(
