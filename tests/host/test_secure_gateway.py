@@ -24,6 +24,7 @@ INFRA = "10.200.0.12"
 GPU = "10.200.0.11"
 GATEWAY = f"https://{INFRA}"
 MODEL = "XS-LOC-FRE-gemma3-270m"
+EMBEDDING_ALIAS = "XS-LOC-FRE-all-minilm-l6-v2"
 SITE = "/etc/nginx/conf.d/gpufleet-gateway.conf"
 REDIS_PASSWORD = SPECS["lab-infra-1"].litellm.redis.password
 
@@ -227,6 +228,27 @@ def test_a_client_gets_a_real_completion_through_nginx_and_litellm(fleet_ca, cli
     assert body["usage"]["completion_tokens"] > 0
     # The primary on lab-gpu-1 generated them (llama.cpp counts what it produced).
     assert predicted_tokens(GPU) >= before + body["usage"]["completion_tokens"]
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def test_an_embedding_model_answers_v1_embeddings_through_the_gateway(fleet_ca, client_key):
+    """all-MiniLM-L6-v2, served by llama-server on lab-pve-1 and routed by LiteLLM as an
+    embedding model: real vectors, close for sentences that mean the same."""
+    texts = [
+        "A man is playing a guitar.",
+        "Someone is strumming a guitar.",
+        "The stock market fell sharply today.",
+    ]
+    reply = post("/v1/embeddings", client_key, fleet_ca, model=EMBEDDING_ALIAS, input=texts)
+    assert reply.status_code == 200, reply.text
+    vectors = [item["embedding"] for item in sorted(reply.json()["data"], key=lambda d: d["index"])]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    same, unrelated = _cosine(vectors[0], vectors[1]), _cosine(vectors[0], vectors[2])
+    assert same > 0.5 > unrelated, (same, unrelated)
 
 
 def test_streaming_arrives_in_chunks(fleet_ca, client_key):
