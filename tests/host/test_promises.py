@@ -18,7 +18,9 @@ def test_dry_run_plans_without_executing(lab_session, deploy):
 
 def test_dry_run_on_fresh_hosts_plans_the_driver_and_the_passthrough(lab_session):
     planned = {op["name"] for op in lab_session.dry.report["plan"]}
-    assert "NVIDIA driver | Install NVIDIA driver 535.261.03" in planned
+    assert (
+        "NVIDIA driver | Install NVIDIA driver 535.261.03 (proprietary kernel modules)" in planned
+    )
     assert "Docker and NVIDIA Container Toolkit | Merge gpufleet's keys into daemon.json" in planned
 
 
