@@ -21,7 +21,7 @@ def test_lab_targets_follow_the_inventory():
     specs = validate_file(ROOT / "inventory/lab.py")
     jobs = scrape_jobs(specs)
     assert hosts(jobs["node"]) == sorted(specs)
-    assert hosts(jobs["llamacpp"]) == ["lab-gpu-1", "lab-infra-1", "lab-lxc-1"]
+    assert hosts(jobs["llamacpp"]) == ["lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1"]
     assert hosts(jobs["vllm"]) == ["lab-pve-1"]
     # GPUs declared on the Proxmox stand-in and its container: DCGM is expected there.
     assert hosts(jobs["dcgm"]) == ["lab-lxc-1", "lab-pve-1"]
