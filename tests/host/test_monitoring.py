@@ -57,11 +57,13 @@ def test_every_implied_target_is_scraped_and_up(scraped):
     jobs = {(t["labels"]["job"], t["labels"]["host"]) for t in scraped}
     up = {(t["labels"]["job"], t["labels"]["host"]) for t in scraped if t["health"] == "up"}
     assert {("node", name) for name in SPECS} <= up
-    assert {("llamacpp", "lab-gpu-1"), ("llamacpp", "lab-infra-1")} <= up
+    llama_servers = {"lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1"}
+    assert {("llamacpp", name) for name in llama_servers} <= up
     assert {("nginx", "lab-infra-1"), ("litellm", "lab-infra-1"), ("vault", "lab-infra-1")} <= up
     assert ("prometheus", "lab-infra-1") in up
     assert jobs - up == CANNOT_RUN_HERE
-    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 8
+    # One blackbox probe target per HTTP endpoint the lab runs (each llama-server among them).
+    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 9
 
 
 def test_probes_see_what_runs_and_what_does_not(scraped):
@@ -71,6 +73,7 @@ def test_probes_see_what_runs_and_what_does_not(scraped):
     for running in (
         ("llama.cpp", "lab-gpu-1"),
         ("llama.cpp", "lab-infra-1"),
+        ("llama.cpp", "lab-pve-1"),
         ("litellm", "lab-infra-1"),
         ("gateway", "lab-infra-1"),
         ("vault", "lab-infra-1"),
@@ -195,10 +198,15 @@ def webhook() -> Iterator[list[tuple[str, dict]]]:
 
 
 def test_a_firing_rule_reaches_the_webhook_the_inventory_names(scraped, webhook):
-    active = requests.get(f"{PROMETHEUS}/alertmanagers", timeout=10).json()["data"]
-    assert [a["url"] for a in active["activeAlertmanagers"]] == [
-        "http://127.0.0.1:9093/api/v2/alerts"
-    ]
+    def alertmanagers() -> list[str]:
+        active = requests.get(f"{PROMETHEUS}/alertmanagers", timeout=10).json()["data"]
+        return [a["url"] for a in active["activeAlertmanagers"]]
+
+    # Prometheus's notifier finds its Alertmanagers a few seconds after a (re)start.
+    deadline = time.monotonic() + 120
+    while not alertmanagers() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert alertmanagers() == ["http://127.0.0.1:9093/api/v2/alerts"]
 
     def fired() -> dict[tuple[str, str], dict]:
         return {
