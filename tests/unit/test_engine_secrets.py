@@ -165,7 +165,7 @@ def uploads(operations: list[PlannedOperation]) -> dict[str, str]:
 
 
 SECRET_FILE = "PLACEHOLDER-ngc-key-0123456789"
-HF_SECRET = "hf_PLACEHOLDERnotARealToken0000000000"
+HF_SECRET = "hf_placeholder-not-a-real-token"
 
 
 @pytest.fixture(scope="module")
