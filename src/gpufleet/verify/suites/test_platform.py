@@ -1,7 +1,12 @@
 """The platform groups: the secret store, the router, the gateway, Prometheus."""
 
+import time
+
 from gpufleet.vault import ca_file
 from gpufleet.verify import applies, assert_running, http_get
+
+RULES_FIRST_EVALUATION_S = 120
+"""Prometheus evaluates rule groups every minute by default."""
 
 
 def applies_to(spec):
@@ -87,10 +92,18 @@ def test_prometheus_runs_and_is_ready(target):
 def test_prometheus_config_and_rules_pass_promtool(target):
     check = target.host.run("promtool check config /etc/prometheus/prometheus.yml")
     assert check.rc == 0, (check.stdout + check.stderr).strip()[-200:]
-    rules = http_get(f"http://{target.address}:{target.spec.prometheus.port}/api/v1/rules").json()
-    unhealthy = [
-        r["name"] for g in rules["data"]["groups"] for r in g["rules"] if r["health"] != "ok"
-    ]
+    url = f"http://{target.address}:{target.spec.prometheus.port}/api/v1/rules"
+
+    def health() -> dict[str, str]:
+        groups = http_get(url).json()["data"]["groups"]
+        return {r["name"]: r["health"] for g in groups for r in g["rules"]}
+
+    # A rule Prometheus has not evaluated yet (just started or reloaded) is "unknown": give it
+    # one evaluation interval or two before calling it broken.
+    deadline = time.monotonic() + RULES_FIRST_EVALUATION_S
+    while "unknown" in health().values() and time.monotonic() < deadline:
+        time.sleep(2)
+    unhealthy = [name for name, state in health().items() if state != "ok"]
     assert not unhealthy, f"rules not evaluating: {unhealthy}"
 
 
