@@ -47,8 +47,8 @@ class Backend:
     placement: ModelPlacement
     group: str
     """The router's model name for this backend: the alias, or ``alias.backupN``."""
-    kind: str = CHAT
-    """What the planner decided it serves: chat (completions) or embedding."""
+    index: int = 0
+    """The placement's position in its host's ``models``."""
 
 
 def backends(specs: dict[str, HostSpec]) -> list[Backend]:
@@ -58,16 +58,26 @@ def backends(specs: dict[str, HostSpec]) -> list[Backend]:
         for placement in spec.models:
             priorities[served_name(placement)].add(placement.priority)
     found = []
-    catalogue = load_catalogue()
     for spec in specs.values():
-        kinds = {p.index: p.kind for p in plan_host(spec, catalogue).placements}
         for index, placement in enumerate(spec.models):
             name = served_name(placement)
             rank = sorted(priorities[name]).index(placement.priority)
             group = name if rank == 0 else f"{name}.backup{rank}"
-            kind = EMBEDDING if kinds.get(index) == EMBEDDING else CHAT
-            found.append(Backend(spec.name, placement, group, kind))
+            found.append(Backend(spec.name, placement, group, index))
     return found
+
+
+def embedding_backends(specs: dict[str, HostSpec]) -> set[tuple[str, int]]:
+    """(host, index) of the placements the planner decided serve embeddings: the router asks
+    those through their engine's embeddings API."""
+    catalogue = load_catalogue()
+    return {
+        (spec.name, plan.index)
+        for spec in specs.values()
+        if spec.models
+        for plan in plan_host(spec, catalogue).placements
+        if plan.kind == EMBEDDING
+    }
 
 
 def fallbacks(specs: dict[str, HostSpec], router: LiteLLMRouter) -> list[dict[str, list[str]]]:
@@ -170,9 +180,11 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     router = router_spec.litellm
     environment = {"LITELLM_MASTER_KEY": router.master_key}
     model_list: list[dict[str, object]] = []
+    embedding = embedding_backends(specs)
     for backend in backends(specs):
         spec = specs[backend.host]
-        params, variable = _litellm_params(spec, backend.placement, backend.kind)
+        kind = EMBEDDING if (backend.host, backend.index) in embedding else CHAT
+        params, variable = _litellm_params(spec, backend.placement, kind)
         secret = engine_for(spec, backend.placement).api_key_secret
         if variable and secret:
             environment[variable] = spec.secrets[secret]
@@ -185,7 +197,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
                     "host": backend.host,
                     "engine": backend.placement.engine,
                     # LiteLLM's health checks ask an embedding model for an embedding.
-                    "mode": "embedding" if backend.kind == EMBEDDING else "chat",
+                    "mode": "embedding" if kind == EMBEDDING else "chat",
                 },
             }
         )
