@@ -28,10 +28,20 @@ from gpufleet.inventory import check_inventory
 from gpufleet.lab import ALERT_WEBHOOK_URL, MIRROR_URL, connection
 from gpufleet.models import OPENBAO_WHEELS
 
+_LLAMACPP_KEY = f"file:{_lab.lab_dir() / _lab.LLAMACPP_KEY_FILE}"
 
-def _lab_host(address: str) -> dict[str, str]:
-    """SSH to a lab host, with this machine's fleet CA kept in the lab's folder."""
-    return {**connection(address), "fleet_ca_dir": str(_lab.lab_dir() / "ca")}
+
+def _lab_host(address: str) -> dict[str, object]:
+    """SSH to a lab host, with this machine's fleet CA kept in the lab's folder. This machine
+    is the lab's admin: its tests and ``gpufleet verify`` reach every service, which the
+    firewall lets in from here and from the fleet hosts that use each, and nowhere else."""
+    return {
+        **connection(address),
+        "fleet_ca_dir": str(_lab.lab_dir() / "ca"),
+        "firewall": {"admin_sources": [f"{_lab.GATEWAY}/32"]},
+        # llama-server asks whoever reaches it over the network for this key.
+        "secrets": {"llamacpp_api_key": _LLAMACPP_KEY},
+    }
 
 
 _GEMMA = "gemma3:270m"
@@ -119,7 +129,10 @@ gpu_nodes = [
             "vllm": {"install": "present"},
             # The embedding model stays off the card vLLM holds: a CPU build, no CUDA toolkit.
             "llamacpp": {**_LLAMACPP_FROM_MIRROR["llamacpp"], "gpu_layers": 0},
-            "secrets": {"vllm_api_key": f"file:{_lab.lab_dir() / _lab.VLLM_KEY_FILE}"},
+            "secrets": {
+                "vllm_api_key": f"file:{_lab.lab_dir() / _lab.VLLM_KEY_FILE}",
+                "llamacpp_api_key": _LLAMACPP_KEY,
+            },
         },
     ),
     (

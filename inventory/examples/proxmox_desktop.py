@@ -48,7 +48,10 @@ gpu_nodes = [
                     "alias": "S-LOC-FRE-llama3.2-3b",
                 },
             ],
-            "secrets": {"vllm_api_key": "vault:kv/gpufleet/vllm#api_key"},
+            "secrets": {
+                "vllm_api_key": "vault:kv/gpufleet/vllm#api_key",
+                "llamacpp_api_key": "vault:kv/gpufleet/llamacpp#api_key",
+            },
             # Triton (the write-ups' Must-Have) beside vLLM: an ONNX embedding model in the
             # GPU memory vLLM leaves; its ports moved off vLLM's 8000.
             "triton": {
@@ -143,6 +146,7 @@ edge = [
                     "alias": "XS-LOC-FRE-llama3.2-1b",
                 },
             ],
+            "secrets": {"llamacpp_api_key": "vault:kv/gpufleet/llamacpp#api_key"},
         },
     ),
 ]

@@ -13,6 +13,9 @@ gpu_nodes = [
     (
         "starlord",
         {
+            # The write-up gives no addresses; the allow-list lets monitoring in by address.
+            # Give every host its lan_address and drop this line to turn it on.
+            "firewall": {"enabled": False},
             "role": "primary inference: vLLM; also Vault and the LiteLLM router",
             "hardware": {
                 "cpu": "AMD Ryzen 9 7950X",
@@ -44,6 +47,9 @@ gpu_nodes = [
     (
         "thanos",
         {
+            # The write-up gives no addresses; the allow-list lets monitoring in by address.
+            # Give every host its lan_address and drop this line to turn it on.
+            "firewall": {"enabled": False},
             "role": "avatar rendering, embeddings and small models on the shared GPU",
             "hardware": {
                 "cpu": "Intel Core i9-10900K",

@@ -52,7 +52,9 @@ def check_host(
 def check_fleet(specs: dict[str, HostSpec]) -> list[Problem]:
     """Problems between hosts: an LXC container and the Proxmox host it takes GPUs from; a
     gateway, router or secret with nothing behind it."""
-    problems = _routing(specs)
+    from gpufleet.exposure import exposure_problems
+
+    problems = _routing(specs) + list(exposure_problems(specs))
     for spec in specs.values():
         guest = spec.lxc_guest
         if guest is None:
@@ -274,7 +276,7 @@ def _engines(spec: HostSpec) -> Iterator[Problem]:
             )
     for engine in serving(spec):
         secret = engine.api_key_secret
-        if secret and secret not in spec.secrets:
+        if secret and engine.api_key_required and secret not in spec.secrets:
             yield Problem(
                 spec.name,
                 f"secrets.{secret}",

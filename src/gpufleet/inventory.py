@@ -26,6 +26,7 @@ from pyinfra.context import ctx_state
 from gpufleet.catalogue import load_catalogue, suggest
 from gpufleet.checks import Problem, check_fleet, check_host
 from gpufleet.connection import use_tcp_nodelay
+from gpufleet.exposure import decide_addresses, decide_fleet
 from gpufleet.fields import CONTROL_CHARACTER, PATTERN_HINTS, SECRET_REFERENCE_PATTERN
 from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
 
@@ -164,7 +165,7 @@ def validate(inventory: Inventory, source: str) -> dict[str, HostSpec]:
         problems += check_fleet(specs)
     if problems:
         raise InventoryError(source, problems)
-    return specs
+    return decide_fleet(specs)
 
 
 def validate_file(path: str | Path) -> dict[str, HostSpec]:
@@ -214,7 +215,7 @@ def host_spec() -> HostSpec:
         problems = check_host(spec, load_catalogue())
         if problems:
             raise InventoryError("host data", problems, BEFORE_CHANGES)
-        _validated[host.name] = spec
+        _validated[host.name] = decide_addresses(spec, _undecided_fleet())
     return _validated[host.name]
 
 
@@ -239,8 +240,26 @@ _fleet: dict[str, HostSpec] = {}
 def fleet_specs() -> dict[str, HostSpec]:
     """Every host of the inventory a deploy runs against, validated once per run: what the
     router, gateway, Vault and monitoring deploys derive routes, secrets and targets from."""
-    from pyinfra import host
 
     if not _fleet:
-        _fleet.update({other.name: spec_of(other.name) for other in host.inventory})
+        _fleet.update(decide_fleet(_undecided_fleet()))
     return _fleet
+
+
+_undecided: dict[str, HostSpec] = {}
+
+
+def _undecided_fleet() -> dict[str, HostSpec]:
+    """Every host as the inventory gives it, before the addresses it leaves out are decided
+    (the decision reads who uses which host)."""
+    from pyinfra import host
+
+    if not _undecided:
+        _undecided.update({other.name: spec_of(other.name) for other in host.inventory})
+    return _undecided
+
+
+def forget_fleet() -> None:
+    """Drop the hosts validated for a run (a later run in the same process plans another)."""
+    for cache in (_validated, _fleet, _undecided):
+        cache.clear()

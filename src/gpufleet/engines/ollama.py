@@ -58,8 +58,10 @@ class OllamaSettings(Spec):
 
     port: Port = 11434
     """Port Ollama listens on (OLLAMA_HOST)."""
-    address: IPv4Address = IPv4Address("0.0.0.0")
-    """Address Ollama listens on (OLLAMA_HOST); the gateway reaches it there."""
+    address: IPv4Address | None = None
+    """Address Ollama (OLLAMA_HOST) listens on; None: decided from who reaches it (loopback when
+    only this host does, else every interface, with the firewall letting in only those hosts;
+    see ``firewall``)."""
     keep_alive: str = Field("5m", pattern=r"^(-1|0|\d+[smh])$")
     """OLLAMA_KEEP_ALIVE: how long an idle model stays loaded (``-1``: for ever)."""
     flash_attention: bool = True

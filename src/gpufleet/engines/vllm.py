@@ -33,8 +33,10 @@ class VllmSettings(Spec):
 
     port: Port = 8000
     """Port of vLLM's OpenAI-compatible server."""
-    address: IPv4Address = IPv4Address("0.0.0.0")
-    """Address vLLM listens on (--host)."""
+    address: IPv4Address | None = None
+    """Address vLLM (--host) listens on; None: decided from who reaches it (loopback when only this
+    host does, else every interface, with the firewall letting in only those hosts; see
+    ``firewall``)."""
     install: Literal["venv", "container", "present"] = "venv"
     """venv: ``pip install vllm==<version>`` in /opt/vllm; container: the vLLM image run by
     Docker through the NVIDIA runtime; present: you installed vLLM in /opt/vllm yourself

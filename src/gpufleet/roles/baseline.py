@@ -14,8 +14,10 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.system import ContainerVirtualization
+from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec
 from gpufleet.paths import template
+from gpufleet.roles.firewall import firewall
 from gpufleet.roles.macos import macos_baseline
 from gpufleet.roles.proxmox import proxmox_repository
 from gpufleet.roles.steps import run_service
@@ -120,7 +122,10 @@ def baseline(spec: HostSpec) -> None:
     else:
         run_service("systemd-timesyncd", timesync)
 
-    # 5. Node exporter, listening where the inventory says.
+    # 5. The allow-list of gpufleet's ports, before any service starts listening behind it.
+    firewall(spec, fleet_specs())
+
+    # 6. Node exporter, listening where its clients are.
     exporter = files.template(
         name="Configure node exporter",
         src=template("node_exporter/prometheus-node-exporter.j2"),

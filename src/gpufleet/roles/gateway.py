@@ -9,6 +9,9 @@ every change is checked by ``nginx -t`` before a reload, and a rejected file is 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from pyinfra.api import deploy
@@ -16,6 +19,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
+from gpufleet.fields import WORD_PATTERN
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
 from gpufleet.operations.config import WantedFile
@@ -24,12 +28,21 @@ from gpufleet.pki import FleetCA
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
 from gpufleet.roles.steps import run_service
 from gpufleet.routing import gateway_upstreams, router_hosts
-from gpufleet.secrets import read_secret
-from gpufleet.vault import fleet_vault, vault_host
+from gpufleet.secrets import SecretError, read_secret
+from gpufleet.vault import VaultClient, fleet_vault, vault_host
 
 SECRETS_DIR = "/etc/nginx/gpufleet"
 TLS_DIR = "/etc/nginx/tls"
 SITE = "/etc/nginx/conf.d/gpufleet-gateway.conf"
+INFERENCE_PATHS = (
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "models",
+    r"models/[A-Za-z0-9_.:-]+",
+)
+"""The router's paths clients reach below ``/v1/`` (OpenAI's inference API); the rest of
+LiteLLM's API is for its admin and is not routed."""
 
 
 def certificate_issuer(spec: HostSpec, specs: dict[str, HostSpec], ca: FleetCA):
@@ -57,6 +70,55 @@ def certificate_issuer(spec: HostSpec, specs: dict[str, HostSpec], ca: FleetCA):
         return issued["certificate"] + "\n" + issued["issuing_ca"] + "\n", issued["private_key"]
 
     return names, ips, issue_from_vault
+
+
+MAP_VALUE = re.compile(WORD_PATTERN)
+KEY_VALUE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
+"""What a bearer key may hold: a token's characters (RFC 6750), at least 16 of them. Nothing
+that could end a quoted NGINX string or start a directive."""
+
+
+def key_map(clients: Mapping[str, str], read: Callable[[str], str]) -> str:
+    """NGINX's map from ``Authorization`` header to client name, one exact line per client.
+    A name or key that could end the quoted string (and add a regex entry that matches any
+    header) is refused here too, whatever let it through; the key is never shown."""
+    lines = []
+    for client, reference in sorted(clients.items()):
+        if not MAP_VALUE.match(client):
+            raise ValueError(f"gateway.clients: {client!r} is not a plain client name")
+        key = read(reference)
+        if not KEY_VALUE.match(key):
+            raise SecretError(
+                f"{reference}: the key of gateway client {client} holds characters a bearer "
+                "token does not (or is shorter than 16); store a hex or base64 key"
+            )
+        lines.append(f'"Bearer {key}" "{client}";\n')
+    return "".join(lines)
+
+
+def site_config(spec: HostSpec, specs: dict[str, HostSpec]) -> str:
+    """The gateway's NGINX site on ``spec``: keys and certificates are included by path."""
+    gateway = spec.gateway
+    return render_template(
+        "gateway/gateway.conf.j2",
+        secrets_dir=SECRETS_DIR,
+        upstreams=gateway_upstreams(spec, specs),
+        rate_per_minute=gateway.rate_per_minute,
+        burst=gateway.burst,
+        http_port=gateway.http_port,
+        https_port=gateway.https_port,
+        server_name=gateway_name(spec),
+        cert=f"{TLS_DIR}/gateway.crt",
+        key=f"{TLS_DIR}/gateway.key",
+        read_timeout_s=gateway.read_timeout_s,
+        extra_directives=gateway.extra_directives,
+        stub_status_port=gateway.stub_status_port,
+        inference_paths="|".join(INFERENCE_PATHS),
+    )
+
+
+def _authorization(reference: str, vault: VaultClient | None) -> str:
+    return f'proxy_set_header Authorization "Bearer {read_secret(reference, vault)}";\n'
 
 
 @deploy("Gateway")
@@ -119,10 +181,7 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         dest=f"{SECRETS_DIR}/api-keys.map",
         mode="640",
         group="www-data",
-        render=lambda: "".join(
-            f'"Bearer {read_secret(ref, vault)}" "{client}";\n'
-            for client, ref in sorted(gateway.clients.items())
-        ),
+        render=lambda: key_map(gateway.clients, partial(read_secret, vault=vault)),
         validate="nginx -t -q",
     )
     upstream_auth = config.config_file(
@@ -137,26 +196,25 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         validate="nginx -t -q",
     )
 
-    # 3. The site, checked by nginx -t before it counts; reload only on change.
+    # Engines the gateway reaches directly that ask for a key get theirs from the gateway.
     upstreams = gateway_upstreams(spec, specs)
+    engine_keys = [
+        config.config_file(
+            name=f"Key for {upstream.route}",
+            dest=f"{SECRETS_DIR}/upstream-{upstream.name}.conf",
+            mode="640",
+            group="www-data",
+            render=partial(_authorization, upstream.key, vault),
+        )
+        for upstream in upstreams
+        if upstream.key
+    ]
+
+    # 3. The site, checked by nginx -t before it counts; reload only on change.
     site = config.config_file(
         name="Gateway site (checked by nginx -t)",
         dest=SITE,
-        render=lambda: render_template(
-            "gateway/gateway.conf.j2",
-            secrets_dir=SECRETS_DIR,
-            upstreams=upstreams,
-            rate_per_minute=gateway.rate_per_minute,
-            burst=gateway.burst,
-            http_port=gateway.http_port,
-            https_port=gateway.https_port,
-            server_name=gateway_name(spec),
-            cert=f"{TLS_DIR}/gateway.crt",
-            key=f"{TLS_DIR}/gateway.key",
-            read_timeout_s=gateway.read_timeout_s,
-            extra_directives=gateway.extra_directives,
-            stub_status_port=gateway.stub_status_port,
-        ),
+        render=lambda: site_config(spec, specs),
         validate="nginx -t -q",
     )
     systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
@@ -164,7 +222,7 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         name="Reload nginx",
         service="nginx",
         reloaded=True,
-        _if=any_changed(default_site, *certificate, keys, upstream_auth, site),
+        _if=any_changed(default_site, *certificate, keys, upstream_auth, *engine_keys, site),
     )
 
     # 4. NGINX's counters for Prometheus, read from stub_status on loopback.
@@ -176,7 +234,7 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         render=lambda: (
             "# Managed by gpufleet (deploys/gateway.py).\n"
             f'ARGS="-nginx.scrape-uri=http://127.0.0.1:{gateway.stub_status_port}/stub_status '
-            f'-web.listen-address=:{gateway.exporter_port}"\n'
+            f'-web.listen-address={gateway.exporter_address}:{gateway.exporter_port}"\n'
         ),
     )
     run_service(exporter, exporter_flags)

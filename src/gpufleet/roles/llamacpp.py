@@ -18,14 +18,25 @@ from pyinfra.operations import apt, files
 
 from gpufleet import nvidia
 from gpufleet.engines import memory_size, served_name
-from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, builds_with_cuda, gguf_path
+from gpufleet.engines.llamacpp import (
+    API_KEY_ENV,
+    ENV_FILE,
+    LLAMA_SERVER,
+    LLAMACPP,
+    MODELS,
+    builds_with_cuda,
+    gguf_path,
+)
 from gpufleet.facts.gpu import detected_gpus
+from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.operations import downloads, inference
+from gpufleet.operations import config, downloads, inference
 from gpufleet.paths import template
 from gpufleet.roles.nvidia_driver import cuda_repository, release_of
 from gpufleet.roles.steps import restart_and_warm_up, warm_up_tool
+from gpufleet.secrets import read_secret
 from gpufleet.serving import placement_runs
+from gpufleet.vault import fleet_vault
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
 
@@ -95,7 +106,29 @@ def serve(spec: HostSpec) -> None:
     # 2. The weights, verified; or a file already on the host.
     model = model_file(run.placement)
 
-    # 3. The unit, with the planned flags.
+    # 3. The API key, where the host data names one (other hosts reach the server): read
+    # from the secret store into a file only root and the service user can read.
+    secret_environment = LLAMACPP.secret_environment(spec)
+    keyed = bool(secret_environment)
+    key_file = []
+    if keyed:
+        vault = fleet_vault(fleet_specs())
+        files.directory(name="gpufleet's config folder", path="/etc/gpufleet", mode="755")
+        key_file = [
+            config.config_file(
+                name=f"llama-server {API_KEY_ENV} (0640, readable by the service user; from "
+                "the secret store)",
+                dest=ENV_FILE,
+                render=lambda: "".join(
+                    f"{v}={read_secret(r, vault)}\n" for v, r in secret_environment
+                ),
+                owner="root",
+                group=spec.service_user,
+                mode="640",
+            )
+        ]
+
+    # 4. The unit, with the planned flags.
     warm_up_tool()
     unit = files.template(
         name="llama-server unit",
@@ -106,14 +139,17 @@ def serve(spec: HostSpec) -> None:
         run_as=spec.service_user,
         command=list(run.rendered.command),
         memory_max=memory_size(run.decision.memory_max_gb),
+        env_file=ENV_FILE if keyed else None,
     )
     restart_and_warm_up(
         LLAMACPP.service,
         unit_changed=unit,
-        config_changed=[binary, *([model] if model else [])],
+        config_changed=[binary, *([model] if model else []), *key_file],
         base_url=LLAMACPP.local_url(spec),
         health_path=LLAMACPP.health_path,
         models=[(served_name(run.placement), LLAMACPP.warm_up_path(run.decision.kind))],
+        api_key_env=API_KEY_ENV if keyed else None,
+        env_file=ENV_FILE if keyed else None,
     )
 
 

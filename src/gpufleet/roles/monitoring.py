@@ -30,6 +30,7 @@ from gpufleet.monitoring import (
     alertmanager_flags,
     alertmanager_target,
     alertmanager_yml,
+    keyed_jobs,
     probes,
     scrape_jobs,
 )
@@ -42,6 +43,7 @@ from gpufleet.vault import VaultClient, fleet_vault
 
 CONFIG = "/etc/prometheus/prometheus.yml"
 FILE_SD = "/etc/prometheus/file_sd"
+KEYS = "/etc/prometheus/keys"
 RULES = "/etc/prometheus/rules/gpufleet.rules.yml"
 BLACKBOX = "/etc/prometheus/blackbox.yml"
 ALERTMANAGER = "prometheus-alertmanager"
@@ -71,12 +73,26 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
 
     # 1. Targets: one file per job, read by Prometheus as they change (no reload needed).
     files.directory(name="Target lists folder", path=FILE_SD, mode="755")
-    targets = {**scrape_jobs(specs), "blackbox": probes(specs)}
+    targets = {**scrape_jobs(specs, spec), "blackbox": probes(specs, spec)}
     for job, entries in targets.items():
         config.config_file(
             name=f"Targets: {job} ({len(entries)})",
             dest=f"{FILE_SD}/{job}.json",
             render=partial(_as_json, entries),
+        )
+
+    # Keys of the engines whose metrics ask for one, read from the secret store into files
+    # only Prometheus reads (its config names the file, never the key).
+    keyed = keyed_jobs(specs)
+    vault = fleet_vault(specs) if keyed else None
+    files.directory(name="Scrape keys folder", path=KEYS, group="prometheus", mode="750")
+    for keyed_job in keyed:
+        config.config_file(
+            name=f"Scrape key: {keyed_job.name} (from the secret store)",
+            dest=f"{KEYS}/{keyed_job.name}",
+            render=partial(_key, keyed_job.reference, vault),
+            group="prometheus",
+            mode="640",
         )
 
     # 2. Rules, blackbox modules, main config: each checked before it counts.
@@ -103,6 +119,8 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             port=settings.port,
             host=spec.name,
             jobs=JOBS,
+            keyed_jobs=keyed,
+            keys_dir=KEYS,
             file_sd=FILE_SD,
             fleet_ca=FLEET_CA_ON_HOST,
             blackbox_port=settings.blackbox_port,
@@ -117,7 +135,7 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             "# Managed by gpufleet (deploys/monitoring.py).\n"
             f'ARGS="--storage.tsdb.retention.time={settings.retention} '
             f"--storage.tsdb.path={settings.storage_path} "
-            f'--web.listen-address=:{settings.port}"\n'
+            f'--web.listen-address={settings.address}:{settings.port}"\n'
         ),
     )
     blackbox_arguments = config.config_file(
@@ -157,6 +175,10 @@ def prometheus(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         restarted,
         reloaded,
     )
+
+
+def _key(reference: str, vault: VaultClient | None) -> str:
+    return read_secret(reference, vault)
 
 
 def webhook_url(webhook: AlertWebhook, vault: VaultClient | None) -> str:
@@ -256,6 +278,7 @@ def dcgm_exporter(spec: HostSpec) -> None:
         dest="/etc/systemd/system/dcgm-exporter.service",
         mode="644",
         image=exporter.image,
+        address=exporter.address,
         port=exporter.port,
     )
     pull_image(exporter.image, unit)

@@ -78,9 +78,11 @@ def serve(spec: HostSpec) -> None:
             "/usr/bin/docker", "run", "--rm", "--name", VLLM.service, "--entrypoint", "vllm",
             "--runtime", "nvidia", "--gpus", "all", "--ipc", "host",
             "--env-file", ENV_FILE, "--memory", memory,
-            "-p", f"{settings.port}:{settings.port}",
+            # Docker publishes the port where the decision says vLLM listens; inside its
+            # own network namespace vLLM listens on every address of the container.
+            "-p", f"{settings.address}:{settings.port}:{settings.port}",
             "-v", "/var/lib/vllm/huggingface:/root/.cache/huggingface",
-            image, *command[1:],
+            image, *inside_container(command[1:]),
         ]  # fmt: skip
     unit = files.template(
         name="vLLM unit",
@@ -111,3 +113,10 @@ def serve(spec: HostSpec) -> None:
         api_key_env=API_KEY_ENV,
         env_file=ENV_FILE,
     )
+
+
+def inside_container(arguments: list[str]) -> list[str]:
+    """``vllm serve`` arguments for the container: ``--host`` every address of its own
+    network namespace (the host side is Docker's ``-p``)."""
+    hosts = [i + 1 for i, a in enumerate(arguments) if a == "--host"]
+    return [("0.0.0.0" if i in hosts else a) for i, a in enumerate(arguments)]
