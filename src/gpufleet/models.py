@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gpufleet.engines import ENGINES, PLACEMENT_ENGINES
 from gpufleet.engines.llamacpp import LlamaCppSettings
@@ -36,6 +37,7 @@ from gpufleet.fields import (
     SecretRef,
     Spec,
 )
+from gpufleet.locks import how_to_lock_litellm, shipped_litellm_lock, shipped_litellm_versions
 
 HOST_GROUPS = (
     "gpu_nodes",
@@ -491,6 +493,9 @@ class LiteLLMRouter(Spec):
 
     version: str = Field("1.106.12", pattern=r"^\d+\.\d+\.\d+$")
     """``litellm[proxy]`` release installed in a venv."""
+    requirements_lock: str | None = Field(None, pattern=r"^[^\x00-\x1f]+$")
+    """Hash-locked requirements (a file on the control machine) for a ``version`` gpufleet
+    ships no lock for; None: the shipped one (``src/gpufleet/locks/``)."""
     pip_index: str | None = Field(None, pattern=URL_PATTERN)
     """Package index to install from; None: PyPI."""
     port: Port = 4000
@@ -525,6 +530,27 @@ class LiteLLMRouter(Spec):
     """Shared routing state in Redis (off by default: one router keeps it in memory)."""
     database: RouterDatabase = RouterDatabase()
     """LiteLLM's PostgreSQL database (off by default)."""
+
+    @model_validator(mode="after")
+    def _locked(self) -> LiteLLMRouter:
+        if self.requirements_lock is None and shipped_litellm_lock(self.version) is None:
+            raise ValueError(
+                f"requirements_lock: gpufleet ships no hash-locked requirements for litellm "
+                f"{self.version}; make them with `{how_to_lock_litellm(self.version)}` and "
+                "give the file as litellm.requirements_lock, or use a version it ships: "
+                f"{', '.join(shipped_litellm_versions())}"
+            )
+        if self.requirements_lock is not None:
+            lock = Path(self.requirements_lock).expanduser()
+            if not lock.is_file():
+                raise ValueError(f"requirements_lock: no file {lock} on this machine")
+            pinned = rf"^litellm(\[[\w,-]+\])?=={re.escape(self.version)}[\s;\\]"
+            if not re.search(pinned, lock.read_text(), re.MULTILINE):
+                raise ValueError(
+                    f"requirements_lock: {lock} does not pin litellm=={self.version}; make it "
+                    f"with `{how_to_lock_litellm(self.version)}`"
+                )
+        return self
 
 
 class PrometheusServer(Spec):

@@ -1,5 +1,6 @@
 """Where the repository's shared folders are, for code running under pyinfra or the CLI."""
 
+import shlex
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -43,3 +44,32 @@ def render_template(name: str, **variables: object) -> str:
         autoescape=False,
     )
     return environment.get_template(name).render(**variables)
+
+
+HOST_STATE = "/var/lib/gpufleet"
+"""gpufleet's own records on a host (checksum stamps, warm-up records, install stamps,
+Modelfiles): owned by root, mode 0755, written by root only. It is also the service user's
+home, kept root-owned on purpose: a service that writes has a state folder of its own."""
+
+
+def state_record(path: str, text: str) -> str:
+    """Shell that writes ``text`` (shell words, as ``echo`` takes them) to ``path`` in a
+    root-owned folder: through a new temporary file renamed over it, so a symbolic link left
+    at ``path`` is replaced, never followed."""
+    folder, quoted = shlex.quote(path.rsplit("/", 1)[0]), shlex.quote(path)
+    return (
+        f'staged=$(mktemp -p {folder} .record.XXXXXX) && echo {text} > "$staged"'
+        f' && chmod 644 "$staged" && mv -fT "$staged" {quoted}'
+    )
+
+
+def state_folder(path: str) -> str:
+    """Shell that makes ``path`` below :data:`HOST_STATE` and fails unless both are real
+    folders owned by the user writing (root, in a deploy): ``stat`` without ``-L`` sees a
+    symbolic link as one, so nothing is written through a link a service user left there."""
+    folders = f"{shlex.quote(HOST_STATE)} {shlex.quote(path)}"
+    refused = shlex.quote(f"{HOST_STATE} and {path} must be folders owned by root")
+    return (
+        f"mkdir -p {shlex.quote(path)} && {{ test \"$(stat -c '%u %F' {folders} 2>/dev/null"
+        f' | grep -cx "$(id -u) directory")" = 2 || {{ echo {refused} >&2; false; }}; }}'
+    )

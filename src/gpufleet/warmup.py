@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -94,6 +95,22 @@ def embed(url: str, model: str, api_key: str | None, timeout: float) -> dict:
     }
 
 
+def write_record(path: str, result: dict) -> None:
+    """Write beside the record, then rename over it: a link left at ``path`` is replaced,
+    never followed (the folder is root's; this is the second line of defence)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    descriptor, staged = tempfile.mkstemp(dir=folder, prefix=".record.")
+    try:
+        with os.fdopen(descriptor, "w") as record:
+            json.dump(result, record, indent=2)
+        os.chmod(staged, 0o644)
+        os.replace(staged, path)
+    except BaseException:
+        os.unlink(staged)
+        raise
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True)
@@ -122,9 +139,7 @@ def main() -> int:
         print(f"warm-up failed: {args.model or 'health'} at {args.base}: {error}", file=sys.stderr)
         return 1
     result["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    os.makedirs(os.path.dirname(args.record), exist_ok=True)
-    with open(args.record, "w") as record:
-        json.dump(result, record, indent=2)
+    write_record(args.record, result)
     if "dimensions" in result:
         print(f"{args.model}: {result['dimensions']} dimensions in {result['ttft_s']} s")
     else:

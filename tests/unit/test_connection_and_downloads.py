@@ -5,6 +5,7 @@ import socket
 import subprocess
 from types import SimpleNamespace
 
+from gpufleet import paths
 from gpufleet.connection import set_tcp_nodelay
 from gpufleet.operations import downloads
 from gpufleet.operations.downloads import STAMPS, VerifiedFile, stamp_path
@@ -100,7 +101,8 @@ def _release(tmp_path, name: str, body: bytes, listed: bytes) -> tuple[str, str]
 
 
 def _download(monkeypatch, tmp_path, src: str, sums: str) -> subprocess.CompletedProcess:
-    monkeypatch.setattr(downloads, "STAMPS", str(tmp_path / "stamps"))
+    monkeypatch.setattr(paths, "HOST_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(downloads, "STAMPS", str(tmp_path / "state/stamps"))
     monkeypatch.setattr(downloads, "host", _AbsentFile())
     dest = str(tmp_path / "cache/ollama.tgz")
     (command,) = downloads.verified_download._inner(src=src, dest=dest, sha256_list=sums)
@@ -115,7 +117,7 @@ def test_a_download_is_checked_against_the_checksum_list_its_release_publishes(
     result = _download(monkeypatch, tmp_path, src, sums)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cache/ollama.tgz").read_bytes() == body
-    stamp = (tmp_path / "stamps").iterdir().__next__().read_text().split()
+    stamp = (tmp_path / "state/stamps").iterdir().__next__().read_text().split()
     assert stamp[0] == hashlib.sha256(body).hexdigest()  # recorded like a given checksum
 
 
@@ -131,3 +133,44 @@ def test_a_file_the_list_does_not_name_fails_before_any_download(monkeypatch, tm
     result = _download(monkeypatch, tmp_path, src.replace("amd64", "riscv64"), sums)
     assert result.returncode != 0 and "no sha256 for ollama-linux-riscv64.tgz" in result.stderr
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_a_record_replaces_a_link_left_in_its_place_and_never_writes_through_it(tmp_path):
+    precious = tmp_path / "elsewhere/shadow"
+    precious.parent.mkdir()
+    precious.write_text("root's file\n")
+    record = tmp_path / "state/verified/ab12"
+    record.parent.mkdir(parents=True)
+    record.symlink_to(precious)
+    subprocess.run(["sh", "-c", paths.state_record(str(record), "abc $(echo 1 2)")], check=True)
+    assert precious.read_text() == "root's file\n"
+    assert not record.is_symlink() and record.read_text() == "abc 1 2\n"
+    assert oct(record.stat().st_mode)[-3:] == "644"
+
+
+def test_a_state_folder_that_is_a_link_or_missing_its_parent_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "HOST_STATE", str(tmp_path / "state"))
+    made = subprocess.run(["sh", "-c", paths.state_folder(str(tmp_path / "state/warmup"))])
+    assert made.returncode == 0 and (tmp_path / "state/warmup").is_dir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "state/verified").symlink_to(tmp_path / "elsewhere")
+    linked = subprocess.run(
+        ["sh", "-c", paths.state_folder(str(tmp_path / "state/verified"))],
+        capture_output=True,
+        text=True,
+    )
+    assert linked.returncode != 0 and "must be folders owned by root" in linked.stderr
+    monkeypatch.setattr(paths, "HOST_STATE", str(tmp_path / "absent"))
+    orphan = subprocess.run(["sh", "-c", paths.state_folder(str(tmp_path / "other"))])
+    assert orphan.returncode != 0
+
+
+def test_a_download_whose_stamp_folder_is_a_link_writes_nothing_there(monkeypatch, tmp_path):
+    body = b"the release archive"
+    src, sums = _release(tmp_path, "ollama-linux-amd64.tgz", body, body)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/stamps").symlink_to(tmp_path / "elsewhere")
+    result = _download(monkeypatch, tmp_path, src, sums)
+    assert result.returncode != 0 and "must be folders owned by root" in result.stderr
+    assert not list((tmp_path / "elsewhere").iterdir())

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from gpufleet.engines.base import Engine, PlacementDecision, Rendered
 from gpufleet.fields import TEMPLATED_URL_PATTERN, Port, Spec
+from gpufleet.paths import HOST_STATE
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -31,7 +32,8 @@ DEFAULT_CONTEXT = 2048
 """Context Ollama gives a model when neither the placement nor OLLAMA_CONTEXT_LENGTH says."""
 LOADED_PER_GPU = 3
 """Ollama's default for OLLAMA_MAX_LOADED_MODELS: 3 per GPU (3 on a CPU-only host)."""
-MODELFILES = "/var/lib/gpufleet/ollama"
+MODELFILES = f"{HOST_STATE}/ollama"
+"""Root's Modelfiles, one per alias (root runs `ollama create` on them)."""
 """Where the Modelfiles of aliases are kept on the host (the alias is re-created when its
 Modelfile changes)."""
 

@@ -15,7 +15,10 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FactBase, OperationValueError, operation
 
-STAMPS = "/var/lib/gpufleet/verified"
+from gpufleet.paths import HOST_STATE, state_folder, state_record
+
+STAMPS = f"{HOST_STATE}/verified"
+"""Root's records, never beside the file: its folder may be one a service reads."""
 
 
 def stamp_path(dest: str) -> str:
@@ -105,7 +108,6 @@ def verified_download(
             return
     file, part = shlex.quote(dest), shlex.quote(f"{dest}.part")
     mismatch = shlex.quote(f"sha256 mismatch: {src}")
-    stamp = shlex.quote(stamp_path(dest))
     fetch = (
         f"( curl -fsSL --retry 3 -o {part} {shlex.quote(src)}"
         f" || wget -q -O {part} {shlex.quote(src)} )"
@@ -120,13 +122,15 @@ def verified_download(
     # A file already there (an older run, or put there by hand) is hashed once, not fetched.
     yield " && ".join(
         [
-            f"mkdir -p {shlex.quote(STAMPS)} $(dirname {file})",
+            state_folder(STAMPS),
+            f"mkdir -p $(dirname {file})",
             *known,
             f"( echo {line}{file} | sha256sum -c --status 2>/dev/null"
             f" || ( {fetch} && ( echo {line}{part} | sha256sum -c --status"
             f" || ( rm -f {part}; echo {mismatch} >&2; false ) )"
-            f" && mv {part} {file} ) )",
+            # -T: a link at the destination is replaced, never followed into a folder.
+            f" && mv -fT {part} {file} ) )",
             *([f"chmod {mode} {file}"] if mode else []),
-            f"echo {checksum} $(stat -c '%s %Y' {file}) > {stamp}",
+            state_record(stamp_path(dest), f"{checksum} $(stat -c '%s %Y' {file})"),
         ]
     )

@@ -11,10 +11,11 @@ from pyinfra.facts.files import File, FileContents
 from pyinfra.facts.systemd import SystemdStatus
 
 from gpufleet.engines.llamacpp import LLAMA_SERVER
+from gpufleet.paths import HOST_STATE, state_folder, state_record
 
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
 WARMUP_SCRIPT = "/usr/local/lib/gpufleet/warmup.py"
-WARMUP_RECORDS = "/var/lib/gpufleet/warmup"
+WARMUP_RECORDS = f"{HOST_STATE}/warmup"
 CHAT_REQUEST = "/v1/chat/completions"
 """What the warm-up tool asks when told nothing else: an OpenAI-compatible completion."""
 BASE_FLAGS = (
@@ -75,7 +76,7 @@ def llama_server_built(
     yield f"{env}cmake -S {tree} -B {build} -G Ninja {' '.join(flags)}"
     yield f"{env}cmake --build {build} --target llama-server -j {jobs}"
     yield f"install -m 755 {build}/bin/llama-server {LLAMA_SERVER}"
-    yield f"echo {stamp} > {stamp_file}"
+    yield state_record(stamp_file, stamp)
     yield f"rm -rf {source} {build}"
 
 
@@ -116,7 +117,7 @@ def warmed_up(
         arguments += ["--request", request_path]
     if api_key_env:
         arguments += ["--api-key-env", api_key_env]
-    command = " ".join(shlex.quote(a) for a in arguments)
+    command = f"{state_folder(WARMUP_RECORDS)} && " + " ".join(shlex.quote(a) for a in arguments)
     if env_file:
         command = f"set -a && . {env_file} && set +a && {command}"
     yield command

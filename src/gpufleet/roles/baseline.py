@@ -16,7 +16,7 @@ from pyinfra.operations.util import any_changed
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec
-from gpufleet.paths import template
+from gpufleet.paths import HOST_STATE, template
 from gpufleet.roles.firewall import firewall
 from gpufleet.roles.macos import macos_baseline
 from gpufleet.roles.proxmox import proxmox_repository
@@ -94,15 +94,22 @@ def baseline(spec: HostSpec) -> None:
         no_recommends=True,
     )
 
-    # 3. The service user gpufleet's services run as.
+    # 3. The service user gpufleet's services run as. Its home is root's (it is also where
+    # gpufleet keeps its records when the user is called gpufleet): a service that writes
+    # has a state folder of its own, and root never writes where a service can.
+    home = f"/var/lib/{spec.service_user}"
     server.user(
         name=f"Service user {spec.service_user}",
         user=spec.service_user,
         system=True,
-        home=f"/var/lib/{spec.service_user}",
+        home=home,
         shell="/usr/sbin/nologin",
-        create_home=True,
+        ensure_home=False,
     )
+    for folder in dict.fromkeys([HOST_STATE, home]):
+        files.directory(
+            name=f"{folder} (root's)", path=folder, user="root", group="root", mode="755"
+        )
 
     # 4. Time sync.
     timesync = files.template(

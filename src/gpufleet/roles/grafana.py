@@ -26,7 +26,8 @@ from gpufleet.vault import fleet_vault
 
 KEYRING = "/etc/apt/keyrings/grafana.asc"
 PROVISIONING = "/etc/grafana/provisioning"
-DASHBOARDS = "/var/lib/grafana/dashboards/gpufleet"
+DASHBOARDS = "/etc/grafana/dashboards/gpufleet"
+"""Root's, read by Grafana: not below /var/lib/grafana, which is Grafana's to write."""
 ENV_FILE = "/etc/grafana/gpufleet.env"
 
 
@@ -93,7 +94,9 @@ def grafana(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         group="grafana",
         path=DASHBOARDS,
     )
-    files.directory(name="Dashboards folder", path=DASHBOARDS, group="grafana", mode="755")
+    files.directory(
+        name="Dashboards folder", path=DASHBOARDS, user="root", group="grafana", mode="755"
+    )
     for board in dashboards():
         # Grafana re-reads dashboard files on its own: no restart for a changed panel.
         files.put(

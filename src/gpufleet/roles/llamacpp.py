@@ -85,7 +85,13 @@ def serve(spec: HostSpec) -> None:
         apt.packages(name="llama.cpp build tools", packages=packages, no_recommends=True)
         assert settings.source_sha256 is not None  # the inventory check requires it
         tarball = f"{inference.BUILD_ROOT}/llama.cpp-{settings.source_sha256[:12]}.tar.gz"
-        files.directory(name="llama.cpp build folder", path=inference.BUILD_ROOT)
+        files.directory(
+            name="llama.cpp build folder",
+            path=inference.BUILD_ROOT,
+            user="root",
+            group="root",
+            mode="755",
+        )
         downloads.verified_download(
             name="Download the llama.cpp source",
             src=settings.source_url,
@@ -170,7 +176,10 @@ def cuda_toolkit(spec: HostSpec) -> nvidia.CudaToolkit:
 def model_file(placement: ModelPlacement) -> OperationMeta | None:
     path = gguf_path(placement)
     if placement.source and placement.source.startswith(("http://", "https://")):
-        files.directory(name="llama.cpp models folder", path=MODELS)
+        # Root's, readable by the service: root downloads into it, the server only reads.
+        files.directory(
+            name="llama.cpp models folder", path=MODELS, user="root", group="root", mode="755"
+        )
         assert placement.sha256 is not None  # the inventory check requires it
         return downloads.verified_download(
             name=f"Download {served_name(placement)}",

@@ -128,6 +128,10 @@ def serve(spec: HostSpec) -> None:
     warm_up_tool()
     started, restarted = run_unit(OLLAMA.service, unit, drop_in, *([binary] if binary else []))
     pulled, aliases = models_and_aliases(runs)
+    # Root's: root writes the Modelfiles and hands them to `ollama create`.
+    files.directory(
+        name="Modelfiles folder", path=MODELFILES, user="root", group="root", mode="755"
+    )
     fetched = ollama.models(
         name="Pull and alias Ollama models", pulled=pulled, aliases=aliases, modelfiles=MODELFILES
     )

@@ -10,32 +10,43 @@ values come from Vault.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
+from io import StringIO
+from pathlib import Path
 
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, postgres, server
+from pyinfra.facts.files import File, FileContents
+from pyinfra.facts.server import Users
+from pyinfra.operations import apt, files, postgres, server, systemd
 
 from gpufleet.facts.system import PostgresLogin, release_codename
+from gpufleet.locks import shipped_litellm_lock
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
-from gpufleet.paths import render_template, template
+from gpufleet.paths import HOST_STATE, render_template, state_folder, state_record, template
 from gpufleet.roles.steps import run_service, run_unit, service_account, wait_until_answering
 from gpufleet.routing import router_config, router_hosts, service_address
 from gpufleet.secrets import read_secret
 from gpufleet.vault import fleet_vault
 
-HOME = "/opt/litellm"
-VENV = f"{HOME}/venv"
+CODE = "/opt/litellm"
+"""The venv and the lock it was installed from: root's, mode 0755; the service only reads it."""
+VENV = f"{CODE}/venv"
+LOCK = f"{CODE}/requirements.txt"
+STATE = "/var/lib/litellm"
+"""The service's home and working folder, the only one it writes (caches); root runs nothing
+from it."""
+INSTALLED = f"{HOST_STATE}/litellm-venv"
+"""The sha256 of the lock the venv was installed from, written by root once pip succeeded:
+what decides a reinstall, read without running anything in the venv."""
 CONFIG_DIR = "/etc/litellm"
 CONFIG = f"{CONFIG_DIR}/config.yaml"
 ENV_FILE = f"{CONFIG_DIR}/litellm.env"
 USER = "litellm"
-PROMETHEUS_CLIENT = "prometheus-client==0.26.0"
-"""What LiteLLM's /metrics needs and its proxy extra does not bring."""
 REDIS_MAIN = "/etc/redis/redis.conf"
 REDIS_SETTINGS = "/etc/redis/gpufleet.conf"
 REDIS_CHECK = (
@@ -65,35 +76,50 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     router = spec.litellm
     planned = router_config(spec, specs)
 
-    # 1. A pinned venv, rebuilt only when the version changes.
+    # 1. A venv installed from the hash-locked requirements, rebuilt when the lock changes.
     apt.packages(name="Python venv", packages=["python3-venv", "python3"], no_recommends=True)
-    service_account(USER, home=HOME)
-    files.directory(name="Home", path=HOME, user=USER, group=USER, mode="755")
-    requirements = [f"litellm[proxy]=={router.version}", PROMETHEUS_CLIENT]
-    versions = (
-        "import importlib.metadata as m; "
-        "print(m.version('litellm'), m.version('prometheus-client'))"
+    account = host.get_fact(Users).get(USER)
+    if account and account["home"] != STATE:
+        # usermod refuses to move the home of a user with running processes.
+        systemd.service(
+            name=f"Stop LiteLLM: its home moves from {account['home']} to {STATE}",
+            service="litellm",
+            running=False,
+        )
+    service_account(USER, home=STATE)
+    files.directory(name="State (the service's own)", path=STATE, user=USER, group=USER, mode="750")
+    files.directory(name="Code (root's)", path=CODE, user="root", group="root", mode="755")
+    lock_path = router.requirements_lock or str(shipped_litellm_lock(router.version))
+    lock_text = Path(lock_path).expanduser().read_text()
+    lock_sha256 = hashlib.sha256(lock_text.encode()).hexdigest()
+    files.put(
+        name=f"Hash-locked requirements of litellm[proxy] {router.version}",
+        src=StringIO(lock_text),
+        dest=LOCK,
+        user="root",
+        group="root",
+        mode="644",
     )
-    installed = host.get_fact(
-        Command, command=f"{VENV}/bin/python -c {shlex.quote(versions)} 2>/dev/null || true"
-    )
-    wanted = " ".join(r.split("==")[1] for r in requirements)
-    if (installed or "").strip() != wanted:
-        index = f"--index-url {shlex.quote(router.pip_index)} " if router.pip_index else ""
-        install = " ".join(shlex.quote(r) for r in requirements)
+    installed = host.get_fact(FileContents, path=INSTALLED)
+    has_venv = host.get_fact(File, path=f"{VENV}/bin/litellm")
+    if installed != [lock_sha256] or not has_venv:
+        index = f" --index-url {shlex.quote(router.pip_index)}" if router.pip_index else ""
         venv = [
             server.shell(
-                name=f"Install litellm[proxy] {router.version}",
-                # A half-installed venv reports no version, so the next run starts it over.
+                name=f"Install litellm[proxy] {router.version} (--require-hashes)",
+                # The stamp goes first and comes back last: a half-installed venv is redone.
                 commands=[
-                    f"rm -rf {VENV} && python3 -m venv {VENV}",
-                    f"{VENV}/bin/pip install --quiet --disable-pip-version-check {index}{install}",
+                    f"rm -f {INSTALLED} && rm -rf {VENV} && python3 -m venv {VENV}",
+                    f"{VENV}/bin/pip install --quiet --disable-pip-version-check{index} "
+                    f"--require-hashes --no-deps -r {LOCK}",
+                    state_folder(HOST_STATE),
+                    state_record(INSTALLED, lock_sha256),
                 ],
             )
         ]
     else:
         venv = []
-        host.noop(f"litellm {router.version} is installed")
+        host.noop(f"litellm {router.version} is installed from its lock")
 
     # 2. Config without secrets, then the secrets in a 0600 file.
     files.directory(name="Config folder", path=CONFIG_DIR, group=USER, mode="750")
@@ -133,7 +159,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         mode="644",
         run_as=USER,
         env_file=ENV_FILE,
-        home=HOME,
+        home=STATE,
         venv=VENV,
         config=CONFIG,
         address=router.address,

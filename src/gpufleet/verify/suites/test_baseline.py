@@ -44,6 +44,11 @@ def test_service_user(target):
     assert user.uid < 1000
     assert user.shell == "/usr/sbin/nologin"
     assert user.home == f"/var/lib/{target.spec.service_user}"
+    # Root's, as gpufleet's records beside it: the service user cannot plant a link there.
+    for folder in (user.home, "/var/lib/gpufleet"):
+        home = target.host.file(folder)
+        assert home.is_directory and not home.is_symlink
+        assert (home.user, home.group, home.mode) == ("root", "root", 0o755)
 
 
 @applies(_debian_family)
