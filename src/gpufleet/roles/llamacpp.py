@@ -16,7 +16,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files
 
-from gpufleet import nvidia
+from gpufleet import nvidia, sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.llamacpp import LLAMA_SERVER, LLAMACPP, MODELS, builds_with_cuda, gguf_path
 from gpufleet.facts.gpu import detected_gpus
@@ -106,6 +106,11 @@ def serve(spec: HostSpec) -> None:
         run_as=spec.service_user,
         command=list(run.rendered.command),
         memory_max=memory_size(run.decision.memory_max_gb),
+        sandbox=sandbox.llama_server(
+            sandbox.host_gpu(spec) if gpu else "none",
+            gguf_path(run.placement),
+            spec.hardware.nvidia_gpu_count,
+        ),
     )
     restart_and_warm_up(
         LLAMACPP.service,

@@ -19,6 +19,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, postgres, server
 
+from gpufleet import sandbox
 from gpufleet.facts.system import PostgresLogin, release_codename
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
@@ -138,6 +139,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         config=CONFIG,
         address=router.address,
         port=router.port,
+        sandbox=sandbox.litellm(HOME),
     )
     started, restarted = run_unit("litellm", unit, config_yaml, env_file, *venv)
     wait_until_answering(
