@@ -15,7 +15,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files
 
-from gpufleet import tegrastats
+from gpufleet import sandbox, tegrastats
 from gpufleet.configs import NVIDIA_RUNTIME
 from gpufleet.facts.jetson import JetsonRelease
 from gpufleet.models import HostSpec
@@ -75,5 +75,6 @@ def jetson_node(spec: HostSpec) -> None:
         script=EXPORTER,
         out=METRICS,
         interval_ms=5000,
+        sandbox=sandbox.tegrastats(NODE_EXPORTER_TEXTFILES),
     )
     run_unit("gpufleet-tegrastats", unit, script)

@@ -16,7 +16,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files
 
-from gpufleet import nvidia
+from gpufleet import nvidia, sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.llamacpp import (
     API_KEY_ENV,
@@ -146,6 +146,11 @@ def serve(spec: HostSpec) -> None:
         command=list(run.rendered.command),
         memory_max=memory_size(run.decision.memory_max_gb),
         env_file=ENV_FILE if keyed else None,
+        sandbox=sandbox.llama_server(
+            sandbox.host_gpu(spec) if gpu else "none",
+            gguf_path(run.placement),
+            spec.hardware.nvidia_gpu_count,
+        ),
     )
     restart_and_warm_up(
         LLAMACPP.service,

@@ -21,6 +21,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
+from gpufleet import sandbox
 from gpufleet.checks import gets_alertmanager, gets_dcgm_exporter
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import WEBHOOK_URL, AlertWebhook, HostSpec
@@ -280,6 +281,7 @@ def dcgm_exporter(spec: HostSpec) -> None:
         image=exporter.image,
         address=exporter.address,
         port=exporter.port,
+        sandbox=sandbox.docker_client(),
     )
     pull_image(exporter.image, unit)
     run_unit("dcgm-exporter", unit)

@@ -13,6 +13,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
+from gpufleet import sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile, release_sha256
 from gpufleet.models import HostSpec
@@ -22,6 +23,9 @@ from gpufleet.roles.steps import configured_not_started, run_unit, warm_up, warm
 from gpufleet.serving import PlacementRun, placement_runs
 
 DROP_IN = "/etc/systemd/system/ollama.service.d/override.conf"
+HOME = "/usr/share/ollama"
+"""The ollama user's home, as Ollama's own installer makes it: ~/.ollama holds its key and
+models."""
 
 
 def models_and_aliases(runs: tuple[PlacementRun, ...]) -> tuple[list[str], dict[str, str]]:
@@ -92,7 +96,7 @@ def serve(spec: HostSpec) -> None:
         name="ollama user",
         user="ollama",
         system=True,
-        home="/usr/share/ollama",
+        home=HOME,
         shell="/usr/sbin/nologin",
         create_home=True,
     )
@@ -109,6 +113,7 @@ def serve(spec: HostSpec) -> None:
         dest=f"/etc/systemd/system/{OLLAMA.service}.service",
         mode="644",
         binary=OLLAMA.binary,
+        sandbox=sandbox.ollama(sandbox.host_gpu(spec), HOME, spec.hardware.nvidia_gpu_count),
     )
     drop_in = files.template(
         name="Ollama settings (drop-in)",

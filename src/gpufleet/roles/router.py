@@ -23,6 +23,7 @@ from pyinfra.facts.files import File, FileContents
 from pyinfra.facts.server import Users
 from pyinfra.operations import apt, files, postgres, server, systemd
 
+from gpufleet import sandbox
 from gpufleet.facts.system import PostgresLogin, release_codename
 from gpufleet.locks import shipped_litellm_lock
 from gpufleet.models import HostSpec
@@ -164,6 +165,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         config=CONFIG,
         address=router.address,
         port=router.port,
+        sandbox=sandbox.litellm(STATE),
     )
     started, restarted = run_unit("litellm", unit, config_yaml, env_file, *venv)
     wait_until_answering(

@@ -18,6 +18,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
+from gpufleet import sandbox
 from gpufleet.catalogue import load_catalogue
 from gpufleet.engines import memory_size
 from gpufleet.engines.triton import ENV_FILE, NGC_API_KEY, NGC_USER, TRITON, TritonModel, registry
@@ -118,6 +119,7 @@ def serve(spec: HostSpec) -> None:
         grpc_port=settings.grpc_port,
         metrics_port=settings.metrics_port,
         memory=memory_size(plan_host(spec, load_catalogue()).memory_max_gb[TRITON.name]),
+        sandbox=sandbox.docker_client(),
     )
     login, key_file = None, None
     reference = dict(TRITON.secret_environment(spec)).get(NGC_API_KEY.variable)

@@ -17,6 +17,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
+from gpufleet import sandbox
 from gpufleet.facts.system import ContainerVirtualization, release_codename
 from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, downloads, vault
@@ -159,6 +160,7 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         config=config_file,
         disable_mlock=disable_mlock,
         mlock_reason=mlock_reason,
+        sandbox=sandbox.vault(data_dir, mlock=not disable_mlock),
     )
     started, restarted = run_unit(user, unit, server_config, cert)
 

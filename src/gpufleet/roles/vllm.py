@@ -13,6 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
+from gpufleet import sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.vllm import API_KEY_ENV, ENV_FILE, VENV, VLLM
 from gpufleet.facts.gpu import require_gpu
@@ -24,6 +25,9 @@ from gpufleet.roles.steps import configured_not_started, restart_and_warm_up, wa
 from gpufleet.secrets import read_secret
 from gpufleet.serving import placement_runs
 from gpufleet.vault import fleet_vault
+
+DATA = "/var/lib/vllm"
+"""vLLM's Hugging Face cache lives here (HF_HOME in the unit)."""
 
 
 @deploy("vLLM")
@@ -96,6 +100,12 @@ def serve(spec: HostSpec) -> None:
         after_docker=settings.install == "container",
         # A container's memory is held by docker run --memory, not by the client's unit.
         memory_max=None if settings.install == "container" else memory,
+        sandbox=sandbox.vllm(
+            settings.install == "container",
+            f"/var/lib/{spec.service_user}",
+            DATA,
+            spec.hardware.nvidia_gpu_count,
+        ),
     )
     if settings.install == "present" and not has_vllm:
         configured_not_started(
