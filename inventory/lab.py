@@ -65,6 +65,9 @@ _LLAMACPP_FROM_MIRROR = {
     },
 }
 
+_MIRROR_FINGERPRINT = _lab.mirror_key_fingerprint()
+_MIRROR_KEY = {"key_fingerprint": _MIRROR_FINGERPRINT} if _MIRROR_FINGERPRINT else {}
+
 _STANDS_IN_FOR_GTX_1650 = {
     "cpu": "virtual",
     "cores": 2,
@@ -97,7 +100,9 @@ gpu_nodes = [
             "nvidia_driver": {"version": "535.261.03", "force": True},
             "container_toolkit": {
                 "repo_url": f"{MIRROR_URL}/{_lab.NVIDIA_CONTAINER_REPO}/$(ARCH)",
-                "key_url": f"{MIRROR_URL}/libnvidia-container/gpgkey",
+                "key_url": f"{MIRROR_URL}/{_lab.MIRROR_KEY}",
+                # The mirror's own key, made at `lab up`; before that NVIDIA's stays expected.
+                **_MIRROR_KEY,
                 "install_packages": False,
             },
             "proxmox": {

@@ -292,8 +292,10 @@ def _capacity(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
 
 
 def gets_dcgm_exporter(spec: HostSpec) -> bool:
-    """Hosts that run NVIDIA's DCGM exporter: an NVIDIA GPU declared and the exporter on."""
-    return bool(spec.hardware.nvidia_gpu_count) and spec.dcgm_exporter.enabled
+    """Hosts that run NVIDIA's DCGM exporter: an NVIDIA GPU declared, the exporter on and its
+    image pinned by digest (never pulled by a tag alone)."""
+    exporter = spec.dcgm_exporter
+    return bool(spec.hardware.nvidia_gpu_count) and exporter.enabled and exporter.image is not None
 
 
 def gets_alertmanager(spec: HostSpec) -> bool:

@@ -52,10 +52,16 @@ ModelTag = Annotated[str, Field(pattern=MODEL_TAG_PATTERN)]
 
 IMAGE_PATTERN = (
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[0-9a-f]{64}$"
 )
-"""A container image reference as Docker parses one (registry, path, tag, digest)."""
+"""A container image reference pinned by its digest (registry, path, optional tag, then
+``@sha256:``): a tag can be moved to other contents, a digest cannot, so what was checked is
+what runs."""
 ImageRef = Annotated[str, Field(pattern=IMAGE_PATTERN)]
+
+FINGERPRINT_PATTERN = r"^[0-9A-F]{40}$"
+"""An OpenPGP v4 key fingerprint as gpg prints it: 40 upper-case hex digits, no spaces."""
+Fingerprint = Annotated[str, Field(pattern=FINGERPRINT_PATTERN)]
 
 SOURCE_PATTERN = (
     r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+=:@,/?&#!-]*)?"
@@ -83,8 +89,12 @@ PATTERN_HINTS = {
     "or digit, at most 64), with no '/'",
     MODEL_TAG_PATTERN: "must be a model tag like 'qwen2.5:14b' or 'hf.co/org/repo:Q4_K_M': "
     "letters, digits, '.', '_', '-', '/' between parts and one ':' before the tag",
-    IMAGE_PATTERN: "must be a container image reference like "
-    "'nvcr.io/nvidia/tritonserver:25.01-py3' (lower-case path, optional tag and digest)",
+    IMAGE_PATTERN: "must be a container image reference pinned by digest, like "
+    "'nvcr.io/nvidia/tritonserver:26.07-py3@sha256:<64 hex>' (lower-case path, optional tag); "
+    "a tag alone can be moved to other contents: read its digest with 'docker buildx "
+    "imagetools inspect IMAGE' or 'skopeo inspect docker://IMAGE'",
+    FINGERPRINT_PATTERN: "must be an OpenPGP key fingerprint: 40 upper-case hex digits without "
+    "spaces, as 'gpg --show-keys --with-colons KEYFILE' prints it on its fpr line",
     APT_COMPONENT_PATTERN: "must be an apt component like 'main', 'contrib' or "
     "'non-free-firmware': lower-case letters, digits and '-'",
     TAILSCALE_TAG_PATTERN: "must be a Tailscale tag like 'tag:gpu': 'tag:' then lower-case "

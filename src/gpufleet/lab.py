@@ -455,6 +455,25 @@ def _gpg(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _run("gpg", "--homedir", str(home), "--batch", "--yes", *args, check=check)
 
 
+MIRROR_KEY = "libnvidia-container/gpgkey"
+"""The lab mirror's signing key (armoured), under the mirror's root, as NVIDIA's is under its."""
+
+
+def mirror_key_fingerprint() -> str | None:
+    """Fingerprint of the key the lab mirror signs with, read from the key file ``lab up``
+    exports; None before the first ``lab up`` (no key made yet) or without gpg. The lab
+    inventory gives it as ``container_toolkit.key_fingerprint``, so the deploy checks the
+    mirror's key the way it checks NVIDIA's."""
+    from gpufleet.operations.downloads import primary_fingerprints
+
+    key = lab_dir() / "mirror" / MIRROR_KEY
+    if not key.exists() or not shutil.which("gpg"):
+        return None
+    shown = _gpg("--show-keys", "--with-colons", str(key), check=False)
+    found = primary_fingerprints(shown.stdout.splitlines())
+    return found[0] if len(found) == 1 else None
+
+
 def _build_mirror(root: Path) -> None:
     """A flat apt repository (``deb [signed-by=...] URL/$(ARCH) /``) signed with a lab key."""
     if _gpg("--list-secret-keys", "gpufleet-lab-mirror", check=False).returncode != 0:
@@ -481,9 +500,7 @@ def _build_mirror(root: Path) -> None:
             str(folder / "InRelease"),
             str(folder / "Release"),
         )
-    (root / "libnvidia-container/gpgkey").write_text(
-        _gpg("--armor", "--export", "gpufleet-lab-mirror").stdout
-    )
+    (root / MIRROR_KEY).write_text(_gpg("--armor", "--export", "gpufleet-lab-mirror").stdout)
 
 
 def _pypi_file(project: str, filename: str) -> Path:

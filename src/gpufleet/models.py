@@ -33,6 +33,7 @@ from gpufleet.fields import (
     TAILSCALE_TAG_PATTERN,
     URL_PATTERN,
     WORD_PATTERN,
+    Fingerprint,
     Port,
     SecretRef,
     Spec,
@@ -179,6 +180,30 @@ class ServiceClaim(Spec):
 DRIVER_VERSION = r"^\d{3}(\.\d{1,3}){1,2}$"
 
 
+CUDA_KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
+"""NVIDIA's CUDA repository key ``3bf863cc.pub`` (cudatools@nvidia.com), in use since NVIDIA
+rotated the key on 2022-04-27 (https://developer.nvidia.com/blog/updating-the-cuda-linux-gpg-
+repository-key/); apt names it by its long id A4B469963BF863CC, the tail of this fingerprint
+(https://github.com/NVIDIA/nvidia-container-toolkit/issues/258)."""
+DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+"""Docker Release (CE deb) <docker@docker.com>, as Docker's install guide gives it
+(https://github.com/docker/docs/pull/11990/files, engine/install/debian.md)."""
+TAILSCALE_KEY_FINGERPRINT = "2596A99EAAB33821893C0A79458CA832957F5868"
+"""Tailscale Inc. (Package repository signing key) <info@tailscale.com>, as a host importing
+it from pkgs.tailscale.com prints it (https://github.com/tailscale/tailscale/issues/13284)."""
+NVIDIA_CONTAINER_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+"""NVIDIA CORPORATION (Open Source Projects) <cudatools@nvidia.com>, the key at
+nvidia.github.io/libnvidia-container/gpgkey (https://github.com/NVIDIA/libnvidia-container/
+issues/280)."""
+GRAFANA_KEY_FINGERPRINT = "B53AE77BADB630A683046005963FA27710458545"
+"""apt.grafana.com's key since the 2023 rotation (https://apt.grafana.com/, quoted in
+https://github.com/voxpupuli/puppet-grafana/pull/336)."""
+HASHICORP_KEY_FINGERPRINT = "798AEC654E5C15428C8E42EEAA16FCBCA621E701"
+"""HashiCorp Security (HashiCorp Package Signing), since 2023-01-23; HashiCorp publishes it at
+https://www.hashicorp.com/security ("Linux Package Checksum Verification"); apt names it
+AA16FCBCA621E701 (https://github.com/hashicorp/terraform/issues/32622)."""
+
+
 class NvidiaDriver(Spec):
     """How the NVIDIA driver is installed: ``{"source": "debian", "version": "535.261.03"}``.
 
@@ -189,7 +214,8 @@ class NvidiaDriver(Spec):
     source: Literal["debian", "debian-backports", "ubuntu", "ubuntu-open", "cuda"] = "debian"
     """debian: Debian's non-free ``nvidia-kernel-dkms``; debian-backports: the same from
     ``<codename>-backports``; ubuntu / ubuntu-open: ``nvidia-driver-<branch>-server`` (``-open``:
-    NVIDIA's open kernel modules); cuda: NVIDIA's CUDA repository via ``cuda-keyring``."""
+    NVIDIA's open kernel modules); cuda: NVIDIA's CUDA repository, its key checked against
+    ``cuda_key_fingerprint``."""
     version: str | None = Field(None, pattern=DRIVER_VERSION)
     """Upstream version to hold, e.g. ``535.261.03``; required for the Debian sources."""
     branch: int | None = Field(None, ge=300, le=999)
@@ -210,6 +236,9 @@ class NvidiaDriver(Spec):
         "https://developer.download.nvidia.com/compute/cuda/repos", pattern=URL_PATTERN
     )
     """Base of NVIDIA's CUDA repository (source ``cuda``); a local mirror for offline hosts."""
+    cuda_key_fingerprint: Fingerprint = CUDA_KEY_FINGERPRINT
+    """Fingerprint of the CUDA repository's signing key (``3bf863cc.pub``); the key is
+    installed only when it has this one."""
     reboot: bool = False
     """Reboot the host when the new driver needs one. Off: the deploy reports it and waits."""
     force: bool = False
@@ -231,6 +260,8 @@ class DockerEngine(Spec):
     """debian: the distribution's ``docker.io``; docker: Docker's own repository."""
     repo_url: str = Field("https://download.docker.com/linux", pattern=URL_PATTERN)
     """Docker's repository (source ``docker``); ``/<distro>`` is appended."""
+    key_fingerprint: Fingerprint = DOCKER_KEY_FINGERPRINT
+    """Fingerprint of the key at ``<repo_url>/<distro>/gpg``; installed only when it matches."""
     daemon: dict[str, object] = {}
     """Keys gpufleet sets in ``/etc/docker/daemon.json``; keys already there and not named
     here are kept as the user wrote them."""
@@ -260,6 +291,8 @@ class TailscaleNode(Spec):
     repo_url: str = Field("https://pkgs.tailscale.com/stable/debian", pattern=URL_PATTERN)
     """Tailscale's apt repository (``/<codename>.noarmor.gpg`` is its key); a local mirror
     for offline hosts."""
+    key_fingerprint: Fingerprint = TAILSCALE_KEY_FINGERPRINT
+    """Fingerprint of the repository's signing key; installed only when it matches."""
     auth_key: str = Field(
         "vault:kv/gpufleet/tailscale#auth_key",
         pattern=SECRET_REFERENCE_PATTERN,
@@ -288,6 +321,9 @@ class ContainerToolkit(Spec):
     offline hosts."""
     key_url: str = Field("https://nvidia.github.io/libnvidia-container/gpgkey", pattern=URL_PATTERN)
     """ASCII-armoured signing key of the repository."""
+    key_fingerprint: Fingerprint = NVIDIA_CONTAINER_KEY_FINGERPRINT
+    """Fingerprint of the key at ``key_url``; installed only when it matches (a mirror signed
+    with a key of its own gives that key's)."""
     version: str = Field("1.17.8-1", pattern=r"^\d+\.\d+\.\d+(-\S+)?$")
     """Version of ``nvidia-container-toolkit`` to hold."""
     install_packages: bool = True
@@ -367,6 +403,9 @@ class VaultServer(Spec):
     """Checksum of ``binary_url``; required with it."""
     repo_url: str = Field("https://apt.releases.hashicorp.com", pattern=URL_PATTERN)
     """HashiCorp's apt repository (flavor hashicorp)."""
+    key_fingerprint: Fingerprint = HASHICORP_KEY_FINGERPRINT
+    """Fingerprint of the key at ``<repo_url>/gpg`` (flavor hashicorp); installed only when it
+    matches."""
     port: Port = 8200
     """HTTPS API port."""
     cluster_port: Port = 8201
@@ -656,6 +695,8 @@ class GrafanaServer(Spec):
     """Grafana's apt repository; a local mirror for offline hosts."""
     key_url: str = Field("https://apt.grafana.com/gpg.key", pattern=URL_PATTERN)
     """Its signing key (ASCII-armoured)."""
+    key_fingerprint: Fingerprint = GRAFANA_KEY_FINGERPRINT
+    """Fingerprint of the key at ``key_url``; installed only when it matches."""
     version: str | None = Field(None, pattern=r"^\d+\.\d+\.\d+$")
     """Pin the ``grafana`` package to this version; None: the repository's newest."""
     address: IPv4Address = IPv4Address("0.0.0.0")
@@ -675,10 +716,11 @@ class DcgmExporter(Spec):
 
     enabled: bool = True
     """False leaves GPU metrics out on this host."""
-    image: str = Field(
-        "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04", pattern=IMAGE_PATTERN
-    )
-    """Pinned image: DCGM 4.2.3 with exporter 4.1.3."""
+    image: str | None = Field(None, pattern=IMAGE_PATTERN)
+    """The exporter's image pinned by digest, e.g. ``nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-
+    4.1.3-ubuntu22.04@sha256:<digest>`` (``docker buildx imagetools inspect`` or ``skopeo
+    inspect`` gives the digest). gpufleet knows no published digest to default to: until one
+    is given the exporter is not installed and the plan says so."""
     port: Port = 9400
     """Where it serves /metrics."""
     address: IPv4Address | None = None

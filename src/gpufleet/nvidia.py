@@ -289,7 +289,7 @@ class CudaToolkit:
     """CUDA release; None where the distribution release is one gpufleet does not know."""
     nvcc: str
     from_cuda_repository: bool
-    """In NVIDIA's CUDA repository (``cuda-keyring``), not the distribution's archive."""
+    """In NVIDIA's CUDA repository (source ``cuda``), not the distribution's archive."""
 
     @property
     def name(self) -> str:

@@ -168,6 +168,10 @@ SECRET_FILE = "PLACEHOLDER-ngc-key-0123456789"
 HF_SECRET = "hf_placeholder-not-a-real-token"
 
 
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-py3@sha256:" + "0" * 64
+"""Pinned by a digest of the right shape; planning asks no registry."""
+
+
 @pytest.fixture(scope="module")
 def keyed_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """starlord of three_node.py with its keys in 0600 files, and Triton from nvcr.io."""
@@ -183,7 +187,7 @@ def keyed_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "    'models': [{'model': 'llama3.1:8b', 'engine': 'vllm', 'quant': 'FP16', 'gpus': 1,\n"
         "                'context': 16384, 'source': 'meta-llama/Llama-3.1-8B-Instruct'}],\n"
         "    'triton': {'enabled': True, 'http_port': 8010, 'grpc_port': 8011,\n"
-        "               'metrics_port': 8012},\n"
+        f"               'metrics_port': 8012, 'image': {TRITON_IMAGE!r}}},\n"
         f"    'secrets': {{'vllm_api_key': 'file:{folder}/vllm', 'hf_token': 'file:{folder}/hf',\n"
         f"                'ngc_api_key': 'file:{folder}/ngc'}}}})]\n"
         "check_inventory(__file__)\n"
@@ -225,10 +229,15 @@ def test_triton_logs_in_to_nvcr_with_the_key_file_before_its_pull(starlord):
     (pull,) = [o for o in starlord if "Pull nvcr.io/nvidia/tritonserver" in o.name]
     assert "(logged in to nvcr.io)" in pull.name
     assert (
-        "docker image inspect nvcr.io/nvidia/tritonserver:25.01-py3 >/dev/null 2>&1 || "
+        f"docker image inspect {TRITON_IMAGE} >/dev/null 2>&1 || "
         "{ sed -n 's/^NGC_API_KEY=//p' /etc/gpufleet/triton.env | docker login nvcr.io "
         "--username '$oauthtoken' --password-stdin >/dev/null && "
-        "docker pull nvcr.io/nvidia/tritonserver:25.01-py3; }" in pull.commands
+        f"docker pull {TRITON_IMAGE}; }}" in pull.commands
     )
     unit = uploads(starlord)["/etc/systemd/system/triton.service"]
     assert re.search(r"--memory=\d+M ", unit) and "NGC" not in unit
+    assert "--runtime=nvidia --gpus all" in unit and TRITON_IMAGE in unit
+    assert "-p 8010:8000 -p 8011:8001 -p 8012:8002" in unit
+    assert "-v /srv/triton/models:/models:ro" in unit
+    (ready,) = [o for o in starlord if o.name.endswith("Triton is ready (every model loaded)")]
+    assert "http://127.0.0.1:8010" in ready.commands[0] and "/v2/health/ready" in ready.commands[0]

@@ -17,6 +17,20 @@ def hosts(entries):
     return sorted(e["labels"]["host"] for e in entries)
 
 
+DCGM_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04@sha256:" + "0" * 64
+"""A digest of the right shape for planning; no registry is asked."""
+
+
+def with_dcgm_image(specs):
+    """The fleet with ``dcgm_exporter.image`` pinned on every host."""
+    return {
+        name: spec.model_copy(
+            update={"dcgm_exporter": spec.dcgm_exporter.model_copy(update={"image": DCGM_IMAGE})}
+        )
+        for name, spec in specs.items()
+    }
+
+
 def test_lab_targets_follow_the_inventory():
     specs = validate_file(ROOT / "inventory/lab.py")
     jobs = scrape_jobs(specs)
@@ -27,8 +41,10 @@ def test_lab_targets_follow_the_inventory():
     assert jobs["llamacpp"] == []
     assert hosts(jobs["llamacpp-key1"]) == ["lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1"]
     assert hosts(jobs["vllm"]) == ["lab-pve-1"]
-    # GPUs declared on the Proxmox stand-in and its container: DCGM is expected there.
-    assert hosts(jobs["dcgm"]) == ["lab-lxc-1", "lab-pve-1"]
+    # GPUs declared on the Proxmox stand-in and its container, but no exporter image pinned
+    # by digest: no exporter runs, so none is scraped; with one, both are.
+    assert hosts(jobs["dcgm"]) == []
+    assert hosts(scrape_jobs(with_dcgm_image(specs))["dcgm"]) == ["lab-lxc-1", "lab-pve-1"]
     assert jobs["nginx"] == [{"targets": ["10.200.0.12:9113"], "labels": {"host": "lab-infra-1"}}]
     services = {(p["labels"]["host"], p["labels"]["service"]) for p in probes(specs)}
     assert ("lab-gpu-1", "ollama") in services  # no metrics of its own: probed instead
@@ -40,7 +56,8 @@ def test_homelab_scrapes_every_host_and_each_gpu():
     jobs = scrape_jobs(specs)
     assert len(jobs["node"]) == 23
     gpu_hosts = [n for n, s in specs.items() if s.hardware.nvidia_gpu_count]
-    assert hosts(jobs["dcgm"]) == sorted(gpu_hosts) and gpu_hosts
+    assert jobs["dcgm"] == [] and gpu_hosts  # no exporter image pinned: none runs
+    assert hosts(scrape_jobs(with_dcgm_image(specs))["dcgm"]) == sorted(gpu_hosts)
 
 
 def test_prometheus_config_reads_one_file_per_job():

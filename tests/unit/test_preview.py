@@ -69,14 +69,20 @@ def test_gpu_nodes_get_their_pinned_drivers_and_cpu_nodes_get_none(homelab):
     akshat = commands(homelab["akshat-pc"])
     # Blackwell on Debian 12: NVIDIA's CUDA repository, its 575 branch with the open kernel
     # modules (the only ones an RTX 5090 runs on), held at the version.
-    assert any("cuda-keyring" in c for c in akshat)
+    (key,) = [c for c in akshat if "3bf863cc.pub" in c]
+    assert "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/" in key
+    assert (
+        '"$got" = EB693B3035CD5710E231E123A4B469963BF863CC ]' in key
+    )  # checked before apt trusts it
+    cuda = uploads(homelab["akshat-pc"])["/etc/apt/sources.list.d/gpufleet-cuda.sources"]
+    assert "Signed-By: /etc/apt/keyrings/cuda-archive-keyring.asc" in cuda
     assert any("install" in c and "nvidia-open-575" in c for c in akshat)
     assert not any("cuda-drivers" in c for c in akshat)
     hold = uploads(homelab["akshat-pc"])["/etc/apt/preferences.d/gpufleet-nvidia-driver"]
     assert "575.64.05" in hold
     old = uploads(homelab["old-office-pc"])["/etc/apt/preferences.d/gpufleet-nvidia-driver"]
     assert "535.261.03" in old
-    assert not any("cuda-keyring" in c for c in commands(homelab["old-office-pc"]))
+    assert not any("3bf863cc" in c for c in commands(homelab["old-office-pc"]))
     assert "nvidia" not in " ".join(commands(homelab["gtr9-pro"]))
 
 
@@ -215,10 +221,13 @@ def test_a_fact_the_profile_cannot_answer_is_an_error_naming_it():
 def test_hosts_join_the_tailnet_from_tailscales_signed_repository_with_a_key_file(homelab):
     pi5l = homelab["pi5l"]
     keyring = "/usr/share/keyrings/tailscale-archive-keyring.gpg"
-    (key,) = [o for o in pi5l if o.name == "Tailscale | Tailscale's apt signing key"]
+    (key,) = [o for o in pi5l if o.name.startswith("Tailscale | Tailscale's apt signing key")]
     fetch = " ".join(key.commands)
     assert "https://pkgs.tailscale.com/stable/debian/bookworm.noarmor.gpg" in fetch
     assert f" {keyring}" in fetch
+    # Moved into place only after gpg read Tailscale's fingerprint from it.
+    assert '"$got" = 2596A99EAAB33821893C0A79458CA832957F5868 ]' in fetch
+    assert fetch.index("gpg --batch --show-keys") < fetch.index(f"mv {keyring}.part {keyring}")
     sources = uploads(pi5l)["/etc/apt/sources.list.d/tailscale.sources"]
     assert f"Signed-By: {keyring}" in sources and "Suites: bookworm" in sources
     (join,) = [o for o in pi5l if o.name == "Tailscale | Join the tailnet as pi5l"]
@@ -288,7 +297,7 @@ def test_pi5l_gets_grafana_with_its_datasource_and_the_four_dashboards(homelab):
     from gpufleet.dashboards import DATASOURCE_UID
 
     pi5l = homelab["pi5l"]
-    (key,) = [o for o in pi5l if o.name == "Grafana | Grafana's apt signing key"]
+    (key,) = [o for o in pi5l if o.name.startswith("Grafana | Grafana's apt signing key")]
     assert "https://apt.grafana.com/gpg.key" in " ".join(key.commands)
     written = uploads(pi5l)
     assert (
@@ -418,12 +427,10 @@ def test_triton_serves_a_repository_laid_out_from_the_inventory():
         "cp -p /srv/models/bge-small-en-v1.5/model.onnx "
         "/srv/triton/models/bge-small-en-v1.5/1/model.onnx" in commands(desktop)
     )
-    unit = written["/etc/systemd/system/triton.service"]
-    assert "--runtime=nvidia --gpus all" in unit
-    assert "-p 8010:8000 -p 8011:8001 -p 8012:8002" in unit
-    assert "-v /srv/triton/models:/models:ro" in unit
-    (ready,) = [o for o in desktop if o.name.endswith("Triton is ready (every model loaded)")]
-    assert "http://127.0.0.1:8010" in ready.commands[0] and "/v2/health/ready" in ready.commands[0]
+    # The example names no image pinned by digest: the repository is laid out, no server is
+    # installed and nothing is pulled by a tag (test_engine_secrets plans one with an image).
+    assert "/etc/systemd/system/triton.service" not in written
+    assert not any("tritonserver" in c for c in commands(desktop))
 
 
 def test_triton_metrics_are_scraped_and_its_readiness_probed():
@@ -576,7 +583,7 @@ def test_llamacpp_on_blackwell_builds_with_nvidias_toolkit_for_sm_120(tmp_path):
         str(inventory), ["deploys/inference.py"], None, **{"pyinfra.facts.files.File": present}
     )["rtx-box"]
     assert "cuda-toolkit-12-8" in installs(box) and "nvidia-cuda-toolkit" not in installs(box)
-    assert any("cuda-keyring" in c for c in commands(box))
+    assert any("3bf863cc.pub" in c for c in commands(box))
     (configure,) = [c for c in commands(box) if c.startswith("cmake -S")]
     assert "-DGGML_CUDA=ON" in configure
     assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda-12.8/bin/nvcc" in configure
@@ -590,3 +597,20 @@ def test_ollamas_drop_in_holds_the_planned_memory_limit(homelab):
         "/etc/systemd/system/ollama.service.d/override.conf"
     ]
     assert "[Service]\nMemoryMax=28611M\n" in drop_in
+
+
+def test_every_download_the_fleet_plans_is_checked_before_it_is_used(homelab):
+    """Each file fetched from the network is checked against a pinned sha256 (or the checksum
+    list its release publishes) or, for an apt key, a pinned fingerprint, before it is moved
+    where anything uses it; no plan pipes a download into a shell."""
+    fetches = [
+        c
+        for ops in homelab.values()
+        for c in commands(ops)
+        if re.search(r"curl -fsSL[^|]* -o |wget -q -O (?!-)", c)
+    ]
+    assert len(fetches) > 20
+    for command in fetches:
+        checked = "sha256sum -c" in command or "gpg --batch --show-keys" in command
+        assert checked, command
+        assert not re.search(r"(curl|wget)[^|;&]*\| *(sudo )?(ba)?sh\b", command), command

@@ -52,8 +52,15 @@ class TritonServer(Spec):
 
     enabled: bool = False
     """Run Triton on this host."""
-    image: str = Field("nvcr.io/nvidia/tritonserver:25.01-py3", pattern=IMAGE_PATTERN)
-    """Pinned NGC image; a local registry for offline hosts."""
+    image: str | None = Field(None, pattern=IMAGE_PATTERN)
+    """NGC's image pinned by digest (a local registry for offline hosts); Triton is not
+    installed until it is given (the plan says so), e.g.
+    ``nvcr.io/nvidia/tritonserver:26.07-py3@sha256:<digest>``: releases before 26.04 are
+    affected by NVIDIA's security bulletins 5687 (before 25.07,
+    https://nvidia.custhelp.com/app/answers/detail/a_id/5687) and 5828 (fixed in 26.04,
+    https://nvidia.custhelp.com/app/answers/detail/a_id/5828). gpufleet knows no published
+    digest of a fixed release to default to; ``docker buildx imagetools inspect IMAGE`` or
+    ``skopeo inspect docker://IMAGE`` prints it."""
     repository: str = Field("/srv/triton/models", pattern=r"^/\S+$")
     """Model repository on the host, mounted read-only at /models."""
     http_port: Port = 8000

@@ -8,15 +8,16 @@ from an environment file, never a command line. Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
-from gpufleet.fields import URL_PATTERN, Port, Spec
+from gpufleet.fields import IMAGE_PATTERN, URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -26,6 +27,24 @@ ENV_FILE = "/etc/gpufleet/vllm.env"
 API_KEY_ENV = "VLLM_API_KEY"
 HF_TOKEN = EngineSecret("hf_token", "HF_TOKEN", issued_by="Hugging Face")
 """The token vLLM downloads gated weights with (huggingface_hub reads HF_TOKEN)."""
+
+
+VLLM_VERSION = "0.28.0"
+"""Past every vLLM advisory this release knows of: 0.11.0, the release before, is affected by
+GHSA-mrw7-hf4f-83pf, GHSA-pmqf-x6x8-p7qw and GHSA-69j4-grxj-j64p (fixed in 0.11.1,
+https://github.com/vllm-project/vllm/issues/26928), GHSA-7972-pg2x-xr59 (fixed in 0.18.0,
+https://github.com/vllm-project/vllm/security/advisories/GHSA-7972-pg2x-xr59) and
+GHSA-3mwp-wvh9-7528 (fixed in 0.19.0,
+https://github.com/vllm-project/vllm/security/advisories/GHSA-3mwp-wvh9-7528)."""
+VLLM_IMAGE = (
+    "vllm/vllm-openai:v0.28.0"
+    "@sha256:61fc8a896b0a4fbbbdc063bc4b0dbc25ce98e02b5050c24aeb7830ac02039b14"
+)
+"""The multi-arch index Docker Hub serves as vllm/vllm-openai:v0.28.0 (linux/amd64
+sha256:2286e8533ca8b6bc777594bae30524f1426ba46ca21797524e06df6a94b06635, linux/arm64
+sha256:2a7cde230b59f3ce6cab33dd245ba6bee41aa87b38c9fe84f966ff24016813ce), as public
+deployments that pin v0.28.0 record it; compare with
+https://hub.docker.com/r/vllm/vllm-openai/tags?name=v0.28.0."""
 
 
 class VllmSettings(Spec):
@@ -41,10 +60,12 @@ class VllmSettings(Spec):
     """venv: ``pip install vllm==<version>`` in /opt/vllm; container: the vLLM image run by
     Docker through the NVIDIA runtime; present: you installed vLLM in /opt/vllm yourself
     (the service starts once it is there)."""
-    version: str = Field("0.11.0", pattern=r"^\d+\.\d+\.\d+$")
-    """vLLM release (pip version, image tag ``v<version>``)."""
-    image: str = "vllm/vllm-openai"
-    """Container image for ``install: container``; a local registry for offline hosts."""
+    version: str = Field(VLLM_VERSION, pattern=r"^\d+\.\d+\.\d+$")
+    """vLLM release (the pip version; ``image``'s tag is ``v<version>``)."""
+    image: str = Field(VLLM_IMAGE, pattern=IMAGE_PATTERN)
+    """Container image for ``install: container``, pinned by digest, its tag ``v<version>``;
+    a local registry for offline hosts. ``docker buildx imagetools inspect IMAGE`` or
+    ``skopeo inspect docker://IMAGE`` prints another release's digest."""
     pip_index: str | None = Field(None, pattern=URL_PATTERN)
     """A PyPI mirror for the venv install."""
     max_num_seqs: int = Field(32, ge=1)
@@ -58,6 +79,24 @@ class VllmSettings(Spec):
     memory_max_gb: float | None = Field(None, gt=0)
     """System memory limit of the server in GB (``MemoryMax=``, ``docker run --memory``);
     the planner's when left out (see ``planner.memory_limits``)."""
+
+    @model_validator(mode="after")
+    def _image_is_the_release(self) -> VllmSettings:
+        # The digest decides what runs: an image tagged for another release than ``version``
+        # (the default image after only ``version`` changed) would run that other release.
+        tag = self.image.split("@", 1)[0].rpartition("/")[2].partition(":")[2]
+        if (
+            self.install == "container"
+            and tag
+            and not re.match(rf"^v{re.escape(self.version)}($|-)", tag)
+        ):
+            raise ValueError(
+                f"vllm.image is tagged {tag!r}, not v{self.version} (vllm.version): give the "
+                f"image of that release pinned by digest, e.g. 'vllm/vllm-openai:v"
+                f"{self.version}@sha256:<digest>' ('docker buildx imagetools inspect "
+                f"vllm/vllm-openai:v{self.version}' prints it)"
+            )
+        return self
 
 
 class Vllm(Engine):

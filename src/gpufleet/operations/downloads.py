@@ -134,3 +134,91 @@ def verified_download(
             state_record(stamp_path(dest), f"{checksum} $(stat -c '%s %Y' {file})"),
         ]
     )
+
+
+def primary_fingerprints(colons: list[str]) -> list[str]:
+    """The fingerprints of the primary keys in ``gpg --show-keys --with-colons`` output: the
+    ``fpr`` line that follows each ``pub`` line (a subkey's ``fpr`` follows its ``sub``)."""
+    found, after_pub = [], False
+    for line in colons:
+        fields = line.strip().split(":")
+        if fields[0] == "pub":
+            after_pub = True
+        elif fields[0] == "fpr" and after_pub and len(fields) > 9:
+            found.append(fields[9].upper())
+            after_pub = False
+        elif fields[0] in ("sub", "sec", "ssb"):
+            after_pub = False
+    return found
+
+
+_PRIMARY_FPRS = 'awk -F: \'$1=="pub"{p=1;next} $1=="fpr"&&p{print $10;p=0} $1=="sub"{p=0}\''
+"""Shell twin of :func:`primary_fingerprints`: one primary key fingerprint a line."""
+
+
+def fingerprint_check(path: str, fingerprint: str, src: str) -> str:
+    """Shell that succeeds when the key file ``path`` holds exactly one primary key, the one
+    with ``fingerprint``, and fails naming what it holds instead. A file with an extra key
+    would let that key sign the repository too, so it is refused like a wrong one."""
+    quoted = shlex.quote(path)
+    refused = shlex.quote(f"signing key from {src} refused: expected {fingerprint}, it holds: ")
+    return (
+        f"got=$(gpg --batch --show-keys --with-colons {quoted} 2>/dev/null | {_PRIMARY_FPRS})"
+        f' && if [ "$got" = {shlex.quote(fingerprint)} ]; then true;'
+        f' else echo {refused}"${{got:-no OpenPGP key}}" >&2; false; fi'
+    )
+
+
+class KeyFingerprints(FactBase):
+    """
+    The primary key fingerprints of an OpenPGP key file, as gpg reads them: ``["C95B..."]``;
+    an empty list when the file or gpg is missing.
+    """
+
+    def command(self, path: str) -> str:
+        # Exit 0 without the file or gpg: no key is an answer, not an error.
+        return (
+            f"gpg --batch --show-keys --with-colons {shlex.quote(path)} 2>/dev/null"
+            " | grep -E '^(pub|sub|fpr):' || true"
+        )
+
+    def process(self, output: list[str]) -> list[str]:
+        return primary_fingerprints(output)
+
+
+@operation()
+def signing_key(src: str, dest: str, fingerprint: str, mode: str = "644"):
+    """
+    Install an apt repository's signing key at ``dest`` only once its fingerprint is the one
+    expected: the key is fetched to ``<dest>.part``, read with gpg, moved into place when it
+    holds that one primary key and removed (failing the operation) otherwise. A key already
+    at ``dest`` with that fingerprint is left as it is.
+
+    + src: http(s) URL of the key (ASCII-armoured or binary)
+    + dest: the keyring file a source's ``Signed-By`` names
+    + fingerprint: the 40 hex digits of the expected primary key
+    + mode: octal permissions of the key file
+
+    .. code:: python
+
+        downloads.signing_key(
+            src="https://apt.grafana.com/gpg.key",
+            dest="/etc/apt/keyrings/grafana.asc",
+            fingerprint="B53AE77BADB630A683046005963FA27710458545",
+        )
+    """
+    if host.get_fact(KeyFingerprints, path=dest) == [fingerprint]:
+        host.noop(f"{dest} holds the key {fingerprint}")
+        return
+    file, part = shlex.quote(dest), shlex.quote(f"{dest}.part")
+    url = shlex.quote(src)
+    check = fingerprint_check(f"{dest}.part", fingerprint, src)
+    yield " && ".join(
+        [
+            f"mkdir -p $(dirname {file})",
+            f"( curl -fsSL --retry 3 -o {part} {url} || wget -q -O {part} {url} )",
+            f"( {check} || {{ rm -f {part}; false; }} )",
+            f"chmod {mode} {part}",
+            f"mv {part} {file}",
+        ]
+    )

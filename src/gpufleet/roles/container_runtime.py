@@ -20,7 +20,7 @@ from gpufleet.facts.gpu import detected_gpus
 from gpufleet.models import HostSpec
 from gpufleet.operations import docker
 from gpufleet.paths import template
-from gpufleet.roles.steps import run_service
+from gpufleet.roles.steps import KEY_TOOLS, run_service, signing_key
 
 KEYRINGS = "/etc/apt/keyrings"
 TOOLKIT_KEYRING = f"{KEYRINGS}/nvidia-container-toolkit.asc"
@@ -50,22 +50,16 @@ DOCKER_CE_PACKAGES = [
 ]
 
 
-KEY_FETCHING_TOOLS = ["curl", "ca-certificates"]
-
-
 def docker_engine(spec: HostSpec) -> None:
     if spec.docker.source == "docker":
-        apt.packages(
-            name="Tools to fetch repository keys", packages=KEY_FETCHING_TOOLS, no_recommends=True
-        )
         distribution = host.get_fact(LinuxDistribution)
         distro = (distribution["name"] or "debian").lower()
         files.directory(name="apt keyrings folder", path=KEYRINGS, mode="755")
-        key = files.download(
-            name="Docker's signing key",
-            src=f"{spec.docker.repo_url}/{distro}/gpg",
-            dest=DOCKER_KEYRING,
-            mode="644",
+        key = signing_key(
+            "Docker",
+            f"{spec.docker.repo_url}/{distro}/gpg",
+            DOCKER_KEYRING,
+            spec.docker.key_fingerprint,
         )
         source = files.template(
             name="Docker's apt repository",
@@ -83,7 +77,7 @@ def docker_engine(spec: HostSpec) -> None:
     else:
         apt.packages(
             name="Install Docker (docker.io)",
-            packages=["docker.io", *KEY_FETCHING_TOOLS],
+            packages=["docker.io", *KEY_TOOLS],
             no_recommends=True,
         )
 
@@ -103,11 +97,8 @@ def container_toolkit(spec: HostSpec) -> bool:
         for path in STALE_TOOLKIT_FILES
     ]
     files.directory(name="apt keyrings folder", path=KEYRINGS, mode="755")
-    key = files.download(
-        name="NVIDIA Container Toolkit signing key",
-        src=toolkit.key_url,
-        dest=TOOLKIT_KEYRING,
-        mode="644",
+    key = signing_key(
+        "NVIDIA Container Toolkit", toolkit.key_url, TOOLKIT_KEYRING, toolkit.key_fingerprint
     )
     source = files.template(
         name="NVIDIA Container Toolkit apt repository",

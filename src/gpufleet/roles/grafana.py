@@ -51,6 +51,7 @@ def grafana(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         uri=settings.repo_url,
         suite="stable",
         components=["main"],
+        fingerprint=settings.key_fingerprint,
     )
     package = f"grafana={settings.version}" if settings.version else "grafana"
     apt.packages(name="Grafana", packages=[package], no_recommends=True)

@@ -267,7 +267,15 @@ def dcgm_exporter(spec: HostSpec) -> None:
         dcgm_exporter(host_spec())
     """
     exporter = spec.dcgm_exporter
-    if not gets_dcgm_exporter(spec):
+    if spec.hardware.nvidia_gpu_count and exporter.enabled and exporter.image is None:
+        host.noop(
+            "dcgm_exporter.image is not set: no DCGM exporter (no GPU metrics) until it names "
+            "an image pinned by digest, e.g. 'nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-"
+            "ubuntu22.04@sha256:<digest>' ('docker buildx imagetools inspect IMAGE' or "
+            "'skopeo inspect docker://IMAGE' prints the digest)"
+        )
+        return
+    if not gets_dcgm_exporter(spec) or exporter.image is None:
         host.noop("no NVIDIA GPU declared, or dcgm_exporter.enabled is false: no DCGM exporter")
         return
     if not detected_gpus()["pci"]:

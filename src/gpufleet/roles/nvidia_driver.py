@@ -22,9 +22,13 @@ from gpufleet.facts.system import Kernels, SecureBoot
 from gpufleet.models import HostSpec, NvidiaDriver
 from gpufleet.operations import nvidia as nvidia_ops
 from gpufleet.paths import template
+from gpufleet.roles.steps import signing_key
 
 MODPROBE_DIR = "/etc/modprobe.d"
-CUDA_KEYRING = "cuda-keyring_1.1-1_all.deb"
+CUDA_KEY = "3bf863cc.pub"
+"""The CUDA repository's signing key file, in each ``<distro>/<arch>`` folder."""
+CUDA_KEYRING = "/etc/apt/keyrings/cuda-archive-keyring.asc"
+CUDA_SOURCES = "/etc/apt/sources.list.d/gpufleet-cuda.sources"
 DRIVER_PIN = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
 
 
@@ -68,17 +72,36 @@ def driver_sources(spec: HostSpec, distribution: LinuxDistributionDict) -> None:
 
 
 def cuda_repository(spec: HostSpec, distribution: LinuxDistributionDict) -> None:
-    """NVIDIA's CUDA repository, through its cuda-keyring package: the driver (source
-    ``cuda``) and the CUDA toolkits ``cuda-toolkit-X-Y`` come from it."""
+    """NVIDIA's CUDA repository: the driver (source ``cuda``) and the CUDA toolkits
+    ``cuda-toolkit-X-Y`` come from it. Its key is fetched and checked against the pinned
+    fingerprint before apt trusts it, rather than through the ``cuda-keyring`` package, which
+    would run a maintainer script from a download whose checksum is published nowhere."""
     distro = f"{(distribution['name'] or 'debian').lower()}{distribution['major']}"
     if distribution["name"] == "Ubuntu":
         distro = f"ubuntu{distribution['major']}{distribution['minor']:02d}"
     arch = "sbsa" if spec.arch == "aarch64" else "x86_64"
-    keyring = apt.deb(
-        name="Install NVIDIA's cuda-keyring",
-        src=f"{spec.nvidia_driver.cuda_repo_url}/{distro}/{arch}/{CUDA_KEYRING}",
+    base = f"{spec.nvidia_driver.cuda_repo_url}/{distro}/{arch}"
+    # cuda-keyring's own source names another keyring for the same URI: apt refuses both
+    # ("Conflicting values set for option Signed-By").
+    stale = files.file(
+        name="Remove cuda-keyring's source (replaced by gpufleet's)",
+        path=f"/etc/apt/sources.list.d/cuda-{distro}-{arch}.list",
+        present=False,
     )
-    apt.update(name="Refresh apt lists for the CUDA repository", _if=keyring.did_change)
+    key = signing_key(
+        "NVIDIA CUDA", f"{base}/{CUDA_KEY}", CUDA_KEYRING, spec.nvidia_driver.cuda_key_fingerprint
+    )
+    source = files.template(
+        name="NVIDIA CUDA apt repository (signed-by its key)",
+        src=template("nvidia/cuda.sources.j2"),
+        dest=CUDA_SOURCES,
+        mode="644",
+        uri=f"{base}/",
+        keyring=CUDA_KEYRING,
+    )
+    apt.update(
+        name="Refresh apt lists for the CUDA repository", _if=any_changed(stale, key, source)
+    )
 
 
 def release_of(distribution: LinuxDistributionDict) -> str:

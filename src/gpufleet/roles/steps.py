@@ -14,7 +14,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet.operations import inference
+from gpufleet.operations import downloads, inference
 from gpufleet.paths import template
 
 
@@ -37,13 +37,41 @@ def run_unit(
     return run_service(service, unit, *restart_if)
 
 
+KEY_TOOLS = ["curl", "ca-certificates", "gpg"]
+"""What fetching a repository key and checking its fingerprint needs on the host."""
+
+
+def key_tools() -> None:
+    apt.packages(
+        name="Tools to fetch and check repository keys", packages=KEY_TOOLS, no_recommends=True
+    )
+
+
+def signing_key(name: str, key_url: str, keyring: str, fingerprint: str) -> OperationMeta:
+    """A repository's key at ``keyring``, installed only when its fingerprint is
+    ``fingerprint`` (``downloads.signing_key``)."""
+    key_tools()
+    return downloads.signing_key(
+        name=f"{name}'s apt signing key ({fingerprint})",
+        src=key_url,
+        dest=keyring,
+        fingerprint=fingerprint,
+    )
+
+
 def signed_apt_repository(
-    name: str, key_url: str, keyring: str, uri: str, suite: str, components: list[str]
+    name: str,
+    key_url: str,
+    keyring: str,
+    uri: str,
+    suite: str,
+    components: list[str],
+    fingerprint: str,
 ) -> OperationMeta:
-    """A third-party apt repository trusted for its own packages only: its key downloaded to
-    ``keyring``, a deb822 source naming it in ``Signed-By``, the lists refreshed when either
-    changed. Returns the refresh."""
-    key = files.download(name=f"{name}'s apt signing key", src=key_url, dest=keyring, mode="644")
+    """A third-party apt repository trusted for its own packages only: its key, checked
+    against ``fingerprint``, at ``keyring``, a deb822 source naming it in ``Signed-By``, the
+    lists refreshed when either changed. Returns the refresh."""
+    key = signing_key(name, key_url, keyring, fingerprint)
     sources = files.template(
         name=f"{name}'s apt repository (signed-by its key)",
         src=template("apt/repository.sources.j2"),

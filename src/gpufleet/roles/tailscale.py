@@ -63,6 +63,7 @@ def tailscale(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         uri=settings.repo_url,
         suite=codename,
         components=["main"],
+        fingerprint=settings.key_fingerprint,
     )
     apt.packages(name="Tailscale", packages=["tailscale"], no_recommends=True)
     run_service("tailscaled")

@@ -107,13 +107,25 @@ def serve(spec: HostSpec) -> None:
                 )
             )
 
+    image = settings.image
+    if image is None:
+        # Never a tag alone: what runs must be what was checked, and no default is pinned.
+        host.noop(
+            "triton.image is not set: Triton is not installed until it names NGC's image "
+            "pinned by digest, e.g. 'nvcr.io/nvidia/tritonserver:26.07-py3@sha256:<digest>' "
+            "(26.04 or newer: older releases are affected by NVIDIA security bulletins 5687 "
+            "and 5828); 'docker buildx imagetools inspect IMAGE' or 'skopeo inspect "
+            "docker://IMAGE' prints the digest"
+        )
+        return
+
     # 2. The server; its image pulled once; restarted when the repository changed.
     unit = files.template(
         name="Triton unit",
         src=template("triton/triton.service.j2"),
         dest="/etc/systemd/system/triton.service",
         mode="644",
-        image=settings.image,
+        image=image,
         repository=settings.repository,
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
@@ -131,8 +143,8 @@ def serve(spec: HostSpec) -> None:
             render=lambda: f"{NGC_API_KEY.variable}={read_secret(reference, vault)}\n",
             mode="600",
         )
-        login = RegistryLogin(registry(settings.image), NGC_USER, ENV_FILE, NGC_API_KEY.variable)
-    pull_image(settings.image, unit, login, key_file)
+        login = RegistryLogin(registry(image), NGC_USER, ENV_FILE, NGC_API_KEY.variable)
+    pull_image(image, unit, login, key_file)
     started, restarted = run_unit(TRITON.service, unit, *changed)
     wait_until_answering(
         "Triton is ready (every model loaded)",

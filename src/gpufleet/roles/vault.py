@@ -23,7 +23,7 @@ from gpufleet.models import OPENBAO_WHEELS, HostSpec
 from gpufleet.operations import config, downloads, vault
 from gpufleet.paths import render_template, template
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
-from gpufleet.roles.steps import run_unit, service_account
+from gpufleet.roles.steps import run_unit, service_account, signing_key
 from gpufleet.routing import service_address
 from gpufleet.secrets import secret_uses
 
@@ -91,11 +91,11 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         service_account(user, home=data_dir)
     else:
         files.directory(name="apt keyrings folder", path="/etc/apt/keyrings", mode="755")
-        key = files.download(
-            name="HashiCorp's signing key",
-            src=f"{settings.repo_url}/gpg",
-            dest="/etc/apt/keyrings/hashicorp.asc",
-            mode="644",
+        key = signing_key(
+            "HashiCorp",
+            f"{settings.repo_url}/gpg",
+            "/etc/apt/keyrings/hashicorp.asc",
+            settings.key_fingerprint,
         )
         codename = release_codename()
         source = files.line(

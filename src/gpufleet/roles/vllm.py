@@ -68,6 +68,10 @@ def serve(spec: HostSpec) -> None:
     installed = None
     if settings.install == "venv" and not has_vllm:
         apt.packages(name="Python venv", packages=["python3-venv"], no_recommends=True)
+        # vLLM is held at one version, not hash-locked: its dependency set (torch and the
+        # CUDA wheels) differs by platform and release, and a lock not resolved on the host's
+        # own platform would refuse to install. The install image (``install: container``)
+        # is the pinned-by-digest alternative.
         index = f" --index-url {shlex.quote(settings.pip_index)}" if settings.pip_index else ""
         installed = server.shell(
             name=f"vLLM {settings.version} in {VENV}",
@@ -77,7 +81,7 @@ def serve(spec: HostSpec) -> None:
             ],
         )
     if settings.install == "container":
-        image = f"{settings.image}:v{settings.version}"
+        image = settings.image
         command = [
             "/usr/bin/docker", "run", "--rm", "--name", VLLM.service, "--entrypoint", "vllm",
             "--runtime", "nvidia", "--gpus", "all", "--ipc", "host",

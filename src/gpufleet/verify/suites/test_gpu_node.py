@@ -3,6 +3,7 @@
 import json
 
 from gpufleet.catalogue import load_catalogue
+from gpufleet.checks import gets_dcgm_exporter
 from gpufleet.facts.gpu import parse_smi_csv
 from gpufleet.verify import applies, gpus_differ, http_get
 
@@ -46,7 +47,7 @@ def test_docker_has_the_nvidia_runtime(target):
     assert "nvidia" in info["Runtimes"], f"runtimes: {sorted(info['Runtimes'])}"
 
 
-@applies(lambda spec: _nvidia(spec) and spec.dcgm_exporter.enabled and spec.docker.enabled)
+@applies(lambda spec: gets_dcgm_exporter(spec) and spec.docker.enabled)
 def test_dcgm_exporter_serves_gpu_metrics(target):
     port = target.spec.dcgm_exporter.port
     reply = http_get(f"http://{target.address}:{port}/metrics", timeout=10)
