@@ -16,7 +16,7 @@ from pydantic import Field
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
-from gpufleet.fields import URL_PATTERN, Port, Spec
+from gpufleet.fields import IMAGE_PATTERN, URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -41,7 +41,7 @@ class VllmSettings(Spec):
     (the service starts once it is there)."""
     version: str = Field("0.11.0", pattern=r"^\d+\.\d+\.\d+$")
     """vLLM release (pip version, image tag ``v<version>``)."""
-    image: str = "vllm/vllm-openai"
+    image: str = Field("vllm/vllm-openai", pattern=IMAGE_PATTERN)
     """Container image for ``install: container``; a local registry for offline hosts."""
     pip_index: str | None = Field(None, pattern=URL_PATTERN)
     """A PyPI mirror for the venv install."""
