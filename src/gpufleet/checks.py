@@ -49,12 +49,17 @@ def check_host(
     ]
 
 
-def check_fleet(specs: dict[str, HostSpec]) -> list[Problem]:
-    """Problems between hosts: an LXC container and the Proxmox host it takes GPUs from; a
-    gateway, router or secret with nothing behind it."""
+def check_fleet(
+    specs: dict[str, HostSpec], ssh_addresses: dict[str, str] | None = None
+) -> list[Problem]:
+    """Problems between hosts: an address two hosts claim; an alias serving two models or a
+    backup with no primary; an LXC container and the Proxmox host it takes GPUs from; a
+    gateway, router or secret with nothing behind it. ``ssh_addresses``: where pyinfra
+    connects to each host (its ``ssh_hostname``, else its name)."""
+    problems = [*_shared_addresses(specs, ssh_addresses or {}), *_aliases(specs)]
     from gpufleet.exposure import exposure_problems
 
-    problems = _routing(specs) + list(exposure_problems(specs))
+    problems += _routing(specs) + list(exposure_problems(specs))
     for spec in specs.values():
         guest = spec.lxc_guest
         if guest is None:
@@ -89,6 +94,63 @@ def check_fleet(specs: dict[str, HostSpec]) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _shared_addresses(specs: dict[str, HostSpec], ssh: dict[str, str]) -> Iterator[Problem]:
+    """Two hosts with one address: a deploy for one would configure the other."""
+    fields = {
+        "ssh_hostname": lambda s: ssh.get(s.name),
+        "lan_address": lambda s: s.lan_address,
+        "tailscale_address": lambda s: s.tailscale_address,
+        "tailscale_name": lambda s: s.tailscale_name,
+    }
+    for field, value_of in fields.items():
+        owner: dict[str, str] = {}
+        for spec in specs.values():
+            value = value_of(spec)
+            if value is None:
+                continue
+            key = str(value).lower()
+            if key in owner:
+                yield Problem(
+                    spec.name,
+                    field,
+                    f"{value} is also {owner[key]}'s {field}; two hosts cannot share one "
+                    "address: give each its own",
+                )
+            else:
+                owner[key] = spec.name
+
+
+def _aliases(specs: dict[str, HostSpec]) -> Iterator[Problem]:
+    """An alias is one model across the fleet, with a primary (priority 1) somewhere: the
+    router would otherwise mix two models behind one name, or route to a backup alone."""
+    first: dict[str, tuple[str, str]] = {}
+    primaries: set[str] = set()
+    for spec in specs.values():
+        for placement in spec.models:
+            name = placement.alias or placement.model
+            if placement.priority == 1:
+                primaries.add(name)
+    for spec in specs.values():
+        for i, placement in enumerate(spec.models):
+            name = placement.alias or placement.model
+            if placement.alias:
+                other = first.setdefault(placement.alias, (spec.name, placement.model))
+                if other[1] != placement.model:
+                    yield Problem(
+                        spec.name,
+                        f"models[{i}].alias",
+                        f"{placement.alias} already names {other[1]} on {other[0]}, not "
+                        f"{placement.model}; give this model an alias of its own",
+                    )
+            if placement.priority > 1 and name not in primaries:
+                yield Problem(
+                    spec.name,
+                    f"models[{i}].priority",
+                    f"backup (priority {placement.priority}) of {name} but no host serves it "
+                    "at priority 1; place the primary on a host, or make this one priority 1",
+                )
 
 
 def _groups(spec: HostSpec, extra_groups: Iterable[str]) -> Iterator[Problem]:

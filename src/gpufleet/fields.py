@@ -71,6 +71,19 @@ SOURCE_PATTERN = (
 """Where a model's files come from: a URL as above, an absolute path on the host whose parts
 are never ``..`` nor start with a dot, or a Hugging Face repository id (``org/name``)."""
 
+MODPROBE_OPTIONS_PATTERN = (
+    r"^options [a-z0-9_-]{1,64}( [A-Za-z0-9_]{1,64}=[A-Za-z0-9_,:+/-]+(\.[A-Za-z0-9_,:+/-]+)*)+$"
+)
+"""A line of ``/etc/modprobe.d``: ``options MODULE name=value ...``, values of characters that
+mean nothing to modprobe's parser (no quotes, spaces inside a value, ``..``)."""
+ModprobeOptions = Annotated[str, Field(pattern=MODPROBE_OPTIONS_PATTERN)]
+
+SSH_USER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
+_PATH_PART = r"\.?[A-Za-z0-9_@+=,-][A-Za-z0-9_.@+=,-]*"
+SSH_KEY_PATTERN = rf"^(~/|/|\./)?{_PATH_PART}(/{_PATH_PART})*$"
+"""A key file's path on the control machine: absolute, ``~/``-relative or relative, parts of
+safe characters, never ``..``."""
+
 APT_COMPONENT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 TAILSCALE_TAG_PATTERN = r"^tag:[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -97,6 +110,13 @@ PATTERN_HINTS = {
     "spaces, as 'gpg --show-keys --with-colons KEYFILE' prints it on its fpr line",
     APT_COMPONENT_PATTERN: "must be an apt component like 'main', 'contrib' or "
     "'non-free-firmware': lower-case letters, digits and '-'",
+    MODPROBE_OPTIONS_PATTERN: "must be one modprobe line 'options MODULE name=value ...' "
+    "(like 'options nvidia-drm modeset=1'): names of letters, digits, '_' and '-', values "
+    "without spaces, quotes or '..'",
+    SSH_USER_PATTERN: "must be a user name: letters, digits, '_', '.' and '-', starting with "
+    "a letter or '_', at most 32",
+    SSH_KEY_PATTERN: "must be the path of a key file on this machine (like '~/.ssh/id_ed25519'): "
+    "letters, digits and '_.@+=,-' between '/', no '..'",
     TAILSCALE_TAG_PATTERN: "must be a Tailscale tag like 'tag:gpu': 'tag:' then lower-case "
     "letters, digits and '-'",
 }
@@ -133,3 +153,40 @@ class Spec(BaseModel):
                 "line of its own in the unit, config or command it goes into; remove it"
             )
         return value
+
+
+NGINX_PATHS = ("/etc/nginx/", "/var/log/nginx/")
+"""Where an absolute path in an extra NGINX directive may point."""
+NGINX_CODE_DIRECTIVES = re.compile(r"^(load_module|perl\w*|js_\w+|\w*_by_lua\w*)$")
+_NGINX_DIRECTIVE = re.compile(
+    r"^([a-z_][a-z0-9_]*)((?: (?:\"[^\"\\;{}#$`]*\"|[A-Za-z0-9_.:/=,+*@%~-]+"
+    r"|\$[a-z_][a-z0-9_]*))*);$"
+)
+
+
+def nginx_directive(text: str) -> str:
+    """One simple NGINX directive (``add_header X-Frame-Options DENY;``): a name, arguments
+    separated by single spaces, one ``;`` at the end. No block (``{``/``}``), no comment, no
+    ``$(...)``, no directive that loads code, paths (an ``include`` too) only under /etc/nginx/
+    or /var/log/nginx/."""
+    match = _NGINX_DIRECTIVE.match(text)
+    if match is None:
+        raise ValueError(
+            "must be one NGINX directive like 'add_header X-Frame-Options DENY;': a name, "
+            "arguments separated by single spaces (double quotes, no '{', '}', '#', ';', "
+            "backticks or '$(' inside) and one ';' at the end; write one directive per entry"
+        )
+    if NGINX_CODE_DIRECTIVES.match(match[1]):
+        raise ValueError(
+            f"{match[1]} loads code gpufleet does not manage; use plain directives (or an "
+            "include of a file under /etc/nginx/)"
+        )
+    for argument in match[2].split():
+        path = argument.strip('"')
+        outside = path.startswith("/") and not path.startswith(NGINX_PATHS)
+        if outside or ("/" in path and ".." in path):
+            raise ValueError(
+                f"{path} is outside {' and '.join(NGINX_PATHS)}; keep files NGINX reads or "
+                "writes there (no '..')"
+            )
+    return text

@@ -12,7 +12,10 @@ Deploys then read ``host_spec()`` and never raw ``host.data``.
 
 from __future__ import annotations
 
+import functools
 import re
+import traceback
+import weakref
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from pyinfra.context import ctx_state
 from gpufleet.catalogue import load_catalogue, suggest
 from gpufleet.checks import Problem, check_fleet, check_host
 from gpufleet.connection import use_tcp_nodelay
+from gpufleet.connector_data import SSH_KEYS, SshData, ssh_data
 from gpufleet.exposure import decide_addresses, decide_fleet
 from gpufleet.fields import CONTROL_CHARACTER, PATTERN_HINTS, SECRET_REFERENCE_PATTERN
 from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
@@ -33,7 +37,13 @@ from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 """host.data keys that belong to pyinfra's connectors and global arguments."""
 
-SECRET_FIELDS = ("secrets", "alertmanager.webhooks", "gateway.clients")
+SECRET_FIELDS = (
+    "secrets",
+    "alertmanager.webhooks",
+    "gateway.clients",
+    "ssh_password",
+    "ssh_key_password",
+)
 """Fields whose rejected value is never echoed: a key, a URL that carries a token."""
 
 
@@ -59,6 +69,13 @@ def project_root(inventory_path: Path) -> Path:
     return Path.cwd()
 
 
+def group_data_folders(inventory_path: Path) -> list[Path]:
+    """The group_data folders pyinfra reads for an inventory, in its order."""
+    root = project_root(inventory_path) / "group_data"
+    beside = inventory_path.resolve().parent / "group_data"
+    return [folder for folder in dict.fromkeys((root, beside)) if folder.is_dir()]
+
+
 def load_inventory(path: str | Path) -> Inventory:
     """Build the Inventory exactly as ``pyinfra PATH ...`` would, without connecting."""
     from pyinfra_cli.inventory import make_inventory
@@ -67,7 +84,125 @@ def load_inventory(path: str | Path) -> Inventory:
     if not inventory_path.is_file():
         raise InventoryError(str(path), [Problem("-", "inventory", "no such inventory file")])
     with ctx_state.use(State()):
-        return make_inventory(str(inventory_path), cwd=str(project_root(inventory_path)))
+        try:
+            return make_inventory(str(inventory_path), cwd=str(project_root(inventory_path)))
+        except SyntaxError as error:
+            raise InventoryError(str(path), [_syntax_problem(error)]) from None
+        except PyinfraError:
+            raise
+        except Exception as error:  # pyinfra's UnexpectedExternalError: the file raised
+            raise InventoryError(str(path), [_raised_problem(error)]) from None
+
+
+def _syntax_problem(error: SyntaxError) -> Problem:
+    where = f"{error.filename}:{error.lineno}" if error.lineno else str(error.filename)
+    return Problem("-", where, f"Python syntax error ({error.msg}); fix that line")
+
+
+def _raised_problem(error: Exception) -> Problem:
+    """File and line of the inventory or group_data file that raised while it loaded."""
+    filename = str(getattr(error, "filename", "") or "inventory")
+    cause = getattr(error, "exception", error)
+    frames = traceback.extract_tb(getattr(cause, "_traceback", None) or cause.__traceback__)
+    lines = [f.lineno for f in frames if f.filename == filename]
+    where = f"{filename}:{lines[-1]}" if lines else filename
+    what = f"{type(cause).__name__}: {cause}"
+    if CONTROL_CHARACTER.search(what) or len(what) > 200:
+        what = type(cause).__name__  # the message may carry a value from the file
+    return Problem("-", where, f"the file raised {what} while it loaded; fix that line")
+
+
+def _raw_groups(path: Path) -> dict[str, Any]:
+    """The inventory file's groups as written, before pyinfra merges them."""
+    from pyinfra_cli.inventory import _get_groups_from_filename
+
+    with ctx_state.use(State()):
+        return _get_groups_from_filename(str(path))
+
+
+def _entries(group: Any) -> list[tuple[str, Any]]:
+    hosts = group[0] if isinstance(group, tuple) else group
+    return [(h[0], h[1]) if isinstance(h, tuple) else (h, None) for h in hosts]
+
+
+def duplicate_definitions(groups: dict[str, Any]) -> list[Problem]:
+    """A host given data in two places that differ: pyinfra merges the two silently, key by
+    key, in the order of the file. Listing a host by name alone in a second group (a plain
+    ``proxmox_hosts = ["pve-1"]``) is how a host joins more groups, and fine."""
+    first: dict[str, tuple[str, Any]] = {}
+    problems = []
+    for group, value in groups.items():
+        for name, data in _entries(value):
+            if data is None:
+                continue
+            if name not in first:
+                first[name] = (group, data)
+            elif first[name][1] is not data and first[name][1] != data:
+                where = first[name][0]
+                fix = (
+                    f"listed twice in {group} with different data (pyinfra would merge the "
+                    "two silently); keep one entry"
+                    if where == group
+                    else f"listed with different data in {where} and {group} (pyinfra would "
+                    f"merge the two silently); give its data once, in {where}, and list it by "
+                    f"name alone in {group}: {group} = [..., {name!r}]"
+                )
+                problems.append(Problem(name, "groups", fix))
+    return problems
+
+
+def unknown_group_data(inventory: Inventory, path: Path) -> list[Problem]:
+    """group_data files named after no group: pyinfra loads them and applies them to nobody."""
+    used = {group for host in inventory for group in host.groups}
+    known = {*HOST_GROUPS, "all", path.stem, *used}
+    problems = []
+    for folder in group_data_folders(path):
+        for file in sorted(folder.glob("*.py")):
+            if file.stem not in known:
+                problems.append(
+                    Problem(
+                        "-",
+                        f"{folder.name}/{file.name}",
+                        f"no group {file.stem!r} in this inventory"
+                        f"{suggest(file.stem, sorted(known - {path.stem}))}; name the file "
+                        f"after a group of the inventory, or remove it ({file})",
+                    )
+                )
+    return problems
+
+
+def replaced_dicts(inventory: Inventory) -> list[Problem]:
+    """A dict in a host's data (or a group's) that would drop keys of the same dict in a group
+    below it. pyinfra does not merge dicts: a host's ``litellm: {'version': ...}`` replaces
+    group_data's ``litellm: {'redis': ...}`` whole, so Redis would silently go."""
+    problems = []
+    for host in inventory:
+        name = host.name
+        layers: list[tuple[str, dict[str, Any]]] = [("the host's", inventory.get_host_data(name))]
+        layers += [(f"group {g}'s", inventory.get_group_data(g)) for g in reversed(host.groups)]
+        layers.append(("group all's", inventory.get_data()))
+        seen: set[str] = set()
+        for i, (where, data) in enumerate(layers):
+            for key, value in data.items():
+                if key in seen or not isinstance(value, dict):
+                    continue
+                seen.add(key)
+                for below, lower in layers[i + 1 :]:
+                    under = lower.get(key)
+                    dropped = sorted(set(under) - set(value)) if isinstance(under, dict) else []
+                    if dropped:
+                        keys = ", ".join(repr(k) for k in dropped)
+                        problems.append(
+                            Problem(
+                                name,
+                                key,
+                                f"{where} {key} replaces {below} {key} whole (pyinfra does "
+                                f"not merge dicts), dropping {keys}; repeat {keys} in {where} "
+                                f"{key}, or set {key} in one place only",
+                            )
+                        )
+                        break
+    return problems
 
 
 def gpufleet_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -141,30 +276,70 @@ def _sibling_fields(loc: tuple[int | str, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def connector_problems(name: str, data: dict[str, Any]) -> list[Problem]:
+    """Problems with pyinfra's own ``ssh_*`` keys of one host."""
+    problems = []
+    given = ssh_data(data)
+    for key in given:
+        if key not in SSH_KEYS:
+            problems.append(
+                Problem(
+                    name,
+                    key,
+                    f"not a key of pyinfra's SSH connector{suggest(key, SSH_KEYS)}; pyinfra "
+                    "would ignore it; fix its spelling or remove it",
+                )
+            )
+    try:
+        SshData.model_validate({k: v for k, v in given.items() if k in SSH_KEYS})
+    except ValidationError as error:
+        problems += _problems_from(name, error)
+    return problems
+
+
 def spec_for(name: str, groups: list[str], data: dict[str, Any]) -> HostSpec:
     """Validate one host's data; raises pydantic's ValidationError."""
     return HostSpec.model_validate({**gpufleet_data(data), "name": name, "groups": groups})
 
 
-def validate(inventory: Inventory, source: str) -> dict[str, HostSpec]:
-    """Specs for every host, or one InventoryError listing every problem found."""
+def validate(
+    inventory: Inventory,
+    source: str,
+    problems: list[Problem] | None = None,
+    stage: str = BEFORE_CONNECT,
+) -> dict[str, HostSpec]:
+    """Specs for every host, or one InventoryError listing every problem found (with
+    ``problems`` found before, in the file itself)."""
     catalogue = load_catalogue()
     inventory_group = Path(source).stem
     specs: dict[str, HostSpec] = {}
-    problems: list[Problem] = []
+    problems = list(problems or [])
+    if not len(inventory):
+        problems.append(
+            Problem(
+                "-",
+                "inventory",
+                "no hosts; list them in groups, e.g. gpu_nodes = [('desk', {...})]",
+            )
+        )
+    problems += replaced_dicts(inventory)
+    addresses = {}
     for host in inventory:
         groups = [g for g in host.groups if g != inventory_group]
+        data = host.data.dict()
+        addresses[host.name] = str(data.get("ssh_hostname") or host.name)
+        problems += connector_problems(host.name, data)
         try:
-            spec = spec_for(host.name, groups, host.data.dict())
+            spec = spec_for(host.name, groups, data)
         except ValidationError as error:
             problems += _problems_from(host.name, error)
             continue
         problems += check_host(spec, catalogue)
         specs[host.name] = spec
     if not problems:
-        problems += check_fleet(specs)
+        problems += check_fleet(specs, addresses)
     if problems:
-        raise InventoryError(source, problems)
+        raise InventoryError(source, problems, stage)
     return decide_fleet(specs)
 
 
@@ -172,7 +347,10 @@ def validate_file(path: str | Path) -> dict[str, HostSpec]:
     """Load and validate an inventory file; contacts no host."""
     token = _checking.set(True)  # the inventory's own check_inventory() call is this one
     try:
-        return validate(load_inventory(path), str(path))
+        inventory = load_inventory(path)
+        problems = duplicate_definitions(_raw_groups(Path(path)))
+        problems += unknown_group_data(inventory, Path(path))
+        return validate(inventory, str(path), problems)
     finally:
         _checking.reset(token)
 
@@ -191,6 +369,66 @@ def check_inventory(path: str) -> None:
     if not _checking.get():
         validate_file(path)
     use_tcp_nodelay()
+    check_before_connecting()
+
+
+_GUARDED = "_gpufleet_checks_first"
+
+
+def check_before_connecting() -> None:
+    """Make pyinfra validate a whole inventory before it connects to the first of its hosts
+    (once per inventory): the guard for an inventory without ``check_inventory(__file__)``.
+
+    pyinfra's CLI enters its connect stage in the main greenlet, where a refusal ends the run
+    with pyinfra's one-line error; ``Host.connect`` is guarded too, for code that connects
+    hosts through pyinfra's API. Installed by ``check_inventory`` and, through the
+    ``pyinfra.connectors`` entry point pyinfra loads while it builds any inventory, by
+    ``gpufleet.pyinfra_plugin``.
+    """
+    from pyinfra.api.host import Host
+    from pyinfra.api.state import State, StateStage
+
+    if getattr(Host, _GUARDED, False):
+        return
+    set_stage = State.set_stage
+    connect = Host.connect
+
+    @functools.wraps(set_stage)
+    def set_stage_after_checks(self: Any, stage: Any) -> Any:
+        if stage == StateStage.Connect and self.inventory is not None:
+            _check_once(self.inventory)
+        return set_stage(self, stage)
+
+    @functools.wraps(connect)
+    def connect_after_checks(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_once(self.inventory)
+        return connect(self, *args, **kwargs)
+
+    State.set_stage = set_stage_after_checks  # type: ignore[method-assign]
+    Host.connect = connect_after_checks  # type: ignore[method-assign]
+    setattr(Host, _GUARDED, True)
+
+
+_checked_inventories: weakref.WeakSet[Inventory] = weakref.WeakSet()
+
+
+def _check_once(inventory: Inventory, stage: str = BEFORE_CONNECT) -> None:
+    if inventory in _checked_inventories:
+        return
+    # An inventory with no gpufleet host data (a one-off @local run) is not gpufleet's.
+    if any(gpufleet_data(host.data.dict()) for host in inventory):
+        validate(inventory, _inventory_file_group(inventory), stage=stage)
+    _checked_inventories.add(inventory)
+
+
+def _inventory_file_group(inventory: Inventory) -> str:
+    """The group pyinfra names after the inventory file (every host is in it): the group
+    holding every host that is none of gpufleet's groups."""
+    everyone = set(inventory)
+    for name, members in inventory.groups.items():
+        if name not in (*HOST_GROUPS, "all") and set(members) == everyone:
+            return f"{name}.py"
+    return "inventory"
 
 
 _validated: dict[str, HostSpec] = {}
@@ -205,14 +443,20 @@ def host_spec() -> HostSpec:
     """
     from pyinfra import host
 
+    # The whole inventory, once: where pyinfra connected without gpufleet's guard (an
+    # inventory without the check line, gpufleet's entry point not installed), the deploy
+    # still stops before its first operation.
+    _check_once(host.inventory, BEFORE_CHANGES)
     if host.name not in _validated:
         groups = [g for g in host.groups if g in (*HOST_GROUPS, "all")]
+        data = host.data.dict()
+        problems = connector_problems(host.name, data)
         try:
-            spec = spec_for(host.name, groups, host.data.dict())
+            spec = spec_for(host.name, groups, data)
         except ValidationError as error:
-            problems = _problems_from(host.name, error)
+            problems += _problems_from(host.name, error)
             raise InventoryError("host data", problems, BEFORE_CHANGES) from None
-        problems = check_host(spec, load_catalogue())
+        problems += check_host(spec, load_catalogue())
         if problems:
             raise InventoryError("host data", problems, BEFORE_CHANGES)
         _validated[host.name] = decide_addresses(spec, _undecided_fleet())

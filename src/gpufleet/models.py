@@ -34,9 +34,11 @@ from gpufleet.fields import (
     URL_PATTERN,
     WORD_PATTERN,
     Fingerprint,
+    ModprobeOptions,
     Port,
     SecretRef,
     Spec,
+    nginx_directive,
 )
 from gpufleet.locks import how_to_lock_litellm, shipped_litellm_lock, shipped_litellm_versions
 
@@ -230,8 +232,9 @@ class NvidiaDriver(Spec):
     proprietary otherwise. Source ``ubuntu-open`` always installs the open ones."""
     persistence: bool = True
     """Run nvidia-persistenced so the GPU stays initialised between jobs (faster first token)."""
-    modprobe_options: tuple[str, ...] = ("options nvidia-drm modeset=1",)
-    """Lines written to ``/etc/modprobe.d/gpufleet-nvidia.conf``."""
+    modprobe_options: tuple[ModprobeOptions, ...] = ("options nvidia-drm modeset=1",)
+    """Lines written to ``/etc/modprobe.d/gpufleet-nvidia.conf``, each
+    ``options MODULE name=value ...``."""
     cuda_repo_url: str = Field(
         "https://developer.download.nvidia.com/compute/cuda/repos", pattern=URL_PATTERN
     )
@@ -457,7 +460,8 @@ class GatewayServer(Spec):
     cert_days: int = Field(90, ge=1, le=825)
     """Lifetime of an issued certificate; it is renewed with under a third of it left."""
     extra_directives: tuple[str, ...] = ()
-    """Raw NGINX directives added to the HTTPS server block (checked by ``nginx -t``)."""
+    """NGINX directives added to the HTTPS server block, one simple directive per entry
+    ending in ``;`` (no blocks, comments or ``include``; checked by ``nginx -t``)."""
     stub_status_port: Port = 8081
     """Loopback-only port where NGINX reports its counters to the exporter."""
     exporter_port: Port = 9113
@@ -466,6 +470,16 @@ class GatewayServer(Spec):
     """Address ``prometheus-nginx-exporter`` listens on; None: decided from who reaches it
     (loopback when only this host does, else every interface, with the firewall letting in only
     those hosts; see ``firewall``)."""
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _simple_directives(cls, directives: tuple[str, ...]) -> tuple[str, ...]:
+        for i, directive in enumerate(directives):
+            try:
+                nginx_directive(directive)
+            except ValueError as error:
+                raise ValueError(f"entry {i}: {error}") from None
+        return directives
 
 
 class CloudModel(Spec):

@@ -5,12 +5,13 @@ repeats a value where a secret belongs."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal, get_args, get_origin
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from gpufleet.inventory import _problems_from, spec_for
+from gpufleet.inventory import _problems_from, connector_problems, spec_for
 
 PAYLOADS = [
     "x'; reboot; '",
@@ -52,7 +53,22 @@ FIELDS: dict[str, Any] = {
     "triton.image": lambda p: {"triton": {"image": f"nvcr.io/nvidia/{p}"}},
     "services[0].name": lambda p: {"services": [{"name": p, "port": 8096}]},
     "lxc_guest.proxmox_host": lambda p: {"lxc_guest": {"proxmox_host": p, "vmid": 107}},
-    "cpu": lambda p: {"hardware": {"cores": 4, "ram_gb": 16, "cpu": f"Ryzen {p}"}},
+    "hardware.cpu": lambda p: {"hardware": {"cores": 4, "ram_gb": 16, "cpu": f"Ryzen {p}"}},
+    "vllm.image": lambda p: {"vllm": {"image": f"vllm/{p}"}},
+    "nvidia_driver.modprobe_options[0]": lambda p: {
+        "nvidia_driver": {"modprobe_options": [f"options nvidia NVreg_TemporaryFilePath={p}"]}
+    },
+    "gateway.extra_directives[0]": lambda p: {
+        "gateway": {"extra_directives": [f"add_header X-Fleet {p};"]}
+    },
+    "alertmanager.group_by[0]": lambda p: {"alertmanager": {"group_by": [p]}},
+    # pyinfra's own SSH connector keys: they reach the SSH connection, not gpufleet's models.
+    "ssh_hostname": lambda p: {"ssh_hostname": p},
+    "ssh_user": lambda p: {"ssh_user": p},
+    "ssh_key": lambda p: {"ssh_key": f"~/.ssh/{p}"},
+    "ssh_known_hosts_file": lambda p: {"ssh_known_hosts_file": f"~/.ssh/{p}"},
+    "ssh_config_file": lambda p: {"ssh_config_file": f"~/.ssh/{p}"},
+    "ssh_strict_host_key_checking": lambda p: {"ssh_strict_host_key_checking": p},
 }
 URL_FIELDS = {
     "models[0].source (URL)", "apt_mirror", "llamacpp.source_url", "vllm.pip_index",
@@ -62,11 +78,12 @@ URL_FIELDS = {
 
 def refused(data: dict[str, Any]) -> list[str]:
     host = {"hardware": {"cores": 4, "ram_gb": 16}, **data}
+    problems = [str(problem) for problem in connector_problems("box", host)]
     try:
         spec_for("box", ["gpu_nodes"], host)
     except ValidationError as error:
-        return [str(problem) for problem in _problems_from("box", error)]
-    return []
+        problems += [str(problem) for problem in _problems_from("box", error)]
+    return problems
 
 
 @pytest.mark.parametrize("field", FIELDS)
@@ -74,11 +91,14 @@ def test_every_command_reaching_field_refuses_every_payload(field):
     accepted = [p for p in PAYLOADS if not refused(FIELDS[field](p))]
     # Free text is the one exception: it reaches no command, unit or path, only a newline is
     # refused there (it would start a line of its own wherever the text is written).
-    if field == "cpu":
+    if field == "hardware.cpu":
         accepted = [p for p in accepted if "\n" in p]
     # A URL's "../" is resolved by the server it names; it reaches no path on the host.
     if field in URL_FIELDS:
         accepted = [p for p in accepted if not p.startswith("../")]
+    # A space separates a directive's arguments: "add_header X-Fleet a b;" is one directive.
+    if field == "gateway.extra_directives[0]":
+        accepted = [p for p in accepted if p != "a b"]
     assert not accepted, f"{field} accepts {accepted}"
 
 
@@ -117,3 +137,85 @@ def _leaves(value: Any):
 def test_a_control_character_is_never_repeated_back():
     problems = refused({"role": "GPU box\x1b]0;owned\x07"})
     assert problems and not any("\x1b" in p or "owned" in p for p in problems)
+
+
+def _text_fields(model: Any, prefix: str = "") -> set[str]:
+    """Every field of the host data that holds text (a string, or strings in a collection),
+    nested models opened; ``models.model`` for ``models[0].model``."""
+    found = set()
+    for name, info in model.model_fields.items():
+        types = [info.annotation]
+        for _ in range(3):
+            types += [arg for t in types for arg in get_args(t) if arg not in types]
+        nested = {t for t in types if isinstance(t, type) and issubclass(t, BaseModel)}
+        for sub in nested:
+            found |= _text_fields(sub, f"{prefix}{name}.")
+        if not nested and str in types and get_origin(info.annotation) is not Literal:
+            found.add(f"{prefix}{name}")
+    return found
+
+
+NOT_IN_THE_MATRIX = {
+    "name": "set from the inventory's host name, NAME_PATTERN (the bad inventories try it)",
+    "groups": "set from pyinfra's groups; only known group names are accepted",
+    "role": "free text shown in plans only; a control character is refused (test below)",
+    "secrets": "a dict of references; a literal is refused without being echoed (test above)",
+    "litellm.fallbacks": "a dict whose every name must be an alias the fleet serves",
+    "docker.daemon": "a dict written as JSON by json.dumps",
+    "proxmox.device_majors": "a dict of numbers",
+    "ssh_password": "any text is a password; paramiko sends it as is, it is never echoed",
+    "ssh_key_password": "any text is a password; paramiko uses it as is, it is never echoed",
+    "hardware.accelerators.model": "looked up in the accelerator catalogue; unknown is refused",
+    "fleet_ca_dir": "a folder on the control machine, opened by gpufleet, never by a shell",
+    "gateway.certificate_file": "a file on the control machine, read by gpufleet",
+    "vault.init_file": "a file on the control machine, written by gpufleet",
+    "litellm.requirements_lock": "a file on the control machine, read by gpufleet and "
+    "uploaded; the host runs pip on its fixed path",
+}
+
+
+def _data_at(model: Any, path: str, value: Any) -> dict[str, Any]:
+    """Host data that puts ``value`` at ``path`` (``litellm.cloud_models.api_base``), in a
+    list where the field is a tuple."""
+    head, _, rest = path.partition(".")
+    types = [model.model_fields[head].annotation]
+    for _ in range(3):
+        types += [arg for t in types for arg in get_args(t) if arg not in types]
+    nested = [t for t in types if isinstance(t, type) and issubclass(t, BaseModel)]
+    inner = _data_at(nested[0], rest, value) if rest else value
+    return {head: [inner] if any(get_origin(t) is tuple for t in types) else inner}
+
+
+def _all_text_fields() -> list[tuple[Any, str]]:
+    from gpufleet.connector_data import SshData
+    from gpufleet.models import HostSpec
+
+    return [(model, path) for model in (HostSpec, SshData) for path in sorted(_text_fields(model))]
+
+
+TRIED = {re.sub(r"\[0\]| \(.*\)", "", field) for field in FIELDS}
+REST = [(m, p) for m, p in _all_text_fields() if p not in TRIED and p not in NOT_IN_THE_MATRIX]
+
+
+@pytest.mark.parametrize(("model", "path"), REST, ids=[p for _, p in REST])
+def test_every_other_text_field_refuses_every_payload_as_its_value(model, path):
+    """The text fields FIELDS does not embed payloads in get each payload as their whole
+    value: every one must be refused with the field named."""
+    accepted = []
+    for payload in PAYLOADS:
+        named = [
+            re.sub(r"\[\d+\]", "", problem.split(": ")[1])
+            for problem in refused(_data_at(model, path, payload))
+        ]
+        if path not in named:
+            accepted.append(payload)
+    assert not accepted, f"{path} accepts {accepted}"
+
+
+def test_every_text_field_is_tried():
+    """FIELDS, the fields tried with their whole value, and the exceptions (each with its
+    reason) are every text field of the host data, and the exceptions name real fields."""
+    every = {path for _, path in _all_text_fields()}
+    assert every >= TRIED, TRIED - every
+    assert every >= set(NOT_IN_THE_MATRIX), set(NOT_IN_THE_MATRIX) - every
+    assert len(REST) + len(TRIED) + len(NOT_IN_THE_MATRIX) == len(every)

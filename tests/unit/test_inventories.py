@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ import pytest
 from gpufleet.inventory import InventoryError, validate_file
 
 ROOT = Path(__file__).parents[2]
-BAD = sorted((ROOT / "tests/fixtures/bad_inventories").glob("*.py"))
+BAD_FOLDER = ROOT / "tests/fixtures/bad_inventories"
+# An inventory with a group_data folder of its own lies in a folder: folder/inventory.py.
+BAD = sorted([*BAD_FOLDER.glob("*.py"), *BAD_FOLDER.glob("*/inventory.py")])
+BAD_IDS = [p.parent.name if p.name == "inventory.py" else p.stem for p in BAD]
 SHIPPED = [
     "inventory/homelab.py",
     "inventory/lab.py",
@@ -56,7 +60,7 @@ def expectation(path: Path) -> tuple[str, str, str]:
     raise AssertionError(f"{path.name} declares no _expect")
 
 
-@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+@pytest.mark.parametrize("path", BAD, ids=BAD_IDS)
 def test_bad_inventory_names_host_field_and_fix(path):
     expected_host, expected_field, expected_fix = expectation(path)
     with pytest.raises(InventoryError) as raised:
@@ -68,8 +72,9 @@ def test_bad_inventory_names_host_field_and_fix(path):
     assert expected_fix in problem
 
 
-def test_at_least_ten_bad_inventories():
-    assert len(BAD) >= 10
+def test_the_catalogue_of_bad_inventories():
+    assert len(BAD) >= 72
+    assert len(set(BAD_IDS)) == len(BAD)
 
 
 def never_printed(path: Path) -> str | None:
@@ -189,3 +194,128 @@ def test_every_ollama_placement_of_the_shipped_inventories_uses_a_library_tag():
         for spec in validate_file(ROOT / path).values():
             for placement in spec.models:
                 assert not re.search(r"-q\d$", placement.model), (path.name, placement.model)
+
+
+def _gpufleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpufleet.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("inventory", "where", "line"),
+    [
+        ("syntax_error.py", "tests/fixtures/broken_inventories/syntax_error.py", 5),
+        ("group_data_syntax_error/inventory.py", "group_data_syntax_error/group_data/all.py", 3),
+    ],
+)
+def test_a_syntax_error_is_one_message_with_file_and_line(inventory, where, line):
+    result = _gpufleet("validate", f"tests/fixtures/broken_inventories/{inventory}")
+    assert result.returncode == 1
+    assert f"{where}:{line}: Python syntax error" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_empty_inventory_exits_nonzero():
+    result = _gpufleet("validate", "tests/fixtures/bad_inventories/empty_inventory.py")
+    assert result.returncode == 1
+    assert "host '-': inventory: no hosts" in result.stderr
+
+
+def test_a_host_listed_by_name_in_a_second_group_is_fine():
+    """lab.py lists lab-pve-1 with its data in gpu_nodes and by name in proxmox_hosts."""
+    specs = validate_file(ROOT / "inventory/lab.py")
+    assert {"gpu_nodes", "proxmox_hosts"} <= set(specs["lab-pve-1"].groups)
+
+
+def test_one_data_object_in_two_groups_is_fine(tmp_path):
+    inventory = tmp_path / "two_groups.py"
+    inventory.write_text(
+        "_box = ('nas', {'ssh_hostname': '10.200.0.31', 'hardware': {'cores': 4, 'ram_gb': 16}})\n"
+        "cpu_nodes = [_box]\n"
+        "monitoring = [_box]\n"
+    )
+    assert set(validate_file(inventory)["nas"].groups) >= {"cpu_nodes", "monitoring"}
+
+
+def test_a_group_dict_the_host_repeats_in_full_is_fine(tmp_path):
+    inventory = tmp_path / "repeats.py"
+    inventory.write_text(
+        "router = ([('orch', {'ssh_hostname': '10.200.0.31', "
+        "'hardware': {'cores': 4, 'ram_gb': 16}, "
+        "'models': [{'model': 'llama3.2:3b', 'alias': 'S-LOC-FRE-llama3.2-3b'}], "
+        "'litellm': {'redis': {'enabled': True}, 'version': '1.106.12'}})], "
+        "{'litellm': {'redis': {'enabled': True}}})\n"
+        "vault = ['orch']\n"
+    )
+    assert validate_file(inventory)["orch"].litellm.redis.enabled
+
+
+def test_an_ssh_password_is_never_echoed():
+    with pytest.raises(InventoryError) as raised:
+        validate_file(BAD_FOLDER / "ssh_password_not_a_string.py")
+    assert "31415926" not in str(raised.value)
+
+
+def test_pyinfra_stops_before_connecting_without_the_check_line(tmp_path):
+    """An inventory without ``check_inventory(__file__)``: gpufleet's pyinfra.connectors entry
+    point (pyproject.toml) makes pyinfra validate it before it connects. The entry point is
+    given here as an installed package would give it, whatever this checkout's install holds."""
+    dist = tmp_path / "gpufleet_checks_probe-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: gpufleet-checks-probe\nVersion: 0\n"
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entries = project["entry-points"]["pyinfra.connectors"]
+    lines = "".join(f"{name} = {target}\n" for name, target in entries.items())
+    (dist / "entry_points.txt").write_text(f"[pyinfra.connectors]\n{lines}")
+    paths = [str(ROOT / "src"), str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pyinfra"),
+            "-y",
+            "tests/fixtures/unchecked/port_clash.py",
+            "deploys/gpu_node.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYINFRA_PROGRESS": "off", "PYTHONPATH": os.pathsep.join(paths)},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "no host was contacted" in output
+    assert "port 9100 is already used" in output
+    assert "SSH error" not in output and "Connected" not in output
+
+
+def test_a_deploy_checks_the_whole_inventory_before_its_first_operation(tmp_path):
+    """Where pyinfra connected without the guard (the entry point not installed), the deploy's
+    first line, host_spec(), refuses a problem between hosts before any operation."""
+    from gpufleet.preview import plan
+
+    inventory = tmp_path / "unchecked.py"
+    inventory.write_text(
+        "cpu_nodes = [\n"
+        "    ('nas', {'ssh_hostname': '10.200.0.31', 'hardware': {'cores': 4, 'ram_gb': 16}}),\n"
+        "    ('htpc', {'ssh_hostname': '10.200.0.31', 'hardware': {'cores': 4, 'ram_gb': 16}}),\n"
+        "]\n"
+    )
+    with pytest.raises(InventoryError) as raised:
+        plan(str(inventory), [str(ROOT / "deploys/common.py")], lambda *args: None)
+    assert "stopped before any change" in str(raised.value)
+    assert "host 'htpc': ssh_hostname: 10.200.0.31 is also nas's" in str(raised.value)
+
+
+def test_an_inventory_that_raises_names_file_and_line(tmp_path):
+    inventory = tmp_path / "raises.py"
+    inventory.write_text("cpu_nodes = [\n    ('nas', HARDWARE),\n]\n")
+    with pytest.raises(InventoryError) as raised:
+        validate_file(inventory)
+    assert f"{inventory}:2: the file raised NameError" in str(raised.value)

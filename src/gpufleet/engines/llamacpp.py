@@ -50,7 +50,10 @@ class LlamaCppSettings(Spec):
         pattern=r"^[0-9a-f]{64}$",
     )
     """Checksum of the tarball; required to build."""
-    source_subdir: str = Field("llama.cpp", pattern=r"^[A-Za-z0-9_.\-/]*$")
+    # Parts never start with a dot: no "..", the folder stays inside the unpacked tree.
+    source_subdir: str = Field(
+        "llama.cpp", pattern=r"^([A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*)?$"
+    )
     """Folder of the llama.cpp tree inside the tarball, below its top folder (empty for
     llama.cpp's own release tarballs)."""
     binary_url: str | None = Field(None, pattern=URL_PATTERN)
