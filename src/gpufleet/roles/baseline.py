@@ -3,6 +3,7 @@ Prometheus node exporter from Debian's packages."""
 
 from __future__ import annotations
 
+from io import StringIO
 from weakref import WeakKeyDictionary
 
 from pyinfra import host
@@ -25,6 +26,11 @@ from gpufleet.roles.steps import run_service
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 NODE_EXPORTER_TEXTFILES = "/var/lib/prometheus/node-exporter"
 """Where the node exporter reads ``*.prom`` files other programs write."""
+APT_LOCK_WAIT_S = 600
+APT_LOCK_WAIT = (
+    "// Managed by gpufleet: wait for dpkg's lock another apt or dpkg holds, then go on.\n"
+    f'DPkg::Lock::Timeout "{APT_LOCK_WAIT_S}";\n'
+)
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
 _PLANNED: WeakKeyDictionary[object, set[str]] = WeakKeyDictionary()
 """Per pyinfra run, the hosts whose baseline is already planned."""
@@ -57,6 +63,16 @@ def baseline(spec: HostSpec) -> None:
             f"this host runs {name}"
         )
     in_container = host.get_fact(ContainerVirtualization)
+
+    # 0. Another apt (unattended-upgrades on a freshly booted host, an earlier run still
+    # finishing) holds dpkg's lock: every apt-get of this run waits for it, a bounded time,
+    # printing who holds it, instead of failing at once.
+    files.put(
+        name=f"apt waits up to {APT_LOCK_WAIT_S} s for dpkg's lock",
+        src=StringIO(APT_LOCK_WAIT),
+        dest="/etc/apt/apt.conf.d/90gpufleet-lock-wait",
+        mode="644",
+    )
 
     # 1. apt sources: one deb822 file naming the mirror, updates and security suites.
     if name == "Debian":
