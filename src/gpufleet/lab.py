@@ -756,6 +756,8 @@ def down() -> list[str]:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
         saved.unlink()
     # The hosts' disks are gone, so are their Vault servers: their keys are worthless now.
-    for init_file in state.glob("vault-*.json") if state.exists() else []:
-        init_file.unlink()
+    # (The init record, one file per unseal key share, the deploy AppRole's credentials.)
+    for kept in state.glob("vault-*") if state.exists() else []:
+        if kept.is_file():
+            kept.unlink()
     return leftovers()

@@ -426,7 +426,9 @@ class VaultServer(Spec):
     key_threshold: int = Field(3, ge=1, le=10)
     """Shares needed to unseal."""
     init_file: str = "~/.config/gpufleet/vault/{host}.json"
-    """On the control machine (never the host): where the unseal keys and root token go, 0600."""
+    """On the control machine (never the host), 0600: the init record (the root token only
+    until the setup is done); beside it ``<name>.share-N``, one unseal key share each, and
+    ``<name>.deploy.json``, the credentials deploys log in with."""
     kv_mount: str = Field("kv", pattern=r"^[a-z0-9_-]+$")
     """KV v2 mount that holds the fleet's secrets."""
     pki_mount: str = Field("pki", pattern=r"^[a-z0-9_-]+$")

@@ -343,7 +343,7 @@ def _no_secret_store() -> Iterator[None]:
     def refused(self: VaultClient, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         raise VaultError(f"{self.address}: not asked during a preview ({method} {path})")
 
-    with _patched(VaultClient, "request", refused):
+    with _patched(VaultClient, "send", refused):  # every request, logins included
         yield
 
 

@@ -4,14 +4,29 @@ Initialization, unsealing and every secret read go over HTTPS from the control m
 unseal keys and tokens never pass through a host's process list, shell history or pyinfra's
 output. Example::
 
-    vault = fleet_vault(specs)            # the vault group's server, token from its init file
+    vault = fleet_vault(specs)            # the vault group's server, the deploy's own token
     vault.kv_put("kv", "gpufleet/litellm", {"master_key": secrets.token_hex(32)})
+
+What the control machine keeps, beside ``vault.init_file`` (``<folder>/<name>.json``), each
+file 0600 in a 0700 folder, written to a temporary name, synced and linked into place:
+
+``<name>.share-1`` ... ``<name>.share-N``
+    one unseal key share each (any ``key_threshold`` of them unseal the server);
+``<name>.json``
+    how many shares and the threshold, and the root token only until the first setup is done
+    (then it is revoked and dropped from the file);
+``<name>.deploy.json``
+    the ``gpufleet-deploy`` AppRole's role_id and secret_id: what every later deploy logs in
+    with, its policy allowing exactly the fleet's paths.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +45,9 @@ class VaultClient:
     ca_file: str | None = None
     timeout: float = 10
     token_file: Path | None = None
-    """An init file to take the root token from once it exists (a first run writes it after
-    this client was made)."""
+    """An init file: until a token is set, the root token it holds during the first setup,
+    else a login with the deploy AppRole saved beside it (a first run writes both after this
+    client was made)."""
 
     def request(
         self,
@@ -40,11 +56,31 @@ class VaultClient:
         body: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
+        if self.token is None and self.token_file is not None:
+            self.token = stored_token(self, self.token_file)
+        try:
+            return self.send(method, path, body, timeout, self.token)
+        except VaultError as error:
+            # A deploy token that expired during a long run: log in again, once.
+            logged_in = self.token_file is not None and self.token in _LOGINS.values()
+            if "HTTP 403" not in str(error) or not logged_in or self.token_file is None:
+                raise
+            _LOGINS.clear()
+            self.token = stored_token(self, self.token_file)
+            return self.send(method, path, body, timeout, self.token)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+    ) -> Any:
+        """One request with exactly ``token`` (None: none at all)."""
         import requests  # imported here: pyinfra's CLI patches sockets before first use
 
-        if self.token is None and self.token_file is not None and self.token_file.exists():
-            self.token = json.loads(self.token_file.read_text())["root_token"]
-        headers = {"X-Vault-Token": self.token} if self.token else {}
+        headers = {"X-Vault-Token": token} if token else {}
         try:
             response = requests.request(
                 method,
@@ -64,30 +100,32 @@ class VaultClient:
             raise VaultError(f"{method} {path}: HTTP {response.status_code} {'; '.join(errors)}")
         return response.json() if response.content else None
 
+    # Unauthenticated: a sealed server cannot log anyone in.
     def reachable(self) -> bool:
         try:
-            self.request("GET", "sys/seal-status")
+            self.send("GET", "sys/seal-status")
         except VaultError:
             return False
         return True
 
     def initialized(self) -> bool:
-        return bool(self.request("GET", "sys/init")["initialized"])
+        return bool(self.send("GET", "sys/init")["initialized"])
 
     def sealed(self) -> bool:
-        return bool(self.request("GET", "sys/seal-status")["sealed"])
+        return bool(self.send("GET", "sys/seal-status")["sealed"])
 
     def initialize(self, shares: int, threshold: int) -> dict[str, Any]:
         body = {"secret_shares": shares, "secret_threshold": threshold}
-        # Generating the keys and the first raft write can take a while on a busy machine.
-        result: dict[str, Any] = self.request("PUT", "sys/init", body, timeout=120)
+        # Generating the keys and the first raft write can take a while on a busy machine;
+        # an answer lost to a client time-out is a server whose keys nobody has.
+        result: dict[str, Any] = self.send("PUT", "sys/init", body, timeout=INIT_TIMEOUT)
         return result
 
     def unseal(self, keys: list[str]) -> None:
         for key in keys:
-            if not self.request("PUT", "sys/unseal", {"key": key}, timeout=60)["sealed"]:
+            if not self.send("PUT", "sys/unseal", {"key": key}, timeout=60)["sealed"]:
                 return
-        raise VaultError("still sealed after every key in the init file")
+        raise VaultError("still sealed after every share on this machine")
 
     def mounts(self) -> dict[str, Any]:
         return {k.rstrip("/"): v for k, v in self.request("GET", "sys/mounts")["data"].items()}
@@ -111,9 +149,118 @@ class VaultClient:
         self.request("POST", f"{mount}/data/{path}", {"data": data})
 
 
+INIT_TIMEOUT = 300
+"""Seconds ``sys/init`` may take before the client gives up on its answer."""
+DEPLOY_ROLE = "gpufleet-deploy"
+"""The policy and AppRole every deploy after the first setup works with."""
+
+
 def init_file(spec: HostSpec) -> Path:
-    """Where the control machine keeps this Vault server's unseal keys and root token."""
+    """Where the control machine keeps this Vault server's init record (root token only
+    while the first setup runs)."""
     return Path(os.path.expanduser(spec.vault.init_file.format(host=spec.name)))
+
+
+def share_file(init: Path, number: int) -> Path:
+    """Unseal key share ``number`` (from 1) of the server whose init record is ``init``."""
+    return init.with_name(f"{init.stem}.share-{number}")
+
+
+def deploy_credentials_file(init: Path) -> Path:
+    return init.with_name(f"{init.stem}.deploy.json")
+
+
+def read_record(init: Path) -> dict[str, Any]:
+    return dict(json.loads(init.read_text())) if init.exists() else {}
+
+
+def read_shares(init: Path) -> list[str]:
+    """The unseal key shares kept on this machine (an init file of an earlier release holds
+    them itself, under ``keys``)."""
+    record = read_record(init)
+    if "keys" in record:
+        return list(record["keys"])
+    found = (share_file(init, n) for n in range(1, int(record.get("shares", 0)) + 1))
+    return [path.read_text().strip() for path in found if path.exists()]
+
+
+def answer_saved(init: Path) -> bool:
+    """Whether this machine holds the answer of the server's initialization."""
+    return init.exists() or share_file(init, 1).exists()
+
+
+_LOGINS: dict[tuple[str, Path], str] = {}
+"""Deploy tokens by server and credentials file: one login per deploy run, not per request."""
+
+
+def stored_token(client: VaultClient, init: Path) -> str | None:
+    """The root token while the first setup runs, else a token of the deploy AppRole, else
+    None (nothing saved yet)."""
+    record = read_record(init)
+    if record.get("root_token"):
+        return str(record["root_token"])
+    credentials = deploy_credentials_file(init)
+    if not credentials.exists():
+        return None
+    key = (client.address, credentials)
+    if key not in _LOGINS:
+        login = client.send("POST", "auth/approle/login", json.loads(credentials.read_text()))
+        _LOGINS[key] = str(login["auth"]["client_token"])
+    return _LOGINS[key]
+
+
+def generate_root(client: VaultClient, shares: list[str], openbao: bool) -> str:
+    """A new root token from a threshold of unseal key shares (``operator generate-root``).
+
+    OpenBao 2.6 turned the unauthenticated ``sys/generate-root`` off and asks for a token
+    allowed ``sys/generate-root-token/*`` (the deploy's) besides the shares; HashiCorp
+    Vault keeps the unauthenticated endpoints."""
+    prefix = "sys/generate-root-token" if openbao else "sys/generate-root"
+    client.request("DELETE", f"{prefix}/attempt")  # a stale attempt would refuse a new one
+    started = client.request("PUT", f"{prefix}/attempt", {})
+    started = started.get("data", started)
+    for share in shares:
+        body = {"key": share, "nonce": started["nonce"]}
+        progress = client.request("PUT", f"{prefix}/update", body)
+        progress = progress.get("data", progress)
+        if progress["complete"]:
+            # The token's bytes XORed with the one-time password, base64 without padding.
+            encoded = progress["encoded_token"]
+            raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+            return bytes(a ^ b for a, b in zip(raw, started["otp"].encode(), strict=True)).decode()
+    client.request("DELETE", f"{prefix}/attempt")
+    raise VaultError(
+        f"a new root token needs {started['required']} unseal key shares; this machine has "
+        f"{len(shares)}"
+    )
+
+
+@contextmanager
+def root_client(spec: HostSpec) -> Iterator[VaultClient]:
+    """A client with a root token, for what the deploy policy does not allow: the first
+    setup's (kept until the setup is done), else one generated from the shares and revoked
+    as soon as the work is done."""
+    client = client_for(spec)
+    path = init_file(spec)
+    root = read_record(path).get("root_token")
+    if os.environ.get("VAULT_TOKEN") or root:
+        yield VaultClient(client.address, client.token or root, client.ca_file)
+        return
+    openbao = spec.vault.flavor == "openbao"
+    if openbao and stored_token(client, path) is None:
+        raise VaultError(
+            f"this needs a root token, and there are neither {DEPLOY_ROLE} credentials "
+            f"({deploy_credentials_file(path)}) nor a root token ({path}) to make one with; "
+            "make one with `bao operator generate-root` and the unseal key shares, then run "
+            "again with VAULT_TOKEN set to it (and revoke it after)"
+        )
+    client.token = stored_token(client, path)
+    generated = generate_root(client, read_shares(path), openbao)
+    root_session = VaultClient(client.address, generated, client.ca_file)
+    try:
+        yield root_session
+    finally:
+        root_session.request("POST", "auth/token/revoke-self")
 
 
 def vault_address(spec: HostSpec) -> str:
@@ -127,8 +274,8 @@ def ca_file(spec: HostSpec) -> str:
 
 
 def client_for(spec: HostSpec) -> VaultClient:
-    """A client for the Vault server on ``spec``'s host, with the root token from its init
-    file once there is one (``VAULT_TOKEN`` overrides)."""
+    """A client for the Vault server on ``spec``'s host, with the token saved beside its
+    init file once there is one (``VAULT_TOKEN`` overrides)."""
     token = os.environ.get("VAULT_TOKEN")
     return VaultClient(vault_address(spec), token, ca_file(spec), token_file=init_file(spec))
 
@@ -149,9 +296,50 @@ def fleet_vault(specs: dict[str, HostSpec]) -> VaultClient | None:
     return None
 
 
-def write_init_file(path: Path, result: dict[str, Any]) -> None:
-    """Keys and root token to a new 0600 file (its folder 0700), never through a wider mode."""
+def write_private(path: Path, text: str, replace: bool = False) -> None:
+    """``text`` to ``path``, 0600 in a 0700 folder, never through a wider mode; written to a
+    temporary name, synced, then linked into place, so a crash leaves the whole old file or
+    the whole new one. Without ``replace`` an existing file is never overwritten."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        json.dump({"keys": result["keys_base64"], "root_token": result["root_token"]}, out)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # refuses to overwrite, unlike rename
+    finally:
+        temporary.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def save_init_answer(path: Path, result: dict[str, Any], threshold: int) -> None:
+    """The answer of ``sys/init``: each share to a file of its own, then the record with the
+    root token. The shares first: with them a lost root token can be made again."""
+    shares = result["keys_base64"]
+    for number, share in enumerate(shares, start=1):
+        write_private(share_file(path, number), share + "\n")
+    record = {"shares": len(shares), "threshold": threshold, "root_token": result["root_token"]}
+    write_private(path, json.dumps(record))
+
+
+def forget_root_token(path: Path, threshold: int) -> None:
+    """The init record without its root token (revoked); the shares of an init file of an
+    earlier release moved to files of their own."""
+    record = read_record(path)
+    record.pop("root_token", None)
+    if "keys" in record:
+        keys = record.pop("keys")
+        for number, share in enumerate(keys, start=1):
+            if not share_file(path, number).exists():
+                write_private(share_file(path, number), share + "\n")
+        record.update(shares=len(keys), threshold=threshold)
+    write_private(path, json.dumps(record), replace=True)

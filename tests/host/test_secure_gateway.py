@@ -16,7 +16,13 @@ import requests
 
 from gpufleet import lab
 from gpufleet.secrets import parse_vault_reference, secret_uses
-from gpufleet.vault import client_for, init_file
+from gpufleet.vault import (
+    client_for,
+    deploy_credentials_file,
+    init_file,
+    read_shares,
+    share_file,
+)
 
 from .conftest import ROOT, SPECS, pyinfra, redis_cli, ssh
 
@@ -54,9 +60,11 @@ def secret_values(vault) -> dict[str, str]:
             mount, path, key = parse_vault_reference(use.reference)
             values[use.reference] = str(vault.kv_get(mount, path)[key])
     values["vllm file key"] = (lab.lab_dir() / lab.VLLM_KEY_FILE).read_text().strip()
-    init = json.loads(init_file(SPECS["lab-infra-1"]).read_text())
-    values["root token"] = init["root_token"]
-    values.update({f"unseal key {i}": k for i, k in enumerate(init["keys"])})
+    path = init_file(SPECS["lab-infra-1"])
+    values.update({f"unseal key {i}": k for i, k in enumerate(read_shares(path))})
+    deploy = json.loads(deploy_credentials_file(path).read_text())
+    values["deploy secret_id"] = deploy["secret_id"]
+    values["deploy token"] = str(vault.token)
     return values
 
 
@@ -98,12 +106,35 @@ def predicted_tokens(address: str) -> float:
 def test_openbao_is_initialized_unsealed_and_its_keys_stay_on_this_machine(vault):
     assert vault.initialized() and not vault.sealed()
     path = init_file(SPECS["lab-infra-1"])
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
-    token = json.loads(path.read_text())["root_token"]
+    spec = SPECS["lab-infra-1"].vault
+    shares = [share_file(path, n) for n in range(1, spec.key_shares + 1)]
+    credentials = deploy_credentials_file(path)
+    for kept in (path, *shares, credentials):
+        assert oct(kept.stat().st_mode & 0o777) == "0o600", kept
+    # The setup's root token is gone from this machine; deploys work as gpufleet-deploy.
+    assert "root_token" not in json.loads(path.read_text())
+    assert vault.request("GET", "auth/token/lookup-self")["data"]["policies"] == [
+        "default",
+        "gpufleet-deploy",
+    ]
     # Not on the host: not in a file outside the encrypted store, not in any log.
-    found = ssh(INFRA, f"grep -rlF {token} /etc /opt /usr/local /root /var/log /tmp || true")
-    assert found.strip() == ""
-    assert token not in ssh(INFRA, "journalctl --no-pager -o cat")
+    for secret in (*read_shares(path), json.loads(credentials.read_text())["secret_id"]):
+        found = ssh(INFRA, f"grep -rlF {secret} /etc /opt /usr/local /root /var/log /tmp || true")
+        assert found.strip() == ""
+        assert secret not in ssh(INFRA, "journalctl --no-pager -o cat")
+
+
+def test_the_deploy_token_cannot_do_what_a_deploy_does_not(vault):
+    from gpufleet.vault import VaultError
+
+    for method, path, body in (
+        ("GET", "sys/raw/core/keyring", None),
+        ("POST", "auth/token/create", {"policies": ["root"]}),
+        ("PUT", "sys/policies/acl/gpufleet-deploy", {"policy": 'path "*" {}'}),
+        ("POST", "sys/auth/userpass", {"type": "userpass"}),
+    ):
+        with pytest.raises(VaultError, match=r"HTTP (403|405)"):
+            vault.request(method, path, body)
 
 
 def test_openbao_speaks_only_tls_13_with_a_fleet_certificate(fleet_ca):

@@ -16,7 +16,9 @@
 ``vault``, ``vault_at_run``
     the Vault server's answers by ``"METHOD path"`` (``"*"``: any other request) while the
     operation is planned, and what differs while it runs; ``{"$error": message}`` fails the
-    request, ``{"$sequence": [...]}`` answers in turn (the last one again after that).
+    request, ``{"$sequence": [...]}`` answers in turn (the last one again after that). The
+    deploy AppRole's login (``POST auth/approle/login``) is answered but not listed in
+    ``does``: it changes nothing.
 ``at_run``
     the host while a function command runs: ``shell`` and ``upload`` results in call order
     (true once the list is used up), ``stderr`` of a failing shell command.
@@ -61,6 +63,7 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 from pyinfra.context import ctx_host, ctx_state
 
 import gpufleet.operations
+import gpufleet.vault
 from gpufleet.facts import gpu as gpu_facts
 from gpufleet.models import HostSpec
 from gpufleet.operations.config import WantedFile
@@ -185,7 +188,7 @@ class FakeVault:
     def request(self, method: str, path: str, body: Any = None, timeout: Any = None) -> Any:
         request = f"{method} {path}"
         answers = self.at_run if self.running else self.answers
-        if method != "GET":
+        if method != "GET" and request != "POST auth/approle/login":  # a login changes nothing
             self.host.does.append(["vault", method, path, body])
         if request in answers:
             answer = answers[request]
@@ -281,7 +284,14 @@ def test_operation(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     host = FakeHost(case.get("facts", {}), case.get("at_run", {}))
     state = SimpleNamespace(cwd=str(tmp_path), config=Config())
     vault = FakeVault(host, case.get("vault", {}), case.get("vault_at_run", {}))
-    monkeypatch.setattr(VaultClient, "request", lambda _client, *a, **k: vault.request(*a, **k))
+    monkeypatch.setattr(
+        VaultClient,
+        "send",
+        lambda _client, method, path, body=None, timeout=None, token=None: vault.request(
+            method, path, body, timeout
+        ),
+    )
+    monkeypatch.setattr(gpufleet.vault, "_LOGINS", {})
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
     vault_operations = import_module("gpufleet.operations.vault")
     monkeypatch.setattr(vault_operations, "time", Clock())

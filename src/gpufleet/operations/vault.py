@@ -3,10 +3,17 @@
 Each one reads the server while the deploy is planned (reads only: a dry run changes
 nothing) and does its work when it runs, so unseal keys, the root token and generated
 secrets never appear in a plan, an operation's arguments or a log line.
+
+Tokens: the first setup works with the root token of the init answer, revoked at its end
+(``root_revoked``); every later run with the ``gpufleet-deploy`` AppRole (``deploy_access``),
+and the few writes its policy does not allow (an auth method, the deploy policy itself, the
+PKI's CA) with a root token made from the unseal key shares and revoked right after.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -19,7 +26,21 @@ from pyinfra.api.state import State
 from gpufleet.models import HostSpec
 from gpufleet.pki import FleetCA
 from gpufleet.secrets import SecretUse, parse_vault_reference
-from gpufleet.vault import VaultClient, VaultError, client_for, init_file, write_init_file
+from gpufleet.vault import (
+    DEPLOY_ROLE,
+    VaultClient,
+    VaultError,
+    answer_saved,
+    client_for,
+    deploy_credentials_file,
+    forget_root_token,
+    init_file,
+    read_record,
+    read_shares,
+    root_client,
+    save_init_answer,
+    write_private,
+)
 
 
 def _now_or_pending(check: Callable[[VaultClient], bool], spec: HostSpec) -> bool:
@@ -38,6 +59,16 @@ def _wait_until_reachable(client: VaultClient, seconds: float = 60) -> None:
         time.sleep(0.5)
 
 
+def _wait_for_leader(client: VaultClient, seconds: float = 60) -> None:
+    """Until the unsealed node leads (raft elects one a moment after unsealing); writes
+    before that fail with 'local node not active'."""
+    deadline = time.monotonic() + seconds
+    while not client.send("GET", "sys/leader").get("leader_address"):
+        if time.monotonic() > deadline:
+            raise VaultError(f"{client.address} elected no leader within {seconds:.0f} s")
+        time.sleep(0.5)
+
+
 def _run(work: Callable[[VaultClient], None], spec: HostSpec) -> FunctionCommand:
     def execute(state: State, host: Host) -> bool:
         client = client_for(spec)
@@ -52,27 +83,57 @@ def _run(work: Callable[[VaultClient], None], spec: HostSpec) -> FunctionCommand
     return FunctionCommand(execute, (), {})
 
 
+def lost_answer(spec: HostSpec, why: str) -> VaultError:
+    """The server was initialized but its answer never reached this machine."""
+    path = init_file(spec)
+    return VaultError(
+        f"{spec.name} is initialized but {why}: no unseal key share or root token of it is "
+        f"saved on this machine ({path.parent}). If that answer is kept elsewhere, put its "
+        f"shares in {path.stem}.share-1 ... (0600) and its record in {path.name}, and run "
+        f"again. If it is lost, the server can never be unsealed again, and `operator "
+        "generate-root` and `operator rekey` both need a threshold of those shares: a new "
+        "server holds nothing yet, so stop it, empty its data folder and run again to "
+        "initialize it afresh"
+    )
+
+
 @operation()
 def initialized(spec: HostSpec):
     """
-    Initialize the server once; the unseal keys and root token go to a new 0600 file on the
-    control machine (``vault.init_file``), nowhere else.
+    Initialize the server once. Its answer is written to the control machine before
+    anything else: each unseal key share to a 0600 file of its own, then the root token (to
+    ``vault.init_file``), each synced to disk; nowhere else.
 
     .. code:: python
 
         vault.initialized(spec=host_spec())
     """
-    if _now_or_pending(lambda c: c.initialized(), spec):
-        host.noop(f"{spec.name}: Vault is initialized; keys in {init_file(spec)}")
+    path = init_file(spec)
+
+    def kept() -> bool:
+        """Initialized elsewhere is fine when you bring a token of your own (VAULT_TOKEN)."""
+        return answer_saved(path) or bool(os.environ.get("VAULT_TOKEN"))
+
+    if _now_or_pending(lambda c: c.initialized(), spec) and kept():
+        host.noop(f"{spec.name}: Vault is initialized; its shares are in {path.parent}")
         return
 
     def initialize(client: VaultClient) -> None:
         if client.initialized():
+            if not kept():  # by someone else, or by a run whose answer was lost
+                raise lost_answer(spec, "its answer is not on this machine")
             return
-        path = init_file(spec)
-        if path.exists():
-            raise VaultError(f"{path} exists but the server is new; move the old file away")
-        write_init_file(path, client.initialize(spec.vault.key_shares, spec.vault.key_threshold))
+        if answer_saved(path):
+            raise VaultError(f"{path} exists but the server is new; move the old files away")
+        try:
+            answer = client.initialize(spec.vault.key_shares, spec.vault.key_threshold)
+        except VaultError as error:
+            # A time-out may hide a server that finished: never go on as if nothing happened.
+            _wait_until_reachable(client)
+            if client.initialized():
+                raise lost_answer(spec, f"its answer was lost on the way ({error})") from None
+            raise
+        save_init_answer(path, answer, spec.vault.key_threshold)
 
     yield _run(initialize, spec)
 
@@ -80,7 +141,8 @@ def initialized(spec: HostSpec):
 @operation()
 def unsealed(spec: HostSpec, force: bool = False):
     """
-    Unseal the server with the keys of the init file when it is sealed (after every start).
+    Unseal the server with the share files of the control machine when it is sealed (after
+    every start).
 
     + force: unseal attempt even if the server was unsealed when planned (use with ``_if``
       after a restart)
@@ -95,9 +157,11 @@ def unsealed(spec: HostSpec, force: bool = False):
 
     def unseal(client: VaultClient) -> None:
         if client.sealed():
-            import json
-
-            client.unseal(json.loads(init_file(spec).read_text())["keys"])
+            shares = read_shares(init_file(spec))
+            if not shares:
+                raise VaultError(f"no unseal key share next to {init_file(spec)}")
+            client.unseal(shares)
+            _wait_for_leader(client)
 
     yield _run(unseal, spec)
 
@@ -146,7 +210,8 @@ def auth_method(spec: HostSpec, path: str, kind: str):
 
     def enable(client: VaultClient) -> None:
         if path not in client.auth_methods():
-            client.request("POST", f"sys/auth/{path}", {"type": kind})
+            with root_client(spec) as root:  # sys/auth/* asks for sudo
+                root.request("POST", f"sys/auth/{path}", {"type": kind})
 
     yield _run(enable, spec)
 
@@ -186,10 +251,141 @@ def approle(spec: HostSpec, service: str, policy: str, token_ttl: str = "1h"):
         client.request(
             "POST",
             f"auth/approle/role/{name}",
-            {"token_policies": [name], "token_ttl": token_ttl, "secret_id_ttl": "0"},
+            {"token_policies": name, "token_ttl": token_ttl, "secret_id_ttl": "0"},
         )
 
     yield _run(write, spec)
+
+
+def deploy_policy(
+    service_policies: dict[str, str],
+    kv_paths: list[tuple[str, str]],
+    mounts: list[str],
+    pki_mount: str | None,
+    openbao: bool,
+) -> str:
+    """Exactly what a deploy after the first setup does, as a JSON policy: read the mounts
+    and auth methods and enable ``mounts``; write each service's policy with its computed
+    text alone and its AppRole bound to that policy alone (so the deploy can never grant
+    more than the inventory says), and hand out that AppRole's credentials; read and write
+    the fleet's KV paths; issue the gateway's certificate. Never: an auth method, another
+    policy, its own policy, importing a CA, ``sys/raw``, ``sudo`` paths. ``openbao``: OpenBao
+    asks for a token on ``sys/generate-root-token/*`` besides the shares."""
+    crud = ["create", "read", "update"]
+    paths: dict[str, dict[str, object]] = {
+        "sys/mounts": {"capabilities": ["read"]},
+        "sys/auth": {"capabilities": ["read"]},
+        f"sys/policies/acl/{DEPLOY_ROLE}": {"capabilities": ["read"]},
+        f"auth/approle/role/{DEPLOY_ROLE}": {"capabilities": ["read"]},
+    }
+    for mount in mounts:
+        paths[f"sys/mounts/{mount}"] = {"capabilities": crud}
+    if openbao:
+        paths["sys/generate-root-token/*"] = {"capabilities": ["read", "update", "delete"]}
+    for service, text in sorted(service_policies.items()):
+        name = f"gpufleet-{service}"
+        paths[f"sys/policies/acl/{name}"] = {
+            "capabilities": crud,
+            "allowed_parameters": {"policy": [text]},
+        }
+        paths[f"auth/approle/role/{name}"] = {
+            "capabilities": crud,
+            # A list is compared whole, and a policy cannot hold a list of lists: the role
+            # is written with its one policy as a string.
+            "allowed_parameters": {"token_policies": [name], "token_ttl": [], "secret_id_ttl": []},
+        }
+        paths[f"auth/approle/role/{name}/role-id"] = {"capabilities": ["read"]}
+        paths[f"auth/approle/role/{name}/secret-id"] = {"capabilities": ["update"]}
+    for mount, path in sorted(set(kv_paths)):
+        paths[f"{mount}/data/{path}"] = {"capabilities": crud}
+    if pki_mount:
+        paths[f"{pki_mount}/cert/ca"] = {"capabilities": ["read"]}
+        paths[f"{pki_mount}/roles/gateway"] = {"capabilities": crud}
+        paths[f"{pki_mount}/issue/gateway"] = {"capabilities": ["update"]}
+        paths[f"{pki_mount}/certs"] = {"capabilities": ["list"]}
+    return json.dumps({"path": paths}, indent=2, sort_keys=True)
+
+
+@operation()
+def deploy_access(spec: HostSpec, policy: str, token_ttl: str = "1h"):
+    """
+    The ``gpufleet-deploy`` policy and an AppRole bound to it alone, its role_id and a
+    secret_id saved 0600 beside the init record: what every deploy after the first setup
+    logs in with. Written with a root token (the setup's, or one made from the shares and
+    revoked after), as the deploy's own policy does not let it change itself.
+
+    .. code:: python
+
+        vault.deploy_access(spec=spec, policy=vault.deploy_policy(...))
+    """
+    credentials = deploy_credentials_file(init_file(spec))
+
+    def in_place(client: VaultClient) -> bool:
+        role = client.approle(DEPLOY_ROLE)
+        return (
+            credentials.exists()
+            and client.policy(DEPLOY_ROLE) == policy
+            and role is not None
+            and role["token_policies"] == [DEPLOY_ROLE]
+        )
+
+    if _now_or_pending(in_place, spec):
+        host.noop(f"policy and AppRole {DEPLOY_ROLE} are in place; credentials in {credentials}")
+        return
+
+    def write(client: VaultClient) -> None:
+        role = f"auth/approle/role/{DEPLOY_ROLE}"
+        with root_client(spec) as root:
+            root.request("PUT", f"sys/policies/acl/{DEPLOY_ROLE}", {"policy": policy})
+            body = {"token_policies": DEPLOY_ROLE, "token_ttl": token_ttl, "secret_id_ttl": "0"}
+            root.request("POST", role, body)
+            if not credentials.exists():
+                role_id = root.request("GET", f"{role}/role-id")["data"]["role_id"]
+                secret_id = root.request("POST", f"{role}/secret-id")["data"]["secret_id"]
+                secret = json.dumps({"role_id": role_id, "secret_id": secret_id})
+                write_private(credentials, secret)
+
+    yield _run(write, spec)
+
+
+@operation()
+def root_revoked(spec: HostSpec):
+    """
+    Revoke the first setup's root token and drop it from the init record, once the deploy
+    AppRole's credentials are saved; later runs log in with those (hardening guide: no root
+    token kept beyond setup).
+
+    .. code:: python
+
+        vault.root_revoked(spec=spec)
+    """
+    path = init_file(spec)
+    record = read_record(path)
+    # No record yet: a first run, whose init writes the token after this is planned.
+    settled = path.exists() or bool(os.environ.get("VAULT_TOKEN"))
+    if settled and "root_token" not in record and "keys" not in record:
+        host.noop(f"no root token kept; deploys log in as {DEPLOY_ROLE}")
+        return
+
+    def revoke(client: VaultClient) -> None:
+        if not deploy_credentials_file(path).exists():
+            raise VaultError(
+                f"root token kept: no {DEPLOY_ROLE} credentials to work with after it "
+                f"({deploy_credentials_file(path)})"
+            )
+        record = read_record(path)
+        if "root_token" not in record and "keys" not in record:
+            return  # a token of your own (VAULT_TOKEN) did the setup
+        token = record.get("root_token")
+        if token:
+            try:
+                client.send("POST", "auth/token/revoke-self", token=token)
+            except VaultError as error:
+                if "HTTP 403" not in str(error):  # 403: revoked already
+                    raise
+        forget_root_token(path, spec.vault.key_threshold)
+
+    yield _run(revoke, spec)
 
 
 def _missing(client: VaultClient, uses: list[SecretUse]) -> list[SecretUse]:
@@ -277,7 +473,9 @@ def pki_from_fleet_ca(spec: HostSpec, ca: FleetCA, mount: str, role: str, domain
 
     def configure(client: VaultClient) -> None:
         if not issuer_is_fleet_ca(client):
-            client.request("POST", f"{mount}/config/ca", {"pem_bundle": ca.bundle()})
+            # The bundle holds the CA's key: the deploy policy never allows importing one.
+            with root_client(spec) as root:
+                root.request("POST", f"{mount}/config/ca", {"pem_bundle": ca.bundle()})
         client.request("POST", f"{mount}/roles/{role}", settings)
 
     yield _run(configure, spec)

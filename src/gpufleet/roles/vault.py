@@ -3,7 +3,8 @@ unsealed from the control machine, then the fleet's mounts, AppRoles and generat
 
 Runbook it replaces: install the binary; write config.hcl; start; ``operator init`` and copy
 the keys somewhere safe; unseal; ``secrets enable -version=2 kv``; ``auth enable approle``;
-one policy and role per service; ``openssl rand -hex 32`` for every API key.
+one policy and role per service; ``openssl rand -hex 32`` for every API key; a scoped policy
+and AppRole for later changes; ``token revoke`` of the root token.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from gpufleet.paths import render_template, template
 from gpufleet.roles.fleet_ca import FLEET_CA_ON_HOST, gateway_name, server_names, trust_fleet_ca
 from gpufleet.roles.steps import run_unit, service_account, signing_key
 from gpufleet.routing import service_address
-from gpufleet.secrets import secret_uses
+from gpufleet.secrets import parse_vault_reference, secret_uses
 
 
 def mlock_setting(spec: HostSpec, in_container: str | None) -> tuple[bool, str]:
@@ -174,7 +175,27 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         _if=any_changed(started, restarted),
     )
 
-    # 4. The fleet's mounts, one least-privilege AppRole per service, generated keys.
+    # 4. The deploy's own AppRole (root only here), then the fleet's mounts, one
+    # least-privilege AppRole per service, generated keys, the PKI; root revoked at the end.
+    vault.auth_method(name="AppRole auth", spec=spec, path="approle", kind="approle")
+    uses = [u for u in secret_uses(specs) if u.reference.startswith("vault:")]
+    by_service = defaultdict(list)
+    for use in uses:
+        by_service[use.service].append(use)
+    policies = {service: vault.read_policy(u) for service, u in sorted(by_service.items())}
+    gateways = [s for s in specs.values() if "gateway" in s.groups]
+    pki_mount = settings.pki_mount if gateways else None
+    vault.deploy_access(
+        name="Deploy policy and AppRole",
+        spec=spec,
+        policy=vault.deploy_policy(
+            policies,
+            [parse_vault_reference(u.reference)[:2] for u in uses],
+            [settings.kv_mount] + ([pki_mount] if pki_mount else []),
+            pki_mount,
+            openbao,
+        ),
+    )
     vault.secrets_engine(
         name=f"KV v2 at {settings.kv_mount}/",
         spec=spec,
@@ -182,25 +203,16 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         kind="kv",
         options={"version": "2"},
     )
-    vault.auth_method(name="AppRole auth", spec=spec, path="approle", kind="approle")
-    uses = [u for u in secret_uses(specs) if u.reference.startswith("vault:")]
-    by_service = defaultdict(list)
-    for use in uses:
-        by_service[use.service].append(use)
-    for service, service_uses in sorted(by_service.items()):
+    for service, policy in policies.items():
         vault.approle(
-            name=f"Policy and AppRole for {service}",
-            spec=spec,
-            service=service,
-            policy=vault.read_policy(service_uses),
+            name=f"Policy and AppRole for {service}", spec=spec, service=service, policy=policy
         )
     vault.generated_secrets(name="Generate missing keys", spec=spec, uses=uses)
-    gateways = [s for s in specs.values() if "gateway" in s.groups]
-    if gateways:
+    if pki_mount:
         vault.secrets_engine(
-            name=f"PKI at {settings.pki_mount}/",
+            name=f"PKI at {pki_mount}/",
             spec=spec,
-            path=settings.pki_mount,
+            path=pki_mount,
             kind="pki",
             max_lease_ttl="9000h",
         )
@@ -209,7 +221,8 @@ def vault_server(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             name="PKI issues from the fleet CA",
             spec=spec,
             ca=ca,
-            mount=settings.pki_mount,
+            mount=pki_mount,
             role="gateway",
             domains=domains,
         )
+    vault.root_revoked(name="Revoke the setup's root token", spec=spec)
