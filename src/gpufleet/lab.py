@@ -692,6 +692,22 @@ def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
     return hosts
 
 
+def reboot_fresh(inventory: str | Path, name: str) -> None:
+    """Stop one lab host and boot it again: its overlay is gone, so it is the fresh host it
+    was before any deploy (what a node looks like after a reinstall)."""
+    host = next(h for h in hosts_from_inventory(inventory) if h.name == name)
+    pid = _pid(host)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _pid(host) == pid and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid(host) == pid:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+    up(inventory)
+
+
 def status(inventory: str | Path) -> dict[str, dict[str, bool]]:
     """Per host: namespace present, container running, SSH answering."""
     namespaces = _namespaces()

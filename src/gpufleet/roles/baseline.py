@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.context import ctx_state
-from pyinfra.facts.server import LinuxDistribution
+from pyinfra.facts.server import Command, LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -26,6 +26,8 @@ from gpufleet.roles.steps import run_service
 SUPPORTED_DISTRIBUTIONS = ("Debian", "Ubuntu", "Raspbian")
 NODE_EXPORTER_TEXTFILES = "/var/lib/prometheus/node-exporter"
 """Where the node exporter reads ``*.prom`` files other programs write."""
+DPKG_UPDATES = "/var/lib/dpkg/updates"
+"""Where dpkg journals a run in progress; files left there mean it was interrupted."""
 APT_LOCK_WAIT_S = 600
 APT_LOCK_WAIT = (
     "// Managed by gpufleet: wait for dpkg's lock another apt or dpkg holds, then go on.\n"
@@ -73,6 +75,14 @@ def baseline(spec: HostSpec) -> None:
         dest="/etc/apt/apt.conf.d/90gpufleet-lock-wait",
         mode="644",
     )
+
+    # A run killed while dpkg was unpacking leaves it "interrupted": every later apt-get
+    # stops until dpkg finishes its work.
+    if host.get_fact(Command, command=f"ls -A {DPKG_UPDATES} 2>/dev/null | head -n 1"):
+        server.shell(
+            name="Finish the dpkg run that was interrupted",
+            commands=["DEBIAN_FRONTEND=noninteractive dpkg --configure -a"],
+        )
 
     # 1. apt sources: one deb822 file naming the mirror, updates and security suites.
     if name == "Debian":

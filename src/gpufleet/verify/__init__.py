@@ -129,6 +129,19 @@ class Target:
     spec: HostSpec
     connection: dict[str, Any]
     """testinfra's ``get_host`` arguments, from the host's pyinfra ``ssh_*`` data."""
+    fleet: dict[str, HostSpec] = field(default_factory=dict)
+    """Every host of the inventory (where the fleet's Vault is)."""
+
+    def engine_headers(self, engine: Any) -> dict[str, str]:
+        """The ``Authorization`` header ``engine`` on this host asks for, read from the
+        secret store; none where it asks for no key."""
+        from gpufleet.secrets import read_secret
+        from gpufleet.vault import fleet_vault
+
+        reference = self.spec.secrets.get(engine.api_key_secret or "")
+        if reference is None:
+            return {}
+        return {"Authorization": f"Bearer {read_secret(reference, fleet_vault(self.fleet))}"}
 
     @property
     def name(self) -> str:
@@ -189,7 +202,7 @@ def targets(inventory: str | Path, limit: Iterable[str] = ()) -> list[Target]:
         )
     data = {h.name: dict(h.data.dict()) for h in load_inventory(inventory)}
     return [
-        Target(spec, ssh_connection(name, data[name]))
+        Target(spec, ssh_connection(name, data[name]), specs)
         for name, spec in specs.items()
         if not wanted or name in wanted or wanted & set(spec.groups)
     ]

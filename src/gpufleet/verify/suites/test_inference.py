@@ -36,7 +36,8 @@ for _engine in ENGINES:
 def test_llama_server_serves_its_model(target):
     base = f"http://{target.address}:{LLAMACPP.port(target.spec)}"
     assert http_get(f"{base}/health").json() == {"status": "ok"}
-    served = {m["id"] for m in http_get(f"{base}/v1/models").json()["data"]}
+    models = http_get(f"{base}/v1/models", headers=target.engine_headers(LLAMACPP))
+    served = {m["id"] for m in models.json()["data"]}
     for placement in LLAMACPP.placements(target.spec):
         assert served_name(placement) in served, f"served: {sorted(served)}"
 
