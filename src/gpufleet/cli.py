@@ -7,6 +7,7 @@ gpufleet routes inventory/homelab.py        # the router's model groups, fallbac
 gpufleet bench inventory/lab.py             # endpoint speeds with 95 % intervals, to CSV
 gpufleet verify inventory/lab.py            # testinfra checks per host, table + JUnit XML
 gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
+gpufleet vault snapshot|restore INVENTORY FILE   # raft snapshot of the fleet's Vault
 gpufleet lab up|status|down [inventory/lab.py]
 """
 
@@ -211,6 +212,43 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vault(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpufleet.vault import (
+        VaultError,
+        restore_snapshot,
+        take_snapshot,
+        vault_host,
+        write_private,
+    )
+
+    specs = _specs_or_report(args.inventory)
+    if specs is None:
+        return 1
+    server = vault_host(specs)
+    if server is None:
+        print(f"gpufleet vault: {args.inventory} has no vault host", file=sys.stderr)
+        return 1
+    path = Path(args.file)
+    try:
+        if args.action == "snapshot":
+            snapshot = take_snapshot(server)
+            write_private(path, snapshot, replace=True)
+            print(f"{path}: snapshot of {server.name}'s Vault, {len(snapshot)} bytes (0600)")
+        else:
+            restore_snapshot(server, path.read_bytes())
+            service = "openbao" if server.vault.flavor == "openbao" else "vault"
+            print(
+                f"{server.name}: snapshot restored; restart {service} there, then run "
+                "deploys/vault.py, which unseals it with the fleet's shares"
+            )
+    except (VaultError, OSError) as error:
+        print(f"gpufleet vault: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from gpufleet.reference import markdown
 
@@ -295,6 +333,14 @@ def parser() -> argparse.ArgumentParser:
         "--record", metavar="PROFILE", help="ask one real host (--limit) and save its facts"
     )
     preview.set_defaults(run=_preview)
+
+    vault_command = commands.add_parser(
+        "vault", help="snapshot the fleet's Vault to a file, or restore one into a blank Vault"
+    )
+    vault_command.add_argument("action", choices=["snapshot", "restore"])
+    vault_command.add_argument("inventory")
+    vault_command.add_argument("file", help="the snapshot (written 0600)")
+    vault_command.set_defaults(run=_vault)
 
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,6 +100,27 @@ class VaultClient:
             errors = response.json().get("errors", []) if response.content else []
             raise VaultError(f"{method} {path}: HTTP {response.status_code} {'; '.join(errors)}")
         return response.json() if response.content else None
+
+    def raw(self, method: str, path: str, data: bytes | None = None) -> bytes:
+        """A request whose body or answer is not JSON (a raft snapshot)."""
+        import requests
+
+        if self.token is None and self.token_file is not None:
+            self.token = stored_token(self, self.token_file)
+        try:
+            response = requests.request(
+                method,
+                f"{self.address}/v1/{path}",
+                data=data,
+                headers={"X-Vault-Token": self.token or ""},
+                timeout=300,
+                verify=self.ca_file or True,
+            )
+        except requests.RequestException as error:
+            raise VaultError(f"{self.address} cannot be reached ({type(error).__name__})") from None
+        if response.status_code >= 400:
+            raise VaultError(f"{method} {path}: HTTP {response.status_code}")
+        return response.content
 
     # Unauthenticated: a sealed server cannot log anyone in.
     def reachable(self) -> bool:
@@ -296,7 +318,7 @@ def fleet_vault(specs: dict[str, HostSpec]) -> VaultClient | None:
     return None
 
 
-def write_private(path: Path, text: str, replace: bool = False) -> None:
+def write_private(path: Path, text: str | bytes, replace: bool = False) -> None:
     """``text`` to ``path``, 0600 in a 0700 folder, never through a wider mode; written to a
     temporary name, synced, then linked into place, so a crash leaves the whole old file or
     the whole new one. Without ``replace`` an existing file is never overwritten."""
@@ -304,8 +326,8 @@ def write_private(path: Path, text: str, replace: bool = False) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(text.encode() if isinstance(text, str) else text)
             out.flush()
             os.fsync(out.fileno())
         if replace:
@@ -343,3 +365,39 @@ def forget_root_token(path: Path, threshold: int) -> None:
                 write_private(share_file(path, number), share + "\n")
         record.update(shares=len(keys), threshold=threshold)
     write_private(path, json.dumps(record), replace=True)
+
+
+def take_snapshot(spec: HostSpec) -> bytes:
+    """A raft snapshot of the Vault on ``spec`` (every secret, policy, role and the keyring
+    the fleet's shares unseal), taken with a root token made from the shares and revoked."""
+    if spec.vault.storage != "raft":
+        raise VaultError(f"{spec.name}: snapshots need raft storage (vault.storage: raft)")
+    with root_client(spec) as root:
+        return root.raw("GET", "sys/storage/raft/snapshot")
+
+
+def restore_snapshot(spec: HostSpec, snapshot: bytes) -> None:
+    """Put ``snapshot`` into the blank (uninitialized) Vault on ``spec``: initialized for the
+    restore alone (one share, kept in memory, gone with the storage it unseals), unsealed,
+    leader, then the snapshot forced in. Restart the service after: it comes up sealed, with
+    the snapshot's keyring, which the fleet's shares unseal (``deploys/vault.py`` does)."""
+    client = VaultClient(client_for(spec).address, None, ca_file(spec))
+    if client.initialized():
+        raise VaultError(
+            f"{spec.name}: Vault is initialized; a snapshot is restored into a blank server "
+            "(a rebuilt host, or its data folder emptied with the service stopped)"
+        )
+    interim = client.initialize(1, 1)
+    client.unseal(interim["keys_base64"])
+    client.token = interim["root_token"]
+    deadline = time.monotonic() + 60
+    while True:  # raft elects the node leader a moment after it unseals
+        try:
+            if client.send("GET", "sys/leader").get("is_self"):
+                break
+        except VaultError:
+            pass
+        if time.monotonic() > deadline:
+            raise VaultError(f"{spec.name}: no raft leader within 60 s after unsealing")
+        time.sleep(1)
+    client.raw("POST", "sys/storage/raft/snapshot-force", snapshot)
