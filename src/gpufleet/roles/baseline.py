@@ -77,11 +77,18 @@ def baseline(spec: HostSpec) -> None:
     )
 
     # A run killed while dpkg was unpacking leaves it "interrupted": every later apt-get
-    # stops until dpkg finishes its work.
+    # stops until dpkg finishes its work. The dpkg of the killed run may still be going:
+    # wait for its lock (dpkg itself does not), then finish whatever is left.
     if host.get_fact(Command, command=f"ls -A {DPKG_UPDATES} 2>/dev/null | head -n 1"):
         server.shell(
             name="Finish the dpkg run that was interrupted",
-            commands=["DEBIAN_FRONTEND=noninteractive dpkg --configure -a"],
+            commands=[
+                f"for _ in $(seq {APT_LOCK_WAIT_S // 2}); do "
+                "lslocks -n -u -o PATH | grep -q '^/var/lib/dpkg/lock' || break; "
+                "echo 'waiting for the dpkg that holds its lock' >&2; sleep 2; done",
+                f'if [ -n "$(ls -A {DPKG_UPDATES})" ]; then '
+                "DEBIAN_FRONTEND=noninteractive dpkg --configure -a; fi",
+            ],
         )
 
     # 1. apt sources: one deb822 file naming the mirror, updates and security suites.
