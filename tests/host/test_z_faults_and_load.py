@@ -73,20 +73,21 @@ def test_a_deploy_waits_for_the_dpkg_lock_another_apt_holds(lab_session):
 # --- a first converge killed at five points ----------------------------------------------
 
 KILL_POINTS = (
-    "Install baseline packages",
-    "llama.cpp build tools",
-    "Download the llama.cpp source",
-    "Build llama-server",
-    "llama-server unit",
+    ("Install baseline packages", 1.5),
+    ("llama.cpp build tools", 3.0),
+    ("Download the llama.cpp source", 0.3),
+    ("Build llama-server", 3.0),
+    ("Warm up", 0.3),
 )
-"""Operations of deploys/inference.py on lab-lxc-1, in the order they run: each run is killed
-two seconds into the next one of them, so every run gets further than the last."""
+"""Operations of deploys/inference.py on lab-lxc-1, in the order they run, and how long into
+each pyinfra is killed: every run gets further than the last, and is killed while that
+operation runs on the host."""
 CONVERGE = "deploys/inference.py"
 
 
-def _killed_at(point: str) -> str:
-    """Run the deploy on lab-lxc-1 and SIGKILL pyinfra two seconds after it starts ``point``;
-    returns what it printed."""
+def _killed_at(point: str, after_s: float) -> str:
+    """Run the deploy on lab-lxc-1 and SIGKILL pyinfra ``after_s`` seconds after it starts
+    ``point``; returns what it printed."""
     command = [PYINFRA, "-y", "-v", str(LAB_INVENTORY.relative_to(ROOT)), CONVERGE]
     process = subprocess.Popen(
         [*command, "--limit", "lab-lxc-1"],
@@ -102,7 +103,7 @@ def _killed_at(point: str) -> str:
     for line in process.stdout:
         printed.append(line)
         if killer is None and "Starting" in line and point in line:
-            killer = threading.Timer(2, process.send_signal, (signal.SIGKILL,))
+            killer = threading.Timer(after_s, process.send_signal, (signal.SIGKILL,))
             killer.start()
     process.wait(timeout=1800)
     assert process.returncode == -signal.SIGKILL, f"{point} never started:\n{''.join(printed)}"
@@ -111,14 +112,18 @@ def _killed_at(point: str) -> str:
 
 def test_a_first_converge_killed_at_five_points_converges_on_the_next_run(lab_session):
     lab.reboot_fresh(LAB_INVENTORY, "lab-lxc-1")  # a fresh host: its first converge
-    for point in KILL_POINTS:
-        _killed_at(point)
+    for point, after_s in KILL_POINTS:
+        _killed_at(point, after_s)
     converged = pyinfra(CONVERGE, "--limit", "lab-lxc-1", "-y")
     assert converged.returncode == 0, converged.stderr[-3000:]
     again = pyinfra(CONVERGE, "--limit", "lab-lxc-1", "-y")
     assert again.returncode == 0 and again.changed == [], again.changed
     health = requests.get(f"http://{LXC}:8080/health", timeout=10)
     assert health.json() == {"status": "ok"}
+    # The warm-up the last kill cut short was done by the run after it.
+    model = SPECS["lab-lxc-1"].models[0].alias
+    record = json.loads(ssh(LXC, f"cat /var/lib/gpufleet/warmup/{model}.json"))
+    assert record["model"] == model and record["tokens"] > 0
 
 
 # --- 64 streaming clients, the primary engine killed under them --------------------------

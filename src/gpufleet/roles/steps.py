@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -209,8 +210,10 @@ def warm_up(
     env_file: str | None = None,
 ) -> None:
     """Warm each of ``models`` ((served name, request path) pairs) up once any of ``after``
-    changed something: a converged host is not asked again."""
+    changed something, or while it has no warm-up record (a run killed before its warm-up
+    finished): a converged host is not asked again."""
     for model, request_path in models:
+        recorded = host.get_fact(File, path=f"{inference.WARMUP_RECORDS}/{model}.json")
         inference.warmed_up(
             name=f"Warm up {model}",
             base_url=base_url,
@@ -219,5 +222,5 @@ def warm_up(
             request_path=request_path,
             api_key_env=api_key_env,
             env_file=env_file,
-            _if=any_changed(*after),
+            _if=any_changed(*after) if recorded else None,
         )
