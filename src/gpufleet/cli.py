@@ -7,6 +7,7 @@ gpufleet routes inventory/homelab.py        # the router's model groups, fallbac
 gpufleet bench inventory/lab.py             # endpoint speeds with 95 % intervals, to CSV
 gpufleet verify inventory/lab.py            # testinfra checks per host, table + JUnit XML
 gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
+gpufleet firewall inventory/homelab.py     # where each port listens, who may reach it
 gpufleet vault snapshot|restore INVENTORY FILE   # raft snapshot of the fleet's Vault
 gpufleet lab up|status|down [inventory/lab.py]
 """
@@ -126,6 +127,16 @@ def _routes(args: argparse.Namespace) -> int:
     if specs is None:
         return 1
     print(describe_routes(specs) or f"{args.inventory}: no router or gateway host")
+    return 0
+
+
+def _firewall(args: argparse.Namespace) -> int:
+    from gpufleet.exposure import describe_exposures
+
+    specs = _specs_or_report(args.inventory)
+    if specs is None:
+        return 1
+    print(describe_exposures(specs))
     return 0
 
 
@@ -333,6 +344,12 @@ def parser() -> argparse.ArgumentParser:
         "--record", metavar="PROFILE", help="ask one real host (--limit) and save its facts"
     )
     preview.set_defaults(run=_preview)
+
+    firewall = commands.add_parser(
+        "firewall", help="each host's gpufleet ports: where they listen, who may reach them"
+    )
+    firewall.add_argument("inventory")
+    firewall.set_defaults(run=_firewall)
 
     vault_command = commands.add_parser(
         "vault", help="snapshot the fleet's Vault to a file, or restore one into a blank Vault"

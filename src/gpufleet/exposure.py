@@ -267,3 +267,25 @@ def exposure_problems(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                         f"by address, and {client} has none: add its lan_address or "
                         f"tailscale_address, or set firewall.enabled: false on {spec.name}",
                     )
+
+
+def describe_exposures(specs: dict[str, HostSpec]) -> str:
+    """Each host's gpufleet ports: where they listen, who may reach them (``gpufleet
+    firewall``)."""
+    lines = []
+    for spec in specs.values():
+        lines.append(f"{spec.name}:" + ("" if spec.firewall.enabled else " (firewall off)"))
+        for exposure in exposures(spec, specs):
+            ports = ",".join(str(p) for p in exposure.ports)
+            if IPv4Address(exposure.address).is_loopback:
+                reach = "this host only"
+            elif exposure.guarded and spec.firewall.enabled and spec.os != "macos":
+                reach = "from " + (", ".join(exposure.sources) or "nowhere else")
+            else:
+                reach = "from anywhere" + (
+                    " (asks for credentials)"
+                    if exposure.service in ("vault", "vault cluster", "grafana")
+                    else ""
+                )
+            lines.append(f"  {exposure.service:<16} {exposure.address}:{ports:<12} {reach}")
+    return "\n".join(lines)

@@ -112,6 +112,7 @@ def _killed_at(point: str, after_s: float) -> str:
 
 def test_a_first_converge_killed_at_five_points_converges_on_the_next_run(lab_session):
     lab.reboot_fresh(LAB_INVENTORY, "lab-lxc-1")  # a fresh host: its first converge
+    assert ssh(LXC, "test -e /usr/local/bin/llama-server || echo fresh").strip() == "fresh"
     for point, after_s in KILL_POINTS:
         _killed_at(point, after_s)
     converged = pyinfra(CONVERGE, "--limit", "lab-lxc-1", "-y")

@@ -41,7 +41,10 @@ def http_get(url: str, timeout: float = 15, **kwargs: Any) -> Any:
     try:
         return requests.get(url, timeout=timeout, **kwargs)
     except requests.ConnectionError:
-        raise AssertionError(f"nothing answers on {url}") from None
+        raise AssertionError(
+            f"nothing answers on {url} (from this machine: the firewall lets in the hosts that "
+            "use a service and firewall.admin_sources; name this machine there)"
+        ) from None
 
 
 def assert_running(target: Target, service: str) -> None:
