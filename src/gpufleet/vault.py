@@ -56,11 +56,14 @@ class VaultClient:
         path: str,
         body: dict[str, Any] | None = None,
         timeout: float | None = None,
+        raw: bytes | None = None,
     ) -> Any:
+        """One request with the client's token (logged in again once if it expired). ``raw``:
+        a body that is not JSON (a raft snapshot); the answer is then the bytes."""
         if self.token is None and self.token_file is not None:
             self.token = stored_token(self, self.token_file)
         try:
-            return self.send(method, path, body, timeout, self.token)
+            return self.send(method, path, body, timeout, self.token, raw)
         except VaultError as error:
             # A deploy token that expired during a long run: log in again, once.
             logged_in = self.token_file is not None and self.token in _LOGINS.values()
@@ -68,7 +71,7 @@ class VaultClient:
                 raise
             _LOGINS.clear()
             self.token = stored_token(self, self.token_file)
-            return self.send(method, path, body, timeout, self.token)
+            return self.send(method, path, body, timeout, self.token, raw)
 
     def send(
         self,
@@ -77,6 +80,7 @@ class VaultClient:
         body: dict[str, Any] | None = None,
         timeout: float | None = None,
         token: str | None = None,
+        raw: bytes | None = None,
     ) -> Any:
         """One request with exactly ``token`` (None: none at all)."""
         import requests  # imported here: pyinfra's CLI patches sockets before first use
@@ -87,6 +91,7 @@ class VaultClient:
                 method,
                 f"{self.address}/v1/{path}",
                 json=body,
+                data=raw,
                 headers=headers,
                 timeout=timeout or self.timeout,
                 verify=self.ca_file or True,
@@ -99,28 +104,9 @@ class VaultClient:
             # Error bodies name paths and reasons, never secret values.
             errors = response.json().get("errors", []) if response.content else []
             raise VaultError(f"{method} {path}: HTTP {response.status_code} {'; '.join(errors)}")
+        if raw is not None or path.startswith("sys/storage/raft/snapshot"):
+            return response.content
         return response.json() if response.content else None
-
-    def raw(self, method: str, path: str, data: bytes | None = None) -> bytes:
-        """A request whose body or answer is not JSON (a raft snapshot)."""
-        import requests
-
-        if self.token is None and self.token_file is not None:
-            self.token = stored_token(self, self.token_file)
-        try:
-            response = requests.request(
-                method,
-                f"{self.address}/v1/{path}",
-                data=data,
-                headers={"X-Vault-Token": self.token or ""},
-                timeout=300,
-                verify=self.ca_file or True,
-            )
-        except requests.RequestException as error:
-            raise VaultError(f"{self.address} cannot be reached ({type(error).__name__})") from None
-        if response.status_code >= 400:
-            raise VaultError(f"{method} {path}: HTTP {response.status_code}")
-        return response.content
 
     # Unauthenticated: a sealed server cannot log anyone in.
     def reachable(self) -> bool:
@@ -373,7 +359,8 @@ def take_snapshot(spec: HostSpec) -> bytes:
     if spec.vault.storage != "raft":
         raise VaultError(f"{spec.name}: snapshots need raft storage (vault.storage: raft)")
     with root_client(spec) as root:
-        return root.raw("GET", "sys/storage/raft/snapshot")
+        snapshot: bytes = root.request("GET", "sys/storage/raft/snapshot", timeout=300)
+        return snapshot
 
 
 def restore_snapshot(spec: HostSpec, snapshot: bytes) -> None:
@@ -400,4 +387,4 @@ def restore_snapshot(spec: HostSpec, snapshot: bytes) -> None:
         if time.monotonic() > deadline:
             raise VaultError(f"{spec.name}: no raft leader within 60 s after unsealing")
         time.sleep(1)
-    client.raw("POST", "sys/storage/raft/snapshot-force", snapshot)
+    client.request("POST", "sys/storage/raft/snapshot-force", timeout=300, raw=snapshot)

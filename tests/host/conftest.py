@@ -28,6 +28,8 @@ from gpufleet import lab
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
 from gpufleet.paths import DEPLOYS
+from gpufleet.secrets import parse_vault_reference, secret_uses
+from gpufleet.vault import VaultClient, client_for
 
 ROOT = Path(__file__).parents[2]
 LAB_INVENTORY = ROOT / "inventory/lab.py"
@@ -275,3 +277,27 @@ def rebuild_session(lab_session: LabSession) -> RebuildRuns:
     before = ssh(pve, SNAPSHOT)
     refused = pyinfra(REBUILD, "--limit", "lab-pve-1", "-y")
     return RebuildRuns(dry, dry_unchanged, first, second, refused, ssh(pve, SNAPSHOT) == before)
+
+
+@pytest.fixture(scope="session")
+def fleet_ca() -> str:
+    """The fleet CA's certificate, which every lab listener's certificate chains to."""
+    return str(lab.lab_dir() / "ca" / "ca.crt")
+
+
+def vault_secrets(client: VaultClient) -> dict[str, str]:
+    """Every fleet secret kept in Vault, by reference."""
+    values = {}
+    for use in secret_uses(SPECS):
+        if use.reference.startswith("vault:"):
+            mount, path, key = parse_vault_reference(use.reference)
+            values[use.reference] = str(client.kv_get(mount, path)[key])
+    return values
+
+
+@pytest.fixture(scope="session")
+def client_key(lab_session: LabSession) -> str:
+    """The lab gateway client's key, from Vault."""
+    spec = SPECS["lab-infra-1"]
+    mount, path, key = parse_vault_reference(spec.gateway.clients["lab-client"])
+    return str(client_for(spec).kv_get(mount, path)[key])

@@ -16,7 +16,8 @@ from gpufleet import lab
 from gpufleet.exposure import exposures
 from gpufleet.inventory import InventoryError, validate_file
 from gpufleet.roles.gateway import key_map
-from tests.host.conftest import LAB_INVENTORY, SPECS, ssh
+
+from .conftest import LAB_INVENTORY, SPECS, ssh
 
 GPU, INFRA = "10.200.0.11", "10.200.0.12"
 GATEWAY = f"https://{INFRA}"
@@ -115,20 +116,6 @@ def test_the_router_reaches_the_engines_it_routes_to():
 
 
 # --- the gateway: the router's inference API, nothing of its admin API ---------------------
-
-
-@pytest.fixture(scope="module")
-def client_key(lab_session) -> str:
-    from gpufleet.secrets import read_secret
-    from gpufleet.vault import fleet_vault
-
-    spec = SPECS["lab-infra-1"]
-    return read_secret(spec.gateway.clients["lab-client"], fleet_vault(SPECS))
-
-
-@pytest.fixture(scope="module")
-def fleet_ca() -> str:
-    return str(lab.lab_dir() / "ca" / "ca.crt")
 
 
 def _request(method: str, path: str, key: str, ca: str) -> requests.Response:

@@ -24,7 +24,7 @@ from gpufleet.vault import (
     share_file,
 )
 
-from .conftest import ROOT, SPECS, pyinfra, redis_cli, ssh
+from .conftest import ROOT, SPECS, pyinfra, redis_cli, ssh, vault_secrets
 
 INFRA = "10.200.0.12"
 GPU = "10.200.0.11"
@@ -41,24 +41,9 @@ def vault(lab_session):
 
 
 @pytest.fixture(scope="module")
-def fleet_ca() -> str:
-    return str(lab.lab_dir() / "ca" / "ca.crt")
-
-
-@pytest.fixture(scope="module")
-def client_key(vault) -> str:
-    mount, path, key = parse_vault_reference(SPECS["lab-infra-1"].gateway.clients["lab-client"])
-    return str(vault.kv_get(mount, path)[key])
-
-
-@pytest.fixture(scope="module")
 def secret_values(vault) -> dict[str, str]:
     """Every secret value of the lab run: Vault's keys, the vLLM file key, unseal keys, token."""
-    values = {}
-    for use in secret_uses(SPECS):
-        if use.reference.startswith("vault:"):
-            mount, path, key = parse_vault_reference(use.reference)
-            values[use.reference] = str(vault.kv_get(mount, path)[key])
+    values = vault_secrets(vault)
     values["vllm file key"] = (lab.lab_dir() / lab.VLLM_KEY_FILE).read_text().strip()
     path = init_file(SPECS["lab-infra-1"])
     values.update({f"unseal key {i}": k for i, k in enumerate(read_shares(path))})

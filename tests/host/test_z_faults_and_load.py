@@ -21,24 +21,13 @@ import pytest
 import requests
 
 from gpufleet import lab
-from gpufleet.secrets import parse_vault_reference, secret_uses
 from gpufleet.vault import VaultClient, VaultError, client_for
-from tests.host.conftest import LAB_INVENTORY, PYINFRA, ROOT, SPECS, pyinfra, ssh
+
+from .conftest import LAB_INVENTORY, PYINFRA, ROOT, SPECS, pyinfra, ssh, vault_secrets
 
 GPU, INFRA, LXC = "10.200.0.11", "10.200.0.12", "10.200.0.14"
 GATEWAY = f"https://{INFRA}"
 MODEL = "XS-LOC-FRE-gemma3-270m"
-
-
-@pytest.fixture(scope="module")
-def fleet_ca() -> str:
-    return str(lab.lab_dir() / "ca" / "ca.crt")
-
-
-@pytest.fixture(scope="module")
-def client_key(lab_session) -> str:
-    mount, path, key = parse_vault_reference(SPECS["lab-infra-1"].gateway.clients["lab-client"])
-    return str(client_for(SPECS["lab-infra-1"]).kv_get(mount, path)[key])
 
 
 # --- another apt holds dpkg's lock -------------------------------------------------------
@@ -250,22 +239,13 @@ def test_64_streaming_clients_lose_no_request_but_those_in_flight_when_the_prima
 # --- Vault rebuilt from a snapshot -------------------------------------------------------
 
 
-def _fleet_secrets(client: VaultClient) -> dict[str, str]:
-    values = {}
-    for use in secret_uses(SPECS):
-        if use.reference.startswith("vault:"):
-            mount, path, key = parse_vault_reference(use.reference)
-            values[use.reference] = str(client.kv_get(mount, path)[key])
-    return values
-
-
 def test_vault_rebuilt_from_a_snapshot_serves_every_secret_again(tmp_path):
     """The runbook of a lost Vault host: ``gpufleet vault snapshot`` while it ran; a blank
     server; ``gpufleet vault restore``; a restart; deploys/vault.py unseals it with the
     fleet's shares and finds nothing else to change; every secret reads as before."""
     spec = SPECS["lab-infra-1"]
     service, data = "openbao", "/var/lib/openbao"
-    before = _fleet_secrets(client_for(spec))
+    before = vault_secrets(client_for(spec))
     assert before
     snapshot = tmp_path / "vault.snap"
     gpufleet = [str(Path(PYINFRA).parent / "gpufleet"), "vault"]
@@ -282,7 +262,7 @@ def test_vault_rebuilt_from_a_snapshot_serves_every_secret_again(tmp_path):
         time.sleep(1)
     assert not blank.initialized()
     with pytest.raises(VaultError):  # nothing of the fleet's is there
-        _fleet_secrets(client_for(spec))
+        vault_secrets(client_for(spec))
 
     restored = subprocess.run([*gpufleet, "restore", inventory, str(snapshot)], cwd=ROOT)
     assert restored.returncode == 0
@@ -290,6 +270,6 @@ def test_vault_rebuilt_from_a_snapshot_serves_every_secret_again(tmp_path):
     rerun = pyinfra("deploys/vault.py", "-y")  # unseals with the shares
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [name for name, _ in rerun.changed if "nseal" not in name] == [], rerun.changed
-    assert _fleet_secrets(client_for(spec)) == before
+    assert vault_secrets(client_for(spec)) == before
     again = pyinfra("deploys/vault.py", "-y")
     assert again.returncode == 0 and again.changed == [], again.changed

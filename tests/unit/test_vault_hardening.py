@@ -306,3 +306,30 @@ def test_an_init_answer_lost_on_the_way_stops_the_run(
     # A second run does not go on silently either.
     with pytest.raises(VaultError, match="its answer is not on this machine"):
         converge(ops.initialized, spec=spec)
+
+
+def test_a_snapshot_restored_into_a_blank_server_serves_every_secret(
+    tmp_path: Path, server: Server, spec: HostSpec
+) -> None:
+    """The runbook of a lost Vault host: a snapshot while it ran, a blank server, the restore,
+    a restart, the fleet's shares: the same secrets, and nothing for the deploy to change."""
+    ca = FleetCA.ensure(tmp_path / "ca")
+    setup(spec, ca, KV_USES)
+    before = client_for(spec).kv_get("kv", "gpufleet/gateway")
+    snapshot = gpufleet.vault.take_snapshot(spec)
+    with pytest.raises(VaultError, match="initialized"):  # never over a live Vault
+        gpufleet.vault.restore_snapshot(spec, snapshot)
+
+    server.stop()
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    server.start()
+    assert not VaultClient(server.address).initialized()
+    gpufleet.vault.restore_snapshot(spec, snapshot)
+    server.stop()
+    server.start()
+    assert VaultClient(server.address).sealed()
+    assert converge(ops.unsealed, spec=spec, force=True)  # with the fleet's share files
+    gpufleet.vault._LOGINS.clear()
+    assert client_for(spec).kv_get("kv", "gpufleet/gateway") == before
+    assert not any(setup(spec, ca, KV_USES))
