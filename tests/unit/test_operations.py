@@ -287,7 +287,7 @@ def test_operation(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(
         VaultClient,
         "send",
-        lambda _client, method, path, body=None, timeout=None, token=None: vault.request(
+        lambda _client, method, path, body=None, timeout=None, token=None, raw=None: vault.request(
             method, path, body, timeout
         ),
     )
