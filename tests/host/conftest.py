@@ -301,3 +301,9 @@ def client_key(lab_session: LabSession) -> str:
     spec = SPECS["lab-infra-1"]
     mount, path, key = parse_vault_reference(spec.gateway.clients["lab-client"])
     return str(client_for(spec).kv_get(mount, path)[key])
+
+
+def llama_headers() -> dict[str, str]:
+    """What llama-server asks every client for on the lab: its key (a 0600 file here)."""
+    key = (lab.lab_dir() / lab.LLAMACPP_KEY_FILE).read_text().strip()
+    return {"Authorization": f"Bearer {key}"}

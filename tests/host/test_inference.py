@@ -15,7 +15,7 @@ from gpufleet.engines.vllm import VLLM
 from gpufleet.operations.inference import BASE_FLAGS, CCACHE_FLAGS, build_stamp
 from gpufleet.serving import placement_runs
 
-from .conftest import SPECS
+from .conftest import SPECS, llama_headers
 
 LLAMA = "XS-LOC-FRE-gemma3-270m"
 DEPLOY = "deploys/inference.py"
@@ -93,6 +93,7 @@ def test_llama_server_answers_a_real_completion(lab_host):
     predicted_before = predicted_tokens(base)
     reply = requests.post(
         f"{base}/v1/chat/completions",
+        headers=llama_headers(),
         json={
             "model": LLAMA,
             "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -110,7 +111,7 @@ def test_llama_server_answers_a_real_completion(lab_host):
 
 
 def predicted_tokens(base: str) -> float:
-    metrics = requests.get(f"{base}/metrics", timeout=10).text
+    metrics = requests.get(f"{base}/metrics", headers=llama_headers(), timeout=10).text
     line = next(x for x in metrics.splitlines() if x.startswith("llamacpp:tokens_predicted_total"))
     return float(line.split()[1])
 

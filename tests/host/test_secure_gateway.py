@@ -24,7 +24,7 @@ from gpufleet.vault import (
     share_file,
 )
 
-from .conftest import ROOT, SPECS, pyinfra, redis_cli, ssh, vault_secrets
+from .conftest import ROOT, SPECS, llama_headers, pyinfra, redis_cli, ssh, vault_secrets
 
 INFRA = "10.200.0.12"
 GPU = "10.200.0.11"
@@ -80,7 +80,8 @@ def tls_handshake(port: int, ca: str, max_version: ssl.TLSVersion | None = None)
 
 
 def predicted_tokens(address: str) -> float:
-    metrics = requests.get(f"http://{address}:8080/metrics", timeout=10).text
+    metrics = requests.get(f"http://{address}:8080/metrics", headers=llama_headers(), timeout=10)
+    metrics = metrics.text
     line = next(x for x in metrics.splitlines() if x.startswith("llamacpp:tokens_predicted_total"))
     return float(line.split()[-1])
 
