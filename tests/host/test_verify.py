@@ -16,7 +16,6 @@ CANNOT_PASS_HERE = {
     ("lab-gpu-1", "inference: ollama runs and answers"),
     ("lab-gpu-1", "inference: ollama has every placed model"),
     ("lab-pve-1", "gpu_node: nvidia smi sees every declared gpu"),
-    ("lab-pve-1", "gpu_node: dcgm exporter serves gpu metrics"),
     ("lab-pve-1", "inference: vllm runs and answers"),
     ("lab-lxc-1", "gpu_node: nvidia smi sees every declared gpu"),
 }

@@ -154,6 +154,17 @@ class Target:
     def address(self) -> str:
         return service_address(self.spec)
 
+    def get_on_host(self, url: str) -> str:
+        """The body of a GET of ``url`` made on the host itself (a service that listens on
+        loopback); fails the check naming the URL when nothing answers there."""
+        fetch = (
+            "import sys, urllib.request; "
+            "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+        )
+        result = self.host.run(f"python3 -c {shlex.quote(fetch)} {shlex.quote(url)}")
+        assert result.rc == 0, f"nothing answers on {url} on {self.name}"
+        return str(result.stdout)
+
     @functools.cached_property
     def host(self) -> Any:
         """The testinfra host; connects on its first command, never while listing."""
