@@ -45,6 +45,8 @@ class Exposure:
     """The firewall resets connections from anywhere else."""
     published: bool = False
     """Published by Docker: reached through the forward hook, not the input hook."""
+    authenticated: bool = False
+    """It asks every client for credentials (Vault, Grafana, Redis, PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def _services(spec: HostSpec, specs: dict[str, HostSpec]) -> Iterator[_Service]:
     for engine in serving(spec):
         ports = tuple(listener.port for listener in engine.listeners(spec))
         settings = engine.settings(spec)
-        address = getattr(settings, "address", None) if hasattr(settings, "address") else None
+        address = getattr(settings, "address", None)
         field = f"{engine.settings_key}.address" if hasattr(settings, "address") else None
         published = field is None or getattr(settings, "install", "") == "container"
         yield _Service(
@@ -184,6 +186,7 @@ def exposures(spec: HostSpec, specs: dict[str, HostSpec]) -> list[Exposure]:
                 sources,
                 guarded,
                 service.published,
+                service.authenticated,
             )
         )
     return found
@@ -283,9 +286,7 @@ def describe_exposures(specs: dict[str, HostSpec]) -> str:
                 reach = "from " + (", ".join(exposure.sources) or "nowhere else")
             else:
                 reach = "from anywhere" + (
-                    " (asks for credentials)"
-                    if exposure.service in ("vault", "vault cluster", "grafana")
-                    else ""
+                    " (asks for credentials)" if exposure.authenticated else ""
                 )
             lines.append(f"  {exposure.service:<16} {exposure.address}:{ports:<12} {reach}")
     return "\n".join(lines)
