@@ -28,15 +28,12 @@ from gpufleet.engines.llamacpp import (
     gguf_path,
 )
 from gpufleet.facts.gpu import detected_gpus
-from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.operations import config, downloads, inference
+from gpufleet.operations import downloads, inference
 from gpufleet.paths import template
 from gpufleet.roles.nvidia_driver import cuda_repository, release_of
-from gpufleet.roles.steps import restart_and_warm_up, warm_up_tool
-from gpufleet.secrets import read_secret
+from gpufleet.roles.steps import engine_secret_file, restart_and_warm_up, warm_up_tool
 from gpufleet.serving import placement_runs
-from gpufleet.vault import fleet_vault
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
 
@@ -118,21 +115,8 @@ def serve(spec: HostSpec) -> None:
     keyed = bool(secret_environment)
     key_file = []
     if keyed:
-        vault = fleet_vault(fleet_specs())
         files.directory(name="gpufleet's config folder", path="/etc/gpufleet", mode="755")
-        key_file = [
-            config.config_file(
-                name=f"llama-server {API_KEY_ENV} (0640, readable by the service user; from "
-                "the secret store)",
-                dest=ENV_FILE,
-                render=lambda: "".join(
-                    f"{v}={read_secret(r, vault)}\n" for v, r in secret_environment
-                ),
-                owner="root",
-                group=spec.service_user,
-                mode="640",
-            )
-        ]
+        key_file = [engine_secret_file("llama-server", ENV_FILE, secret_environment, spec)]
 
     # 4. The unit, with the planned flags.
     warm_up_tool()

@@ -15,7 +15,8 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet.operations import downloads, inference
+from gpufleet.models import HostSpec
+from gpufleet.operations import config, downloads, inference
 from gpufleet.paths import template
 
 
@@ -224,3 +225,25 @@ def warm_up(
             env_file=env_file,
             _if=any_changed(*after) if recorded else None,
         )
+
+
+def engine_secret_file(
+    label: str, dest: str, secret_environment: tuple[tuple[str, str], ...], spec: HostSpec
+) -> OperationMeta:
+    """An engine's secrets (``VARIABLE=value`` lines, read from the secret store at run
+    time) in a root-owned file only the service user may read besides root; the plan and
+    the logs show the variable names only."""
+    from gpufleet.inventory import fleet_specs
+    from gpufleet.secrets import read_secret
+    from gpufleet.vault import fleet_vault
+
+    vault = fleet_vault(fleet_specs())
+    return config.config_file(
+        name=f"{label} {', '.join(v for v, _ in secret_environment)} (0640, readable by the "
+        "service user; from the secret store)",
+        dest=dest,
+        render=lambda: "".join(f"{v}={read_secret(r, vault)}\n" for v, r in secret_environment),
+        owner="root",
+        group=spec.service_user,
+        mode="640",
+    )

@@ -17,14 +17,15 @@ from gpufleet import sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.vllm import API_KEY_ENV, ENV_FILE, VENV, VLLM
 from gpufleet.facts.gpu import require_gpu
-from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec
-from gpufleet.operations import config
 from gpufleet.paths import template
-from gpufleet.roles.steps import configured_not_started, restart_and_warm_up, warm_up_tool
-from gpufleet.secrets import read_secret
+from gpufleet.roles.steps import (
+    configured_not_started,
+    engine_secret_file,
+    restart_and_warm_up,
+    warm_up_tool,
+)
 from gpufleet.serving import placement_runs
-from gpufleet.vault import fleet_vault
 
 DATA = "/var/lib/vllm"
 """vLLM's Hugging Face cache lives here (HF_HOME in the unit)."""
@@ -52,17 +53,7 @@ def serve(spec: HostSpec) -> None:
     run = runs[0]
     settings = spec.vllm
     has_vllm = bool(host.get_fact(File, path=f"{VENV}/bin/vllm"))
-    vault = fleet_vault(fleet_specs())
-    secret_environment = VLLM.secret_environment(spec)
-    env_file = config.config_file(
-        name=f"vLLM {', '.join(v for v, _ in secret_environment)} (0640, readable by the "
-        "service user; from the secret store)",
-        dest=ENV_FILE,
-        render=lambda: "".join(f"{v}={read_secret(r, vault)}\n" for v, r in secret_environment),
-        owner="root",
-        group=spec.service_user,
-        mode="640",
-    )
+    env_file = engine_secret_file("vLLM", ENV_FILE, VLLM.secret_environment(spec), spec)
     command = list(run.rendered.command)
     memory = memory_size(run.decision.memory_max_gb)
     installed = None
