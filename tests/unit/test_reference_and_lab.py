@@ -1,4 +1,4 @@
-"""The documented host data reference is generated; the lab refuses addresses that are not its own."""
+"""The documented host data reference is generated; the lab refuses addresses not its own."""
 
 from pathlib import Path
 
