@@ -70,9 +70,7 @@ def _shown_commands() -> set[tuple[str, str, str | None]]:
 
 
 @cache
-def _help_words(*argv: str) -> frozenset[str]:
-    """Subcommand and action names in the CLI's help, whether it lists them as choices
-    (argparse's `{a,b}`, click's `{a|b}` or `[a|b]`) or as click's Commands section."""
+def _help(*argv: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "gpufleet.cli", *argv, "--help"],
         capture_output=True,
@@ -81,10 +79,18 @@ def _help_words(*argv: str) -> frozenset[str]:
         check=False,
     )
     assert result.returncode == 0, f"gpufleet {' '.join(argv)} --help: {result.stderr}"
+    return result.stdout
+
+
+@cache
+def _help_words(*argv: str) -> frozenset[str]:
+    """Subcommand and action names in the CLI's help, whether it lists them as choices
+    (argparse's `{a,b}`, click's `{a|b}` or `[a|b]`) or as click's Commands section."""
+    text = _help(*argv)
     words = set()
-    for choices in re.findall(r"[{\[]([a-z0-9-]+(?:[,|][a-z0-9-]+)+)[}\]]", result.stdout):
+    for choices in re.findall(r"[{\[]([a-z0-9-]+(?:[,|][a-z0-9-]+)+)[}\]]", text):
         words.update(re.split(r"[,|]", choices))
-    commands = re.search(r"^Commands:\n((?:[ \t]+\S.*\n?)+)", result.stdout, re.MULTILINE)
+    commands = re.search(r"^Commands:\n((?:[ \t]+\S.*\n?)+)", text, re.MULTILINE)
     if commands:
         words.update(re.findall(r"^[ \t]+([a-z][a-z0-9-]*)", commands.group(1), re.MULTILINE))
     return frozenset(words)
@@ -127,6 +133,18 @@ def test_docs_show_only_actions_the_cli_has():
         if len(_help_words(command)) > 0 and action not in _help_words(command)
     )
     assert not wrong
+
+
+def test_docs_show_only_top_level_options_the_cli_has():
+    shown = {
+        (str(page.relative_to(ROOT)), option)
+        for page in PAGES
+        for code in _code(page)
+        for option in re.findall(r"(?:^|bin/)[ \t]*gpufleet[ \t]+(--[a-z][a-z-]*)", code, re.M)
+    }
+    assert ("README.md", "--version") in shown
+    absent = sorted(f"{page}: gpufleet {option}" for page, option in shown if option not in _help())
+    assert not absent
 
 
 def test_repository_files_the_docs_name_exist():
