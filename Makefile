@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INVENTORIES := inventory/homelab.py inventory/lab.py inventory/lab_pi.py inventory/examples/*.py
 
-.PHONY: demo test test-fast lint host-tools lab-up lab-down
+.PHONY: demo test test-fast lint docs host-tools lab-up lab-down
 
 # Build and start the local lab, show the dry-run plan, deploy, deploy again (no changes).
 demo: $(BIN)/gpufleet host-tools
@@ -23,18 +23,24 @@ demo: $(BIN)/gpufleet host-tools
 	@echo "The last run changed nothing. verify's failures are what the lab cannot run (no GPU,"
 	@echo "no Ollama or vLLM binary). The lab is still running: 'make lab-down' removes it."
 
-# The whole suite: lint, unit tests, then the lab layer (real hosts over SSH).
-test: $(BIN)/gpufleet host-tools lint
+# The whole suite: lint, the documentation site, unit tests, then the lab layer (real hosts
+# over SSH).
+test: $(BIN)/gpufleet host-tools lint docs
 	$(BIN)/pytest
 
-# Day-to-day lane: lint and unit tests, no lab (a few seconds).
-test-fast: $(BIN)/gpufleet lint
+# Day-to-day lane: lint, the documentation site and unit tests, no lab (a few seconds).
+test-fast: $(BIN)/gpufleet lint docs
 	$(BIN)/pytest tests/unit
 
 lint: $(BIN)/gpufleet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or
+# anchor, and on a nav entry without its page.
+docs: $(BIN)/gpufleet
+	$(BIN)/mkdocs build --strict --site-dir site
 
 host-tools:
 	@bash scripts/host-tools.sh

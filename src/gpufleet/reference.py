@@ -1,6 +1,7 @@
-"""The README's host data reference, generated from the models so it cannot drift.
+"""The host data reference, generated from the models so it cannot drift.
 
-gpufleet reference      # prints the Markdown that README.md holds between its markers
+gpufleet reference      # prints the Markdown that docs/reference/host-data.md holds between
+                        # its markers
 """
 
 from __future__ import annotations
@@ -106,6 +107,6 @@ def markdown() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def readme_section(readme: str) -> str:
-    """The part of README.md between the markers."""
-    return readme.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+def marked_section(page: str) -> str:
+    """The part of a documentation page between the markers."""
+    return page.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"

@@ -1,8 +1,8 @@
 """Faults and load, on the converged lab (after every other host test: these break things on
 purpose). Another apt holding dpkg's lock; a first converge killed at five points; 64
 streaming clients through NGINX -> LiteLLM -> llama.cpp with the primary engine killed under
-them; Vault rebuilt from a snapshot. The figures go to the lab folder (``load.json``); the
-README quotes a run of them."""
+them; Vault rebuilt from a snapshot. The figures go to the lab folder (``load.json``);
+docs/testing.md quotes two runs of them."""
 
 from __future__ import annotations
 

@@ -1,18 +1,20 @@
-"""The README's reference is generated; the lab refuses addresses that are not its own."""
+"""The documented host data reference is generated; the lab refuses addresses not its own."""
 
 from pathlib import Path
 
 import pytest
 
 from gpufleet import lab
-from gpufleet.reference import markdown, readme_section
+from gpufleet.reference import markdown, marked_section
 
 ROOT = Path(__file__).parents[2]
 
 
-def test_readme_reference_matches_the_models():
-    readme = (ROOT / "README.md").read_text()
-    assert readme_section(readme) == markdown(), "run: gpufleet reference, paste into README.md"
+def test_documented_reference_matches_the_models():
+    page = (ROOT / "docs/reference/host-data.md").read_text()
+    assert marked_section(page) == markdown(), (
+        "run: gpufleet reference, paste it between the markers of docs/reference/host-data.md"
+    )
 
 
 @pytest.mark.parametrize(
