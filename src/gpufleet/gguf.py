@@ -107,3 +107,13 @@ def read_model_entry(path: str) -> ModelEntry:
         context=field("context_length"),
         kind="llm",
     )
+
+
+def local_gguf(source: str | None) -> ModelEntry | None:
+    """The model's figures from the header of the GGUF ``source`` names, when that file is on
+    this machine (a path, or a ``file://`` URL); None otherwise (a URL, a path on the host)."""
+    path = (source or "").removeprefix("file://")
+    if path.endswith(".gguf") and Path(path).is_file():
+        return read_model_entry(str(Path(path).resolve()))
+    return None
+
