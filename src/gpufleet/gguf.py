@@ -105,7 +105,9 @@ def read_model_entry(path: str) -> ModelEntry:
         kv_heads=field("attention.head_count_kv", heads),
         head_dim=head_dim,
         context=field("context_length"),
-        kind="llm",
+        # Encoders (BERT and kin) pool their output into one vector: an embedding model.
+        kind="embedding" if f"{arch}.pooling_type" in metadata else "llm",
+        declared=f"GGUF header of {path}",
     )
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 
 from gpufleet.catalogue import Catalogue, ModelEntry, model_entry, suggest
 from gpufleet.engines import Engine, engine_for, serving
+from gpufleet.gguf import GGUFError
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant
 
@@ -180,7 +181,17 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     vram_free = max(vram - services_vram_gb(spec, vram), 0.0)
     for index, placement in enumerate(spec.models):
         engine = engine_for(spec, placement)
-        entry = model_entry(placement, catalogue)
+        try:
+            entry = model_entry(placement, catalogue)
+        except (GGUFError, OSError) as error:
+            plan.problems.append(
+                (
+                    f"models[{index}].source",
+                    f"the GGUF on this machine cannot be read ({error}); give a whole GGUF "
+                    "file, or a URL with its sha256",
+                )
+            )
+            continue
         quant = placement_quant(placement)
         if entry is None:
             plan.problems.append(

@@ -302,7 +302,7 @@ class Catalogue:
     def how_to_declare_accelerator(self, name: str, kind: str) -> str:
         """What an "unknown accelerator" message tells the user to do."""
         memory = "vram_gb (GB), " if kind in OWN_MEMORY_KINDS else ""
-        cuda = ", compute_capability ('8.9')" if kind == "nvidia" else ""
+        cuda = ", compute_capability (e.g. '8.9')" if kind == "nvidia" else ""
         return (
             f"declare the part: give {memory}bandwidth_gbs (GB/s){cuda} beside its model "
             f"here, or add {name!r} with kind, {memory}bandwidth_gbs{cuda} under "
@@ -397,12 +397,28 @@ def _model_entries(raw: dict[str, ModelFigures], declared: str | None) -> dict[s
     }
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one map (the plain loader keeps
+    the last silently: an entry pasted twice would hide the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_catalogue_file(path: Path) -> CatalogueFile:
     """One catalogue file, validated; raises :class:`CatalogueError` naming the file and the
     line (a YAML syntax error) or the entry and field (a figure refused)."""
     shown = _shown_path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{shown}:{mark.line + 1}" if mark else str(shown)

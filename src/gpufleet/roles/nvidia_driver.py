@@ -39,9 +39,11 @@ def check_detected_gpus(spec: HostSpec, open_modules: bool) -> None:
     for gpu in detected_gpus()["pci"]:
         entry = catalogue.accelerator_by_pci_id(gpu["device_id"])
         if entry is None:
+            # A part the inventory declares itself was checked against its declared
+            # min_driver and open_modules when the inventory was validated.
             logger.warning(
                 f"{host.print_prefix}GPU {gpu['name']} [10de:{gpu['device_id']}] is not in "
-                "the catalogue: driver support not checked"
+                "the catalogue: driver support checked only as the inventory declares it"
             )
             continue
         problem = nvidia.support_problem(entry, spec.nvidia_driver, open_modules)
