@@ -198,8 +198,10 @@ def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
             and (accelerator.vram_gb not in entry.vram_gb)
         ):
             sizes = " or ".join(f"{v:g}" for v in entry.vram_gb)
-            source = "" if entry.declared is None or entry.declared == "host data" else (
-                f" (as {entry.declared} declares it)"
+            source = (
+                ""
+                if entry.declared is None or entry.declared == "host data"
+                else (f" (as {entry.declared} declares it)")
             )
             yield Problem(
                 spec.name,

@@ -118,4 +118,3 @@ def local_gguf(source: str | None) -> ModelEntry | None:
     if path.endswith(".gguf") and Path(path).is_file():
         return read_model_entry(str(Path(path).resolve()))
     return None
-

@@ -485,7 +485,9 @@ def host_spec() -> HostSpec:
         except ValidationError as error:
             problems += _problems_from(host.name, error)
             raise InventoryError("host data", problems, BEFORE_CHANGES) from None
-        problems += check_host(spec, _catalogue_or_raise(fleet_catalogue, "host data", BEFORE_CHANGES))
+        problems += check_host(
+            spec, _catalogue_or_raise(fleet_catalogue, "host data", BEFORE_CHANGES)
+        )
         if problems:
             raise InventoryError("host data", problems, BEFORE_CHANGES)
         _validated[host.name] = decide_addresses(spec, _undecided_fleet())

@@ -149,28 +149,44 @@ def test_a_changed_catalogue_yaml_is_read_again(tmp_path):
     assert catalogue_for(inventory).accelerator("Box GPU").bandwidth_gbs == 200
 
 
+NVIDIA_8GB = "{kind: nvidia, vram_gb: 8, bandwidth_gbs: 1"
+SMALL_MODEL = "{params_b: 1, layers: 2, kv_heads: 1, head_dim: 64"
+
+
 @pytest.mark.parametrize(
     ("text", "where", "what"),
     [
         ("models: [a, b]\n", "models", "valid dictionary"),
-        ("accelerators:\n  X: {kind: cuda, vram_gb: 8, bandwidth_gbs: 1}\n", "accelerators['X'].kind", "'nvidia'"),
-        ("accelerators:\n  X: {kind: nvidia, vram_gb: 8, bandwidth_gbs: 1, compute_capability: 'sm_89'}\n",
-         "accelerators['X'].compute_capability", "sm_89"),
-        ("models:\n  a:1b: {params_b: 1, layers: 2, kv_heads: 1, head_dim: 64}\n", "models['a:1b'].context", "missing"),
-        ("models:\n  a:1b: {params_b: 1, active_params_b: 2, layers: 2, kv_heads: 1, head_dim: 64, context: 9}\n",
-         "models['a:1b']", "more than params_b"),
+        (
+            "accelerators:\n  X: {kind: cuda, vram_gb: 8, bandwidth_gbs: 1}\n",
+            "accelerators['X'].kind",
+            "'nvidia'",
+        ),
+        (
+            f"accelerators:\n  X: {NVIDIA_8GB}, compute_capability: 'sm_89'}}\n",
+            "accelerators['X'].compute_capability",
+            "sm_89",
+        ),
+        (f"models:\n  a:1b: {SMALL_MODEL}}}\n", "models['a:1b'].context", "missing"),
+        (
+            f"models:\n  a:1b: {SMALL_MODEL}, context: 9, active_params_b: 2}}\n",
+            "models['a:1b']",
+            "more than params_b",
+        ),
         ("aliases:\n  mine: nowhere\n", "aliases['mine']", "neither catalogue"),
-        ("accelerators:\n  'bad;name': {kind: nvidia, vram_gb: 8, bandwidth_gbs: 1}\n", "accelerators", "letters"),
+        (f"accelerators:\n  'bad;name': {NVIDIA_8GB}}}\n", "accelerators", "letters"),
         ("- a list\n", "catalogue.yaml", "not a map"),
         ("models:\n  a:1b: {}\n  a:1b: {}\n", "catalogue.yaml:3", "written twice"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_catalogue_yaml_names_the_entry_and_the_field(tmp_path, text, where, what):
     inventory = user_catalogue(tmp_path, text)
     with pytest.raises(CatalogueError) as refused:
         catalogue_for(inventory)
     [(location, message)] = refused.value.problems
-    assert location.startswith(str(tmp_path / "catalogue.yaml")) or location.startswith("catalogue.yaml")
+    assert location.startswith(str(tmp_path / "catalogue.yaml")) or location.startswith(
+        "catalogue.yaml"
+    )
     assert location.endswith(where) and what in message
 
 
@@ -253,7 +269,11 @@ def test_a_gguf_on_this_machine_stands_for_a_model_no_catalogue_knows(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF\x03\x00\x00\x00")  # ends inside its header
     spec = spec.model_copy(
-        update={"models": (ModelPlacement(model="house-model:3b", engine="llama.cpp", source=str(broken)),)}
+        update={
+            "models": (
+                ModelPlacement(model="house-model:3b", engine="llama.cpp", source=str(broken)),
+            )
+        }
     )
     [(field, message)] = plan_host(spec, BUILTIN).problems
     assert field == "models[0].source" and "cannot be read" in message

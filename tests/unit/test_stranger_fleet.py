@@ -119,7 +119,9 @@ def test_a_declaration_without_vram_is_refused(fleet_copy):
 
 
 def test_a_negative_bandwidth_is_refused(fleet_copy):
-    fleet_copy.write_text(fleet_copy.read_text().replace('"bandwidth_gbs": 288', '"bandwidth_gbs": -288'))
+    fleet_copy.write_text(
+        fleet_copy.read_text().replace('"bandwidth_gbs": 288', '"bandwidth_gbs": -288')
+    )
     [problem] = problems_of(fleet_copy)
     assert "hardware.accelerators[0].bandwidth_gbs" in problem
     assert "greater than 0" in problem
@@ -146,12 +148,11 @@ def test_a_catalogue_yaml_entry_without_vram_and_with_a_bad_figure(fleet_copy):
         + "  Arc Pro B60: {kind: intel_gpu, vram_gb: 24, bandwidth_gbs: -456}\n"
     )
     problems = problems_of(fleet_copy)
+    assert any("accelerators['RTX 4060 Ti 16GB']" in p and "give vram_gb" in p for p in problems), (
+        problems
+    )
     assert any(
-        "accelerators['RTX 4060 Ti 16GB']" in p and "give vram_gb" in p for p in problems
-    ), problems
-    assert any(
-        "accelerators['Arc Pro B60'].bandwidth_gbs" in p and "greater than 0" in p
-        for p in problems
+        "accelerators['Arc Pro B60'].bandwidth_gbs" in p and "greater than 0" in p for p in problems
     ), problems
     assert all("catalogue.yaml" in p for p in problems)
 
@@ -162,7 +163,8 @@ def test_the_card_declared_in_catalogue_yaml_serves_the_inventory(fleet_copy):
     catalogue.write_text(
         catalogue.read_text()
         + "accelerators:\n"
-        + '  RTX 4060 Ti 16GB: {kind: nvidia, vram_gb: 16, bandwidth_gbs: 288, compute_capability: "8.9"}\n'
+        + "  RTX 4060 Ti 16GB:\n"
+        + '    {kind: nvidia, vram_gb: 16, bandwidth_gbs: 288, compute_capability: "8.9"}\n'
     )
     text = fleet_copy.read_text()
     for line in ('"bandwidth_gbs": 288,', '"compute_capability": "8.9",', '"vram_gb": 16,',

@@ -258,7 +258,8 @@ class Catalogue:
         )
 
     def accelerator_by_pci_id(self, device_id: str) -> AcceleratorEntry | None:
-        for entry in self.accelerators.values():
+        # The user's entries first: one that gives a built-in part's id names that card.
+        for entry in sorted(self.accelerators.values(), key=lambda e: e.declared is None):
             if device_id.lower() in entry.pci_device_ids:
                 return entry
         return None
@@ -404,7 +405,7 @@ class _UniqueKeys(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is written twice; keep one", key_node.start_mark
@@ -418,7 +419,7 @@ def read_catalogue_file(path: Path) -> CatalogueFile:
     line (a YAML syntax error) or the entry and field (a figure refused)."""
     shown = _shown_path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{shown}:{mark.line + 1}" if mark else str(shown)
@@ -429,9 +430,7 @@ def read_catalogue_file(path: Path) -> CatalogueFile:
     if raw is None:
         return CatalogueFile()
     if not isinstance(raw, dict):
-        return _raise(
-            [(str(shown), "not a map; write accelerators: {...} and/or models: {...}")]
-        )
+        return _raise([(str(shown), "not a map; write accelerators: {...} and/or models: {...}")])
     try:
         return CatalogueFile.model_validate(raw)
     except ValidationError as error:
@@ -462,7 +461,11 @@ def _what(detail: Any) -> str:
     if detail["type"] == "extra_forbidden":
         return "unknown key; remove it or fix its spelling"
     value = detail.get("input")
-    if isinstance(value, int | float | str) and not isinstance(value, bool) and len(str(value)) < 80:
+    if (
+        isinstance(value, int | float | str)
+        and not isinstance(value, bool)
+        and len(str(value)) < 80
+    ):
         message += f" (got {value!r})"
     return message + "; fix it in the file"
 
@@ -516,7 +519,9 @@ def _merged(path: Path, stamp: int | None) -> Catalogue:
     ]
     if problems:
         raise CatalogueError(problems)
-    own_accelerator_aliases = {a: t for a, t in own.aliases.items() if t in {**builtin.accelerators, **accelerators}}
+    own_accelerator_aliases = {
+        a: t for a, t in own.aliases.items() if t in {**builtin.accelerators, **accelerators}
+    }
     own_model_aliases = {a: t for a, t in own.aliases.items() if a not in own_accelerator_aliases}
     # The user's entries win: a built-in alias of the same name no longer leads elsewhere.
     return Catalogue(
