@@ -9,7 +9,7 @@ gpufleet rebuild HOST --inventory inventory/homelab.py          # do it
 from pyinfra import host, local, logger
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.checks import check_host
 from gpufleet.engines import serving
 from gpufleet.facts.gpu import detected_gpus
@@ -19,7 +19,7 @@ from gpufleet.operations import inference
 from gpufleet.planner import plan_host
 from gpufleet.rebuild import detected_hardware, hardware_differences, placement_moves, replanned
 
-catalogue = load_catalogue()
+catalogue = fleet_catalogue()
 spec = host_spec()
 resources = host.get_fact(MachineResources)
 hardware, unknown = detected_hardware(

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.engines import EMBEDDING, engine_for, served_name
 from gpufleet.models import HostSpec
 from gpufleet.planner import plan_host
@@ -67,7 +67,7 @@ def endpoints(
     from gpufleet.secrets import read_secret
     from gpufleet.vault import fleet_vault
 
-    catalogue = load_catalogue()
+    catalogue = fleet_catalogue()
     found = []
     gateways = [s for s in specs.values() if "gateway" in s.groups]
     through_gateway: set[tuple[str, str]] = set()

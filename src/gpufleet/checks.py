@@ -168,16 +168,23 @@ def _groups(spec: HostSpec, extra_groups: Iterable[str]) -> Iterator[Problem]:
 def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
     for i, accelerator in enumerate(spec.hardware.accelerators):
         field = f"hardware.accelerators[{i}]"
-        entry = catalogue.accelerator(accelerator.model)
+        known = catalogue.accelerator(accelerator.model)
+        entry = catalogue.accelerator_for(accelerator)
         if entry is None:
-            yield Problem(
-                spec.name,
-                f"{field}.model",
-                f"unknown accelerator {accelerator.model!r}"
-                f"{suggest(accelerator.model, catalogue.accelerators)}; use a name from "
-                "src/gpufleet/catalogue/accelerators.yaml or add the part there",
+            declaring = accelerator.bandwidth_gbs is not None
+            missing = "vram_gb" if declaring else "model"
+            what = (
+                f"{accelerator.model!r} is declared without vram_gb; a {accelerator.kind} "
+                "part has memory of its own: give vram_gb (GB per device)"
+                if declaring
+                else f"unknown accelerator {accelerator.model!r}"
+                f"{suggest(accelerator.model, catalogue.accelerators)}; "
+                + catalogue.how_to_declare_accelerator(accelerator.model, accelerator.kind)
             )
+            yield Problem(spec.name, f"{field}.{missing}", what)
             continue
+        if known is None:
+            continue  # the host's own declaration: nothing to hold it against
         if entry.kind != accelerator.kind:
             yield Problem(
                 spec.name,
@@ -191,11 +198,17 @@ def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
             and (accelerator.vram_gb not in entry.vram_gb)
         ):
             sizes = " or ".join(f"{v:g}" for v in entry.vram_gb)
+            source = (
+                ""
+                if entry.declared is None or entry.declared == "host data"
+                else (f" (as {entry.declared} declares it)")
+            )
             yield Problem(
                 spec.name,
                 f"{field}.vram_gb",
-                f"{entry.name} ships with {sizes} GB, not {accelerator.vram_gb:g} GB; "
-                "fix the figure or leave vram_gb out to take it from the catalogue",
+                f"{entry.name} ships with {sizes} GB{source}, not {accelerator.vram_gb:g} GB; "
+                "fix the figure, leave vram_gb out to take it from the catalogue, or declare "
+                f"the card under a name of its own in {catalogue.where_to_declare}",
             )
 
 
@@ -386,7 +399,7 @@ def _nvidia_driver(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
         yield Problem(spec.name, "nvidia_driver.modules", modules)
         return
     field = "nvidia_driver.branch" if driver.branch is not None else "nvidia_driver.version"
-    cards = nvidia.declared_cards(spec)
+    cards = nvidia.declared_cards(spec, catalogue)
     open_modules = nvidia.uses_open_modules(driver, cards)
     for entry in cards:
         problem = nvidia.support_problem(entry, driver, open_modules)

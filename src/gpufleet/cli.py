@@ -80,13 +80,13 @@ def _specs_or_report(inventory: str) -> dict[str, HostSpec] | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from gpufleet.catalogue import load_catalogue
+    from gpufleet.inventory import inventory_catalogue
     from gpufleet.planner import format_plan, plan_host
 
     specs = _specs_or_report(args.inventory)
     if specs is None:
         return 1
-    catalogue = load_catalogue()
+    catalogue = inventory_catalogue(args.inventory)
     plans = [plan_host(spec, catalogue) for spec in specs.values() if spec.models]
     if args.json:
         print(json.dumps([plan.as_dict() for plan in plans], indent=2))

@@ -105,5 +105,16 @@ def read_model_entry(path: str) -> ModelEntry:
         kv_heads=field("attention.head_count_kv", heads),
         head_dim=head_dim,
         context=field("context_length"),
-        kind="llm",
+        # Encoders (BERT and kin) pool their output into one vector: an embedding model.
+        kind="embedding" if f"{arch}.pooling_type" in metadata else "llm",
+        declared=f"GGUF header of {path}",
     )
+
+
+def local_gguf(source: str | None) -> ModelEntry | None:
+    """The model's figures from the header of the GGUF ``source`` names, when that file is on
+    this machine (a path, or a ``file://`` URL); None otherwise (a URL, a path on the host)."""
+    path = (source or "").removeprefix("file://")
+    if path.endswith(".gguf") and Path(path).is_file():
+        return read_model_entry(str(Path(path).resolve()))
+    return None

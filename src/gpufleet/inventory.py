@@ -16,6 +16,7 @@ import functools
 import re
 import traceback
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from pyinfra.api.inventory import Inventory
 from pyinfra.api.state import State
 from pyinfra.context import ctx_state
 
-from gpufleet.catalogue import load_catalogue, suggest
+from gpufleet.catalogue import (
+    Catalogue,
+    CatalogueError,
+    catalogue_for,
+    fleet_catalogue,
+    suggest,
+    use_inventory,
+)
 from gpufleet.checks import Problem, check_fleet, check_host
 from gpufleet.connection import use_tcp_nodelay
 from gpufleet.connector_data import SSH_KEYS, SshData, ssh_data
@@ -307,10 +315,13 @@ def validate(
     source: str,
     problems: list[Problem] | None = None,
     stage: str = BEFORE_CONNECT,
+    catalogue: Catalogue | None = None,
 ) -> dict[str, HostSpec]:
     """Specs for every host, or one InventoryError listing every problem found (with
-    ``problems`` found before, in the file itself)."""
-    catalogue = load_catalogue()
+    ``problems`` found before, in the file itself), checked against ``catalogue`` (the
+    inventory's own, :func:`inventory_catalogue`)."""
+    if catalogue is None:
+        catalogue = _catalogue_or_raise(fleet_catalogue, source, stage)
     inventory_group = Path(source).stem
     specs: dict[str, HostSpec] = {}
     problems = list(problems or [])
@@ -343,14 +354,31 @@ def validate(
     return decide_fleet(specs)
 
 
+def inventory_catalogue(path: str | Path) -> Catalogue:
+    """The catalogue an inventory file is checked and planned with: the built-in one and the
+    ``catalogue.yaml`` beside the file; raises InventoryError for a catalogue.yaml that
+    cannot be read (its file and line, or entry and field)."""
+    return _catalogue_or_raise(lambda: catalogue_for(path), str(path), BEFORE_CONNECT)
+
+
+def _catalogue_or_raise(load: Callable[[], Catalogue], source: str, stage: str) -> Catalogue:
+    try:
+        return load()
+    except CatalogueError as error:
+        problems = [Problem("-", where, what) for where, what in error.problems]
+        raise InventoryError(source, problems, stage) from None
+
+
 def validate_file(path: str | Path) -> dict[str, HostSpec]:
     """Load and validate an inventory file; contacts no host."""
     token = _checking.set(True)  # the inventory's own check_inventory() call is this one
     try:
+        catalogue = inventory_catalogue(path)
         inventory = load_inventory(path)
+        use_inventory(path)
         problems = duplicate_definitions(_raw_groups(Path(path)))
         problems += unknown_group_data(inventory, Path(path))
-        return validate(inventory, str(path), problems)
+        return validate(inventory, str(path), problems, catalogue=catalogue)
     finally:
         _checking.reset(token)
 
@@ -366,6 +394,7 @@ def check_inventory(path: str) -> None:
 
         check_inventory(__file__)
     """
+    use_inventory(path)  # its catalogue.yaml is the one the deploys plan with
     if not _checking.get():
         validate_file(path)
     use_tcp_nodelay()
@@ -456,7 +485,9 @@ def host_spec() -> HostSpec:
         except ValidationError as error:
             problems += _problems_from(host.name, error)
             raise InventoryError("host data", problems, BEFORE_CHANGES) from None
-        problems += check_host(spec, load_catalogue())
+        problems += check_host(
+            spec, _catalogue_or_raise(fleet_catalogue, "host data", BEFORE_CHANGES)
+        )
         if problems:
             raise InventoryError("host data", problems, BEFORE_CHANGES)
         _validated[host.name] = decide_addresses(spec, _undecided_fleet())

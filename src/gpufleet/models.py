@@ -17,6 +17,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gpufleet.catalogue import (
+    COMPUTE_CAPABILITY_PATTERN,
+    AcceleratorKind,
+    ModelEntry,
+    ModelKind,
+    OpenModules,
+)
 from gpufleet.engines import ENGINES, PLACEMENT_ENGINES
 from gpufleet.engines.llamacpp import LlamaCppSettings
 from gpufleet.engines.ollama import OLLAMA, OllamaSettings
@@ -77,18 +84,36 @@ MOVED_KEYS = {
 
 
 class Accelerator(Spec):
-    """One kind of accelerator in a host: ``{"kind": "nvidia", "model": "RTX 4090"}``."""
+    """One kind of accelerator in a host: ``{"kind": "nvidia", "model": "RTX 4090"}``.
 
-    kind: Literal["nvidia", "jetson", "amd_igpu", "amd_npu", "intel_npu", "apple_metal"]
-    """nvidia: discrete NVIDIA GPU; jetson: NVIDIA Jetson SoC (unified memory); amd_igpu:
-    AMD integrated GPU sharing system memory (Ryzen AI Max+); amd_npu / intel_npu: NPUs;
-    apple_metal: Apple silicon GPU."""
-    model: str
-    """Catalogue name, e.g. ``RTX 5090``, ``Jetson Orin Nano Super``, ``M4 Pro``."""
+    A part the catalogue lacks is declared here with its figures (``vram_gb``,
+    ``bandwidth_gbs``, ``compute_capability``), or in the inventory's ``catalogue.yaml``.
+    Figures given here for a catalogued part take the place of the catalogue's for this host.
+    """
+
+    kind: AcceleratorKind
+    """nvidia: discrete NVIDIA GPU; jetson: NVIDIA Jetson SoC (unified memory); amd_gpu /
+    intel_gpu: discrete AMD Radeon or Instinct / Intel Arc GPU; amd_igpu: AMD integrated GPU
+    sharing system memory (Ryzen AI Max+); amd_npu / intel_npu: NPUs; apple_metal: Apple
+    silicon GPU."""
+    model: str = Field(min_length=1, max_length=64)
+    """Catalogue name, e.g. ``RTX 5090``, ``Jetson Orin Nano Super``, ``M4 Pro``; or the name
+    of a part declared here or in the inventory's ``catalogue.yaml``."""
     count: int = Field(1, ge=1, le=16)
     """How many of this model the host has."""
-    vram_gb: float | None = Field(None, gt=0)
+    vram_gb: float | None = Field(None, gt=0, le=4096)
     """Memory per device in GB; taken from the catalogue when left out."""
+    bandwidth_gbs: float | None = Field(None, gt=0, le=100_000)
+    """Peak memory bandwidth in GB/s (the vendor's spec sheet): declares a part the catalogue
+    lacks (with ``vram_gb`` for one with memory of its own), or replaces the catalogue's."""
+    compute_capability: str | None = Field(None, pattern=COMPUTE_CAPABILITY_PATTERN)
+    """CUDA compute capability of a declared NVIDIA part, e.g. ``"8.9"`` (NVIDIA's CUDA GPUs
+    page): which architectures llama.cpp is built for, which CUDA release it needs."""
+    min_driver: int | None = Field(None, ge=300, le=999)
+    """Oldest NVIDIA driver branch that drives a declared part."""
+    open_modules: OpenModules | None = None
+    """Whether a declared NVIDIA part needs (required), may use (supported) or cannot use
+    (unsupported) NVIDIA's open kernel modules."""
 
 
 class Hardware(Spec):
@@ -116,6 +141,10 @@ class Hardware(Spec):
         return sum(a.count for a in self.accelerators if a.kind == "nvidia")
 
 
+DECLARED_SHAPE = ("layers", "kv_heads", "head_dim", "max_context")
+"""A placement's fields that declare a model's shape; with ``params_b`` all are needed."""
+
+
 class ModelPlacement(Spec):
     """A model a host serves: ``{"model": "qwen2.5-coder:32b", "alias": "XL-LOC-FRE-..."}``."""
 
@@ -128,8 +157,22 @@ class ModelPlacement(Spec):
     """Router-facing name following the fleet scheme ``SIZE-LOC|CLD-FRE|PAY-name``."""
     quant: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     """Quantization (Q4_K_M, Q5_K_M, Q8_0, FP16, FP8, AWQ, GPTQ); from the tag or Q4_K_M."""
-    params_b: float | None = Field(None, gt=0)
-    """Parameters in billions, for models the catalogue does not know."""
+    params_b: float | None = Field(None, gt=0, le=100_000)
+    """Parameters in billions, for models the catalogue does not know: alone, a weights-only
+    estimate; with ``layers``, ``kv_heads``, ``head_dim`` and ``max_context``, a declared
+    model, planned with these figures over any catalogue's."""
+    active_params_b: float | None = Field(None, gt=0, le=100_000)
+    """Parameters used per token of a declared mixture of experts; ``params_b`` when left out."""
+    layers: int | None = Field(None, ge=1, le=1000)
+    """A declared model's ``num_hidden_layers`` (its config.json)."""
+    kv_heads: int | None = Field(None, ge=1, le=1024)
+    """A declared model's ``num_key_value_heads``."""
+    head_dim: int | None = Field(None, ge=1, le=4096)
+    """A declared model's ``head_dim``, else ``hidden_size / num_attention_heads``."""
+    max_context: int | None = Field(None, ge=256, le=100_000_000)
+    """The longest context a declared model supports (``max_position_embeddings``)."""
+    kind: ModelKind | None = None
+    """What a declared model is: llm (the default), code, vision or embedding."""
     context: int | None = Field(None, ge=256)
     """Context length to serve; the model's default when left out."""
     gpus: int = Field(0, ge=0)
@@ -145,6 +188,41 @@ class ModelPlacement(Spec):
     """Place in the router's redundancy order for this alias: 1 primary, 2 backup 1, 3 backup
     2. Hosts with the same alias and priority share the load; the router falls back from 1 to
     2 to 3."""
+
+    @model_validator(mode="after")
+    def _declared_shape_is_whole(self) -> ModelPlacement:
+        declaring = (*DECLARED_SHAPE, "active_params_b", "kind")
+        if any(getattr(self, name) is not None for name in declaring):
+            missing = [n for n in ("params_b", *DECLARED_SHAPE) if getattr(self, n) is None]
+            if missing:
+                raise ValueError(
+                    f"a declared model needs params_b, {', '.join(DECLARED_SHAPE)}; "
+                    f"{', '.join(missing)} missing: add {'it' if len(missing) == 1 else 'them'} "
+                    "(the model's config.json), or declare the model in the inventory's "
+                    "catalogue.yaml"
+                )
+        if self.active_params_b and self.params_b and self.active_params_b > self.params_b:
+            raise ValueError(
+                f"active_params_b ({self.active_params_b:g}) is more than params_b "
+                f"({self.params_b:g}); lower it to the parameters used per token"
+            )
+        return self
+
+    def declared_shape(self) -> ModelEntry | None:
+        """The model's figures as this placement declares them; None where it does not."""
+        if self.layers is None or self.params_b is None:
+            return None
+        return ModelEntry(
+            tag=self.model,
+            params_b=self.params_b,
+            active_params_b=self.active_params_b or self.params_b,
+            layers=self.layers,
+            kv_heads=self.kv_heads or 1,
+            head_dim=self.head_dim or 1,
+            context=self.max_context or 1,
+            kind=self.kind or "llm",
+            declared="host data",
+        )
 
     @field_validator("engine")
     @classmethod

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gpufleet.catalogue import AcceleratorEntry, load_catalogue
+from gpufleet.catalogue import AcceleratorEntry, Catalogue, fleet_catalogue
 
 if TYPE_CHECKING:  # models import the engines, which ask this module about CUDA toolkits
     from gpufleet.models import HostSpec, NvidiaDriver
@@ -244,11 +244,12 @@ def packages_off_pin(
     )
 
 
-def declared_cards(spec: HostSpec) -> list[AcceleratorEntry]:
-    """The catalogue entries of the NVIDIA cards the host data declares."""
-    catalogue = load_catalogue()
+def declared_cards(spec: HostSpec, catalogue: Catalogue | None = None) -> list[AcceleratorEntry]:
+    """The figures of the NVIDIA cards the host data declares (the catalogue's, or the
+    host's own for a part it declares), from ``catalogue`` or the inventory's."""
+    catalogue = catalogue or fleet_catalogue()
     entries = (
-        catalogue.accelerator(accelerator.model)
+        catalogue.accelerator_for(accelerator)
         for accelerator in spec.hardware.accelerators
         if accelerator.kind == "nvidia"
     )

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from gpufleet.catalogue import Catalogue, ModelEntry, suggest
+from gpufleet.catalogue import Catalogue, ModelEntry, model_entry, suggest
 from gpufleet.engines import Engine, engine_for, serving
-from gpufleet.gguf import read_model_entry
+from gpufleet.gguf import GGUFError
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant
 
@@ -108,7 +107,7 @@ def gpu_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
     for accelerator in spec.hardware.accelerators:
         if accelerator.kind != "nvidia":
             continue
-        entry = catalogue.accelerator(accelerator.model)
+        entry = catalogue.accelerator_for(accelerator)
         if entry is None:
             continue
         per_device = accelerator.vram_gb or max(entry.vram_gb or (0.0,))
@@ -122,7 +121,7 @@ def unified_bandwidth(spec: HostSpec, catalogue: Catalogue) -> float | None:
     is that memory."""
     for accelerator in spec.hardware.accelerators:
         if accelerator.kind in ("apple_metal", "amd_igpu", "jetson"):
-            entry = catalogue.accelerator(accelerator.model)
+            entry = catalogue.accelerator_for(accelerator)
             if entry:
                 return entry.bandwidth_gbs
     return None
@@ -146,16 +145,6 @@ def unified_gpu_memory_gb(spec: HostSpec) -> float:
             share = small if spec.hardware.ram_gb <= 36 else large
             return round(min(spec.hardware.ram_gb * share, usable), 2)
     return 0.0
-
-
-def local_gguf(placement: ModelPlacement) -> ModelEntry | None:
-    """The model's figures from its GGUF header, when the file is on this machine."""
-    source = placement.source or ""
-    if source.startswith("file://"):
-        source = source[len("file://") :]
-    if source.endswith(".gguf") and Path(source).is_file():
-        return read_model_entry(str(Path(source).resolve()))
-    return None
 
 
 def context_for(
@@ -192,19 +181,25 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     vram_free = max(vram - services_vram_gb(spec, vram), 0.0)
     for index, placement in enumerate(spec.models):
         engine = engine_for(spec, placement)
-        entry = local_gguf(placement) or catalogue.model(placement.model)
+        try:
+            entry = model_entry(placement, catalogue)
+        except (GGUFError, OSError) as error:
+            plan.problems.append(
+                (
+                    f"models[{index}].source",
+                    f"the GGUF on this machine cannot be read ({error}); give a whole GGUF "
+                    "file, or a URL with its sha256",
+                )
+            )
+            continue
         quant = placement_quant(placement)
-        if entry is None and placement.params_b:
-            # Size known, architecture not: weights only, no KV cache estimate.
-            params = placement.params_b
-            entry = ModelEntry(placement.model, params, params, 1, 0, 0, 2048, "llm")
         if entry is None:
             plan.problems.append(
                 (
                     f"models[{index}].model",
                     f"unknown model {placement.model!r}"
-                    f"{suggest(placement.model, catalogue.models)}; add it to "
-                    "src/gpufleet/catalogue/models.yaml or give params_b",
+                    f"{suggest(placement.model, catalogue.models)}; "
+                    + catalogue.how_to_declare_model(placement.model),
                 )
             )
             continue

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from gpufleet.catalogue import Catalogue
     from gpufleet.models import HostSpec
 
 PROFILES = Path(__file__).parent / "profiles"
@@ -226,10 +227,11 @@ def plan(
 
 def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, FactProfile]:
     """Each host's profile, chosen by its ``os`` and ``arch`` (see ``OS_PROFILES``)."""
-    from gpufleet.inventory import validate_file
+    from gpufleet.inventory import inventory_catalogue, validate_file
 
     chosen: dict[str, FactProfile] = {}
     loaded: dict[str, FactProfile] = {}
+    catalogue = inventory_catalogue(inventory)
     for spec in validate_file(inventory).values():
         if limit and not {spec.name, *spec.groups} & set(limit):
             continue
@@ -240,30 +242,29 @@ def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, Fa
             )
         if name not in loaded:
             loaded[name] = FactProfile.load(name)
-        chosen[spec.name] = _with_declared_hardware(loaded[name], spec)
+        chosen[spec.name] = _with_declared_hardware(loaded[name], spec, catalogue)
     return chosen
 
 
-def _with_declared_hardware(profile: FactProfile, spec: HostSpec) -> FactProfile:
+def _with_declared_hardware(
+    profile: FactProfile, spec: HostSpec, catalogue: Catalogue
+) -> FactProfile:
     """The profile as the host's declared hardware changes it: its NVIDIA cards on the PCI
     bus, no driver yet (a freshly installed GPU node)."""
     cards = [
-        accelerator.model
+        accelerator
         for accelerator in spec.hardware.accelerators
         if accelerator.kind == "nvidia"
         for _ in range(accelerator.count)
     ]
     if not cards:
         return profile
-    from gpufleet.catalogue import load_catalogue
-
-    catalogue = load_catalogue()
     pci = [
         {
             "slot": f"0000:{n + 1:02x}:00.0",
             "class_code": "0300",
-            "device_id": _pci_id(catalogue.accelerator(card)),
-            "name": card,
+            "device_id": _pci_id(catalogue.accelerator_for(card)),
+            "name": card.model,
         }
         for n, card in enumerate(cards)
     ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.engines import Engine, engine_for, served_name
 from gpufleet.engines.base import CHAT, EMBEDDING
 from gpufleet.models import HostSpec, LiteLLMRouter, ModelPlacement, RouterDatabase, RouterRedis
@@ -70,7 +70,7 @@ def backends(specs: dict[str, HostSpec]) -> list[Backend]:
 def embedding_backends(specs: dict[str, HostSpec]) -> set[tuple[str, int]]:
     """(host, index) of the placements the planner decided serve embeddings: the router asks
     those through their engine's embeddings API."""
-    catalogue = load_catalogue()
+    catalogue = fleet_catalogue()
     return {
         (spec.name, plan.index)
         for spec in specs.values()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpufleet.catalogue import Catalogue, load_catalogue
+from gpufleet.catalogue import Catalogue, fleet_catalogue
 from gpufleet.engines import Engine, Rendered, engine_for, served_name, serving
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.planner import HostPlan, PlacementPlan, plan_host
@@ -51,13 +51,13 @@ def placement_runs(
     spec: HostSpec, engine: Engine, catalogue: Catalogue | None = None
 ) -> tuple[PlacementRun, ...]:
     """The engine's placements on this host, each with its decision and rendering."""
-    return _runs(spec, engine, plan_host(spec, catalogue or load_catalogue()))
+    return _runs(spec, engine, plan_host(spec, catalogue or fleet_catalogue()))
 
 
 def engine_runs(spec: HostSpec, catalogue: Catalogue | None = None) -> list[EngineRun]:
     """Every engine the host runs, with what each of its placements renders to (the host is
     planned once for all of them)."""
-    plan = plan_host(spec, catalogue or load_catalogue())
+    plan = plan_host(spec, catalogue or fleet_catalogue())
     return [
         EngineRun(engine, _runs(spec, engine, plan), plan.memory_max_gb.get(engine.name, 0.0))
         for engine in serving(spec)

@@ -183,7 +183,7 @@ def _data_at(model: Any, path: str, value: Any) -> dict[str, Any]:
         types += [arg for t in types for arg in get_args(t) if arg not in types]
     nested = [t for t in types if isinstance(t, type) and issubclass(t, BaseModel)]
     inner = _data_at(nested[0], rest, value) if rest else value
-    return {head: [inner] if any(get_origin(t) is tuple for t in types) else inner}
+    return {head: [inner] if any(get_origin(t) in (tuple, list) for t in types) else inner}
 
 
 def _all_text_fields() -> list[tuple[Any, str]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
 from gpufleet.fields import IMAGE_PATTERN, URL_PATTERN, Port, Spec
 
@@ -140,7 +140,7 @@ class Vllm(Engine):
                     "'meta-llama/Llama-3.1-8B-Instruct') or a folder on the host",
                 )
                 continue
-            gated = load_catalogue().gated_repo(placement.source)
+            gated = fleet_catalogue().gated_repo(placement.source)
             if gated and HF_TOKEN.secret not in spec.secrets:
                 yield (
                     f"models[{i}].source",

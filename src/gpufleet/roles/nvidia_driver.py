@@ -16,7 +16,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet import nvidia
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.facts.system import Kernels, SecureBoot
 from gpufleet.models import HostSpec, NvidiaDriver
@@ -35,13 +35,15 @@ DRIVER_PIN = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
 def check_detected_gpus(spec: HostSpec, open_modules: bool) -> None:
     """Stop before any change when the driver branch, or the kernel modules chosen, cannot
     drive a GPU the host has."""
-    catalogue = load_catalogue()
+    catalogue = fleet_catalogue()
     for gpu in detected_gpus()["pci"]:
         entry = catalogue.accelerator_by_pci_id(gpu["device_id"])
         if entry is None:
+            # A part the inventory declares itself was checked against its declared
+            # min_driver and open_modules when the inventory was validated.
             logger.warning(
                 f"{host.print_prefix}GPU {gpu['name']} [10de:{gpu['device_id']}] is not in "
-                "the catalogue: driver support not checked"
+                "the catalogue: driver support checked only as the inventory declares it"
             )
             continue
         problem = nvidia.support_problem(entry, spec.nvidia_driver, open_modules)

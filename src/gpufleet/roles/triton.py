@@ -19,7 +19,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
 from gpufleet import sandbox
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.engines import memory_size
 from gpufleet.engines.triton import ENV_FILE, NGC_API_KEY, NGC_USER, TRITON, TritonModel, registry
 from gpufleet.inventory import fleet_specs
@@ -130,7 +130,7 @@ def serve(spec: HostSpec) -> None:
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         metrics_port=settings.metrics_port,
-        memory=memory_size(plan_host(spec, load_catalogue()).memory_max_gb[TRITON.name]),
+        memory=memory_size(plan_host(spec, fleet_catalogue()).memory_max_gb[TRITON.name]),
         sandbox=sandbox.docker_client(),
     )
     login, key_file = None, None

@@ -2,7 +2,7 @@
 
 import json
 
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.checks import gets_dcgm_exporter
 from gpufleet.facts.gpu import parse_smi_csv
 from gpufleet.verify import applies, gpus_differ, http_get
@@ -31,7 +31,7 @@ def test_nvidia_smi_sees_every_declared_gpu(target):
     assert reply.rc == 0, f"nvidia-smi failed: {(reply.stdout + reply.stderr).strip()[:120]}"
     rows, _ = parse_smi_csv(reply.stdout.splitlines(), ["name", "pci.device_id"])
     seen = [(row["name"] or "", row["pci.device_id"]) for row in rows]
-    difference = gpus_differ(declared, seen, load_catalogue())
+    difference = gpus_differ(declared, seen, fleet_catalogue())
     assert difference is None, difference
 
 
