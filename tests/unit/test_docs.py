@@ -198,3 +198,12 @@ def test_the_site_builds_strictly(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "deploys/gpu_node/index.html").exists()
+
+
+def test_every_group_gpufleet_knows_is_explained():
+    from gpufleet.models import HOST_GROUPS
+
+    page = (ROOT / "docs/fleet.md").read_text()
+    table = page.split("## The groups", 1)[1].split("\n## ", 1)[0]
+    explained = set(re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M))
+    assert explained == set(HOST_GROUPS)
