@@ -36,7 +36,6 @@ import click
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.engines import Engine, engine_for, served_name, serving
-from gpufleet.engines.base import EMBEDDING
 from gpufleet.facts.ollama import full_name
 from gpufleet.models import HostSpec
 from gpufleet.planner import HostPlan, plan_host
@@ -403,7 +402,7 @@ def engine_probes(
     """Each engine of the host as it will be reported, and how to ask it (None: it listens
     on loopback, where nothing outside its host reaches it)."""
     address = service_address(spec)
-    found = []
+    found: list[tuple[EngineStatus, EngineProbe | None]] = []
     for engine in serving(spec):
         placed = [
             (index, p)
@@ -411,9 +410,7 @@ def engine_probes(
             if engine_for(spec, p).name == engine.name
         ]
         indices = {index for index, _ in placed}
-        planned_gb = sum(
-            p.need_gb for p in plan.placements if p.index in indices and not p.problem
-        )
+        planned_gb = sum(p.need_gb for p in plan.placements if p.index in indices and not p.problem)
         # None: an engine without an address of its own (a container Docker publishes).
         listen = str(getattr(engine.settings(spec), "address", None) or "0.0.0.0")
         reach = address if IPv4Address(listen).is_unspecified else listen
@@ -467,11 +464,7 @@ def router_status(
 
     decided = router
     listen = decided.litellm.address
-    reach = (
-        service_address(decided)
-        if listen is None or listen.is_unspecified
-        else str(listen)
-    )
+    reach = service_address(decided) if listen is None or listen.is_unspecified else str(listen)
     base = f"http://{reach}:{decided.litellm.port}"
     status = RouterStatus(
         router.name, base, "up", expected=sorted(model_names(specs, router.litellm))

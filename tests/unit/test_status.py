@@ -275,8 +275,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     down = free_port("127.0.0.3")
     reference = f"file:{key_file}"
     admin = {"firewall": {"admin_sources": ["127.0.0.1/32"]}}
-    gemma = {"model": "gemma3:270m", "engine": "llama.cpp", "context": 2048,
-             "source": "https://example.org/gemma-3-270m-it-Q8_0.gguf", "sha256": "a" * 64}  # fmt: skip
+    gemma = {"model": "gemma3:270m", "engine": "llama.cpp", "context": 2048, "sha256": "a" * 64,
+             "source": "https://example.org/gemma-3-270m-it-Q8_0.gguf"}  # fmt: skip
     hosts = {
         "gpu_nodes": [
             ("gpu-a", {
@@ -379,7 +379,7 @@ def test_json_lists_every_engine_with_what_it_has_loaded(fleet):
 
 
 def test_the_keys_are_sent_where_the_engine_asks_for_one_and_never_shown(fleet):
-    code, out, _ = _run(fleet, "--json")
+    _, out, _ = _run(fleet, "--json")
     assert KEY not in out
     llama, ollama = fleet.servers["llama"], fleet.servers["ollama"]
     assert ("/v1/models", f"Bearer {KEY}") in llama.seen
@@ -390,7 +390,7 @@ def test_the_keys_are_sent_where_the_engine_asks_for_one_and_never_shown(fleet):
 
 def test_a_refused_key_shows_as_refused(fleet):
     fleet.servers["vllm"].key = "another-key"
-    code, out, _ = _run(fleet, "--json", "--limit", "gpu-b")
+    _, out, _ = _run(fleet, "--json", "--limit", "gpu-b")
     status = status_adapter().validate_json(out)
     assert [h.host for h in status.hosts] == ["gpu-b"]
     vllm = next(e for e in status.hosts[0].engines if e.engine == "vllm")
