@@ -130,6 +130,7 @@ def plot_bench(
     decode, ttft = figure.subplots(1, 2)
     cycle = [f"C{i}" for i in range(10)]
     levels: set[int] = set()
+    labelled: set[float] = set()
     for number, (name, points) in enumerate(series.items()):
         colour = cycle[number % len(cycle)]
         points = sorted(points, key=lambda r: _number(r["concurrency"]))
@@ -163,6 +164,9 @@ def plot_bench(
         if bound:
             drawn = decode.axhline(bound, color=colour, linestyle="--", linewidth=1.2)
             drawn.set_gid(element_id("bound", name))
+            if bound in labelled:
+                continue  # endpoints of one model on like hosts share a bound: one label
+            labelled.add(bound)
             decode.annotate(
                 f"bound {bound:g}",
                 (1.0, bound),
