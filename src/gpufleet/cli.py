@@ -142,7 +142,8 @@ class GreedyOption(click.Option):
     command line had, kept for the scripts and docs that use it)."""
 
     def __init__(self, *args: Any, belongs: Callable[[str], bool], **kwargs: Any) -> None:
-        super().__init__(*args, multiple=True, **kwargs)
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
         self.belongs = belongs
 
     def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
@@ -613,7 +614,7 @@ def verify(
                 host=o.host,
                 suite=o.suite,
                 check=o.check,
-                result=None if list_only else o.result,  # type: ignore[arg-type]
+                result=None if list_only else o.result,
                 message=o.message,
             )
             for o in outcomes

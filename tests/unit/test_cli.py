@@ -207,7 +207,7 @@ def test_verify_suites_are_repeatable_or_listed_after_one_option(capsys):
 
 SYNTHETIC_ROWS: list[dict[str, object]] = [
     {
-        "endpoint": "a-very-long-host-name-indeed/llama.cpp", "host": "a-very-long-host-name-indeed",
+        "endpoint": "a-very-long-host-name-indeed/llama.cpp", "host": "a-very-long-host-name",
         "engine": "llama.cpp", "model": "XS-LOC-FRE-gemma3-270m", "gpu": "CPU",
         "quant": "Q4_K_M", "concurrency": 1, "runs": 1, "ttft_s": 0.0412,
         "ttft_ci95_s": float("nan"), "decode_tok_s": 81.5, "decode_tok_s_ci95": float("nan"),
@@ -237,7 +237,9 @@ def test_bench_table_columns_align_past_a_long_endpoint_name(capsys):
     cli.print_bench_table(SYNTHETIC_ROWS)
     lines = capsys.readouterr().out.splitlines()
     assert "\x1b[" not in "".join(lines)  # not a terminal: no colour
-    starts = {line.index(token) for line, token in zip(lines, ["model", "XS-LOC", "m "])}
+    starts = {
+        line.index(token) for line, token in zip(lines, ["model", "XS-LOC", "m "], strict=True)
+    }
     assert len(starts) == 1, lines
 
 
@@ -362,7 +364,9 @@ def test_usage_errors_exit_2(capsys):
 
 # --- rebuild ---------------------------------------------------------------------------
 
-NOWHERE = """cpu_nodes = [("box", {"ssh_hostname": "192.0.2.10", "hardware": {"cores": 4, "ram_gb": 16}})]
+NOWHERE = """cpu_nodes = [
+    ("box", {"ssh_hostname": "192.0.2.10", "hardware": {"cores": 4, "ram_gb": 16}}),
+]
 """
 """One host at a documentation address (TEST-NET-1): should pyinfra ever really run, it
 reaches nothing."""
@@ -408,7 +412,7 @@ def test_rebuild_with_yes_or_dry_does_not_ask(
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     code, _, err = run(capsys, "rebuild", nowhere, "box", flag)
     assert code == 0 and "Rebuild" not in err
-    assert pyinfra_calls == [pyinfra_calls[0][:-1] + [mode]]
+    assert len(pyinfra_calls) == 1
     assert pyinfra_calls[0][-3:] == ["--limit", "box", mode]
 
 
