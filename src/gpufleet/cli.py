@@ -233,7 +233,7 @@ def _fail(text: str) -> NoReturn:
     raise UserError(text)
 
 
-def _selected(inventory: str, limit: Sequence[str]) -> tuple[dict[str, HostSpec], list[str]]:
+def selected_hosts(inventory: str, limit: Sequence[str]) -> tuple[dict[str, HostSpec], list[str]]:
     """The inventory's hosts (validated: a bad inventory stops here, before any host is
     contacted) and the names ``--limit`` selects, pyinfra's warning printed for a pattern
     that matches nothing."""
@@ -300,7 +300,7 @@ def plan(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
     from gpufleet.outputs import PlanOutput
     from gpufleet.planner import PLAN_COLUMNS, placement_cells, plan_host, plan_summary
 
-    specs, names = _selected(inventory, limit)
+    specs, names = selected_hosts(inventory, limit)
     catalogue = load_catalogue()
     plans = [plan_host(specs[name], catalogue) for name in names if specs[name].models]
     if as_json:
@@ -331,7 +331,7 @@ def engines(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
     from gpufleet.outputs import EngineOut, EnginesHost, EnginesOutput
     from gpufleet.serving import describe, engine_runs
 
-    specs, names = _selected(inventory, limit)
+    specs, names = selected_hosts(inventory, limit)
     if not as_json:
         print("\n".join(describe(specs[name]) for name in names))
         return 0
@@ -383,7 +383,7 @@ def routes(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
         router_hosts,
     )
 
-    specs, names = _selected(inventory, limit)
+    specs, names = selected_hosts(inventory, limit)
     shown = set(names)
     routers = [r for r in router_hosts(specs) if r.name in shown]
     gateways = [s for s in specs.values() if "gateway" in s.groups and s.name in shown]
@@ -444,7 +444,7 @@ def firewall(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
     from gpufleet.exposure import exposures, reach, reach_text
     from gpufleet.outputs import ExposureOut, FirewallHost, FirewallOutput
 
-    specs, names = _selected(inventory, limit)
+    specs, names = selected_hosts(inventory, limit)
     if as_json:
         hosts = [
             FirewallHost(
@@ -512,7 +512,7 @@ def preview(
     from gpufleet.preview import profiles_for
     from gpufleet.preview import record as record_profile
 
-    _selected(inventory, limit)
+    selected_hosts(inventory, limit)
     chosen = list(deploys) or list(EVERY_DEPLOY)
     for deploy in chosen:
         if not Path(deploy).is_file():
@@ -579,7 +579,11 @@ def preview(
     "list them after one --suite.",
 )
 @click.option(
-    "--junit-xml", default="verify-results.xml", show_default=True, help="Where the JUnit XML goes."
+    "--junit-xml",
+    metavar="PATH",
+    default="verify-results.xml",
+    show_default=True,
+    help="Where the JUnit XML goes.",
 )
 @click.option(
     "--list", "list_only", is_flag=True, help="List the checks each host gets; contacts no host."
@@ -598,7 +602,7 @@ def verify(
     from gpufleet import verify as verifying
     from gpufleet.outputs import CheckOut, VerifyOutput
 
-    _selected(inventory, limit)
+    selected_hosts(inventory, limit)
     chosen = verifying.targets(inventory, limit)
     junit = None if list_only else junit_xml
     # With --json, stdout is the JSON alone: pytest's own lines go to stderr.
@@ -642,6 +646,7 @@ def verify(
 @click.option(
     "--runs",
     type=click.IntRange(min=1),
+    metavar="N",
     default=5,
     show_default=True,
     help="Rounds per concurrency level.",
@@ -655,9 +660,16 @@ def verify(
     help="Parallel requests per round; repeat or list several (default: 1 4).",
 )
 @click.option(
-    "--csv", "csv_path", default="bench/results.csv", show_default=True, help="Where the rows go."
+    "--csv",
+    "csv_path",
+    metavar="PATH",
+    default="bench/results.csv",
+    show_default=True,
+    help="Where the rows go.",
 )
-@click.option("--client", help="Gateway client whose key to use (default: the first).")
+@click.option(
+    "--client", metavar="NAME", help="Gateway client whose key to use (default: the first)."
+)
 @click.option("--engines-only", is_flag=True, help="Skip the gateway.")
 @json_option
 def bench(
@@ -683,7 +695,7 @@ def bench(
         _fail(f"gpufleet bench: --concurrency takes whole numbers, not {' '.join(levels)}")
     if min(concurrency) < 1:
         _fail("gpufleet bench: --concurrency must be at least 1")
-    specs, names = _selected(inventory, limit)
+    specs, names = selected_hosts(inventory, limit)
     gateway = next((s for s in specs.values() if "gateway" in s.groups), None)
     key = ca = None
     if gateway is not None and gateway.gateway.clients and not engines_only:
@@ -767,7 +779,7 @@ def rebuild(inventory: str, host: str, dry: bool, yes: bool) -> int:
     """Read HOST's GPUs, cores and memory, show how they differ from INVENTORY and which
     placements move, refuse what no longer fits, redeploy with the hardware found and check
     its servers answer (deploys/rebuild.py through pyinfra, --limit HOST)."""
-    _, names = _selected(inventory, [host])
+    _, names = selected_hosts(inventory, [host])
     if not dry and not yes:
         try:
             agreed = click.confirm(
@@ -902,7 +914,7 @@ def _steps(title: str) -> Iterator[Callable[[str], None]]:
 
 @lab.command(short_help="Namespace, process and SSH of each lab host.")
 @lab_inventory_argument
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print {host: {namespace, running, ssh}}.")
 def status(inventory: str, as_json: bool) -> int:
     """Per lab host: its network namespace, its container and SSH. Exits 3 unless all are up."""
     from gpufleet import lab as lab_module
