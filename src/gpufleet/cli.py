@@ -910,6 +910,7 @@ def _steps(title: str) -> Iterator[Callable[[str], None]]:
             status.update(f"{title}: {step}")
 
         yield show
+        show("done")  # the last step, with its time
 
 
 @lab.command(short_help="Namespace, process and SSH of each lab host.")
