@@ -2,8 +2,8 @@
 inventory and which placements move, refuse if its placements no longer fit, then run its
 deploys with the hardware it really has and check that its servers answer.
 
-gpufleet rebuild HOST --inventory inventory/homelab.py --dry    # show all of it, change nothing
-gpufleet rebuild HOST --inventory inventory/homelab.py          # do it
+gpufleet rebuild inventory/homelab.py HOST --dry    # show all of it, change nothing
+gpufleet rebuild inventory/homelab.py HOST          # do it (asks first; -y does not)
 """
 
 from pyinfra import host, local, logger

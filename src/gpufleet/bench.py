@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,16 +173,28 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def measure(endpoint: Endpoint, runs: int, concurrency: int) -> dict[str, object]:
+RoundsDone = Callable[[str, int], None]
+"""Told what was just done and how many rounds that accounts for: 1 after each round, the
+rounds an endpoint will not run once it is given up (so a progress bar reaches its end)."""
+
+
+def log_round(done: str, rounds: int) -> None:
+    """Without a progress display: one line on stderr per round."""
+    if rounds == 1:
+        print(f"  {done}", file=sys.stderr)
+
+
+def measure(
+    endpoint: Endpoint, runs: int, concurrency: int, progress: RoundsDone = log_round
+) -> dict[str, object]:
     """``runs`` rounds of ``concurrency`` parallel requests; one CSV row."""
     results: list[Run] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for round_number in range(runs):
             results += list(pool.map(lambda _: one_run(endpoint), range(concurrency)))
-            print(
-                f"  {endpoint.name} {endpoint.model} x{concurrency}: "
-                f"round {round_number + 1}/{runs}",
-                file=sys.stderr,
+            progress(
+                f"{endpoint.name} {endpoint.model} x{concurrency}: round {round_number + 1}/{runs}",
+                1,
             )
     ttft = mean_ci95([r.ttft_s for r in results])
     decode = mean_ci95([r.decode_tok_s for r in results])
@@ -222,37 +235,38 @@ def reachable(endpoint: Endpoint) -> bool:
 
 
 def bench(
-    found: list[Endpoint], runs: int, levels: list[int], csv_path: Path
+    found: list[Endpoint],
+    runs: int,
+    levels: list[int],
+    csv_path: Path,
+    progress: RoundsDone = log_round,
 ) -> list[dict[str, object]]:
-    """Measure every reachable endpoint at every level; write the CSV; return its rows."""
+    """Measure every reachable endpoint at every level; write the CSV; return its rows.
+    ``progress`` hears of every round (``len(found) * len(levels) * runs`` in all)."""
     rows = []
     for endpoint in found:
+        counted = 0
+
+        def counting(done: str, rounds: int) -> None:
+            nonlocal counted
+            counted += rounds
+            progress(done, rounds)
+
         if not reachable(endpoint):
             print(f"  {endpoint.name} {endpoint.model}: not answering, skipped", file=sys.stderr)
-            continue
-        for level in levels:
-            try:
-                rows.append(measure(endpoint, runs, level))
-            except (OSError, RuntimeError, ValueError) as error:  # requests' errors are OSErrors
-                print(f"  {endpoint.name} {endpoint.model}: failed ({error})", file=sys.stderr)
-                break
+        else:
+            for level in levels:
+                try:
+                    rows.append(measure(endpoint, runs, level, counting))
+                except (OSError, RuntimeError, ValueError) as error:  # requests' are OSErrors
+                    print(f"  {endpoint.name} {endpoint.model}: failed ({error})", file=sys.stderr)
+                    break
+        left = len(levels) * runs - counted
+        if left > 0:
+            progress(f"{endpoint.name} {endpoint.model}: given up", left)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return rows
-
-
-def table(rows: list[dict[str, object]]) -> str:
-    header = f"{'endpoint':24} {'model':28} {'conc':>4} {'TTFT s':>14} {'decode tok/s':>16} "
-    header += f"{'claimed':>8} {'bound':>8}"
-    lines = [header]
-    for row in rows:
-        lines.append(
-            f"{row['endpoint']!s:24} {row['model']!s:28} {row['concurrency']!s:>4} "
-            f"{row['ttft_s']:>7} ±{row['ttft_ci95_s']:<6} "
-            f"{row['decode_tok_s']:>8} ±{row['decode_tok_s_ci95']:<6} "
-            f"{row['claimed_tok_s']!s:>8} {row['planner_bound_tok_s']!s:>8}"
-        )
-    return "\n".join(lines)

@@ -1,378 +1,1005 @@
-"""``gpufleet``: validate inventories and run the local lab.
+"""gpufleet's command line.
 
-gpufleet validate inventory/homelab.py      # contacts no host
-gpufleet plan inventory/homelab.py          # where each model runs, memory, speed bound
-gpufleet engines inventory/homelab.py       # each host's inference servers and flags
-gpufleet routes inventory/homelab.py        # the router's model groups, fallbacks, gateway
-gpufleet bench inventory/lab.py             # endpoint speeds with 95 % intervals, to CSV
-gpufleet verify inventory/lab.py            # testinfra checks per host, table + JUnit XML
-gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
-gpufleet firewall inventory/homelab.py     # where each port listens, who may reach it
-gpufleet vault snapshot|restore INVENTORY FILE   # raft snapshot of the fleet's Vault
-gpufleet lab up|status|down [inventory/lab.py]
+The top-level group is :data:`main_group` (a ``click.Group``); :func:`main` runs it and
+returns the exit code, which is what the ``gpufleet`` console script and the tests call.
+Every subcommand that works on hosts takes ``--limit`` as pyinfra does (a host name, a group
+name or a glob; repeated for a union; :mod:`gpufleet.selection`), every report takes
+``--json`` (shapes in :mod:`gpufleet.outputs`, schemas in ``gpufleet/schemas``), and a user's
+mistake ends in one message on stderr, never a traceback. docs/cli.md describes it all.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from gpufleet import lab
-from gpufleet.inventory import InventoryError, validate_file
-from gpufleet.models import HostSpec
+import click
+
+from gpufleet.plots import bench_plot_option, plan_plot_option, plot_command, render_plots
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpufleet.models import HostSpec
 
 DEFAULT_LAB_INVENTORY = "inventory/lab.py"
 
+EXIT_FAILED = 1
+"""A user error, a bad inventory, a failed check or benchmark."""
+EXIT_USAGE = 2
+"""The command line itself is wrong (click's usage errors)."""
+EXIT_LAB_NOT_READY = 3
+"""``lab status``: some lab host is not up."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT), as a shell reports a command it interrupted."""
+EXIT_BROKEN_PIPE = 141
+"""stdout was closed by its reader (``| head``): 128 + SIGPIPE, what the shell reports."""
 
-def _validate(args: argparse.Namespace) -> int:
-    for path in args.inventory:
+
+class UserError(click.ClickException):
+    """A mistake of the user's (a bad inventory, a missing file, no host selected): one line
+    on stderr, exit code 1, no traceback."""
+
+    exit_code = EXIT_FAILED
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+class _PipeClosed(Exception):
+    """stdout's reader went away; raised past click so that :func:`main` ends quietly."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's mistake raises (imported here: most commands need few of them)."""
+    from gpufleet.inventory import InventoryError
+    from gpufleet.lab import LabError
+    from gpufleet.preview import MissingFact
+    from gpufleet.selection import NoHostsSelected
+    from gpufleet.vault import VaultError
+
+    return (InventoryError, NoHostsSelected, LabError, VaultError, MissingFact, OSError)
+
+
+def _message(error: BaseException) -> str:
+    """An error as one line where it has one problem; an inventory's several problems stay one
+    per line, each naming host, field and fix."""
+    problems = getattr(error, "problems", None)
+    text = str(error)
+    if problems is not None and len(problems) == 1:
+        text = text.replace(":\n  - ", ": ", 1)
+    return text.strip() or type(error).__name__
+
+
+class FleetGroup(click.Group):
+    """The top-level group: turns a user's mistake raised by any subcommand (those added from
+    other modules too) into a :class:`UserError` naming the subcommand."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as error:
+            raise _PipeClosed() from error
+        except click.ClickException:
+            raise
+        except _user_errors() as error:
+            where = f"gpufleet {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "gpufleet"
+            raise UserError(f"{where}: {_message(error)}") from error
+
+
+def _package_version() -> str:
+    try:
+        return version("gpufleet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+@click.group(
+    cls=FleetGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(_package_version(), "-V", "--version", prog_name="gpufleet")
+def main_group() -> None:
+    """Provision a homelab AI fleet with pyinfra: check the inventory, plan, preview,
+    verify and benchmark it.
+
+    Commands that read only the inventory contact no host: validate, plan, engines, routes,
+    firewall, preview, verify --list. See docs/cli.md.
+    """
+
+
+# --- shared options and output -------------------------------------------------------------
+
+inventory_argument = click.argument("inventory", type=click.Path(dir_okay=False))
+
+
+def limit_option(what: str = "hosts") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--limit",
+        "limit",
+        multiple=True,
+        metavar="PATTERN",
+        help=f"Only these {what}: a host name, a group name or a glob ('gpu-*'); repeat "
+        "--limit for more (their union), as pyinfra's --limit.",
+    )
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (its schema: docs/cli.md)."
+)
+
+
+class GreedyOption(click.Option):
+    """An option that also takes the values that follow it while ``belongs`` accepts them:
+    ``--concurrency 1 4`` as well as ``--concurrency 1 --concurrency 4`` (the form the argparse
+    command line had, kept for the scripts and docs that use it)."""
+
+    def __init__(self, *args: Any, belongs: Callable[[str], bool], **kwargs: Any) -> None:
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+        self.belongs = belongs
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        belongs = self.belongs
+        for name in self.opts:
+            parsed = getattr(parser, "_long_opt", {}).get(name) or getattr(
+                parser, "_short_opt", {}
+            ).get(name)
+            if parsed is None:
+                continue
+            store = parsed.process
+
+            def process(value: Any, state: Any, store: Callable[..., None] = store) -> None:
+                store(value, state)
+                while state.rargs and belongs(state.rargs[0]):
+                    store(state.rargs.pop(0), state)
+
+            parsed.process = process
+
+
+def _is_count(text: str) -> bool:
+    return text.isdigit()
+
+
+def _is_suite(text: str) -> bool:
+    from gpufleet.verify import suite_names
+
+    return text in suite_names()
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    """Values given repeated, space-greedy or comma-separated (``--suite a,b``), in order."""
+    return [part for value in values for part in value.split(",") if part]
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): colour only on a terminal and without ``NO_COLOR``
+    (rich decides both); where output goes to a file or a pipe, lines are not wrapped at 80
+    columns, so a table keeps one row a line."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = stream.isatty()
+    return Console(
+        file=stream,
+        markup=False,  # inventory text ("models[0]") is never read as rich markup
+        emoji=False,
+        highlight=False,
+        width=None if terminal else int(os.environ.get("COLUMNS") or 400),
+    )
+
+
+def _table(*columns: str, right: Sequence[str] = ()) -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def _print_table(table: Table, indent: int = 0, console: Console | None = None) -> None:
+    """``table`` on stdout, indented; into a file or a pipe without the spaces rich pads the
+    last column with, so that the lines end where their text does."""
+    from rich.padding import Padding
+
+    console = console or _console()
+    shown = Padding(table, (0, 0, 0, indent), expand=False) if indent else table
+    if console.is_terminal:
+        console.print(shown)
+        return
+    with console.capture() as captured:
+        console.print(shown)
+    console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+def _emit_json(model: BaseModel) -> None:
+    print(model.model_dump_json(indent=2))
+
+
+def _warn(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _fail(text: str) -> NoReturn:
+    raise UserError(text)
+
+
+def selected_hosts(inventory: str, limit: Sequence[str]) -> tuple[dict[str, HostSpec], list[str]]:
+    """The inventory's hosts (validated: a bad inventory stops here, before any host is
+    contacted) and the names ``--limit`` selects, pyinfra's warning printed for a pattern
+    that matches nothing."""
+    from gpufleet.inventory import validate_file
+    from gpufleet.selection import select_hosts
+
+    specs = validate_file(inventory)
+    selection = select_hosts(specs, limit, source=inventory)
+    for warning in selection.warnings():
+        _warn(warning)
+    return specs, selection.names
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+@main_group.command(short_help="Check inventories; contacts no host.")
+@click.argument("inventories", nargs=-1, required=True, metavar="INVENTORY...")
+@json_option
+def validate(inventories: tuple[str, ...], as_json: bool) -> int:
+    """Validate each INVENTORY (with its group_data) and report every file: the valid ones
+    with their hosts and groups, every bad one with all its problems. Exits 1 if any is bad."""
+    from gpufleet.inventory import InventoryError, validate_file
+    from gpufleet.outputs import ValidatedFile, ValidateOutput
+
+    files = []
+    for path in inventories:
         try:
             specs = validate_file(path)
         except InventoryError as error:
-            print(error, file=sys.stderr)
-            return 1
+            files.append(
+                ValidatedFile(
+                    path=path,
+                    valid=False,
+                    hosts=[],
+                    groups=[],
+                    problems=[str(p) for p in error.problems],
+                )
+            )
+            _warn(_message(error))
+            continue
         groups = sorted({g for spec in specs.values() for g in spec.groups})
-        print(f"{path}: {len(specs)} hosts valid (groups: {', '.join(groups)})")
-    return 0
+        files.append(
+            ValidatedFile(path=path, valid=True, hosts=list(specs), groups=groups, problems=[])
+        )
+        if not as_json:
+            print(f"{path}: {len(specs)} hosts valid (groups: {', '.join(groups)})")
+    bad = [f.path for f in files if not f.valid]
+    if as_json:
+        _emit_json(ValidateOutput(files=files))
+    if bad and len(files) > 1:
+        _warn(f"{len(bad)} of {len(files)} inventories have problems: {', '.join(bad)}")
+    return EXIT_FAILED if bad else 0
 
 
-def _lab(args: argparse.Namespace) -> int:
-    try:
-        if args.action == "up":
-            started = time.monotonic()
-            hosts = lab.up(args.inventory)
-            took = time.monotonic() - started
-            for host in hosts:
-                print(f"{host.name:<16} {host.address}  ssh ok")
-            print(f"lab up: {len(hosts)} hosts in {took:.1f} s (key {lab.key_path()})")
-        elif args.action == "status":
-            state = lab.status(args.inventory)
-            if args.json:
-                print(json.dumps(state, indent=2))
-            else:
-                for name, flags in state.items():
-                    print(
-                        f"{name:<16} "
-                        + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items())
-                    )
-            return 0 if all(all(f.values()) for f in state.values()) else 3
-        else:
-            left = lab.down()
-            if left:
-                print("lab down left behind: " + ", ".join(left), file=sys.stderr)
-                return 1
-            print("lab down: nothing left behind")
-    except (lab.LabError, InventoryError) as error:
-        print(f"gpufleet lab {args.action}: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _specs_or_report(inventory: str) -> dict[str, HostSpec] | None:
-    """The inventory's validated hosts, or None once its problems are printed."""
-    try:
-        return validate_file(inventory)
-    except InventoryError as error:
-        print(error, file=sys.stderr)
-        return None
-
-
-def _plan(args: argparse.Namespace) -> int:
+@main_group.command(short_help="Where each model runs, memory, speed bound; contacts no host.")
+@inventory_argument
+@limit_option()
+@json_option
+@plan_plot_option
+def plan(inventory: str, limit: tuple[str, ...], as_json: bool, plot_path: str | None) -> int:
+    """The planner's decisions for every selected host with models: where each placement
+    runs (GPU, partly, CPU), the memory it needs, and the bound on its decode speed."""
     from gpufleet.inventory import inventory_catalogue
-    from gpufleet.planner import format_plan, plan_host
+    from gpufleet.outputs import PlanOutput
+    from gpufleet.planner import PLAN_COLUMNS, placement_cells, plan_host, plan_summary
 
-    specs = _specs_or_report(args.inventory)
-    if specs is None:
-        return 1
-    catalogue = inventory_catalogue(args.inventory)
-    plans = [plan_host(spec, catalogue) for spec in specs.values() if spec.models]
-    if args.json:
-        print(json.dumps([plan.as_dict() for plan in plans], indent=2))
-    else:
-        print("\n\n".join(format_plan(plan) for plan in plans))
-    return 0
-
-
-def _rebuild(args: argparse.Namespace) -> int:
-    import subprocess
-    from pathlib import Path
-
-    pyinfra = str(Path(sys.executable).parent / "pyinfra")
-    mode = ["--dry"] if args.dry else ["-y"]
-    command = [pyinfra, "-v", args.inventory, "deploys/rebuild.py", "--limit", args.host, *mode]
-    return subprocess.run(command, check=False).returncode
-
-
-def _engines(args: argparse.Namespace) -> int:
-    from gpufleet.serving import describe
-
-    specs = _specs_or_report(args.inventory)
-    if specs is None:
-        return 1
-    names = args.limit or list(specs)
-    unknown = [name for name in names if name not in specs]
-    if unknown:
-        print(f"no host {', '.join(unknown)} in {args.inventory}", file=sys.stderr)
-        return 1
-    print("\n".join(describe(specs[name]) for name in names))
-    return 0
-
-
-def _routes(args: argparse.Namespace) -> int:
-    from gpufleet.routing import describe_routes
-
-    specs = _specs_or_report(args.inventory)
-    if specs is None:
-        return 1
-    print(describe_routes(specs) or f"{args.inventory}: no router or gateway host")
-    return 0
-
-
-def _firewall(args: argparse.Namespace) -> int:
-    from gpufleet.exposure import describe_exposures
-
-    specs = _specs_or_report(args.inventory)
-    if specs is None:
-        return 1
-    print(describe_exposures(specs))
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gpufleet.bench import bench, endpoints, table
-    from gpufleet.secrets import read_secret
-    from gpufleet.vault import ca_file, fleet_vault
-
-    specs = _specs_or_report(args.inventory)
-    if specs is None:
-        return 1
-    gateway = next((s for s in specs.values() if "gateway" in s.groups), None)
-    key = ca = None
-    if gateway is not None and gateway.gateway.clients and not args.engines_only:
-        client = args.client or sorted(gateway.gateway.clients)[0]
-        key = read_secret(gateway.gateway.clients[client], fleet_vault(specs))
-        ca = ca_file(gateway)
-    found = endpoints(specs, key, ca)
-    if args.limit:
-        found = [e for e in found if e.host in args.limit]
-    rows = bench(found, args.runs, args.concurrency, Path(args.csv))
-    print(table(rows))
-    print(f"{len(rows)} rows written to {args.csv}")
-    return 0 if rows else 1
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from gpufleet import verify
-
-    try:
-        chosen = verify.targets(args.inventory, args.limit or ())
-        junit = None if args.list else args.junit_xml
-        code, outcomes = verify.run(chosen, junit, args.list, args.suite or ())
-    except InventoryError as error:
-        print(error, file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"gpufleet verify: {error}", file=sys.stderr)
-        return 1
-    if args.list:
-        for outcome in outcomes:
-            print(f"{outcome.host:<20} {outcome.suite}: {outcome.check}")
-        print(f"{len(outcomes)} checks on {len({o.host for o in outcomes})} hosts; none run")
-        return 0 if code == 0 else 1
-    print()
-    print(verify.table(outcomes))
-    print(f"JUnit XML: {args.junit_xml}")
-    return 0 if code == 0 else 1
-
-
-def _preview(args: argparse.Namespace) -> int:
-    from gpufleet.paths import EVERY_DEPLOY
-    from gpufleet.preview import plan, profiles_for, record
-
-    if _specs_or_report(args.inventory) is None:
-        return 1
-    args.deploys = args.deploys or list(EVERY_DEPLOY)
-    if args.record:
-        print(f"recorded {record(args.inventory, args.deploys, args.limit or [], args.record)}")
+    specs, names = selected_hosts(inventory, limit)
+    catalogue = inventory_catalogue(inventory)
+    plans = [plan_host(specs[name], catalogue) for name in names if specs[name].models]
+    render_plots(plot_path, specs=specs, hosts=[name for name in names if specs[name].models])
+    if as_json:
+        _emit_json(PlanOutput.model_validate([p.as_dict() for p in plans]))
         return 0
+    console = _console()
+    for number, host_plan in enumerate(plans):
+        if number:
+            console.print()
+        console.print(plan_summary(host_plan))
+        table = _table(*PLAN_COLUMNS, right=("context", "needs"))
+        for placement in host_plan.placements:
+            table.add_row(*placement_cells(placement))
+        _print_table(table, indent=2, console=console)
+    if not plans:
+        _warn(f"{inventory}: no selected host has models")
+    return 0
+
+
+@main_group.command(short_help="Each host's inference servers and their flags; contacts no host.")
+@inventory_argument
+@limit_option()
+@json_option
+def engines(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
+    """What each selected host's engines run: the server's command line, its environment
+    (secrets as references) and the per-model parameters, as the deploys render them."""
+    from gpufleet.engines import served_name
+    from gpufleet.outputs import EngineOut, EnginesHost, EnginesOutput
+    from gpufleet.serving import describe, engine_runs
+
+    specs, names = selected_hosts(inventory, limit)
+    if not as_json:
+        print("\n".join(describe(specs[name]) for name in names))
+        return 0
+    hosts = []
+    for name in names:
+        spec = specs[name]
+        runs = [
+            EngineOut(
+                engine=run.engine.name,
+                port=run.engine.port(spec),
+                served=[served_name(p.placement) for p in run.placements],
+                memory_max_gb=run.memory_max_gb,
+                environment=dict(run.rendered.environment),
+                command=list(run.rendered.command),
+                parameters={
+                    served_name(p.placement): dict(p.rendered.parameters)
+                    for p in run.placements
+                    if p.rendered.parameters
+                },
+            )
+            for run in engine_runs(spec)
+        ]
+        hosts.append(EnginesHost(host=name, engines=runs))
+    _emit_json(EnginesOutput(hosts=hosts))
+    return 0
+
+
+@main_group.command(short_help="Router model groups, fallbacks, gateway routes; contacts no host.")
+@inventory_argument
+@limit_option("router and gateway hosts")
+@json_option
+def routes(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
+    """Per router: each model group and its backends, the redundancy map, the fallback
+    chains and the keys it reads (by reference); per gateway: its routes and clients."""
+    from gpufleet.outputs import (
+        GatewayOut,
+        RedundancyRow,
+        RouterOut,
+        RoutesOutput,
+        RouteTarget,
+        UpstreamOut,
+    )
+    from gpufleet.routing import (
+        describe_routes,
+        fallbacks,
+        gateway_upstreams,
+        redundancy_map,
+        router_config,
+        router_hosts,
+    )
+
+    specs, names = selected_hosts(inventory, limit)
+    shown = set(names)
+    routers = [r for r in router_hosts(specs) if r.name in shown]
+    gateways = [s for s in specs.values() if "gateway" in s.groups and s.name in shown]
+    if not as_json:
+        text = describe_routes(specs, only=shown)
+        print(text or f"{inventory}: no router or gateway host selected")
+        return 0
+    router_out = []
+    for router in routers:
+        config = router_config(router, specs)
+        groups: dict[str, list[RouteTarget]] = {}
+        for entry in config.settings["model_list"]:
+            params = entry["litellm_params"]
+            groups.setdefault(entry["model_name"], []).append(
+                RouteTarget(model=params["model"], api_base=params.get("api_base"))
+            )
+        chains = {
+            n: list(t) for chain in fallbacks(specs, router.litellm) for n, t in chain.items()
+        }
+        router_out.append(
+            RouterOut(
+                host=router.name,
+                port=router.litellm.port,
+                model_groups=groups,
+                redundancy=[
+                    RedundancyRow(
+                        alias=row.alias, ranks=[list(r) for r in row.ranks], then=list(row.then)
+                    )
+                    for row in redundancy_map(specs, router.litellm)
+                ],
+                fallbacks=chains,
+                keys=dict(config.environment),
+            )
+        )
+    gateway_out = [
+        GatewayOut(
+            host=gateway.name,
+            https_port=gateway.gateway.https_port,
+            upstreams=[
+                UpstreamOut(name=u.name, route=u.route, servers=list(u.servers))
+                for u in gateway_upstreams(gateway, specs)
+            ],
+            clients=dict(sorted(gateway.gateway.clients.items())),
+        )
+        for gateway in gateways
+    ]
+    _emit_json(RoutesOutput(routers=router_out, gateways=gateway_out))
+    return 0
+
+
+@main_group.command(short_help="Where each port listens, who may reach it; contacts no host.")
+@inventory_argument
+@limit_option()
+@json_option
+def firewall(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
+    """Each selected host's gpufleet services: the address and ports they listen on and who
+    the firewall lets reach them (decided with the whole fleet in view)."""
+    from gpufleet.exposure import exposures, reach, reach_text
+    from gpufleet.outputs import ExposureOut, FirewallHost, FirewallOutput
+
+    specs, names = selected_hosts(inventory, limit)
+    if as_json:
+        hosts = [
+            FirewallHost(
+                host=name,
+                firewall=specs[name].firewall.enabled,
+                exposures=[
+                    ExposureOut(
+                        service=e.service,
+                        address=e.address,
+                        ports=list(e.ports),
+                        reach=reach(specs[name], e),
+                        sources=list(e.sources),
+                        clients=list(e.clients),
+                        authenticated=e.authenticated,
+                    )
+                    for e in exposures(specs[name], specs)
+                ],
+            )
+            for name in names
+        ]
+        _emit_json(FirewallOutput(hosts=hosts))
+        return 0
+    table = _table("host", "service", "listens on", "ports", "who may reach it")
+    for name in names:
+        spec = specs[name]
+        label = name if spec.firewall.enabled else f"{name} (firewall off)"
+        for number, exposure in enumerate(exposures(spec, specs)):
+            table.add_row(
+                label if number == 0 else "",
+                exposure.service,
+                exposure.address,
+                ",".join(str(p) for p in exposure.ports),
+                reach_text(spec, exposure),
+            )
+    _print_table(table)
+    return 0
+
+
+@main_group.command(short_help="What deploys would change, from recorded facts; contacts no host.")
+@inventory_argument
+@click.argument("deploys", nargs=-1, metavar="[DEPLOY]...")
+@limit_option()
+@click.option("-v", "--verbose", is_flag=True, help="Every operation and its commands.")
+@click.option("--summary", is_flag=True, help="One line per host.")
+@click.option(
+    "--record",
+    metavar="PROFILE",
+    help="Ask one real host (--limit) for its facts and save them as PROFILE (contacts it).",
+)
+@json_option
+def preview(
+    inventory: str,
+    deploys: tuple[str, ...],
+    limit: tuple[str, ...],
+    verbose: bool,
+    summary: bool,
+    record: str | None,
+    as_json: bool,
+) -> int:
+    """Plan DEPLOYs (default: every deploy) on the selected hosts as a dry run would, with
+    facts from the recorded profile of each host's OS instead of the host itself."""
+    from gpufleet.outputs import OperationOut, PreviewHost, PreviewOutput
+    from gpufleet.paths import EVERY_DEPLOY
+    from gpufleet.preview import plan as plan_deploys
+    from gpufleet.preview import profiles_for
+    from gpufleet.preview import record as record_profile
+
+    selected_hosts(inventory, limit)
+    chosen = list(deploys) or list(EVERY_DEPLOY)
+    for deploy in chosen:
+        if not Path(deploy).is_file():
+            _fail(
+                f"gpufleet preview: no deploy file {deploy} (a --limit takes one pattern; "
+                "repeat --limit for more)"
+            )
+    if record:
+        print(f"recorded {record_profile(inventory, chosen, list(limit), record)}")
+        return 0
+    profiles = profiles_for(inventory, list(limit))
     try:
-        profiles = profiles_for(args.inventory, args.limit)
-        planned = plan(
-            args.inventory,
-            args.deploys,
+        planned = plan_deploys(
+            inventory,
+            chosen,
             lambda host, fact, arguments: profiles[host].answer(fact, arguments),
-            args.limit,
+            list(limit),
         )
     except Exception as error:  # a deploy's own error: shown as a pyinfra run would stop
-        print(f"preview: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        _fail(f"gpufleet preview: {type(error).__name__}: {error}")
+    if as_json:
+        hosts = [
+            PreviewHost(
+                host=host,
+                profile=profiles[host].name,
+                changing=sum(op.changes for op in operations),
+                operations=[
+                    OperationOut(
+                        name=op.name,
+                        changes=op.changes,
+                        commands=op.commands,
+                        uploads=sorted(op.uploads),
+                    )
+                    for op in operations
+                ],
+            )
+            for host, operations in planned.items()
+        ]
+        _emit_json(PreviewOutput(deploys=chosen, hosts=hosts))
+        return 0
     for host, operations in planned.items():
         changing = [op for op in operations if op.changes]
         print(
             f"{host} ({profiles[host].name}): {len(operations)} operations, "
             f"{len(changing)} would change"
         )
-        for operation in () if args.summary else operations if args.verbose else changing:
+        for operation in () if summary else operations if verbose else changing:
             print(f"  {'*' if operation.changes else ' '} {operation.name}")
-            for command in operation.commands if args.verbose else ():
+            for command in operation.commands if verbose else ():
                 print(f"      {command}")
     return 0
 
 
-def _vault(args: argparse.Namespace) -> int:
-    from pathlib import Path
+@main_group.command(short_help="Run the testinfra suites against the hosts over SSH.")
+@inventory_argument
+@limit_option()
+@click.option(
+    "--suite",
+    "suites",
+    cls=GreedyOption,
+    belongs=_is_suite,
+    metavar="NAME",
+    help="Only these suites (baseline, edge, gpu_node, inference, platform); repeat, or "
+    "list them after one --suite.",
+)
+@click.option(
+    "--junit-xml",
+    metavar="PATH",
+    default="verify-results.xml",
+    show_default=True,
+    help="Where the JUnit XML goes.",
+)
+@click.option(
+    "--list", "list_only", is_flag=True, help="List the checks each host gets; contacts no host."
+)
+@json_option
+def verify(
+    inventory: str,
+    limit: tuple[str, ...],
+    suites: tuple[str, ...],
+    junit_xml: str,
+    list_only: bool,
+    as_json: bool,
+) -> int:
+    """Run the read-only checks of each suite on every selected host it applies to; print a
+    table per host and write JUnit XML. Exits 1 if any check fails."""
+    from gpufleet import verify as verifying
+    from gpufleet.outputs import CheckOut, VerifyOutput
 
-    from gpufleet.vault import (
-        VaultError,
-        restore_snapshot,
-        take_snapshot,
-        vault_host,
-        write_private,
-    )
-
-    specs = _specs_or_report(args.inventory)
-    if specs is None:
-        return 1
-    server = vault_host(specs)
-    if server is None:
-        print(f"gpufleet vault: {args.inventory} has no vault host", file=sys.stderr)
-        return 1
-    path = Path(args.file)
+    selected_hosts(inventory, limit)
+    chosen = verifying.targets(inventory, limit)
+    junit = None if list_only else junit_xml
+    # With --json, stdout is the JSON alone: pytest's own lines go to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        if args.action == "snapshot":
-            snapshot = take_snapshot(server)
-            write_private(path, snapshot, replace=True)
-            print(f"{path}: snapshot of {server.name}'s Vault, {len(snapshot)} bytes (0600)")
-        else:
-            restore_snapshot(server, path.read_bytes())
-            service = "openbao" if server.vault.flavor == "openbao" else "vault"
-            print(
-                f"{server.name}: snapshot restored; restart {service} there, then run "
-                "deploys/vault.py, which unseals it with the fleet's shares"
+        with quiet:
+            code, outcomes = verifying.run(chosen, junit, list_only, _split(suites))
+    except ValueError as error:  # an unknown suite
+        _fail(f"gpufleet verify: {error}")
+    if as_json:
+        checks = [
+            CheckOut(
+                host=o.host,
+                suite=o.suite,
+                check=o.check,
+                result=None if list_only else o.result,
+                message=o.message,
             )
-    except (VaultError, OSError) as error:
-        print(f"gpufleet vault: {error}", file=sys.stderr)
-        return 1
+            for o in outcomes
+        ]
+        _emit_json(
+            VerifyOutput(ran=not list_only, passed=code == 0, junit_xml=junit, checks=checks)
+        )
+        return 0 if code == 0 else EXIT_FAILED
+    if list_only:
+        table = _table("host", "suite", "check")
+        for outcome in outcomes:
+            table.add_row(outcome.host, outcome.suite, outcome.check)
+        _print_table(table)
+        print(f"{len(outcomes)} checks on {len({o.host for o in outcomes})} hosts; none run")
+        return 0 if code == 0 else EXIT_FAILED
+    print()
+    print(verifying.table(outcomes))
+    print(f"JUnit XML: {junit_xml}")
+    return 0 if code == 0 else EXIT_FAILED
+
+
+@main_group.command(short_help="Speed of every endpoint (TTFT, decode, latency) with 95 % CIs.")
+@inventory_argument
+@limit_option("hosts' engines")
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=5,
+    show_default=True,
+    help="Rounds per concurrency level.",
+)
+@click.option(
+    "--concurrency",
+    "levels",
+    cls=GreedyOption,
+    belongs=_is_count,
+    metavar="N",
+    help="Parallel requests per round; repeat or list several (default: 1 4).",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    metavar="PATH",
+    default="bench/results.csv",
+    show_default=True,
+    help="Where the rows go.",
+)
+@click.option(
+    "--client", metavar="NAME", help="Gateway client whose key to use (default: the first)."
+)
+@click.option("--engines-only", is_flag=True, help="Skip the gateway.")
+@json_option
+@bench_plot_option
+def bench(
+    inventory: str,
+    limit: tuple[str, ...],
+    runs: int,
+    levels: tuple[str, ...],
+    csv_path: str,
+    client: str | None,
+    engines_only: bool,
+    as_json: bool,
+    plot_path: str | None,
+) -> int:
+    """Benchmark every OpenAI-compatible endpoint of the selected hosts (each engine, and
+    the gateway) with streamed requests; write the rows to CSV and print a table."""
+    from gpufleet.bench import bench as run_bench
+    from gpufleet.bench import endpoints
+    from gpufleet.secrets import read_secret
+    from gpufleet.vault import ca_file, fleet_vault
+
+    try:
+        concurrency = [int(level) for level in _split(levels)] or [1, 4]
+    except ValueError:
+        _fail(f"gpufleet bench: --concurrency takes whole numbers, not {' '.join(levels)}")
+    if min(concurrency) < 1:
+        _fail("gpufleet bench: --concurrency must be at least 1")
+    specs, names = selected_hosts(inventory, limit)
+    gateway = next((s for s in specs.values() if "gateway" in s.groups), None)
+    key = ca = None
+    if gateway is not None and gateway.gateway.clients and not engines_only:
+        if client is not None and client not in gateway.gateway.clients:
+            known = ", ".join(sorted(gateway.gateway.clients))
+            _fail(f"gpufleet bench: no gateway client {client} (clients: {known})")
+        chosen_client = client or sorted(gateway.gateway.clients)[0]
+        key = read_secret(gateway.gateway.clients[chosen_client], fleet_vault(specs))
+        ca = ca_file(gateway)
+    selected = set(names)
+    found = [e for e in endpoints(specs, key, ca) if e.host in selected]
+    with _bench_progress(len(found) * len(concurrency) * runs) as progress:
+        rows = run_bench(found, runs, concurrency, Path(csv_path), progress)
+    if rows:
+        render_plots(plot_path, bench_rows=rows)
+    if as_json:
+        print_bench_json(rows, csv_path)
+    else:
+        print_bench_table(rows)
+        print(f"{len(rows)} rows written to {csv_path}")
+    return 0 if rows else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _bench_progress(total: int) -> Iterator[Callable[[str, int], None]]:
+    """A progress bar of the benchmark's rounds on stderr where stderr is a terminal; else
+    a line per round, as before."""
+    from gpufleet.bench import log_round
+
+    if not sys.stderr.isatty():
+        yield log_round
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("bench", total=total)
+
+        def advance(done: str, rounds: int) -> None:
+            bar.update(task, advance=rounds, description=done)
+
+        yield advance
+
+
+def print_bench_table(rows: list[dict[str, object]]) -> None:
+    """The benchmark's rows as an aligned table on stdout."""
+    table = _table(
+        "endpoint", "model", "conc", "TTFT s", "±", "decode tok/s", "± ", "claimed", "bound",
+        right=("conc", "TTFT s", "decode tok/s", "claimed", "bound"),
+    )  # fmt: skip
+    for row in rows:
+        table.add_row(
+            *(
+                str(row[key])
+                for key in (
+                    "endpoint", "model", "concurrency", "ttft_s", "ttft_ci95_s", "decode_tok_s",
+                    "decode_tok_s_ci95", "claimed_tok_s", "planner_bound_tok_s",
+                )
+            )
+        )  # fmt: skip
+    _print_table(table)
+
+
+def print_bench_json(rows: list[dict[str, object]], csv_path: str) -> None:
+    """The benchmark's rows as ``bench --json`` prints them (schema: schemas/bench.json)."""
+    from gpufleet.outputs import BenchOutput, bench_row
+
+    _emit_json(BenchOutput(csv=csv_path, rows=[bench_row(row) for row in rows]))
+
+
+@main_group.command(short_help="After a hardware swap: compare, re-plan, redeploy, verify a host.")
+@inventory_argument
+@click.argument("host")
+@click.option("--dry", is_flag=True, help="Show everything, change nothing (never asks).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the host.")
+def rebuild(inventory: str, host: str, dry: bool, yes: bool) -> int:
+    """Read HOST's GPUs, cores and memory, show how they differ from INVENTORY and which
+    placements move, refuse what no longer fits, redeploy with the hardware found and check
+    its servers answer (deploys/rebuild.py through pyinfra, --limit HOST)."""
+    _, names = selected_hosts(inventory, [host])
+    if not dry and not yes:
+        try:
+            agreed = click.confirm(
+                f"Rebuild {', '.join(names)} of {inventory}: redeploy with the hardware found "
+                "(its servers restart)?",
+                default=False,
+                err=True,
+            )
+        except click.Abort:  # no answer (stdin closed)
+            agreed = False
+        if not agreed:
+            _warn("gpufleet rebuild: nothing changed (--dry shows what it would do, -y skips this)")
+            return EXIT_FAILED
+    pyinfra = str(Path(sys.executable).parent / "pyinfra")
+    mode = ["--dry"] if dry else ["-y"]
+    return run_pyinfra([pyinfra, "-v", inventory, "deploys/rebuild.py", "--limit", host, *mode])
+
+
+def run_pyinfra(command: list[str]) -> int:
+    """Run pyinfra as its own process; its exit code. (Named, so that a test can stand in
+    for it: once an inventory is loaded, gevent has replaced ``subprocess.run`` itself.)"""
+    import subprocess
+
+    return subprocess.run(command, check=False).returncode
+
+
+@main_group.group(short_help="Snapshot the fleet's Vault to a file, or restore one.")
+def vault() -> None:
+    """A raft snapshot of the fleet's Vault (or OpenBao), and its restore into a blank one."""
+
+
+def _vault_server(inventory: str) -> Any:
+    from gpufleet.inventory import validate_file
+    from gpufleet.vault import vault_host
+
+    server = vault_host(validate_file(inventory))
+    if server is None:
+        _fail(f"gpufleet vault: {inventory} has no vault host")
+    return server
+
+
+@vault.command(short_help="Write a raft snapshot of the fleet's Vault to FILE (0600).")
+@inventory_argument
+@click.argument("file", type=click.Path(dir_okay=False))
+def snapshot(inventory: str, file: str) -> int:
+    """Take a raft snapshot of the fleet's Vault and write it to FILE, mode 0600."""
+    from gpufleet.vault import take_snapshot, write_private
+
+    server = _vault_server(inventory)
+    path = Path(file)
+    data = take_snapshot(server)
+    write_private(path, data, replace=True)
+    print(f"{path}: snapshot of {server.name}'s Vault, {len(data)} bytes (0600)")
     return 0
 
 
-def _reference(args: argparse.Namespace) -> int:
+@vault.command(short_help="Restore a snapshot FILE into the fleet's blank Vault.")
+@inventory_argument
+@click.argument("file", type=click.Path(dir_okay=False))
+def restore(inventory: str, file: str) -> int:
+    """Restore the snapshot in FILE into the fleet's (blank, freshly started) Vault."""
+    from gpufleet.vault import restore_snapshot
+
+    server = _vault_server(inventory)
+    restore_snapshot(server, Path(file).read_bytes())
+    service = "openbao" if server.vault.flavor == "openbao" else "vault"
+    print(
+        f"{server.name}: snapshot restored; restart {service} there, then run "
+        "deploys/vault.py, which unseals it with the fleet's shares"
+    )
+    return 0
+
+
+@main_group.command(short_help="The host data reference as Markdown.")
+def reference() -> int:
+    """Every host-data key with its type, default and meaning, as Markdown (the README's)."""
     from gpufleet.reference import markdown
 
     print(markdown(), end="")
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="gpufleet", description=__doc__.splitlines()[0])
-    commands = top.add_subparsers(dest="command", required=True)
-
-    validate = commands.add_parser("validate", help="validate inventories; contacts no host")
-    validate.add_argument("inventory", nargs="+")
-    validate.set_defaults(run=_validate)
-
-    plan = commands.add_parser(
-        "plan", help="where each model runs, memory used, speed bound; contacts no host"
-    )
-    plan.add_argument("inventory")
-    plan.add_argument("--json", action="store_true", help="the plan as JSON")
-    plan.set_defaults(run=_plan)
-
-    rebuild = commands.add_parser(
-        "rebuild", help="after a hardware swap: compare, re-plan, redeploy and verify one host"
-    )
-    rebuild.add_argument("host")
-    rebuild.add_argument("--inventory", default="inventory/homelab.py")
-    rebuild.add_argument("--dry", action="store_true", help="show everything, change nothing")
-    rebuild.set_defaults(run=_rebuild)
-
-    engines = commands.add_parser(
-        "engines", help="each host's inference servers, flags and environment; contacts no host"
-    )
-    engines.add_argument("inventory")
-    engines.add_argument("--limit", nargs="+", metavar="HOST", help="only these hosts")
-    engines.set_defaults(run=_engines)
-    routes = commands.add_parser(
-        "routes", help="the router's model groups, fallbacks and the gateway; contacts no host"
-    )
-    routes.add_argument("inventory")
-    routes.set_defaults(run=_routes)
-    bench = commands.add_parser(
-        "bench", help="TTFT, decode speed and latency of every endpoint, with 95 %% intervals"
-    )
-    bench.add_argument("inventory")
-    bench.add_argument("--runs", type=int, default=5, help="rounds per concurrency level")
-    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    bench.add_argument("--csv", default="bench/results.csv", help="where the rows go")
-    bench.add_argument("--limit", nargs="+", metavar="HOST", help="only these hosts' engines")
-    bench.add_argument("--client", help="gateway client whose key to use (default: the first)")
-    bench.add_argument("--engines-only", action="store_true", help="skip the gateway")
-    bench.set_defaults(run=_bench)
-
-    verify_command = commands.add_parser(
-        "verify", help="run the testinfra suites against the inventory's hosts over SSH"
-    )
-    verify_command.add_argument("inventory")
-    verify_command.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
-    verify_command.add_argument(
-        "--suite",
-        nargs="+",
-        help="only these suites (baseline, edge, gpu_node, inference, platform)",
-    )
-    verify_command.add_argument(
-        "--junit-xml", default="verify-results.xml", help="where the JUnit XML goes"
-    )
-    verify_command.add_argument(
-        "--list", action="store_true", help="list the checks each host gets; contacts no host"
-    )
-    verify_command.set_defaults(run=_verify)
-
-    preview = commands.add_parser(
-        "preview",
-        help="plan deploys on the inventory's hosts from recorded facts; contacts no host",
-    )
-    preview.add_argument("inventory")
-    preview.add_argument("deploys", nargs="*", help="deploy files (default: every deploy)")
-    preview.add_argument("--limit", nargs="+", metavar="HOST", help="hosts or groups")
-    preview.add_argument("-v", "--verbose", action="store_true", help="every operation and command")
-    preview.add_argument("--summary", action="store_true", help="one line per host")
-    preview.add_argument(
-        "--record", metavar="PROFILE", help="ask one real host (--limit) and save its facts"
-    )
-    preview.set_defaults(run=_preview)
-
-    firewall = commands.add_parser(
-        "firewall", help="each host's gpufleet ports: where they listen, who may reach them"
-    )
-    firewall.add_argument("inventory")
-    firewall.set_defaults(run=_firewall)
-
-    vault_command = commands.add_parser(
-        "vault", help="snapshot the fleet's Vault to a file, or restore one into a blank Vault"
-    )
-    vault_command.add_argument("action", choices=["snapshot", "restore"])
-    vault_command.add_argument("inventory")
-    vault_command.add_argument("file", help="the snapshot (written 0600)")
-    vault_command.set_defaults(run=_vault)
-
-    reference = commands.add_parser("reference", help="host data reference as Markdown")
-    reference.set_defaults(run=_reference)
-
-    lab_command = commands.add_parser("lab", help="the local lab of nspawn hosts")
-    lab_command.add_argument("action", choices=["up", "status", "down"])
-    lab_command.add_argument("inventory", nargs="?", default=DEFAULT_LAB_INVENTORY)
-    lab_command.add_argument("--json", action="store_true", help="status as JSON")
-    lab_command.set_defaults(run=_lab)
-    return top
+@main_group.group(short_help="The local lab of systemd-nspawn hosts (up, status, down).")
+def lab() -> None:
+    """A local lab of real Debian hosts (systemd-nspawn) for the deploys and tests; needs
+    root on Linux."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return int(args.run(args))
+lab_inventory_argument = click.argument(
+    "inventory", default=DEFAULT_LAB_INVENTORY, required=False, type=click.Path(dir_okay=False)
+)
+
+
+@lab.command(short_help="Build and boot the lab's hosts.")
+@lab_inventory_argument
+def up(inventory: str) -> int:
+    """Make and boot every host of INVENTORY (default inventory/lab.py). The first run builds
+    a base root and downloads about 300 MB; its steps show on stderr."""
+    from gpufleet import lab as lab_module
+
+    started = time.monotonic()
+    with _steps("lab up") as step:
+        hosts = lab_module.up(inventory, progress=step)
+    took = time.monotonic() - started
+    for host in hosts:
+        print(f"{host.name:<16} {host.address}  ssh ok")
+    print(f"lab up: {len(hosts)} hosts in {took:.1f} s (key {lab_module.key_path()})")
+    return 0
+
+
+@contextlib.contextmanager
+def _steps(title: str) -> Iterator[Callable[[str], None]]:
+    """Each step of a long task on stderr: a spinner with the step on a terminal, a line per
+    step otherwise (a log keeps them)."""
+    if not sys.stderr.isatty():
+        yield lambda step: _warn(f"{title}: {step}")
+        return
+    console = _console(stderr=True)
+    with console.status(title) as status:
+        started = [time.monotonic()]
+        last: list[str] = []
+
+        def show(step: str) -> None:
+            if last:
+                console.print(f"  {last[0]} ({time.monotonic() - started[0]:.1f} s)")
+            last[:] = [step]
+            started[0] = time.monotonic()
+            status.update(f"{title}: {step}")
+
+        yield show
+        show("done")  # the last step, with its time
+
+
+@lab.command(short_help="Namespace, process and SSH of each lab host.")
+@lab_inventory_argument
+@click.option("--json", "as_json", is_flag=True, help="Print {host: {namespace, running, ssh}}.")
+def status(inventory: str, as_json: bool) -> int:
+    """Per lab host: its network namespace, its container and SSH. Exits 3 unless all are up."""
+    from gpufleet import lab as lab_module
+
+    state = lab_module.status(inventory)
+    if as_json:
+        print(json.dumps(state, indent=2))
+    else:
+        table = _table("host", *next(iter(state.values()), {}).keys())
+        for name, flags in state.items():
+            table.add_row(name, *("yes" if up else "no" for up in flags.values()))
+        _print_table(table)
+    return 0 if all(all(f.values()) for f in state.values()) else EXIT_LAB_NOT_READY
+
+
+@lab.command(short_help="Stop every lab host and remove what the lab made.")
+def down() -> int:
+    """Stop every lab host and remove its namespaces, links and NAT rules."""
+    from gpufleet import lab as lab_module
+
+    left = lab_module.down()
+    if left:
+        _warn("lab down left behind: " + ", ".join(left))
+        return EXIT_FAILED
+    print("lab down: nothing left behind")
+    return 0
+
+
+# --- commands from other modules -----------------------------------------------------------
+# A subcommand written elsewhere is a click command registered here, after the built-in ones:
+#     from gpufleet.some_module import some_command
+#     main_group.add_command(some_command)            # gpufleet some-command ...
+# It returns its exit code (an int, or None for 0); a user's mistake it raises (an
+# InventoryError, NoHostsSelected, OSError ...) is reported by FleetGroup as one line.
+from gpufleet.status import status_command  # noqa: E402 (registered after the built-ins)
+
+main_group.add_command(status_command, "status")
+main_group.add_command(plot_command, "plot")
+
+
+# --- running it ----------------------------------------------------------------------------
+
+
+def _stdout_to_devnull() -> None:
+    """After the reader of stdout went away: what is still buffered goes nowhere, so that
+    Python's flush at exit does not report the broken pipe."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    try:
+        result = main_group.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="gpufleet",
+            standalone_mode=False,
+        )
+        sys.stdout.flush()
+    except click.ClickException as error:  # UserError, and click's usage errors
+        error.show()
+        return error.exit_code
+    except click.Abort as error:  # click's form of Ctrl-C
+        if error.__cause__ is None and error.__context__ is None:
+            _warn("gpufleet: aborted")
+            return EXIT_FAILED
+        _warn("gpufleet: interrupted")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _warn("gpufleet: interrupted")
+        return EXIT_INTERRUPTED
+    except (_PipeClosed, BrokenPipeError):
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+    return int(result or 0)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Literal
 
 from gpufleet.checks import Problem, gets_dcgm_exporter
 from gpufleet.engines import serving
@@ -280,13 +281,29 @@ def describe_exposures(specs: dict[str, HostSpec]) -> str:
         lines.append(f"{spec.name}:" + ("" if spec.firewall.enabled else " (firewall off)"))
         for exposure in exposures(spec, specs):
             ports = ",".join(str(p) for p in exposure.ports)
-            if IPv4Address(exposure.address).is_loopback:
-                reach = "this host only"
-            elif exposure.guarded and spec.firewall.enabled and spec.os != "macos":
-                reach = "from " + (", ".join(exposure.sources) or "nowhere else")
-            else:
-                reach = "from anywhere" + (
-                    " (asks for credentials)" if exposure.authenticated else ""
-                )
+            reach = reach_text(spec, exposure)
             lines.append(f"  {exposure.service:<16} {exposure.address}:{ports:<12} {reach}")
     return "\n".join(lines)
+
+
+Reach = Literal["this host", "sources", "anywhere"]
+
+
+def reach(spec: HostSpec, exposure: Exposure) -> Reach:
+    """Who reaches a service: its own host only (loopback), the addresses the firewall lets
+    in, or any address that reaches the host (no firewall, or one that does not guard it)."""
+    if IPv4Address(exposure.address).is_loopback:
+        return "this host"
+    if exposure.guarded and spec.firewall.enabled and spec.os != "macos":
+        return "sources"
+    return "anywhere"
+
+
+def reach_text(spec: HostSpec, exposure: Exposure) -> str:
+    """:func:`reach` in words, as ``gpufleet firewall`` prints it."""
+    kind = reach(spec, exposure)
+    if kind == "this host":
+        return "this host only"
+    if kind == "sources":
+        return "from " + (", ".join(exposure.sources) or "nowhere else")
+    return "from anywhere" + (" (asks for credentials)" if exposure.authenticated else "")

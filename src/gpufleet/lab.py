@@ -28,6 +28,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -102,6 +105,28 @@ EMBEDDING_MODEL_DIR = (
 EMBEDDING_GGUF_NAME = "all-minilm-l6-v2-f16.gguf"
 EMBEDDING_GGUF_SHA256 = "9fa5f8064513621835a2c19ea159f5c36cacb05b3c0ea48fde6002ff85b0a091"
 """The conversion is deterministic: the same wheel and llama.cpp's gguf-py give these bytes."""
+
+
+Progress = Callable[[str], None]
+"""Told each step of :func:`up` as it starts (a line a person can read), e.g. to show it."""
+
+_progress: ContextVar[Progress | None] = ContextVar("gpufleet_lab_progress", default=None)
+
+
+def _report(step: str) -> None:
+    """Tell the caller of :func:`up` what starts now (nothing, unless it asked)."""
+    listener = _progress.get()
+    if listener is not None:
+        listener(step)
+
+
+@contextmanager
+def _reporting_to(listener: Progress | None) -> Iterator[None]:
+    token = _progress.set(listener)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 class LabError(RuntimeError):
@@ -284,6 +309,7 @@ def base_root(arch: str = "x86_64") -> Path:
     root = cache_dir() / f"base-{SUITE}-{digest}"
     if (root / "etc/os-release").exists():
         return root
+    _report(f"building the {arch} base root with mmdebstrap (once; ~30 s, minutes if emulated)")
     building = root.with_name(root.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)
@@ -518,6 +544,8 @@ def _pypi_file(project: str, filename: str) -> Path:
     )
     index.raise_for_status()
     entry = next(f for f in index.json()["files"] if f["filename"] == filename)
+    size = f" ({entry['size'] / 1e6:.0f} MB)" if entry.get("size") else ""
+    _report(f"downloading {filename}{size} from PyPI (once, then cached)")
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     digest = hashlib.sha256()
@@ -557,6 +585,7 @@ def _mirror_artifacts(root: Path) -> None:
         os.link(model, root / "models" / GGUF_NAME)
     embedder = cache_dir() / "artifacts" / EMBEDDING_GGUF_NAME
     if not embedder.exists():
+        _report(f"converting the embedding model to {EMBEDDING_GGUF_NAME} (once)")
         _convert_embedding_model(source, embedder)
     if not (root / "models" / EMBEDDING_GGUF_NAME).exists():
         os.link(embedder, root / "models" / EMBEDDING_GGUF_NAME)
@@ -657,24 +686,37 @@ def ssh_ready(host: LabHost, timeout: float = 1.0) -> bool:
         return False
 
 
-def up(inventory: str | Path, timeout: float = 90) -> list[LabHost]:
+def up(
+    inventory: str | Path, timeout: float = 90, progress: Progress | None = None
+) -> list[LabHost]:
     """Make and boot every host of ``inventory``; returns once each answers SSH and has
-    what its stand-in machine has before gpufleet (:func:`container_configs`)."""
+    what its stand-in machine has before gpufleet (:func:`container_configs`). ``progress``
+    is told each step as it starts (the first run builds a base root and downloads ~300 MB)."""
+    with _reporting_to(progress):
+        return _up(inventory, timeout)
+
+
+def _up(inventory: str | Path, timeout: float) -> list[LabHost]:
     hosts = hosts_from_inventory(inventory)
     configs = container_configs(inventory)
     check_host_tools()
     lab_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
     roots = {}
     for arch in sorted({host.arch for host in hosts}):
+        _report(f"base root for {arch}")
         ensure_emulation(arch)
         roots[arch] = base_root(arch)
+    _report(f"SSH key, bridge {BRIDGE} and NAT")
     _ensure_key()
     _ensure_network()
+    _report("lab mirror (packages, llama.cpp source, models, OpenBao)")
     _ensure_mirror()
     _ensure_engine_keys()
     for host in hosts:
+        _report(f"booting {host.name} ({host.address})")
         _ensure_namespace(host)
         _boot(host, roots[host.arch])
+    _report(f"waiting for SSH on {len(hosts)} hosts")
     deadline = time.monotonic() + timeout
     waiting = list(hosts)
     while waiting and time.monotonic() < deadline:

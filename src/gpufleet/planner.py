@@ -449,8 +449,12 @@ def _loaded_sets(
     return problems
 
 
-def format_plan(plan: HostPlan) -> str:
-    """The plan of one host as a small table."""
+PLAN_COLUMNS = ("model", "engine", "quant", "context", "needs", "where", "speed bound")
+"""The columns of a host's plan (:func:`placement_cells`), as ``gpufleet plan`` shows them."""
+
+
+def plan_summary(plan: HostPlan) -> str:
+    """The line above a host's plan: its memory, and what its dedicated use takes."""
     memory = (
         f"{plan.ram_gb:g} GB unified memory ({plan.vram_gb:g} GB of it for the GPU, "
         f"{plan.gpu_bandwidth_gbs:g} GB/s)"
@@ -458,17 +462,31 @@ def format_plan(plan: HostPlan) -> str:
         else f"{plan.vram_gb:g} GB VRAM ({plan.gpu_bandwidth_gbs:g} GB/s), "
         f"{plan.ram_gb:g} GB RAM ({plan.ram_bandwidth_gbs:g} GB/s)"
     )
-    lines = [
+    return (
         f"{plan.host}: {memory}; dedicated use "
         f"{plan.vram_used_gb:g} GB VRAM, {plan.ram_used_gb:g} GB RAM"
-    ]
-    for p in plan.placements:
-        where: str = p.where
-        if p.where == "partial":
-            where += f" ({p.gpu_layers}/{p.layers} layers on GPU)"
-        bound = f"<= {p.bound_tok_s:g} tok/s" if p.bound_tok_s else "-"
-        lines.append(
-            f"  {p.model:<28} {p.engine:<9} {p.quant:<7} ctx {p.context:<6} "
-            f"{p.need_gb:>6.1f} GB  {where:<28} {bound}"
-        )
+    )
+
+
+def placement_cells(p: PlacementPlan) -> tuple[str, ...]:
+    """One placement as the cells of :data:`PLAN_COLUMNS`."""
+    where: str = p.where
+    if p.where == "partial":
+        where += f" ({p.gpu_layers}/{p.layers} layers on GPU)"
+    bound = f"<= {p.bound_tok_s:g} tok/s" if p.bound_tok_s else "-"
+    return (p.model, p.engine, p.quant, str(p.context), f"{p.need_gb:.1f} GB", where, bound)
+
+
+def format_plan(plan: HostPlan) -> str:
+    """The plan of one host as a small table, each column as wide as its widest cell."""
+    rows = [PLAN_COLUMNS, *(placement_cells(p) for p in plan.placements)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(PLAN_COLUMNS))]
+    right = {PLAN_COLUMNS.index("context"), PLAN_COLUMNS.index("needs")}
+    lines = [plan_summary(plan)]
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append(("  " + "  ".join(cells)).rstrip())
     return "\n".join(lines)

@@ -407,10 +407,10 @@ def plans_of(
 ) -> tuple[list[HostPlan], dict[str, float], dict[str, dict[str, list[int]]]]:
     """The plan of every host (or those named) with a placement, the GPU memory each host's
     declared services hold, and the largest set each on-demand engine may keep loaded."""
-    from gpufleet.catalogue import load_catalogue
+    from gpufleet.catalogue import fleet_catalogue
     from gpufleet.planner import gpu_memory, plan_host, services_vram_gb
 
-    catalogue = load_catalogue()
+    catalogue = fleet_catalogue()
     chosen = [specs[n] for n in names] if names is not None else list(specs.values())
     plans, services, at_once = [], {}, {}
     for spec in chosen:

@@ -154,10 +154,11 @@ def plan(
     answer: Callable[[str, str, str], Any] | None,
     limit: list[str] | None = None,
 ) -> dict[str, list[PlannedOperation]]:
-    """Plan ``deploys`` on the inventory's hosts named in ``limit`` (hosts or groups; all
-    when empty). With ``answer``, facts come from it and no host is contacted; without, the
-    hosts are connected to and asked, as ``pyinfra --dry`` does. Returns each host's
-    operations in order, with the commands a run would send."""
+    """Plan ``deploys`` on the inventory's hosts ``limit`` selects (host names, group names,
+    globs, as pyinfra's ``--limit``; all when empty; :func:`gpufleet.selection.select_hosts`).
+    With ``answer``, facts come from it and no host is contacted; without, the hosts are
+    connected to and asked, as ``pyinfra --dry`` does. Returns each host's operations in
+    order, with the commands a run would send."""
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
     from pyinfra.connectors.util import CommandOutput
@@ -167,6 +168,7 @@ def plan(
     from pyinfra_cli.util import load_deploy_file
 
     from gpufleet.inventory import forget_fleet
+    from gpufleet.selection import select_hosts
 
     forget_fleet()  # the fleet of a previous plan in this process is not this inventory's
     state = State(check_for_changes=True)
@@ -178,7 +180,9 @@ def plan(
     ctx_inventory.set(hosts_of)
     config = Config()
     ctx_config.set(config)
-    hosts = [h for h in hosts_of if not limit or {h.name, *h.groups} & set(limit)]
+    # --limit as pyinfra and every gpufleet subcommand read it (groups, globs, a union).
+    chosen = set(select_hosts({h.name: h for h in hosts_of}, limit, source=inventory).names)
+    hosts = [h for h in hosts_of if h.name in chosen]
     state.init(hosts_of, config, initial_limit=hosts)
     if answer is None:
         connect_all(state)
@@ -228,13 +232,14 @@ def plan(
 def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, FactProfile]:
     """Each host's profile, chosen by its ``os`` and ``arch`` (see ``OS_PROFILES``)."""
     from gpufleet.inventory import inventory_catalogue, validate_file
+    from gpufleet.selection import select_hosts
 
     chosen: dict[str, FactProfile] = {}
     loaded: dict[str, FactProfile] = {}
     catalogue = inventory_catalogue(inventory)
-    for spec in validate_file(inventory).values():
-        if limit and not {spec.name, *spec.groups} & set(limit):
-            continue
+    specs = validate_file(inventory)
+    for host in select_hosts(specs, limit, source=inventory).names:
+        spec = specs[host]
         name = OS_PROFILES.get((spec.os, spec.arch))
         if name is None:
             raise MissingFact(

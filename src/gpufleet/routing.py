@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -329,11 +330,14 @@ def format_map(rows: list[MapRow]) -> list[str]:
     ]
 
 
-def describe_routes(specs: dict[str, HostSpec]) -> str:
+def describe_routes(specs: dict[str, HostSpec], only: Collection[str] | None = None) -> str:
     """What ``gpufleet routes`` prints: per router, each model group with its hosts, the
-    fallback chains, and the keys it reads by reference; per gateway, its routes."""
+    fallback chains, and the keys it reads by reference; per gateway, its routes. ``only``:
+    the router and gateway hosts to describe (all when None); routes still span the fleet."""
     lines = []
     for router in router_hosts(specs):
+        if only is not None and router.name not in only:
+            continue
         config = router_config(router, specs)
         lines.append(f"{router.name}: LiteLLM on port {router.litellm.port}")
         groups: dict[str, list[str]] = defaultdict(list)
@@ -351,6 +355,8 @@ def describe_routes(specs: dict[str, HostSpec]) -> str:
         for variable, reference in config.environment.items():
             lines.append(f"  key {variable} <- {reference}")
     for gateway in (s for s in specs.values() if "gateway" in s.groups):
+        if only is not None and gateway.name not in only:
+            continue
         lines.append(f"{gateway.name}: NGINX on port {gateway.gateway.https_port} (TLS 1.3)")
         for upstream in gateway_upstreams(gateway, specs):
             lines.append(f"  {upstream.route} -> {', '.join(upstream.servers)}")

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import click
 
-from gpufleet.catalogue import load_catalogue
+from gpufleet.catalogue import fleet_catalogue
 from gpufleet.engines import Engine, engine_for, served_name, serving
 from gpufleet.facts.ollama import full_name
 from gpufleet.models import HostSpec
@@ -437,7 +437,7 @@ def host_status(
     spec: HostSpec, specs: dict[str, HostSpec], read_key: KeyReader, timeout: float
 ) -> HostStatus:
     decided = spec  # validate_file has decided every address the inventory leaves out
-    plan = plan_host(decided, load_catalogue())
+    plan = plan_host(decided, fleet_catalogue())
     engines = []
     for status, probe in engine_probes(decided, plan, read_key):
         if probe is not None:
@@ -653,7 +653,9 @@ def render(status: FleetStatus, console: Any) -> None:
 # --- the command ------------------------------------------------------------------------------
 
 
-@click.command("status")
+@click.command(
+    "status", short_help="Per host: engines up, models loaded, memory vs plan, router view."
+)
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--limit",

@@ -29,6 +29,7 @@ from gpufleet.facts.ollama import LoadedModel, full_name
 from gpufleet.inventory import load_inventory, validate_file
 from gpufleet.models import HostSpec
 from gpufleet.routing import service_address
+from gpufleet.selection import select_hosts
 
 SUITES = Path(__file__).parent / "suites"
 Check = TypeVar("Check", bound=Callable[..., Any])
@@ -206,20 +207,12 @@ def ssh_connection(name: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def targets(inventory: str | Path, limit: Iterable[str] = ()) -> list[Target]:
     """The hosts to verify: the inventory validated first (a bad one raises InventoryError
-    before any host is contacted), then narrowed to ``limit`` (host or group names)."""
+    before any host is contacted), then narrowed to the hosts ``limit`` selects (host names,
+    group names, globs, as pyinfra's ``--limit``); raises NoHostsSelected when none is left."""
     specs = validate_file(inventory)
-    wanted = set(limit)
-    unknown = wanted - set(specs) - {g for s in specs.values() for g in s.groups}
-    if unknown:
-        raise ValueError(
-            f"--limit {', '.join(sorted(unknown))}: no such host or group in {inventory}"
-        )
+    chosen = select_hosts(specs, limit, source=str(inventory)).names
     data = {h.name: dict(h.data.dict()) for h in load_inventory(inventory)}
-    return [
-        Target(spec, ssh_connection(name, data[name]), specs)
-        for name, spec in specs.items()
-        if not wanted or name in wanted or wanted & set(spec.groups)
-    ]
+    return [Target(specs[name], ssh_connection(name, data[name]), specs) for name in chosen]
 
 
 @dataclass
