@@ -10,6 +10,8 @@ gpufleet rebuild HOST --inventory FILE [--dry]   # after a hardware swap
 gpufleet firewall inventory/homelab.py     # where each port listens, who may reach it
 gpufleet vault snapshot|restore INVENTORY FILE   # raft snapshot of the fleet's Vault
 gpufleet lab up|status|down [inventory/lab.py]
+gpufleet init [DIR]                          # a new fleet's folder
+gpufleet discover ADDRESS... [--ssh-key FILE]   # read machines over SSH into hosts.yaml
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import json
 import sys
 import time
+
+import click
 
 from gpufleet import lab
 from gpufleet.inventory import InventoryError, validate_file
@@ -99,9 +103,12 @@ def _rebuild(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
+    from gpufleet.paths import packaged_deploy
+
     pyinfra = str(Path(sys.executable).parent / "pyinfra")
     mode = ["--dry"] if args.dry else ["-y"]
-    command = [pyinfra, "-v", args.inventory, "deploys/rebuild.py", "--limit", args.host, *mode]
+    rebuild = packaged_deploy("deploys/rebuild.py")
+    command = [pyinfra, "-v", args.inventory, rebuild, "--limit", args.host, *mode]
     return subprocess.run(command, check=False).returncode
 
 
@@ -190,12 +197,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from gpufleet.paths import EVERY_DEPLOY
+    from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
     from gpufleet.preview import plan, profiles_for, record
 
     if _specs_or_report(args.inventory) is None:
         return 1
-    args.deploys = args.deploys or list(EVERY_DEPLOY)
+    # The packaged deploys by default: the inventory's folder need not hold a deploys/.
+    args.deploys = args.deploys or [packaged_deploy(deploy) for deploy in EVERY_DEPLOY]
     if args.record:
         print(f"recorded {record(args.inventory, args.deploys, args.limit or [], args.record)}")
         return 0
@@ -362,6 +370,10 @@ def parser() -> argparse.ArgumentParser:
     reference = commands.add_parser("reference", help="host data reference as Markdown")
     reference.set_defaults(run=_reference)
 
+    # Click commands: listed here, run by main() with their own options.
+    for name, summary in ONBOARDING.items():
+        commands.add_parser(name, help=summary, add_help=False)
+
     lab_command = commands.add_parser("lab", help="the local lab of nspawn hosts")
     lab_command.add_argument("action", choices=["up", "status", "down"])
     lab_command.add_argument("inventory", nargs="?", default=DEFAULT_LAB_INVENTORY)
@@ -370,7 +382,28 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+ONBOARDING = {
+    "init": "a new fleet's folder: inventory.py, hosts.yaml, group_data/, deploys/",
+    "discover": "read machines over SSH (CPU, memory, GPUs) and write them into hosts.yaml",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ONBOARDING:
+        from gpufleet.onboarding import discover_command, init_command
+
+        command = init_command if argv[0] == "init" else discover_command
+        try:
+            command.main(argv[1:], prog_name=f"gpufleet {argv[0]}", standalone_mode=False)
+        except click.exceptions.Exit as done:
+            return int(done.exit_code)
+        except click.ClickException as error:
+            error.show()
+            return error.exit_code
+        except click.Abort:
+            return 1
+        return 0
     args = parser().parse_args(argv)
     return int(args.run(args))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -745,6 +745,13 @@ class DcgmExporter(Spec):
     only those hosts; see ``firewall``)."""
 
 
+NVIDIA_DRIVER_GROUPS = ("gpu_nodes", "proxmox_hosts")
+"""Groups whose deploys install the NVIDIA driver from Debian's archive."""
+NVIDIA_DRIVER_COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")
+"""Debian's components holding the NVIDIA driver (non-free), its firmware
+(non-free-firmware) and what they depend on (contrib)."""
+
+
 class HostSpec(Spec):
     """Everything gpufleet knows about one host, validated from inventory + group_data.
 
@@ -776,9 +783,20 @@ class HostSpec(Spec):
     apt_security_mirror: str = Field("http://deb.debian.org/debian-security", pattern=URL_PATTERN)
     """Debian security mirror."""
     apt_components: tuple[Annotated[str, Field(pattern=APT_COMPONENT_PATTERN)], ...] = ("main",)
-    """Archive components; GPU nodes add contrib, non-free and non-free-firmware."""
+    """Archive components; left out on a host of gpu_nodes or proxmox_hosts, ``main contrib
+    non-free non-free-firmware`` (Debian ships the NVIDIA driver and its firmware there)."""
     apt_cache_hours: int = Field(24, ge=0)
     """How old the apt lists may be before a deploy refreshes them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _driver_components(cls, data: Any) -> Any:
+        """A host that gets the NVIDIA driver needs Debian's non-free archive: the default
+        of every such host, so a fleet needs no group_data file for it."""
+        if isinstance(data, dict) and "apt_components" not in data:
+            if set(data.get("groups") or ()) & set(NVIDIA_DRIVER_GROUPS):
+                return {**data, "apt_components": NVIDIA_DRIVER_COMPONENTS}
+        return data
     ntp_servers: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = (
         "0.debian.pool.ntp.org",
         "1.debian.pool.ntp.org",
