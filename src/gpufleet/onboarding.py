@@ -180,15 +180,12 @@ def accelerators_of(
         if entry is not None:
             counted[(entry.kind, entry.name, None)] += 1
             continue
-        kind = _kind_of_unknown(gpu)
         vram = _gib(gpu["vram_mib"])
         pci = f" [PCI {gpu['pci_device_id']}]" if gpu["pci_device_id"] else ""
-        if kind is None:
-            todo.append(
-                f"{gpu['name']}{pci}: a discrete AMD GPU, which gpufleet does not plan for "
-                "yet; left out of hardware.accelerators"
-            )
+        if gpu["vendor"] == "amd":
+            todo.append(f"{gpu['name']}{pci}: {_amd_left_out(gpu['name'])}")
             continue
+        kind = {"nvidia": "nvidia", "apple": "apple_metal", "jetson": "jetson"}[gpu["vendor"]]
         counted[(kind, gpu["name"], vram)] += 1
         todo.append(
             f"{gpu['name']}{pci}: not in gpufleet's catalogue; declare it under that name in "
@@ -226,13 +223,22 @@ def _identify(gpu: SeenGpu, catalogue: Catalogue) -> Any:
     return named[0] if len(named) == 1 else None
 
 
-def _kind_of_unknown(gpu: SeenGpu) -> str | None:
-    if gpu["vendor"] == "amd":
-        # An APU's own memory is a small carve-out of system memory; a discrete card has
-        # gigabytes of its own.
-        integrated = gpu["vram_mib"] is None or gpu["vram_mib"] < 4096
-        return "amd_igpu" if integrated else None
-    return {"nvidia": "nvidia", "apple": "apple_metal", "jetson": "jetson"}[gpu["vendor"]]
+DISCRETE_AMD = re.compile(r"\bRX\b|Instinct|Radeon Pro|\bW\d{4}\b|\bMI\d{2,3}")
+"""How AMD names its discrete cards (Radeon RX 7900 XTX, Radeon Pro W7900, Instinct MI300X);
+its integrated GPUs are Radeon Graphics, Radeon 780M, Radeon 8060S and codenames."""
+
+
+def _amd_left_out(name: str) -> str:
+    """Why an AMD GPU the catalogue does not name is left out of the host's data: gpufleet
+    cannot plan for it without knowing the part (an integrated GPU's memory is the system's,
+    and most are too small to be worth a model)."""
+    if DISCRETE_AMD.search(name):
+        return "a discrete AMD GPU, which gpufleet does not plan for yet; left out"
+    return (
+        "an AMD integrated GPU the catalogue does not name; left out. To run models on it, "
+        "declare it in catalogue.yaml (accelerators:, kind: amd_igpu) and add it to the "
+        "host's hardware.accelerators in hosts.yaml"
+    )
 
 
 def host_name(report: MachineReport, address: str) -> str:
@@ -272,6 +278,15 @@ def discovered(
     hardware["accelerators"] = accelerators
     entry["hardware"] = hardware
     kinds = {a["kind"] for a in accelerators}
+    if "nvidia" in kinds and os_family not in ("macos", "jetson-l4t"):
+        if report["nvidia_driver"]:
+            # The driver it runs: deploys hold it there rather than change it.
+            entry["nvidia_driver"] = {"version": report["nvidia_driver"]}
+        else:
+            todo.append(
+                "no NVIDIA driver yet: set nvidia_driver.version in hosts.yaml (gpufleet "
+                "validate names the version Debian ships for the cards)"
+            )
     if "nvidia" in kinds:
         groups = ["gpu_nodes"] + (["proxmox_hosts"] if os_family == "proxmox" else [])
     elif "jetson" in kinds:

@@ -17,7 +17,9 @@ from pyinfra.api import FactBase
 from gpufleet.facts.gpu import DISPLAY_CLASSES, NVIDIA_VENDOR, parse_smi_csv, split_sections
 
 AMD_VENDOR = "1002"
-NVIDIA_SMI_FIELDS = "name,memory.total,pci.device_id,pci.bus_id"
+GPU_CLASSES = {*DISPLAY_CLASSES, "0380"}
+"""VGA, 3D and other display controllers (AMD's APUs show as the last, 0380)."""
+NVIDIA_SMI_FIELDS = "name,memory.total,pci.device_id,pci.bus_id,driver_version"
 PCI_LINES = (
     "if command -v lspci >/dev/null 2>&1; then lspci -Dnn; "
     "else for d in /sys/bus/pci/devices/*; do "
@@ -67,6 +69,8 @@ class MachineReport(TypedDict):
     ram_gb: float
     """Memory in GB (decimal, as the inventory counts)."""
     gpus: list[SeenGpu]
+    nvidia_driver: str | None
+    """The NVIDIA driver nvidia-smi runs with; None without one."""
 
 
 def _key_values(lines: list[str], separator: str = "=") -> dict[str, str]:
@@ -83,7 +87,7 @@ def parse_pci(lines: list[str]) -> list[dict[str, str]]:
     devices = []
     for line in lines:
         match = _LSPCI.match(line.strip())
-        if not match or match["class"] not in DISPLAY_CLASSES:
+        if not match or match["class"] not in GPU_CLASSES:
             continue
         vendor = match["vendor"].lower()
         if vendor not in (NVIDIA_VENDOR, AMD_VENDOR):
@@ -231,6 +235,7 @@ def parse_machine(output: list[str]) -> MachineReport:
         ]
         if tegra:
             gpus.append(SeenGpu(vendor="jetson", name=board, pci_device_id=None, vram_mib=None))
+    smi_rows, _errors = parse_smi_csv(sections.get("nvidia-smi", []), NVIDIA_SMI_FIELDS.split(","))
     return MachineReport(
         hostname=text("hostname"),
         system=system,
@@ -244,6 +249,7 @@ def parse_machine(output: list[str]) -> MachineReport:
         cores=cores,
         ram_gb=round(ram_bytes / 1e9, 1),
         gpus=gpus,
+        nvidia_driver=next((r["driver_version"] for r in smi_rows if r["driver_version"]), None),
     )
 
 
