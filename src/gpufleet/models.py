@@ -793,10 +793,14 @@ class HostSpec(Spec):
     def _driver_components(cls, data: Any) -> Any:
         """A host that gets the NVIDIA driver needs Debian's non-free archive: the default
         of every such host, so a fleet needs no group_data file for it."""
-        if isinstance(data, dict) and "apt_components" not in data:
-            if set(data.get("groups") or ()) & set(NVIDIA_DRIVER_GROUPS):
-                return {**data, "apt_components": NVIDIA_DRIVER_COMPONENTS}
+        if (
+            isinstance(data, dict)
+            and "apt_components" not in data
+            and set(data.get("groups") or ()) & set(NVIDIA_DRIVER_GROUPS)
+        ):
+            return {**data, "apt_components": NVIDIA_DRIVER_COMPONENTS}
         return data
+
     ntp_servers: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = (
         "0.debian.pool.ntp.org",
         "1.debian.pool.ntp.org",

@@ -293,9 +293,10 @@ def discovered(
         groups = ["edge"]
     else:
         groups = ["cpu_nodes"]
-    cards = ", ".join(
-        f"{a.get('count', 1)}x {a['model']}" for a in accelerators
-    ) or "no GPU gpufleet uses"
+    cards = (
+        ", ".join(f"{a.get('count', 1)}x {a['model']}" for a in accelerators)
+        or "no GPU gpufleet uses"
+    )
     summary = (
         f"{report['os_name'] or report['system']}, {report['machine']}, "
         f"{report['cpu'] or 'CPU unknown'}, {hardware['cores']} cores, "
@@ -376,9 +377,7 @@ def read_machines(hosts: dict[str, dict[str, Any]]) -> dict[str, MachineReport |
     help="private key to log in with (default: your SSH agent and ~/.ssh keys)",
 )
 @click.option("--ssh-port", type=int, default=22, show_default=True)
-@click.option(
-    "--name", "names", multiple=True, help="inventory name of each address, in order"
-)
+@click.option("--name", "names", multiple=True, help="inventory name of each address, in order")
 @click.option(
     "--inventory",
     default="inventory.py",

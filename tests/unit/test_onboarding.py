@@ -121,7 +121,9 @@ def test_init_writes_a_folder_that_refuses_to_be_overwritten(tmp_path, monkeypat
         "accelerators": {},
         "models": {},
     }
-    assert (tmp_path / "deploys/gpu_node.py").read_text() == (ROOT / "deploys/gpu_node.py").read_text()
+    assert (tmp_path / "deploys/gpu_node.py").read_text() == (
+        ROOT / "deploys/gpu_node.py"
+    ).read_text()
     (tmp_path / "inventory.py").write_text("# mine\n")
     again = runner.invoke(init_command, [str(tmp_path)])
     assert again.exit_code != 0 and "inventory.py" in again.output and "--force" in again.output

@@ -152,8 +152,8 @@ def parse_rocm_smi(text: str) -> list[tuple[str, int | None]]:
         if not card.startswith("card") or not isinstance(values, dict):
             continue
         name = values.get("Card Series") or values.get("Card series") or values.get("Card SKU")
-        total = values.get("VRAM Total Memory (B)")
-        mib = int(total) // 2**20 if str(total or "").isdigit() else None
+        total = str(values.get("VRAM Total Memory (B)") or "")
+        mib = int(total) // 2**20 if total.isdigit() else None
         found.append((str(name or "AMD GPU"), mib))
     return found
 
