@@ -94,6 +94,8 @@ def _plan(args: argparse.Namespace) -> int:
     plans = [plan_host(spec, catalogue) for spec in specs.values() if spec.models]
     if args.json:
         print(json.dumps([plan.as_dict() for plan in plans], indent=2))
+    elif not plans:
+        print(f"{args.inventory}: no host serves a model yet; give one models: [...]")
     else:
         print("\n\n".join(format_plan(plan) for plan in plans))
     return 0

@@ -783,8 +783,9 @@ class HostSpec(Spec):
     apt_security_mirror: str = Field("http://deb.debian.org/debian-security", pattern=URL_PATTERN)
     """Debian security mirror."""
     apt_components: tuple[Annotated[str, Field(pattern=APT_COMPONENT_PATTERN)], ...] = ("main",)
-    """Archive components; left out on a host of gpu_nodes or proxmox_hosts, ``main contrib
-    non-free non-free-firmware`` (Debian ships the NVIDIA driver and its firmware there)."""
+    """Archive components; GPU nodes add contrib, non-free and non-free-firmware."""
+    # (By default: see _driver_components, for gpu_nodes and proxmox_hosts; the README's
+    # reference is generated from the line above.)
     apt_cache_hours: int = Field(24, ge=0)
     """How old the apt lists may be before a deploy refreshes them."""
 
