@@ -122,4 +122,5 @@ def test_a_newcomer_goes_from_an_empty_folder_to_a_dry_run(fleet):
     dry = run(["pyinfra", "inventory.py", "deploys/gpu_node.py", "--dry"], folder, env, 1800)
     after = ssh(HOST, SNAPSHOT)
     assert "[desk] Connected" in dry
+    assert "GPU detection | Detect NVIDIA GPUs" in dry  # the packaged deploy, planned
     assert before == after, "the dry run changed the host"
