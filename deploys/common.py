@@ -2,13 +2,11 @@
 Tailscale where the host enables it.
 
 pyinfra inventory/homelab.py deploys/common.py
+
+The steps ship inside gpufleet (gpufleet/deploys/common.py): this file runs them, so
+that pyinfra finds a deploy file here and an upgrade of gpufleet upgrades them.
 """
 
-from gpufleet.inventory import fleet_specs, host_spec
-from gpufleet.roles.baseline import baseline
-from gpufleet.roles.tailscale import tailscale
+from gpufleet.deploys import run
 
-spec = host_spec()
-baseline(spec)
-if spec.tailscale.enabled:
-    tailscale(spec, fleet_specs())
+run("common")

@@ -4,18 +4,11 @@ and tegrastats metrics. Models are served by deploys/inference.py like everywher
 within the planner's unified-memory budget.
 
 pyinfra inventory/examples/proxmox_desktop.py deploys/edge.py --limit edge
+
+The steps ship inside gpufleet (gpufleet/deploys/edge.py): this file runs them, so
+that pyinfra finds a deploy file here and an upgrade of gpufleet upgrades them.
 """
 
-from pyinfra import host
+from gpufleet.deploys import run
 
-from gpufleet.inventory import host_spec
-from gpufleet.roles.baseline import baseline
-from gpufleet.roles.jetson import jetson_node
-
-spec = host_spec()
-
-baseline(spec)
-if "edge" in spec.groups and spec.os == "jetson-l4t":
-    jetson_node(spec)
-else:
-    host.noop(f"{spec.name} is not a Jetson of the edge group: Jetson steps skipped")
+run("edge")

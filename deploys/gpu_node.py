@@ -4,27 +4,11 @@ Toolkit.
 
 pyinfra inventory/homelab.py deploys/gpu_node.py --limit gpu_nodes
 pyinfra inventory/lab.py deploys/gpu_node.py
+
+The steps ship inside gpufleet (gpufleet/deploys/gpu_node.py): this file runs them, so
+that pyinfra finds a deploy file here and an upgrade of gpufleet upgrades them.
 """
 
-from pyinfra import host
+from gpufleet.deploys import run
 
-from gpufleet.inventory import host_spec
-from gpufleet.roles.baseline import baseline
-from gpufleet.roles.container_runtime import container_runtime
-from gpufleet.roles.gpu import gpu_detection
-from gpufleet.roles.lxc_guest import nvidia_userland
-from gpufleet.roles.nvidia_driver import nvidia_driver
-
-spec = host_spec()
-
-baseline(spec)
-
-if "gpu_nodes" in spec.groups:
-    gpu_detection(spec)
-    if spec.lxc_guest is not None:
-        nvidia_userland(spec)
-    else:
-        nvidia_driver(spec)
-    container_runtime(spec)
-else:
-    host.noop(f"{spec.name} is not in gpu_nodes: GPU steps skipped")
+run("gpu_node")

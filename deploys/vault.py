@@ -4,18 +4,11 @@ key generated, and a PKI engine issuing from the fleet CA.
 
 pyinfra inventory/lab.py deploys/vault.py
 Run it before deploys/router.py and deploys/gateway.py (or name them after it in one run).
+
+The steps ship inside gpufleet (gpufleet/deploys/vault.py): this file runs them, so
+that pyinfra finds a deploy file here and an upgrade of gpufleet upgrades them.
 """
 
-from pyinfra import host
+from gpufleet.deploys import run
 
-from gpufleet.inventory import fleet_specs, host_spec
-from gpufleet.roles.baseline import baseline
-from gpufleet.roles.vault import vault_server
-
-spec = host_spec()
-
-if "vault" in spec.groups:
-    baseline(spec)
-    vault_server(spec, fleet_specs())
-else:
-    host.noop(f"{spec.name} is not in the vault group")
+run("vault")

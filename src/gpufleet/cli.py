@@ -320,7 +320,7 @@ def plan(inventory: str, limit: tuple[str, ...], as_json: bool, plot_path: str |
             table.add_row(*placement_cells(placement))
         _print_table(table, indent=2, console=console)
     if not plans:
-        _warn(f"{inventory}: no selected host has models")
+        _warn(f"{inventory}: no selected host serves a model yet; give one models: [...]")
     return 0
 
 
@@ -511,13 +511,14 @@ def preview(
     """Plan DEPLOYs (default: every deploy) on the selected hosts as a dry run would, with
     facts from the recorded profile of each host's OS instead of the host itself."""
     from gpufleet.outputs import OperationOut, PreviewHost, PreviewOutput
-    from gpufleet.paths import EVERY_DEPLOY
+    from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
     from gpufleet.preview import plan as plan_deploys
     from gpufleet.preview import profiles_for
     from gpufleet.preview import record as record_profile
 
     selected_hosts(inventory, limit)
-    chosen = list(deploys) or list(EVERY_DEPLOY)
+    # The packaged deploys by default: the inventory's folder need not hold a deploys/.
+    chosen = list(deploys) or [packaged_deploy(deploy) for deploy in EVERY_DEPLOY]
     for deploy in chosen:
         if not Path(deploy).is_file():
             _fail(
@@ -803,7 +804,10 @@ def rebuild(inventory: str, host: str, dry: bool, yes: bool) -> int:
             return EXIT_FAILED
     pyinfra = str(Path(sys.executable).parent / "pyinfra")
     mode = ["--dry"] if dry else ["-y"]
-    return run_pyinfra([pyinfra, "-v", inventory, "deploys/rebuild.py", "--limit", host, *mode])
+    from gpufleet.paths import packaged_deploy
+
+    rebuild_deploy = packaged_deploy("deploys/rebuild.py")
+    return run_pyinfra([pyinfra, "-v", inventory, rebuild_deploy, "--limit", host, *mode])
 
 
 def run_pyinfra(command: list[str]) -> int:
@@ -958,8 +962,11 @@ def down() -> int:
 #     main_group.add_command(some_command)            # gpufleet some-command ...
 # It returns its exit code (an int, or None for 0); a user's mistake it raises (an
 # InventoryError, NoHostsSelected, OSError ...) is reported by FleetGroup as one line.
+from gpufleet.onboarding import discover_command, init_command  # noqa: E402
 from gpufleet.status import status_command  # noqa: E402 (registered after the built-ins)
 
+main_group.add_command(init_command, "init")
+main_group.add_command(discover_command, "discover")
 main_group.add_command(status_command, "status")
 main_group.add_command(plot_command, "plot")
 

@@ -13,6 +13,7 @@ Deploys then read ``host_spec()`` and never raw ``host.data``.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import traceback
 import weakref
@@ -69,23 +70,39 @@ class InventoryError(PyinfraError):
         super().__init__(f"{source}: {count}, {stage}:\n{lines}")
 
 
-def project_root(inventory_path: Path) -> Path:
-    """The folder holding ``group_data/`` for an inventory (its nearest ancestor with one)."""
-    for folder in inventory_path.resolve().parents:
-        if (folder / "group_data").is_dir():
-            return folder
-    return Path.cwd()
+def group_data_folders(
+    inventory_path: str | Path, cwd: str | None = None, extra: tuple[str, ...] = ()
+) -> list[Path]:
+    """The group_data pyinfra 3 reads for ``pyinfra INVENTORY ...`` run from ``cwd``, in its
+    order (a later one's keys win): ``group_data/`` of the folder it runs from, that of the
+    inventory's own folder when that is another folder, then each ``--group-data`` path.
+    Only those that exist (pyinfra skips the others). ``cwd`` defaults to this process's
+    folder, as pyinfra's does."""
+    here = cwd if cwd is not None else os.getcwd()
+    # pyinfra_cli.inventory.make_inventory_from_files, compared as strings as it does.
+    folders = [Path(here) / "group_data"]
+    inventory_folder = str(Path(inventory_path).parent.resolve())
+    if inventory_folder != here:
+        folders.append(Path(inventory_folder) / "group_data")
+    folders += [Path(path) for path in extra]
+    return [folder for folder in folders if folder.exists()]
 
 
-def group_data_folders(inventory_path: Path) -> list[Path]:
-    """The group_data folders pyinfra reads for an inventory, in its order."""
-    root = project_root(inventory_path) / "group_data"
-    beside = inventory_path.resolve().parent / "group_data"
-    return [folder for folder in dict.fromkeys((root, beside)) if folder.is_dir()]
+def pyinfra_group_data_option() -> tuple[str, ...]:
+    """``--group-data`` as given to the pyinfra command this process runs (within its click
+    command), so a check made while it loads the inventory reads the same group_data."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    callback = getattr(context.command, "callback", None) if context else None
+    if context is None or not getattr(callback, "__module__", "").startswith("pyinfra_cli"):
+        return ()
+    return tuple(context.params.get("group_data") or ())
 
 
-def load_inventory(path: str | Path) -> Inventory:
-    """Build the Inventory exactly as ``pyinfra PATH ...`` would, without connecting."""
+def load_inventory(path: str | Path, group_data: tuple[str, ...] = ()) -> Inventory:
+    """Build the Inventory exactly as ``pyinfra PATH ...`` run from this folder (with
+    ``--group-data`` for each of ``group_data``) would, without connecting."""
     from pyinfra_cli.inventory import make_inventory
 
     inventory_path = Path(path)
@@ -93,7 +110,11 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InventoryError(str(path), [Problem("-", "inventory", "no such inventory file")])
     with ctx_state.use(State()):
         try:
-            return make_inventory(str(inventory_path), cwd=str(project_root(inventory_path)))
+            return make_inventory(
+                str(inventory_path),
+                cwd=os.getcwd(),
+                group_data_directories=list(group_data) or None,
+            )
         except SyntaxError as error:
             raise InventoryError(str(path), [_syntax_problem(error)]) from None
         except PyinfraError:
@@ -159,13 +180,16 @@ def duplicate_definitions(groups: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def unknown_group_data(inventory: Inventory, path: Path) -> list[Problem]:
+def unknown_group_data(
+    inventory: Inventory, path: Path, group_data: tuple[str, ...] = ()
+) -> list[Problem]:
     """group_data files named after no group: pyinfra loads them and applies them to nobody."""
     used = {group for host in inventory for group in host.groups}
     known = {*HOST_GROUPS, "all", path.stem, *used}
     problems = []
-    for folder in group_data_folders(path):
-        for file in sorted(folder.glob("*.py")):
+    for folder in group_data_folders(path, extra=group_data):
+        files = [folder] if folder.is_file() else sorted(folder.glob("*.py"))
+        for file in files:
             if file.stem not in known:
                 problems.append(
                     Problem(
@@ -330,7 +354,9 @@ def validate(
             Problem(
                 "-",
                 "inventory",
-                "no hosts; list them in groups, e.g. gpu_nodes = [('desk', {...})]",
+                "no hosts; add one with 'gpufleet discover ADDRESS' (it writes hosts.yaml "
+                "beside the inventory), or list them in groups of the inventory, e.g. "
+                "gpu_nodes = [('desk', {...})]",
             )
         )
     problems += replaced_dicts(inventory)
@@ -369,15 +395,16 @@ def _catalogue_or_raise(load: Callable[[], Catalogue], source: str, stage: str) 
         raise InventoryError(source, problems, stage) from None
 
 
-def validate_file(path: str | Path) -> dict[str, HostSpec]:
-    """Load and validate an inventory file; contacts no host."""
+def validate_file(path: str | Path, group_data: tuple[str, ...] = ()) -> dict[str, HostSpec]:
+    """Load and validate an inventory file as ``pyinfra PATH ...`` run from this folder loads
+    it (with ``--group-data`` for each of ``group_data``); contacts no host."""
     token = _checking.set(True)  # the inventory's own check_inventory() call is this one
     try:
         catalogue = inventory_catalogue(path)
-        inventory = load_inventory(path)
+        inventory = load_inventory(path, group_data)
         use_inventory(path)
         problems = duplicate_definitions(_raw_groups(Path(path)))
-        problems += unknown_group_data(inventory, Path(path))
+        problems += unknown_group_data(inventory, Path(path), group_data)
         return validate(inventory, str(path), problems, catalogue=catalogue)
     finally:
         _checking.reset(token)
@@ -396,7 +423,7 @@ def check_inventory(path: str) -> None:
     """
     use_inventory(path)  # its catalogue.yaml is the one the deploys plan with
     if not _checking.get():
-        validate_file(path)
+        validate_file(path, pyinfra_group_data_option())
     use_tcp_nodelay()
     check_before_connecting()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -823,6 +823,13 @@ class DcgmExporter(Spec):
     only those hosts; see ``firewall``)."""
 
 
+NVIDIA_DRIVER_GROUPS = ("gpu_nodes", "proxmox_hosts")
+"""Groups whose deploys install the NVIDIA driver from Debian's archive."""
+NVIDIA_DRIVER_COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")
+"""Debian's components holding the NVIDIA driver (non-free), its firmware
+(non-free-firmware) and what they depend on (contrib)."""
+
+
 class HostSpec(Spec):
     """Everything gpufleet knows about one host, validated from inventory + group_data.
 
@@ -855,8 +862,24 @@ class HostSpec(Spec):
     """Debian security mirror."""
     apt_components: tuple[Annotated[str, Field(pattern=APT_COMPONENT_PATTERN)], ...] = ("main",)
     """Archive components; GPU nodes add contrib, non-free and non-free-firmware."""
+    # (By default: see _driver_components, for gpu_nodes and proxmox_hosts; the README's
+    # reference is generated from the line above.)
     apt_cache_hours: int = Field(24, ge=0)
     """How old the apt lists may be before a deploy refreshes them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _driver_components(cls, data: Any) -> Any:
+        """A host that gets the NVIDIA driver needs Debian's non-free archive: the default
+        of every such host, so a fleet needs no group_data file for it."""
+        if (
+            isinstance(data, dict)
+            and "apt_components" not in data
+            and set(data.get("groups") or ()) & set(NVIDIA_DRIVER_GROUPS)
+        ):
+            return {**data, "apt_components": NVIDIA_DRIVER_COMPONENTS}
+        return data
+
     ntp_servers: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = (
         "0.debian.pool.ntp.org",
         "1.debian.pool.ntp.org",

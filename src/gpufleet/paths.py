@@ -3,7 +3,6 @@
 import shlex
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 """The templates ship inside the package, so an installed wheel renders what the clone does
 (``templates/`` at the top of the repository points here)."""
@@ -20,7 +19,17 @@ DEPLOYS = (
 """Every group's deploy, in the order a fleet is brought up (the secret store before the
 router and gateway that read it); together they are one host's full stack."""
 EVERY_DEPLOY = ("deploys/common.py", *DEPLOYS)
-"""The group deploys and the one every host gets on its own (its baseline and Tailscale)."""
+"""The group deploys and the one every host gets on its own (its baseline and Tailscale), as
+a fleet's folder names them (thin files running the packaged deploys; see
+:mod:`gpufleet.deploys`)."""
+
+
+def packaged_deploy(deploy: str) -> str:
+    """The deploy file gpufleet ships for ``deploys/<name>.py``: what a command run from any
+    folder plans or runs, whether or not that folder has a ``deploys/``."""
+    from gpufleet import deploys
+
+    return str(deploys.path(deploy))
 
 
 def template(name: str) -> str:

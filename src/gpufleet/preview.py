@@ -22,6 +22,7 @@ silent guess.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -173,10 +174,8 @@ def plan(
     forget_fleet()  # the fleet of a previous plan in this process is not this inventory's
     state = State(check_for_changes=True)
     ctx_state.set(state)
-    from gpufleet.inventory import project_root
-
-    # group_data/ as pyinfra run from the project folder finds it, as validation reads it.
-    hosts_of = make_inventory(inventory, cwd=str(project_root(Path(inventory))))
+    # group_data/ as pyinfra run from this folder finds it, as validation reads it.
+    hosts_of = make_inventory(inventory, cwd=os.getcwd())
     ctx_inventory.set(hosts_of)
     config = Config()
     ctx_config.set(config)

@@ -202,7 +202,7 @@ def test_vault_secrets_need_an_address_and_token(monkeypatch):
 
 def test_the_inference_deploy_runs_every_engines_role_in_the_registrys_order():
     """Adding an engine to the registry without its step in deploys/inference.py fails here."""
-    tree = ast.parse((ROOT / "deploys/inference.py").read_text())
+    tree = ast.parse((ROOT / "src/gpufleet/deploys/inference.py").read_text())
     modules = {
         alias.asname or alias.name: f"{node.module}.{alias.name}"
         for node in tree.body

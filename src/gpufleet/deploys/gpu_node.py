@@ -1,0 +1,30 @@
+"""GPU nodes: the baseline, then on hosts of gpu_nodes the NVIDIA driver (or, in an LXC
+container, the driver's user space at its host's version), Docker and the NVIDIA Container
+Toolkit.
+
+pyinfra inventory/homelab.py deploys/gpu_node.py --limit gpu_nodes
+pyinfra inventory/lab.py deploys/gpu_node.py
+"""
+
+from pyinfra import host
+
+from gpufleet.inventory import host_spec
+from gpufleet.roles.baseline import baseline
+from gpufleet.roles.container_runtime import container_runtime
+from gpufleet.roles.gpu import gpu_detection
+from gpufleet.roles.lxc_guest import nvidia_userland
+from gpufleet.roles.nvidia_driver import nvidia_driver
+
+spec = host_spec()
+
+baseline(spec)
+
+if "gpu_nodes" in spec.groups:
+    gpu_detection(spec)
+    if spec.lxc_guest is not None:
+        nvidia_userland(spec)
+    else:
+        nvidia_driver(spec)
+    container_runtime(spec)
+else:
+    host.noop(f"{spec.name} is not in gpu_nodes: GPU steps skipped")
