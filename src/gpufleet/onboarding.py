@@ -128,7 +128,7 @@ def init_fleet(folder: Path, force: bool = False) -> list[Path]:
 
 
 @click.command(
-    "init", short_help="Start a fleet folder: inventory.py, hosts.yaml, group_data/, deploys/."
+    "init", short_help="Start a fleet folder: inventory, hosts.yaml, group_data, deploys."
 )
 @click.argument("folder", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="overwrite files that are already there")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet import cli, outputs
+from gpufleet.paths import packaged_deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORIES = [
@@ -402,7 +403,8 @@ def test_rebuild_asks_before_it_changes_anything(capsys, monkeypatch, pyinfra_ca
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
     assert run(capsys, "rebuild", nowhere, "box")[0] == 0
     pyinfra = str(Path(sys.executable).parent / "pyinfra")
-    assert pyinfra_calls == [[pyinfra, "-v", nowhere, "deploys/rebuild.py", "--limit", "box", "-y"]]
+    rebuild_deploy = packaged_deploy("deploys/rebuild.py")
+    assert pyinfra_calls == [[pyinfra, "-v", nowhere, rebuild_deploy, "--limit", "box", "-y"]]
 
 
 @pytest.mark.parametrize(("flag", "mode"), [("--yes", "-y"), ("-y", "-y"), ("--dry", "--dry")])
