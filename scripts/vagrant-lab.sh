@@ -33,8 +33,8 @@ NETWORKS=(gpufleet-vagrant gpufleet-vagrant-mgmt)
 
 # Time-outs in seconds: twice the cold run measured on a 2-core Debian 12 machine (docs/vagrant.md).
 T_INSTALL=240
-T_BOX=360
-T_UP=420
+T_BOX=480
+T_UP=480
 T_CONVERGE=900
 T_RECONVERGE=240
 T_VERIFY=240
@@ -84,7 +84,7 @@ forward_before=$(cat /proc/sys/net/ipv4/ip_forward)
 # The VM, and what vagrant could not remove (a run killed half-way, a lost .vagrant folder).
 remove_lab() {
     if [ -d .vagrant ] || "${VIRSH[@]}" list --all --name 2>/dev/null | grep -q '^gpufleet-'; then
-        timeout "$T_DESTROY" vagrant destroy -f >/dev/null 2>&1
+        timeout "$T_DESTROY" vagrant destroy -f --no-tty >/dev/null 2>&1
     fi
     for domain in $("${VIRSH[@]}" list --all --name 2>/dev/null | grep '^gpufleet-'); do
         "${VIRSH[@]}" destroy "$domain" >/dev/null 2>&1
@@ -99,6 +99,30 @@ remove_lab() {
     done
     rm -rf "$BOOT_DIR" .vagrant/machines/"$HOST"
 }
+# A libvirtd that starts adds its (empty, once its networks are gone) LIBVIRT_* chains to
+# iptables, and the iptables-nft tables holding them; a daemon this script started leaves none.
+tables_before=$(nft list tables 2>/dev/null || true)
+remove_libvirt_firewall() {
+    local tool table chain
+    for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.2; done
+    for tool in iptables ip6tables; do
+        command -v "$tool" >/dev/null || continue
+        for table in filter nat mangle; do
+            "$tool" -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ -j LIBVIRT_' \
+                | while read -r _ parent _ chain; do "$tool" -t "$table" -D "$parent" -j "$chain"; done
+            for chain in $("$tool" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^LIBVIRT_/ {print $2}'); do
+                "$tool" -t "$table" -F "$chain"
+                "$tool" -t "$table" -X "$chain"
+            done
+        done
+    done
+    nft list tables 2>/dev/null | while read -r _ family table; do
+        grep -qx "table $family $table" <<<"$tables_before" && continue
+        # Made during this run: removed when no rule is left in it.
+        nft list table "$family" "$table" | grep -qvE '^\s*(table|chain|type|\}|$)' \
+            || nft delete table "$family" "$table"
+    done
+}
 cleanup() {
     local rc=$?
     set +e
@@ -112,6 +136,7 @@ cleanup() {
     for daemon in "${started_daemons[@]}"; do
         pid=$(cat "/run/$daemon.pid" 2>/dev/null) && kill "$pid" 2>/dev/null
     done
+    [ ${#started_daemons[@]} -eq 0 ] || remove_libvirt_firewall
     # libvirt turns forwarding on for its NAT networks; the nspawn lab needs it on while it runs.
     ip link show gflab0 >/dev/null 2>&1 || echo "$forward_before" >/proc/sys/net/ipv4/ip_forward
     log "done in $((SECONDS - started_at)) s, exit status $rc"
@@ -155,7 +180,7 @@ if ! vagrant box list 2>/dev/null | grep -q "^$GPUFLEET_BOX "; then
     for old in $(vagrant box list 2>/dev/null | awk '$1 ~ /^gpufleet\/bookworm-/ {print $1}'); do
         vagrant box remove -f --all "$old" >/dev/null
     done
-    step "vagrant box add" "$T_BOX" vagrant box add -f --name "$GPUFLEET_BOX" "$BOX.box"
+    step "vagrant box add" "$T_BOX" vagrant box add --no-tty -f --name "$GPUFLEET_BOX" "$BOX.box"
 fi
 mkdir -p "$BOOT_DIR"
 install -m 644 "$BOX.vmlinuz" "$BOOT_DIR/vmlinuz"
@@ -165,7 +190,7 @@ install -m 644 "$BOX.initrd" "$BOOT_DIR/initrd.img"
 mkdir -p "$HOME/.local/state/gpufleet/lab"
 [ -f "$HOME/.local/state/gpufleet/lab/id_ed25519" ] \
     || ssh-keygen -q -t ed25519 -N '' -f "$HOME/.local/state/gpufleet/lab/id_ed25519"
-step "vagrant up $HOST" "$T_UP" vagrant up "$HOST" --provider=libvirt
+step "vagrant up $HOST" "$T_UP" vagrant up --no-tty "$HOST" --provider=libvirt
 step "first converge of deploys/gpu_node.py" "$T_CONVERGE" \
     "$BIN/pyinfra" -y "$INVENTORY" deploys/gpu_node.py --limit "$HOST"
 report=$(mktemp)
