@@ -14,6 +14,7 @@ VAGRANTFILE = (ROOT / "Vagrantfile").read_text()
 INVENTORY = ROOT / "inventory/vagrant.py"
 SCRIPT = (ROOT / "scripts/vagrant-lab.sh").read_text()
 VAGRANT_NETWORK = IPv4Network("10.201.0.0/24")
+LONG_RUNNING = r'vagrant (up|box add) |"\$BIN/(pyinfra|gpufleet)" |bash scripts/vagrant-box\.sh '
 
 
 def vagrantfile_hosts() -> dict[str, str]:
@@ -64,8 +65,7 @@ def test_every_long_step_runs_under_a_time_out():
     long_running = [
         line.strip()
         for line in commands
-        if re.search(r'vagrant (up|box add) |"\$BIN/(pyinfra|gpufleet)" |bash scripts/vagrant-box\.sh ', line)
-        and not line.lstrip().startswith("#")
+        if re.search(LONG_RUNNING, line) and not line.lstrip().startswith("#")
     ]
     assert len(long_running) >= 5, long_running
     for line in long_running:
