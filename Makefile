@@ -1,9 +1,10 @@
 # gpufleet: the two commands the README starts with, and the pieces they are made of.
 VENV ?= .venv
 BIN := $(VENV)/bin
-INVENTORIES := inventory/homelab.py inventory/lab.py inventory/lab_pi.py inventory/examples/*.py
+INVENTORIES := inventory/homelab.py inventory/lab.py inventory/lab_pi.py inventory/vagrant.py \
+	inventory/examples/*.py
 
-.PHONY: demo test test-fast lint docs host-tools lab-up lab-down
+.PHONY: demo test test-fast lint docs host-tools lab-up lab-down vagrant-test
 
 # Build and start the local lab, show the dry-run plan, deploy, deploy again (no changes).
 demo: $(BIN)/gpufleet host-tools
@@ -50,6 +51,11 @@ lab-up: $(BIN)/gpufleet host-tools
 
 lab-down: $(BIN)/gpufleet
 	$(BIN)/gpufleet lab down
+
+# One VM of the Vagrantfile (libvirt, QEMU software emulation): deploys/gpu_node.py converged
+# twice (the second changes nothing), gpufleet verify, destroyed; docs/vagrant.md. As root.
+vagrant-test: $(BIN)/gpufleet
+	VENV=$(VENV) bash scripts/vagrant-lab.sh
 
 $(BIN)/gpufleet: pyproject.toml
 	python3 -m venv $(VENV)

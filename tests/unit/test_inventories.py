@@ -21,6 +21,7 @@ SHIPPED = [
     "inventory/homelab.py",
     "inventory/lab.py",
     "inventory/lab_pi.py",
+    "inventory/vagrant.py",
     "bench/inventory.py",
     "inventory/examples/proxmox_desktop.py",
     "inventory/examples/three_node.py",
