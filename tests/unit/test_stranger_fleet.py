@@ -183,3 +183,34 @@ def test_an_unknown_model_says_how_to_declare_it(fleet_copy):
     for field in ("params_b", "layers", "kv_heads", "head_dim", "max_context", "catalogue.yaml"):
         assert field in problem
     assert "src/gpufleet" not in problem
+
+
+def test_the_fleet_works_from_a_folder_outside_this_clone(fleet_copy: Path, monkeypatch):
+    """Validate, plan and preview from the fleet's own folder, as its owner runs them: the
+    packaged deploys, the folder's catalogue.yaml, and no group_data of this repository."""
+    folder = fleet_copy.parent
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NO_COLOR": "1"}
+
+    def gpufleet(*arguments: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "gpufleet.cli", *arguments],
+            cwd=folder,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stdout
+
+    assert "3 hosts valid" in gpufleet("validate", "inventory.py")
+    assert "desk4060: 16 GB VRAM (288 GB/s)" in gpufleet("plan", "inventory.py")
+    previewed = gpufleet("preview", "inventory.py", "--summary")
+    for host in ("rig3090", "desk4060", "pi5"):
+        assert f"{host} (" in previewed
+    # The GPU boxes get the driver's archive components without any group_data here.
+    monkeypatch.chdir(folder)
+    specs = validate_file("inventory.py")
+    assert "non-free" in specs["rig3090"].apt_components
+    assert specs["pi5"].apt_components == ("main",)
