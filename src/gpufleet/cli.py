@@ -512,8 +512,7 @@ def preview(
     facts from the recorded profile of each host's OS instead of the host itself."""
     from gpufleet.outputs import OperationOut, PreviewHost, PreviewOutput
     from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
-    from gpufleet.preview import plan as plan_deploys
-    from gpufleet.preview import profiles_for
+    from gpufleet.preview import plan_each, profiles_for
     from gpufleet.preview import record as record_profile
 
     selected_hosts(inventory, limit)
@@ -530,7 +529,7 @@ def preview(
         return 0
     profiles = profiles_for(inventory, list(limit))
     try:
-        planned = plan_deploys(
+        planned, stopped = plan_each(
             inventory,
             chosen,
             lambda host, fact, arguments: profiles[host].answer(fact, arguments),
@@ -538,6 +537,7 @@ def preview(
         )
     except Exception as error:  # a deploy's own error: shown as a pyinfra run would stop
         _fail(f"gpufleet preview: {type(error).__name__}: {error}")
+    code = EXIT_FAILED if stopped else 0  # as the real run would fail; the others still shown
     if as_json:
         hosts = [
             PreviewHost(
@@ -556,8 +556,10 @@ def preview(
             )
             for host, operations in planned.items()
         ]
-        _emit_json(PreviewOutput(deploys=chosen, hosts=hosts))
-        return 0
+        for host, why in stopped.items():
+            _warn(f"gpufleet preview: {host} would stop: {why}")
+        _emit_json(PreviewOutput(deploys=chosen, hosts=hosts, stopped=stopped))
+        return code
     for host, operations in planned.items():
         changing = [op for op in operations if op.changes]
         print(
@@ -568,7 +570,9 @@ def preview(
             print(f"  {'*' if operation.changes else ' '} {operation.name}")
             for command in operation.commands if verbose else ():
                 print(f"      {command}")
-    return 0
+    for host, why in stopped.items():
+        print(f"{host} ({profiles[host].name}): would stop: {why}")
+    return code
 
 
 @main_group.command(short_help="Run the testinfra suites against the hosts over SSH.")

@@ -199,6 +199,10 @@ class PreviewHost(_Strict):
 class PreviewOutput(_Strict):
     deploys: list[str]
     hosts: list[PreviewHost]
+    stopped: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hosts a deploy would stop on, with why; the others are planned.",
+    )
 
 
 # --- gpufleet verify ---------------------------------------------------------------------

@@ -228,6 +228,40 @@ def plan(
     return planned
 
 
+def plan_each(
+    inventory: str,
+    deploys: list[str],
+    answer: Callable[[str, str, str], Any] | None,
+    limit: list[str] | None = None,
+) -> tuple[dict[str, list[PlannedOperation]], dict[str, str]]:
+    """:func:`plan` for every selected host, where a deploy that stops on one host (a model
+    file not on it, a driver it cannot take) does not hide what the others would do: the
+    hosts are then planned one by one. Returns the operations of the hosts that plan, and
+    for each host that stops, why (the deploy's own message), as a real run would stop."""
+    from gpufleet.inventory import validate_file
+    from gpufleet.selection import select_hosts
+
+    try:
+        return plan(inventory, deploys, answer, limit), {}
+    except Exception as error:
+        if isinstance(error, MissingFact):
+            raise  # a profile without the fact: the preview itself is wrong, not a host
+        whole_fleet_error = error
+    names = select_hosts(validate_file(inventory), limit, source=inventory).names
+    planned: dict[str, list[PlannedOperation]] = {}
+    stopped: dict[str, str] = {}
+    for name in names:
+        try:
+            planned.update(plan(inventory, deploys, answer, [name]))
+        except MissingFact:
+            raise
+        except Exception as error:
+            stopped[name] = f"{type(error).__name__}: {error}"
+    if not stopped:  # each host plans alone: the failure belonged to the fleet as a whole
+        raise whole_fleet_error
+    return planned, stopped
+
+
 def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, FactProfile]:
     """Each host's profile, chosen by its ``os`` and ``arch`` (see ``OS_PROFILES``)."""
     from gpufleet.inventory import inventory_catalogue, validate_file

@@ -445,3 +445,22 @@ def test_bench_accounts_for_every_round_even_of_an_endpoint_given_up(tmp_path, m
     assert len(rows) == 2
     assert sum(rounds) == 2 * 2 * 3 and rounds[-1] == 6
     assert not math.isnan(float(str(rows[0]["ttft_ci95_s"])))
+
+
+def test_a_host_the_deploys_would_stop_on_hides_none_of_the_others(capsys):
+    # Three hosts of this example serve a GGUF file no fresh host has: each would stop, and
+    # the Proxmox host that does not is still planned in full.
+    example = "inventory/examples/proxmox_desktop.py"
+    code, out, err = run(capsys, "preview", example, "--json")
+    assert code == 1
+    assert "gpufleet preview: xps15 would stop: DeployError" in err
+    document = json.loads(out)
+    conforms("preview", document)
+    assert sorted(document["stopped"]) == ["jetson-orin-nano", "schlimers-server", "xps15"]
+    assert "Llama-3.2-1B-Instruct-Q4_K_M.gguf is not on the host" in document["stopped"]["xps15"]
+    assert [h["host"] for h in document["hosts"]] == ["proxmox-homelab"]
+    assert document["hosts"][0]["changing"] > 0
+    code, out, _ = run(capsys, "preview", example, "--summary")
+    assert code == 1
+    assert "proxmox-homelab (proxmox8-amd64+1xNVIDIA): " in out
+    assert "xps15 (proxmox8-amd64+1xNVIDIA): would stop: DeployError: xps15: models:" in out
