@@ -195,7 +195,9 @@ def _console(stderr: bool = False) -> Console:
         markup=False,  # inventory text ("models[0]") is never read as rich markup
         emoji=False,
         highlight=False,
-        width=None if terminal else int(os.environ.get("COLUMNS") or 400),
+        # Not COLUMNS: it describes a terminal (test runners set it for their children too),
+        # and a table in a file or a pipe is read by programs that want one row a line.
+        width=None if terminal else 400,
     )
 
 

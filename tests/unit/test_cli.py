@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -464,3 +465,15 @@ def test_a_host_the_deploys_would_stop_on_hides_none_of_the_others(capsys):
     assert code == 1
     assert "proxmox-homelab (proxmox8-amd64+1xNVIDIA): " in out
     assert "xps15 (proxmox8-amd64+1xNVIDIA): would stop: DeployError: xps15: models:" in out
+
+
+def test_a_table_into_a_pipe_keeps_one_row_a_line_whatever_columns_says():
+    # Test runners and some shells export COLUMNS=80 to children whose output is a pipe.
+    environment = {**os.environ, "COLUMNS": "40", "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gpufleet.cli", "plan", "inventory/homelab.py"],
+        cwd=ROOT, env=environment, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "qwen2.5-coder:32b" in line]
+    assert rows and all("ollama" in row and "tok/s" in row for row in rows)

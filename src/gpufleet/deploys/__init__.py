@@ -46,6 +46,20 @@ def run(name: str) -> None:
     exec(_compiled[key], {"__file__": key})
 
 
+def include(name: str) -> None:
+    """Run the packaged deploy ``name`` inside the one running now (``local.include`` for a
+    packaged file), its operations named ``deploys/<name>.py | ...`` as a fleet folder's own
+    file would name them, not after wherever the package is installed."""
+    from pyinfra import config, host
+
+    saved = config.get_current_state()  # as local.include: the included file's config stays in it
+    try:
+        with host.deploy(f"deploys/{Path(name).stem}.py", None, None, in_deploy=False):
+            run(name)
+    finally:
+        config.set_current_state(saved)
+
+
 def thin_file(name: str) -> str:
     """The text of a fleet folder's ``deploys/<name>.py``: the packaged deploy's description,
     and one call that runs it."""

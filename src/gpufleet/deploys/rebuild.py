@@ -6,13 +6,12 @@ gpufleet rebuild inventory/homelab.py HOST --dry    # show all of it, change not
 gpufleet rebuild inventory/homelab.py HOST          # do it (asks first; -y does not)
 """
 
-from pathlib import Path
-
-from pyinfra import host, local, logger
+from pyinfra import host, logger
 from pyinfra.api.exceptions import DeployError
 
 from gpufleet.catalogue import fleet_catalogue
 from gpufleet.checks import check_host
+from gpufleet.deploys import include
 from gpufleet.engines import serving
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.facts.system import MachineResources
@@ -21,7 +20,6 @@ from gpufleet.operations import inference
 from gpufleet.planner import plan_host
 from gpufleet.rebuild import detected_hardware, hardware_differences, placement_moves, replanned
 
-HERE = Path(__file__).parent  # the other deploys ship beside this one
 catalogue = fleet_catalogue()
 spec = host_spec()
 resources = host.get_fact(MachineResources)
@@ -53,10 +51,10 @@ if spec.models and not moves:
 # 2. The host's deploys, with the hardware it has.
 use_spec(rebuilt)
 if "gpu_nodes" in spec.groups:
-    local.include(str(HERE / "gpu_node.py"))
+    include("gpu_node")
 if "proxmox_hosts" in spec.groups:
-    local.include(str(HERE / "proxmox_host.py"))
-local.include(str(HERE / "inference.py"))
+    include("proxmox_host")
+include("inference")
 
 # 3. Its servers answer (warm-up already ran after any restart).
 for engine in serving(rebuilt):
