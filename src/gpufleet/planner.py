@@ -475,18 +475,3 @@ def placement_cells(p: PlacementPlan) -> tuple[str, ...]:
         where += f" ({p.gpu_layers}/{p.layers} layers on GPU)"
     bound = f"<= {p.bound_tok_s:g} tok/s" if p.bound_tok_s else "-"
     return (p.model, p.engine, p.quant, str(p.context), f"{p.need_gb:.1f} GB", where, bound)
-
-
-def format_plan(plan: HostPlan) -> str:
-    """The plan of one host as a small table, each column as wide as its widest cell."""
-    rows = [PLAN_COLUMNS, *(placement_cells(p) for p in plan.placements)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(PLAN_COLUMNS))]
-    right = {PLAN_COLUMNS.index("context"), PLAN_COLUMNS.index("needs")}
-    lines = [plan_summary(plan)]
-    for row in rows:
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append(("  " + "  ".join(cells)).rstrip())
-    return "\n".join(lines)

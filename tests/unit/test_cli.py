@@ -281,17 +281,6 @@ def test_a_partial_placement_no_longer_runs_into_the_next_column(capsys):
     assert all(line == line.rstrip() for line in out.splitlines())
 
 
-def test_format_plan_sizes_its_columns_to_the_cells():
-    from gpufleet.catalogue import load_catalogue
-    from gpufleet.inventory import validate_file
-    from gpufleet.planner import format_plan, plan_host
-
-    text = format_plan(plan_host(validate_file(ROOT / HOMELAB)["akshat-pc"], load_catalogue()))
-    rows = text.splitlines()[2:]
-    assert len({line.index("<= ") for line in rows}) == 1
-    assert any(re.search(r"layers on GPU\)\s{2,}<= ", line) for line in rows)
-
-
 def test_no_color_and_a_pipe_give_plain_text(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     assert cli._console().no_color

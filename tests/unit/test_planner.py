@@ -10,7 +10,7 @@ import pytest
 from gpufleet.catalogue import load_catalogue
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
-from gpufleet.planner import format_plan, plan_host, ram_bandwidth_gbs
+from gpufleet.planner import plan_host, plan_summary, ram_bandwidth_gbs
 from gpufleet.sizing import SYSTEM_RESERVE_GB
 
 ROOT = Path(__file__).parents[2]
@@ -131,7 +131,7 @@ def test_apple_and_jetson_unified_memory_is_planned_as_gpu_memory():
     assert mac.unified and mac.vram_gb == 16  # two thirds of 24 GB: Metal's working set
     assert {p.where for p in mac.placements} == {"gpu"}
     assert all(p.gpu_layers == p.layers for p in mac.placements)
-    assert "24 GB unified memory (16 GB of it for the GPU" in format_plan(mac)
+    assert "24 GB unified memory (16 GB of it for the GPU" in plan_summary(mac)
     jetson_spec = validate_file(ROOT / "inventory/examples/proxmox_desktop.py")["jetson-orin-nano"]
     jetson = plan_host(jetson_spec, catalogue)
     assert jetson.unified and jetson.vram_gb == jetson_spec.hardware.ram_gb - SYSTEM_RESERVE_GB
