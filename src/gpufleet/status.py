@@ -411,8 +411,7 @@ def engine_probes(
         ]
         indices = {index for index, _ in placed}
         planned_gb = sum(p.need_gb for p in plan.placements if p.index in indices and not p.problem)
-        # None: an engine without an address of its own (a container Docker publishes).
-        listen = str(getattr(engine.settings(spec), "address", None) or "0.0.0.0")
+        listen = engine.address(spec)  # decided by validate_file where the inventory is silent
         reach = address if IPv4Address(listen).is_unspecified else listen
         base = f"http://{reach}:{engine.port(spec)}"
         status = EngineStatus(
