@@ -416,6 +416,14 @@ def _place(
     return result
 
 
+def largest_loaded(spec: HostSpec, plan: HostPlan, engine: Engine) -> list[PlacementPlan]:
+    """The largest set of placements an engine that loads models on demand (Ollama) may keep
+    loaded at once: its ``max_loaded`` biggest by need."""
+    placed = [p for p in plan.placements if p.engine == engine.name and not p.problem]
+    placed.sort(key=lambda p: p.need_gb, reverse=True)
+    return placed[: engine.max_loaded(spec)]
+
+
 def _loaded_sets(
     spec: HostSpec, plan: HostPlan, vram: float, ram_free: float
 ) -> list[tuple[str, str]]:
@@ -424,12 +432,8 @@ def _loaded_sets(
     stall."""
     problems = []
     for engine in {engine_for(spec, p) for p in spec.models if engine_for(spec, p).loads_on_demand}:
-        sizes = sorted(
-            (p.need_gb for p in plan.placements if p.engine == engine.name and not p.problem),
-            reverse=True,
-        )
         settings = engine.settings(spec)
-        largest = sizes[: engine.max_loaded(spec)]
+        largest = [p.need_gb for p in largest_loaded(spec, plan, engine)]
         room = vram + max(ram_free, 0.0)
         if largest and sum(largest) > room:
             field_name = (

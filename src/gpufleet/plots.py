@@ -231,15 +231,13 @@ def largest_loaded_sets(spec: HostSpec, plan: HostPlan) -> dict[str, list[int]]:
     """Per on-demand engine of the host, the placements (indices) of the largest set it may
     keep loaded at once, as the planner checks it: the biggest ``max_loaded`` by need."""
     from gpufleet.engines import serving
+    from gpufleet.planner import largest_loaded
 
-    found = {}
-    for engine in serving(spec):
-        if not engine.loads_on_demand:
-            continue
-        placed = [p for p in plan.placements if p.engine == engine.name and not p.problem]
-        placed.sort(key=lambda p: p.need_gb, reverse=True)
-        found[engine.name] = [p.index for p in placed[: engine.max_loaded(spec)]]
-    return found
+    return {
+        engine.name: [p.index for p in largest_loaded(spec, plan, engine)]
+        for engine in serving(spec)
+        if engine.loads_on_demand
+    }
 
 
 def _stack(
