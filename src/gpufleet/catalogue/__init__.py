@@ -398,9 +398,11 @@ def _model_entries(raw: dict[str, ModelFigures], declared: str | None) -> dict[s
     }
 
 
-class _UniqueKeys(yaml.SafeLoader):
+class _UniqueKeys(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """YAML's safe loader, refusing a key written twice in one map (the plain loader keeps
-    the last silently: an entry pasted twice would hide the first)."""
+    the last silently: an entry pasted twice would hide the first). libyaml's parser where
+    PyYAML has it: the built-in catalogue is read by every run, and PyYAML's own parser
+    takes a quarter of a second over it."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
