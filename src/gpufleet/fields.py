@@ -140,7 +140,9 @@ class Spec(BaseModel):
     string holds a control character (a newline would end the line of the unit, config file
     or command it goes into and start one of its own)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # No use_attribute_docstrings: pydantic would read and parse each model's source as it
+    # defines the class, a tenth of a second of every run; the reference page reads them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @field_validator("*", mode="after")
     @classmethod

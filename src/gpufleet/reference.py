@@ -6,8 +6,13 @@ gpufleet reference      # prints the Markdown that docs/reference/host-data.md h
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
+import textwrap
+from functools import cache
 from ipaddress import IPv4Address
+from itertools import pairwise
 from typing import Any
 
 from pydantic import BaseModel
@@ -93,6 +98,41 @@ def _default(field: Any) -> str:
     return f"`{value!r}`" if value not in ({}, []) else "empty"
 
 
+@cache
+def _docstrings(cls: type) -> dict[str, str]:
+    """The docstrings written under the fields of one class body (a string right after
+    ``name: type = ...``), as pydantic's ``use_attribute_docstrings`` reads them."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0]
+    found = {}
+    statements = getattr(body, "body", [])
+    for field, after in pairwise(statements):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            found[field.target.id] = inspect.cleandoc(after.value.value)
+    return found
+
+
+def field_meaning(model: type[BaseModel], name: str) -> str:
+    """A field's description, or else the docstring under it in the nearest class that
+    defines it."""
+    description = model.model_fields[name].description
+    if description is not None:
+        return description
+    for cls in model.__mro__:
+        if name in getattr(cls, "__annotations__", {}):
+            return _docstrings(cls).get(name, "")
+    return ""
+
+
 def markdown() -> str:
     out = []
     for title, model in SECTIONS:
@@ -100,7 +140,7 @@ def markdown() -> str:
         for name, field in model.model_fields.items():
             if model is HostSpec and name in SET_BY_GPUFLEET:
                 continue
-            meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+            meaning = " ".join(field_meaning(model, name).split()).replace("|", "\\|")
             kind = _type_name(field.annotation).replace("|", "\\|")
             out.append(f"| `{name}` | `{kind}` | {_default(field)} | {meaning} |")
         out.append("")
