@@ -377,7 +377,39 @@ def validate(
         problems += check_fleet(specs, addresses)
     if problems:
         raise InventoryError(source, problems, stage)
+    _passed.append(({host.name: _as_given(host) for host in inventory}, specs))
+    del _passed[:-4]  # a run has one inventory; a long process (a test session) many
     return decide_fleet(specs)
+
+
+_passed: list[tuple[dict[str, tuple[tuple[str, ...], dict[str, Any]]], dict[str, HostSpec]]] = []
+"""Inventories that passed in this process: each host's groups and data as they were, and its
+spec before its addresses were decided. pyinfra builds the inventory a second time after the
+inventory file's own check; where every host of it is as it was, it is not checked again."""
+
+
+def _as_given(host: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return tuple(host.groups), host.data.dict()
+
+
+def _passed_before(inventory: Inventory) -> bool:
+    """Whether an inventory with exactly these hosts, groups and data passed already (no
+    ``--data`` override, no other file)."""
+    names = {host.name for host in inventory}
+    return any(
+        set(given) == names and all(given[host.name] == _as_given(host) for host in inventory)
+        for given, _ in _passed
+    )
+
+
+def _passed_spec(host: Any) -> HostSpec | None:
+    """The spec of ``host`` from an inventory that passed with the host as it is now."""
+    groups = [g for g in host.groups if g in (*HOST_GROUPS, "all")]  # as a deploy reads them
+    for given, specs in _passed:
+        spec = specs.get(host.name)
+        if spec and given[host.name] == _as_given(host) and list(spec.groups) == groups:
+            return spec
+    return None
 
 
 def inventory_catalogue(path: str | Path) -> Catalogue:
@@ -471,6 +503,9 @@ _checked_inventories: weakref.WeakSet[Inventory] = weakref.WeakSet()
 def _check_once(inventory: Inventory, stage: str = BEFORE_CONNECT) -> None:
     if inventory in _checked_inventories:
         return
+    if _passed_before(inventory):  # the inventory file's own check_inventory() passed it
+        _checked_inventories.add(inventory)
+        return
     # An inventory with no gpufleet host data (a one-off @local run) is not gpufleet's.
     if any(gpufleet_data(host.data.dict()) for host in inventory):
         validate(inventory, _inventory_file_group(inventory), stage=stage)
@@ -503,6 +538,8 @@ def host_spec() -> HostSpec:
     # inventory without the check line, gpufleet's entry point not installed), the deploy
     # still stops before its first operation.
     _check_once(host.inventory, BEFORE_CHANGES)
+    if host.name not in _validated and (passed := _passed_spec(host)) is not None:
+        _validated[host.name] = decide_addresses(passed, _undecided_fleet())
     if host.name not in _validated:
         groups = [g for g in host.groups if g in (*HOST_GROUPS, "all")]
         data = host.data.dict()
@@ -526,6 +563,9 @@ def spec_of(name: str) -> HostSpec:
     from pyinfra import host
 
     other = host.inventory.get_host(name)
+    passed = _passed_spec(other)
+    if passed is not None:
+        return passed
     groups = [g for g in other.groups if g in (*HOST_GROUPS, "all")]
     return spec_for(other.name, groups, other.data.dict())
 

@@ -320,3 +320,29 @@ def test_an_inventory_that_raises_names_file_and_line(tmp_path):
     with pytest.raises(InventoryError) as raised:
         validate_file(inventory)
     assert f"{inventory}:2: the file raised NameError" in str(raised.value)
+
+
+def test_a_run_validates_each_host_once(monkeypatch):
+    """pyinfra builds the inventory twice (once in the file's own check) and each deploy asks
+    for its host's spec and the fleet's: one validation per host serves them all."""
+    import gpufleet.inventory
+    from gpufleet.preview import plan, profiles_for
+
+    monkeypatch.setenv("GPUFLEET_BENCH_HOSTS", "3")
+    inventory = str(ROOT / "bench/inventory.py")
+    profiles = profiles_for(inventory)
+    validated: list[str] = []
+    spec_for = gpufleet.inventory.spec_for
+
+    def counted(name, groups, data):
+        validated.append(name)
+        return spec_for(name, groups, data)
+
+    monkeypatch.setattr(gpufleet.inventory, "spec_for", counted)
+    planned = plan(
+        inventory,
+        [str(ROOT / "deploys/common.py")],
+        lambda host, fact, arguments: profiles[host].answer(fact, arguments),
+    )
+    assert sorted(planned) == ["bench-1", "bench-2", "bench-3"]
+    assert sorted(validated) == sorted(planned)
