@@ -42,6 +42,7 @@ from gpufleet.connector_data import SSH_KEYS, SshData, ssh_data
 from gpufleet.exposure import decide_addresses, decide_fleet
 from gpufleet.fields import CONTROL_CHARACTER, PATTERN_HINTS, SECRET_REFERENCE_PATTERN
 from gpufleet.models import HOST_GROUPS, MOVED_KEYS, HostSpec
+from gpufleet.pyinfra_costs import install as cut_pyinfra_costs
 
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "local_")
 """host.data keys that belong to pyinfra's connectors and global arguments."""
@@ -457,6 +458,7 @@ def check_inventory(path: str) -> None:
     if not _checking.get():
         validate_file(path, pyinfra_group_data_option())
     use_tcp_nodelay()
+    cut_pyinfra_costs()
     check_before_connecting()
 
 

@@ -5,8 +5,9 @@ pyinfra runs the inventory file, then its group_data, then connects, and only th
 deploy files: a check in a deploy comes after every host was contacted. Before it connects it
 loads the ``pyinfra.connectors`` entry points of every installed package (while it builds the
 inventory), so gpufleet registers this module there; importing it makes pyinfra validate the
-whole inventory before it connects to the first host (``check_before_connecting``). It
-connects nothing itself: it is not an execution connector, and naming it as one is refused.
+whole inventory before it connects to the first host (``check_before_connecting``) and cuts
+its per-host costs (``gpufleet.pyinfra_costs``). It connects nothing itself: it is not an
+execution connector, and naming it as one is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pyinfra.api.exceptions import InventoryError as PyinfraInventoryError
 from pyinfra.connectors.base import BaseConnector
 
 from gpufleet.inventory import check_before_connecting
+from gpufleet.pyinfra_costs import install as cut_pyinfra_costs
 
 
 class InventoryChecks(BaseConnector):
@@ -33,3 +35,4 @@ class InventoryChecks(BaseConnector):
 
 
 check_before_connecting()
+cut_pyinfra_costs()
