@@ -14,6 +14,11 @@ What pyinfra spends per host and operation there is what makes a fleet slower th
   long as nothing could have changed it: until any command that is not a fact's runs on any
   host, a Python callback runs, or the run changes stage (a dry run's plan is asked afresh
   when the changes start).
+* **Facts asked one after the other.** An operation asks its facts in a known sequence:
+  ``files.put`` a file's ``File``, its folder's ``Directory`` and its ``Sha1File``;
+  ``systemd.service`` a unit's ``SystemdStatus`` and ``SystemdEnabled``. Where the first is
+  not kept, :meth:`FactCache.get` runs its command and the others' (:data:`FOLLOWERS`) as one
+  command and keeps each answer as its own command would have given it.
 
 Each change is installed once per process by :func:`install` (``check_inventory`` and
 gpufleet's pyinfra entry point call it) and keeps pyinfra's results identical.
@@ -24,7 +29,11 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import posixpath
+import re
+import shlex
 import sys
+import uuid
 from types import FrameType
 from typing import Any
 
@@ -101,6 +110,11 @@ class FactCache:
                 raise MissingCommandError(value)
             return copy.deepcopy(value)
         generation = self.generation
+        together = self.ask_together(state, host, cls, *rest[:2])
+        if key in together and self.keeps(generation, state, host):
+            for each, answer in together.items():
+                self.answers.setdefault(id(host), {})[each] = answer
+            return self.get(get_fact, state, host, cls, *rest)  # handed out as kept
         self.asking[id(host)] = False
         try:
             value = get_fact(state, host, cls, *rest)
@@ -115,6 +129,73 @@ class FactCache:
         if succeeded and self.keeps(generation, state, host):
             self.answers.setdefault(id(host), {})[key] = ("answer", copy.deepcopy(value))
         return value
+
+    def ask_together(
+        self, state: Any, host: Any, cls: Any, args: Any, kwargs: Any
+    ) -> dict[str, tuple[str, Any]]:
+        """The fact and those that follow it (:data:`FOLLOWERS`), asked with one command: each
+        fact's own command in a subshell, its exit status after it. Only those whose command
+        succeeded are returned, by key, processed as pyinfra processes a fact's output."""
+        from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+        from pyinfra.api.command import StringCommand
+
+        facts: Any = importlib.import_module("pyinfra.api.facts")
+        fact_kwargs, global_kwargs = facts._handle_fact_kwargs(state, host, cls, args, kwargs)
+        fact_kwargs.pop("self", None)
+        wanted = [(cls, fact_kwargs, ""), *follower_facts(cls, fact_kwargs)]
+        if len(wanted) == 1 or any(not _plain(fact) for fact, _, _ in wanted):
+            return {}
+        keys = [self.key(state, host, fact, None, dict(given)) for fact, given, _ in wanted]
+        if None in keys:
+            return {}
+        parts: list[Any] = []
+        commands = []
+        instances = []  # one per fact: a command may keep its arguments for processing
+        for fact, given, guard in wanted:
+            instance = fact()
+            instances.append(instance)
+            command = facts._make_command(instance.command, dict(given))
+            requires = facts._make_command(instance.requires_command, dict(given))
+            if requires:  # as pyinfra's _get_fact wraps it
+                command = StringCommand(
+                    "if", "command", "-v", requires, ">/dev/null", "2>&1;", "then", "(",
+                    command, ");", "else", "echo", f"'{facts._MISSING_COMMAND_MARKER}';", "fi",
+                )  # fmt: skip
+            commands.append(requires)
+            parts += ["(", guard, command, ");", "_s=$?;", "echo;", "echo", END, "$_s;"]
+        executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+        self.asking[id(host)] = False
+        try:
+            status, output = host.run_shell_command(
+                StringCommand(*parts),
+                print_output=state.print_fact_output,
+                print_input=state.print_fact_input,
+                **executor,
+            )
+        except Exception:  # timeouts, a lost connection: each fact is asked alone
+            return {}
+        finally:
+            self.asking.pop(id(host), None)
+        if not status:
+            return {}
+        found: dict[str, tuple[str, Any]] = {}
+        lines: list[str] = []
+        segments = iter(zip(instances, keys, commands, strict=True))
+        for line in output.stdout_lines:
+            end = _END_LINE.fullmatch(line)
+            if end is None:
+                lines.append(line)
+                continue
+            instance, key, requires = next(segments)
+            if lines and lines[-1] == "":  # the blank line echoed before the end line
+                lines.pop()
+            if end[1] == "0" and key is not None:
+                if lines == [facts._MISSING_COMMAND_MARKER]:
+                    found[key] = ("missing", str(requires))
+                elif (answer := _processed(instance, lines)) is not None:
+                    found[key] = answer
+            lines = []
+        return found
 
     def keeps(self, generation: int, state: Any, host: Any) -> bool:
         return generation == self.generation and host not in state.failed_hosts
@@ -153,6 +234,55 @@ class FactCache:
         finally:
             self.callbacks -= 1
             self.changed()
+
+
+END = f"__gpufleet_fact_end_{uuid.uuid4().hex}__"
+"""The line after each fact's output in a command that asks several: no output holds it."""
+_END_LINE = re.compile(re.escape(END) + r" (\d+)")
+
+LARGEST_SUM = 1 << 20
+"""A file's checksum is asked along with it only below this size: a model file's would take
+the host minutes."""
+
+
+def follower_facts(cls: Any, given: dict[str, Any]) -> list[tuple[Any, dict[str, Any], str]]:
+    """The facts pyinfra's operations ask right after ``cls`` with ``given``, each with a
+    shell guard that skips it (exit 97, not kept) where asking it could cost much."""
+    from pyinfra.facts.files import Directory, File, Sha1File
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    if cls is File and set(given) == {"path"} and isinstance(given["path"], str):
+        path = given["path"]
+        q = shlex.quote(path)
+        large = (
+            f'if [ -f {q} ] && [ "$(stat -c %s {q} 2>/dev/null || echo 0)" -ge {LARGEST_SUM} ];'
+            " then exit 97; fi;"
+        )
+        followers: list[tuple[Any, dict[str, Any], str]] = [(Sha1File, {"path": path}, large)]
+        if posixpath.dirname(path):
+            followers.append((Directory, {"path": posixpath.dirname(path)}, ""))
+        return followers
+    if cls is SystemdStatus:
+        return [(SystemdEnabled, dict(given), "")]
+    return []
+
+
+def _processed(fact: Any, lines: list[str]) -> tuple[str, Any] | None:
+    """A fact's answer from its command's output lines, as pyinfra's ``_get_fact`` makes it
+    (None where processing fails: asked alone, pyinfra reports it)."""
+    try:
+        return ("answer", fact.process(lines) if lines else fact.default())
+    except Exception:
+        return None
+
+
+def _plain(fact: Any) -> bool:
+    """A fact asked with its command alone: no other shell, no preconditions."""
+    from pyinfra.api.facts import FactBase
+
+    return fact.shell_executable is None and (
+        fact.check_preconditions is FactBase.check_preconditions
+    )
 
 
 FACTS = FactCache()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyinfra
@@ -113,3 +116,67 @@ def test_a_python_callback_and_a_new_stage_drop_kept_facts(local_host, tmp_path)
     host.state.set_stage(StateStage.Prepare)
     host.get_fact(File, path=str(target))
     assert len(ran) == 3
+
+
+def _asked_alone(host, fact, **given):
+    """The fact as pyinfra itself asks it: its own command, nothing kept."""
+    facts = importlib.import_module("pyinfra.api.facts")
+    return facts._get_fact.__wrapped__(host.state, host, fact, None, given)
+
+
+def test_a_files_checksum_and_folder_come_with_it_in_one_command(local_host, tmp_path):
+    from pyinfra.facts.files import Directory, File, Sha1File
+
+    host, ran = local_host
+    (tmp_path / "it's a file").write_text("some text\n")
+    (tmp_path / "no newline").write_text("x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "no newline")
+    paths = [tmp_path / name for name in ("it's a file", "no newline", "folder", "link")]
+    paths += [tmp_path / "missing", tmp_path / "missing/below", Path("/etc/passwd")]
+    for path in map(str, paths):
+        before = len(ran)
+        kept = [
+            host.get_fact(File, path=path),
+            host.get_fact(Sha1File, path=path),
+            host.get_fact(Directory, path=os.path.dirname(path)),
+        ]
+        assert len(ran) == before + 1, path
+        alone = [
+            _asked_alone(host, File, path=path),
+            _asked_alone(host, Sha1File, path=path),
+            _asked_alone(host, Directory, path=os.path.dirname(path)),
+        ]
+        assert kept == alone, path
+    assert host.get_fact(Sha1File, path=str(paths[0])) == hashlib.sha1(b"some text\n").hexdigest()
+
+
+def test_a_large_files_checksum_is_asked_only_when_an_operation_asks(local_host, tmp_path):
+    from pyinfra.facts.files import File, Sha1File
+
+    host, ran = local_host
+    large = tmp_path / "model.gguf"
+    large.write_bytes(b"\0" * (pyinfra_costs.LARGEST_SUM + 1))
+    assert host.get_fact(File, path=str(large))["size"] == pyinfra_costs.LARGEST_SUM + 1
+    assert len(ran) == 1
+    assert host.get_fact(Sha1File, path=str(large)) == _asked_alone(host, Sha1File, path=str(large))
+    assert len(ran) == 3  # asked alone by the operation, then by the test
+
+
+def test_a_units_enabled_state_comes_with_its_status(local_host):
+    """Whatever this machine answers (no systemd, no systemctl): what pyinfra alone would."""
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    host, _ = local_host
+    kept = [
+        host.get_fact(SystemdStatus, services=["ssh.service"], _ignore_errors=True),
+        host.get_fact(SystemdEnabled, services=["ssh.service"], _ignore_errors=True),
+    ]
+    alone = [
+        _asked_alone(host, SystemdStatus, services=["ssh.service"], _ignore_errors=True),
+        _asked_alone(host, SystemdEnabled, services=["ssh.service"], _ignore_errors=True),
+    ]
+    assert kept == alone
+    assert pyinfra_costs.follower_facts(SystemdStatus, {"services": ["a"]}) == [
+        (SystemdEnabled, {"services": ["a"]}, "")
+    ]
