@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,6 +135,8 @@ def test_a_files_checksum_and_folder_come_with_it_in_one_command(local_host, tmp
     (tmp_path / "link").symlink_to(tmp_path / "no newline")
     paths = [tmp_path / name for name in ("it's a file", "no newline", "folder", "link")]
     paths += [tmp_path / "missing", tmp_path / "missing/below", Path("/etc/passwd")]
+    for path in paths[:4]:  # accessed after modified: a checksum's read leaves atime alone
+        os.utime(path, (time.time(), time.time() - 100))
     for path in map(str, paths):
         before = len(ran)
         kept = [
@@ -180,3 +183,21 @@ def test_a_units_enabled_state_comes_with_its_status(local_host):
     assert pyinfra_costs.follower_facts(SystemdStatus, {"services": ["a"]}) == [
         (SystemdEnabled, {"services": ["a"]}, "")
     ]
+
+
+def test_a_packaged_deploy_imports_with_bytecode_caching_on(monkeypatch):
+    """pyinfra's CLI turns caching off for the process; gpufleet's modules imported by a
+    packaged deploy are still cached (a source checkout compiles them once, not every run)."""
+    import builtins
+    import sys
+
+    from gpufleet import deploys
+
+    key = str(deploys.path("common"))
+    probe = "import builtins, sys\nbuiltins._caching_seen = not sys.dont_write_bytecode\n"
+    monkeypatch.setitem(deploys._compiled, key, compile(probe, key, "exec"))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    deploys.run("common")
+    assert builtins._caching_seen is True
+    assert sys.dont_write_bytecode is True  # as pyinfra left it
+    del builtins._caching_seen

@@ -16,6 +16,7 @@ them.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 from types import CodeType
 
@@ -43,7 +44,15 @@ def run(name: str) -> None:
     key = str(file)
     if key not in _compiled:
         _compiled[key] = compile(file.read_text(encoding="utf-8"), key, "exec")
-    exec(_compiled[key], {"__file__": key})
+    # pyinfra's CLI turns bytecode caching off for the whole process (so that it leaves no
+    # deploy.pyc in a fleet's folder); gpufleet's own modules, first imported here by a
+    # deploy, would then be compiled again on every run of a source checkout.
+    no_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = False
+    try:
+        exec(_compiled[key], {"__file__": key})
+    finally:
+        sys.dont_write_bytecode = no_bytecode
 
 
 def include(name: str) -> None:
