@@ -174,7 +174,8 @@ class FakeHost:
         self.does.append(["run", str(command)])
         ok = self.shell_results.pop(0) if self.shell_results else True
         if ok:
-            lines = [OutputLine("stdout", line) for line in (self.stdout.pop(0) if self.stdout else [])]
+            printed = self.stdout.pop(0) if self.stdout else []
+            lines = [OutputLine("stdout", line) for line in printed]
         else:
             lines = [OutputLine("stderr", line) for line in self.stderr]
         return ok, CommandOutput(lines)

@@ -205,19 +205,31 @@ def build_host_problems(specs: dict[str, HostSpec]) -> Iterator[tuple[str, str, 
             continue
         other = specs.get(wanted)
         if other is None:
-            yield spec.name, field, (
-                f"no host {wanted!r} in this inventory; name a host of it that builds "
-                "llama.cpp, or leave it out (the first such host builds)"
+            yield (
+                spec.name,
+                field,
+                (
+                    f"no host {wanted!r} in this inventory; name a host of it that builds "
+                    "llama.cpp, or leave it out (the first such host builds)"
+                ),
             )
         elif other.arch != spec.arch:
-            yield spec.name, field, (
-                f"{wanted} is {other.arch}, this host {spec.arch}: a binary runs only on its "
-                "own CPU architecture; name a host of the same architecture"
+            yield (
+                spec.name,
+                field,
+                (
+                    f"{wanted} is {other.arch}, this host {spec.arch}: a binary runs only on its "
+                    "own CPU architecture; name a host of the same architecture"
+                ),
             )
         elif not builds_from_source(other):
-            yield spec.name, field, (
-                f"{wanted} builds no llama-server (it serves no llama.cpp model, or is given "
-                "llamacpp.binary_url); name a host that builds llama.cpp from source"
+            yield (
+                spec.name,
+                field,
+                (
+                    f"{wanted} builds no llama-server (it serves no llama.cpp model, or is given "
+                    "llamacpp.binary_url); name a host that builds llama.cpp from source"
+                ),
             )
 
 

@@ -130,7 +130,7 @@ def _fetch(state: State, host: Host, key: str, cache: str) -> bool:
     its sha256 as the host reports it; the copy counts only if both checksums agree."""
     q = shlex.quote
     ok, output = host.run_shell_command(
-        f"test \"$(cat {q(STAMP_FILE)})\" = {q(key)} && sha256sum {q(LLAMA_SERVER)}",
+        f'test "$(cat {q(STAMP_FILE)})" = {q(key)} && sha256sum {q(LLAMA_SERVER)}',
         print_output=False,
         print_input=False,
     )

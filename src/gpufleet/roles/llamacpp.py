@@ -18,8 +18,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.files import File
 from pyinfra.context import ctx_host
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import apt, files
 
@@ -167,14 +167,14 @@ def assign_builders(
     >>> assign_builders([("a", "k", None), ("b", "k", "b"), ("c", "j", None)], set())["a"]
     BuildAssignment(key='k', builder='b', builds=False)
     """
-    keys = {host: key for host, key, _ in needs}
+    keys = {name: key for name, key, _ in needs}
     assigned = {}
     for key in dict.fromkeys(keys.values()):
-        hosts = [host for host, k, _ in needs if k == key]
-        named = [wanted for host, k, wanted in needs if k == key and keys.get(wanted or "") == key]
-        builder = None if key in cached else (named[0] if named else hosts[0])
-        for host in hosts:
-            assigned[host] = BuildAssignment(key, builder, host == builder)
+        names = [name for name, k, _ in needs if k == key]
+        named = [wanted for _, k, wanted in needs if k == key and keys.get(wanted or "") == key]
+        builder = None if key in cached else (named[0] if named else names[0])
+        for name in names:
+            assigned[name] = BuildAssignment(key, builder, name == builder)
     return assigned
 
 
