@@ -72,9 +72,18 @@ def test_llama_server_is_compiled_once_and_the_other_hosts_install_that_binary(
     )
     assert built == ["lab-gpu-1"]
     assert installed == sorted(set(LLAMACPP_HOSTS) - {"lab-gpu-1"})
+
     # The dry run showed the same before anything ran.
-    planned = {h for op, h in runs.dry.changed if "Install llama-server" in op}
-    assert planned == set(installed)
+    def planned(operation: str) -> list[str]:
+        return sorted(
+            host
+            for op in runs.dry.report["plan"]
+            if any(operation in name for name in op["names"])
+            for host in op["hosts_with_change"]
+        )
+
+    assert planned("Build llama-server") == built
+    assert planned("Install llama-server (CPU) built on lab-gpu-1") == installed
     assert not [change for change in runs.second.changed if "llama" in change[0].lower()]
     key = lab_build_key()
     cache = Path(build_cache(SPECS["lab-gpu-1"])).expanduser()
