@@ -234,7 +234,9 @@ def llama_server_installed(key: str, builder: str, cache: str):
     operation fails naming the builder.
 
     + key: the build key (:func:`build_stamp`)
-    + builder: the host that built it (or "the control machine's cache"), for messages
+    + builder: the host that builds it (or "the control machine's cache"); on the builder
+      itself the operation does nothing (called there too, it orders every host's install
+      after the build)
     + cache: the cache folder on the control machine
 
     .. code:: python
@@ -243,6 +245,9 @@ def llama_server_installed(key: str, builder: str, cache: str):
             key="3ed9...", builder="gpu-1", cache="~/.cache/gpufleet/builds",
         )
     """
+    if builder == host.name:
+        host.noop(f"llama-server {key[:12]} is built on this host")
+        return
     if _stamped(key):
         host.noop(f"llama-server {key[:12]} is installed")
         return

@@ -253,6 +253,7 @@ def server_from_source(spec: HostSpec) -> OperationMeta:
     builds = assigned is None or assigned.builds
     if build.toolkit is not None and build.toolkit.from_cuda_repository:
         cuda_repository(spec, host.get_fact(LinuxDistribution))
+    built: OperationMeta | None = None
     if builds:
         packages = [*BUILD_PACKAGES, *(["ccache"] if settings.ccache else [])]
         if build.toolkit is not None:
@@ -291,18 +292,22 @@ def server_from_source(spec: HostSpec) -> OperationMeta:
             key=build.key,
             cache=build.cache,
         )
-        return built
-    # What the binary needs at run time, not the compilers: OpenMP's runtime (llama.cpp
-    # links it where the compiler has it, as GCC does), and the CUDA toolkit's libraries.
-    runtime = [*RUNTIME_PACKAGES, *([build.toolkit.package] if build.toolkit else [])]
-    apt.packages(name="llama.cpp runtime libraries", packages=runtime, no_recommends=True)
-    assert assigned is not None
-    return inference.llama_server_installed(
-        name=f"Install llama-server ({build.kind}) {assigned.origin}",
+    else:
+        # What the binary needs at run time, not the compilers: OpenMP's runtime (llama.cpp
+        # links it where the compiler has it, as GCC does), and the CUDA toolkit's libraries.
+        runtime = [*RUNTIME_PACKAGES, *([build.toolkit.package] if build.toolkit else [])]
+        apt.packages(name="llama.cpp runtime libraries", packages=runtime, no_recommends=True)
+    # Called on the builder too, where it does nothing: pyinfra runs an operation only after
+    # every operation that comes before it on any host, so this line makes every host of
+    # the build install only once the builder's build and fetch (above) have run.
+    builder = assigned.builder if assigned else spec.name
+    installed = inference.llama_server_installed(
+        name=f"Install llama-server ({build.kind}) {assigned.origin if assigned else ''}".strip(),
         key=build.key,
-        builder=assigned.builder or "the control machine's cache",
+        builder=builder or "the control machine's cache",
         cache=build.cache,
     )
+    return built if built is not None else installed
 
 
 def cuda_toolkit(spec: HostSpec) -> nvidia.CudaToolkit:
