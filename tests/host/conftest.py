@@ -212,6 +212,11 @@ def redis_cli(address: str, command: str, password: str | None) -> str:
 
 
 def put_file(address: str, path: str, content: str) -> None:
+    with timed(f"put {path} on {address}", 60):
+        _put_file(address, path, content)
+
+
+def _put_file(address: str, path: str, content: str) -> None:
     subprocess.run(
         [
             "ssh",
@@ -273,8 +278,16 @@ def lab_session() -> LabSession:
         return
     lab.down()  # the promises are about fresh hosts: never reuse a converged lab
     started = time.monotonic()
-    hosts = lab.up(LAB_INVENTORY)
+    waiting_from: list[float] = []
+
+    def seen(step: str) -> None:
+        if step.startswith("waiting for SSH"):
+            waiting_from.append(time.monotonic())
+
+    hosts = lab.up(LAB_INVENTORY, progress=seen)
     up_seconds = time.monotonic() - started
+    if waiting_from:  # lab.up's limit is on the hosts' SSH answering (its timeout)
+        TIMED.append(Timed("lab up: SSH on every host", time.monotonic() - waiting_from[0], 90))
     pve_files = {h.name: ssh(str(h.address), PVE_FILES) for h in hosts}
 
     for host in hosts:
