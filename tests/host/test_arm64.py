@@ -11,7 +11,7 @@ import pytest
 
 from gpufleet import lab
 
-from .conftest import ROOT, SNAPSHOT, pyinfra, ssh
+from .conftest import ROOT, SNAPSHOT, pyinfra, ssh, timed
 
 PI_INVENTORY = ROOT / "inventory/lab_pi.py"
 PI = "10.200.0.21"
@@ -20,7 +20,8 @@ GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
 
 @pytest.fixture(scope="module")
 def pi_runs(lab_session):
-    lab.up(PI_INVENTORY, timeout=240)
+    with timed("lab up of the arm64 host", 240):
+        lab.up(PI_INVENTORY, timeout=240)
     before = ssh(PI, SNAPSHOT)
     dry = pyinfra("deploys/common.py", "--dry", inventory=PI_INVENTORY)
     unchanged = ssh(PI, SNAPSHOT) == before
@@ -60,14 +61,15 @@ def test_second_run_reports_zero_changes(pi_runs):
 
 def test_verify_passes_every_baseline_check(pi_runs, tmp_path):
     junit = tmp_path / "verify.xml"
-    result = subprocess.run(
-        [GPUFLEET, "verify", str(PI_INVENTORY), "--junit-xml", str(junit)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
+    with timed("gpufleet verify of the arm64 host", 300):
+        result = subprocess.run(
+            [GPUFLEET, "verify", str(PI_INVENTORY), "--junit-xml", str(junit)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+            check=False,
+        )
     assert result.returncode == 0, result.stdout[-2000:]
     cases = list(ET.parse(junit).getroot().iter("testcase"))
     assert len(cases) == 7

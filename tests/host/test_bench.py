@@ -8,17 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import LAB_INVENTORY, ROOT
+from .conftest import LAB_INVENTORY, ROOT, timed
 
 
 def test_bench_measures_each_running_endpoint_with_intervals(lab_session, tmp_path):
     out = tmp_path / "bench.csv"
     gpufleet = str(Path(sys.executable).parent / "gpufleet")
-    result = subprocess.run(
-        [gpufleet, "bench", str(LAB_INVENTORY), "--runs", "3", "--concurrency", "1", "2",
-         "--csv", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    with timed("gpufleet bench", 600):
+        result = subprocess.run(
+            [gpufleet, "bench", str(LAB_INVENTORY), "--runs", "3", "--concurrency", "1", "2",
+             "--csv", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {(r["endpoint"], int(r["concurrency"])): r for r in csv.DictReader(out.open())}
     expected = {

@@ -17,7 +17,7 @@ from gpufleet.exposure import exposures
 from gpufleet.inventory import InventoryError, validate_file
 from gpufleet.roles.gateway import key_map
 
-from .conftest import LAB_INVENTORY, SPECS, ssh
+from .conftest import LAB_INVENTORY, SPECS, ssh, timed
 
 GPU, INFRA = "10.200.0.11", "10.200.0.12"
 GATEWAY = f"https://{INFRA}"
@@ -53,14 +53,15 @@ def scan(lab_session) -> dict[str, list[int]]:
     """Every TCP port of every other lab host that accepts a connection from the scanner."""
     scanner = str(SPECS[SCANNER].lan_address)
     others = [str(s.lan_address) for n, s in SPECS.items() if n != SCANNER]
-    result = subprocess.run(
-        ["ssh", "-F", str(lab.ssh_config_path()), scanner, "python3 - " + " ".join(others)],
-        input=SCAN,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=True,
-    )
+    with timed("port scan of every lab host", 900):
+        result = subprocess.run(
+            ["ssh", "-F", str(lab.ssh_config_path()), scanner, "python3 - " + " ".join(others)],
+            input=SCAN,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        )
     return json.loads(result.stdout)
 
 

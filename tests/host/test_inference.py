@@ -4,6 +4,8 @@ drop-ins, flags and secrets are checked, not their serving."""
 
 import itertools
 import json
+import stat
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,9 +15,10 @@ from gpufleet.engines.llamacpp import LLAMACPP
 from gpufleet.engines.ollama import OLLAMA
 from gpufleet.engines.vllm import VLLM
 from gpufleet.operations.inference import BASE_FLAGS, CCACHE_FLAGS, build_stamp
+from gpufleet.roles.llamacpp import build_cache
 from gpufleet.serving import placement_runs
 
-from .conftest import SPECS, llama_headers
+from .conftest import SPECS, LabSession, llama_headers, ssh
 
 LLAMA = "XS-LOC-FRE-gemma3-270m"
 DEPLOY = "deploys/inference.py"
@@ -36,15 +39,67 @@ def test_llama_server_built_from_the_verified_source_for_the_cpu(lab_host):
     version = lab_host.testinfra.run("/usr/local/bin/llama-server --version")
     assert "built with GNU" in version.stdout + version.stderr
     assert "for Linux x86_64" in version.stdout + version.stderr
-    # The build is recorded against its source and flags: CPU flags on a host without a GPU.
+    # The build is recorded by its key: the source, CPU flags on a host without a GPU (the
+    # ccache launcher changes nothing in the binary), the architecture and the release.
     stamp = lab_host.testinfra.file("/usr/local/bin/llama-server.gpufleet-build")
-    flags = [*BASE_FLAGS, "-DGGML_NATIVE=OFF", *CCACHE_FLAGS]
-    expected = build_stamp(lab_host.spec.llamacpp.source_sha256, flags)
-    assert stamp.content_string.strip() == expected
+    assert stamp.content_string.strip() == lab_build_key()
     tarball = lab_host.testinfra.check_output(
         "sha256sum /var/cache/gpufleet/llama.cpp/llama.cpp-b0a2feb64c6f.tar.gz"
     )
     assert tarball.startswith(lab_host.spec.llamacpp.source_sha256)
+
+
+def lab_build_key() -> str:
+    """The key of the lab's one CPU build: Debian 12 on x86_64, llama.cpp's CPU flags."""
+    source = SPECS["lab-gpu-1"].llamacpp.source_sha256
+    assert source is not None
+    flags = [*BASE_FLAGS, "-DGGML_NATIVE=OFF", *CCACHE_FLAGS]
+    return build_stamp(source, flags, "x86_64", "Debian 12")
+
+
+LLAMACPP_HOSTS = ["lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-infra-1"]
+
+
+def test_llama_server_is_compiled_once_and_the_other_hosts_install_that_binary(
+    lab_session: LabSession,
+):
+    """Four lab hosts need one build: lab-gpu-1, the first, compiles it; the others install
+    its binary, checked, through the lab's build cache, and carry no compiler for it."""
+    runs = lab_session.runs[DEPLOY]
+    built = sorted({h for op, h in runs.first.changed if "Build llama-server" in op})
+    installed = sorted(
+        {h for op, h in runs.first.changed if "Install llama-server (CPU) built on lab-gpu-1" in op}
+    )
+    assert built == ["lab-gpu-1"]
+    assert installed == sorted(set(LLAMACPP_HOSTS) - {"lab-gpu-1"})
+
+    # The dry run showed the same before anything ran.
+    def planned(operation: str) -> list[str]:
+        return sorted(
+            host
+            for op in runs.dry.report["plan"]
+            if any(operation in name for name in op["names"])
+            for host in op["hosts_with_change"]
+        )
+
+    assert planned("Build llama-server") == built
+    assert planned("Install llama-server (CPU) built on lab-gpu-1") == installed
+    assert not [change for change in runs.second.changed if "llama" in change[0].lower()]
+    key = lab_build_key()
+    cache = Path(build_cache(SPECS["lab-gpu-1"])).expanduser()
+    assert cache == lab.lab_dir() / lab.BUILD_CACHE
+    assert stat.S_IMODE(cache.stat().st_mode) == stat.S_IMODE((cache / key).stat().st_mode) == 0o700
+    sha256 = (cache / key / "llama-server.sha256").read_text().split()[0]
+    for name in LLAMACPP_HOSTS:
+        address = str(SPECS[name].lan_address)
+        assert ssh(address, "cat /usr/local/bin/llama-server.gpufleet-build").strip() == key
+        assert ssh(address, "sha256sum /usr/local/bin/llama-server").split()[0] == sha256
+        compilers = ssh(address, "command -v cmake c++ || true").split()
+        sources = ssh(address, "ls /var/cache/gpufleet/llama.cpp 2>/dev/null || true").split()
+        if name == "lab-gpu-1":
+            assert compilers and sources
+        else:
+            assert not compilers and not sources, name
 
 
 @pytest.mark.hosts("lab-gpu-1")

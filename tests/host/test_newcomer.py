@@ -15,7 +15,7 @@ import yaml
 
 from gpufleet import lab
 
-from .conftest import SNAPSHOT, ssh
+from .conftest import SNAPSHOT, ssh, timed
 
 pytestmark = pytest.mark.lab
 
@@ -25,9 +25,10 @@ HOST = "10.200.0.11"
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    with timed(" ".join(Path(part).name for part in command[:2]), timeout):
+        result = subprocess.run(
+            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
     assert result.returncode == 0, (
         f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SPECS, ssh
+from .conftest import ROOT, SPECS, ssh, timed
 
 GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
 CANNOT_PASS_HERE = {
@@ -24,14 +24,15 @@ CANNOT_PASS_HERE = {
 
 def verify(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[tuple]]:
     junit = tmp_path / "verify.xml"
-    result = subprocess.run(
-        [GPUFLEET, "verify", "inventory/lab.py", "--junit-xml", str(junit), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
+    with timed(" ".join(["gpufleet verify", *args]), 600):
+        result = subprocess.run(
+            [GPUFLEET, "verify", "inventory/lab.py", "--junit-xml", str(junit), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+            check=False,
+        )
     cases = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         check, host = case.get("name", "").removesuffix("]").split("[")

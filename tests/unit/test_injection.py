@@ -167,6 +167,7 @@ NOT_IN_THE_MATRIX = {
     "ssh_key_password": "any text is a password; paramiko uses it as is, it is never echoed",
     "hardware.accelerators.model": "looked up in the accelerator catalogue; unknown is refused",
     "fleet_ca_dir": "a folder on the control machine, opened by gpufleet, never by a shell",
+    "llamacpp.build_cache": "a folder on the control machine, opened by gpufleet, never by a shell",
     "gateway.certificate_file": "a file on the control machine, read by gpufleet",
     "vault.init_file": "a file on the control machine, written by gpufleet",
     "litellm.requirements_lock": "a file on the control machine, read by gpufleet and "

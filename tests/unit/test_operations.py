@@ -21,7 +21,9 @@
     ``does``: it changes nothing.
 ``at_run``
     the host while a function command runs: ``shell`` and ``upload`` results in call order
-    (true once the list is used up), ``stderr`` of a failing shell command.
+    (true once the list is used up), ``stderr`` of a failing shell command, ``stdout`` of
+    each succeeding one in turn (lists of lines), ``download``: the content of each file a
+    function downloads from the host, in turn.
 ``local_files``
     files on the control machine before (in ``$tmp``: a fresh folder, wherever it is named)
 
@@ -138,6 +140,8 @@ class FakeHost:
         self.shell_results = list(at_run.get("shell", []))
         self.upload_results = list(at_run.get("upload", []))
         self.stderr = at_run.get("stderr", [])
+        self.stdout = list(at_run.get("stdout", []))
+        self.downloads = list(at_run.get("download", []))
 
     def get_fact(self, cls: type, *args: Any, **kwargs: Any) -> Any:
         assert not args, "facts are asked with keyword arguments"
@@ -169,12 +173,25 @@ class FakeHost:
     def run_shell_command(self, command: Any, **kwargs: Any) -> tuple[bool, CommandOutput]:
         self.does.append(["run", str(command)])
         ok = self.shell_results.pop(0) if self.shell_results else True
-        lines = [] if ok else [OutputLine("stderr", line) for line in self.stderr]
+        if ok:
+            printed = self.stdout.pop(0) if self.stdout else []
+            lines = [OutputLine("stdout", line) for line in printed]
+        else:
+            lines = [OutputLine("stderr", line) for line in self.stderr]
         return ok, CommandOutput(lines)
 
     def put_file(self, src: Any, dest: str, **kwargs: Any) -> bool:
-        self.does.append(["upload", src.getvalue(), dest])
+        # A path on the control machine is shown as its content, as an in-memory file is.
+        content = src.getvalue() if hasattr(src, "getvalue") else Path(src).read_text()
+        self.does.append(["upload", content, dest])
         return self.upload_results.pop(0) if self.upload_results else True
+
+    def get_file(self, src: str, dest: str, **kwargs: Any) -> bool:
+        self.does.append(["download", src, dest])
+        if not self.downloads:
+            return False
+        Path(dest).write_text(self.downloads.pop(0))
+        return True
 
 
 class FakeVault:

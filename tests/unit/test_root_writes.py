@@ -97,12 +97,7 @@ def fleet(request) -> dict[str, list[PlannedOperation]]:
         except KeyError:
             return profiles[host].answer(fact, arguments)
 
-    deploys = list(EVERY_DEPLOY)
-    if request.param == "inventory/lab.py":
-        # Its llama.cpp hosts differ in _serial (a shared ccache on some), which one plan of
-        # every host cannot hold; homelab.py's plan covers the inference deploy.
-        deploys.remove("deploys/inference.py")
-    return plan(request.param, deploys, answer)
+    return plan(request.param, list(EVERY_DEPLOY), answer)
 
 
 def test_root_writes_and_runs_nothing_inside_a_folder_a_service_owns(fleet):

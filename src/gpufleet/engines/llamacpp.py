@@ -16,7 +16,7 @@ from pydantic import Field
 
 from gpufleet import nvidia
 from gpufleet.engines.base import Engine, EngineSecret, PlacementDecision, Rendered, served_name
-from gpufleet.fields import URL_PATTERN, Port, Spec
+from gpufleet.fields import NAME_PATTERN, URL_PATTERN, Port, Spec
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
@@ -73,13 +73,27 @@ class LlamaCppSettings(Spec):
     too old for Blackwell's sm_120) or ``cuda-toolkit-X-Y`` from NVIDIA's CUDA repository
     (``cuda-toolkit-12-8`` or newer for an RTX 50). A toolkit that cannot compile for a
     declared card is refused."""
+    build_host: str | None = Field(None, pattern=NAME_PATTERN)
+    """Inventory name of the host that compiles llama-server for this one, where both need the
+    same build (source, flags, CPU architecture, distribution and release) in a run; the other
+    hosts of that build install its binary, checked, instead of compiling. None: the first
+    such host in inventory order compiles. It must be a host of the same architecture that
+    builds llama.cpp from source."""
+    build_cache: str | None = None
+    """Folder on the control machine that keeps each built llama-server (by build key, with
+    its sha256; folders 0700) for the other hosts of its build, in this run and later ones: a
+    build it holds is compiled by nobody. None: ``$XDG_CACHE_HOME/gpufleet/builds``
+    (``~/.cache/gpufleet/builds``)."""
     ccache: bool = False
-    """Build through ccache (in /var/cache/ccache), so a rebuild after a change is quick."""
+    """Build through ccache (in /var/cache/ccache), so a rebuild after a change (a new
+    llama.cpp version, other flags) is quick."""
     ccache_shared: bool = False
-    """/var/cache/ccache is one folder the hosts share (an NFS mount; the lab's bind mount):
-    they build one at a time, so every host after the first reuses the first one's objects
-    and takes seconds instead of minutes. Leave it off where each host has its own cache:
-    there, building one at a time only waits."""
+    """/var/cache/ccache is one folder the building hosts share (an NFS mount): they compile
+    one at a time, so a later build reuses the objects an earlier one compiled with the same
+    compiler and flags. Only one host per build compiles in a run (the others install its
+    binary), so this helps only hosts of different builds (a CPU and a CUDA build of one
+    release, say). Leave it off where each host has its own cache: there, building one at a
+    time only waits."""
     memory_max_gb: float | None = Field(None, gt=0)
     """System memory limit of the server in GB (``MemoryMax=``); the planner's when left out
     (see ``planner.memory_limits``)."""
@@ -172,6 +186,51 @@ class LlamaCpp(Engine):
 
 
 PLANNED = nvidia.PLANNED_RELEASES
+
+
+def builds_from_source(spec: HostSpec) -> bool:
+    """The host serves a llama.cpp model with a llama-server built from source."""
+    return spec.llamacpp.binary_url is None and any(
+        placement.engine == LLAMACPP.name for placement in spec.models
+    )
+
+
+def build_host_problems(specs: dict[str, HostSpec]) -> Iterator[tuple[str, str, str]]:
+    """(host, field, fix) for every ``llamacpp.build_host`` that cannot compile for its host:
+    no such host, another CPU architecture, or a host that builds no llama-server."""
+    field = "llamacpp.build_host"
+    for spec in specs.values():
+        wanted = spec.llamacpp.build_host
+        if wanted is None or not builds_from_source(spec):
+            continue
+        other = specs.get(wanted)
+        if other is None:
+            yield (
+                spec.name,
+                field,
+                (
+                    f"no host {wanted!r} in this inventory; name a host of it that builds "
+                    "llama.cpp, or leave it out (the first such host builds)"
+                ),
+            )
+        elif other.arch != spec.arch:
+            yield (
+                spec.name,
+                field,
+                (
+                    f"{wanted} is {other.arch}, this host {spec.arch}: a binary runs only on its "
+                    "own CPU architecture; name a host of the same architecture"
+                ),
+            )
+        elif not builds_from_source(other):
+            yield (
+                spec.name,
+                field,
+                (
+                    f"{wanted} builds no llama-server (it serves no llama.cpp model, or is given "
+                    "llamacpp.binary_url); name a host that builds llama.cpp from source"
+                ),
+            )
 
 
 def builds_with_cuda(spec: HostSpec) -> bool:

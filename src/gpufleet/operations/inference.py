@@ -1,12 +1,16 @@
-"""Operations for inference servers: building llama-server, warming models up."""
+"""Operations for inference servers: building llama-server once per build key and sharing
+the binary through the control machine, warming models up."""
 
 from __future__ import annotations
 
 import hashlib
 import shlex
+from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FactBase, OperationError, operation
+from pyinfra.api import FactBase, FunctionCommand, OperationError, operation
+from pyinfra.api.host import Host
+from pyinfra.api.state import State
 from pyinfra.facts.files import File, FileContents
 from pyinfra.facts.systemd import SystemdStatus
 
@@ -28,26 +32,51 @@ BASE_FLAGS = (
 CCACHE_FLAGS = ("-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
 
 
-def build_stamp(source_sha256: str, cmake_flags: list[str]) -> str:
-    """What a built llama-server was made from: the source checksum and the build flags."""
-    return hashlib.sha256(" ".join([source_sha256, *cmake_flags]).encode()).hexdigest()
+STAMP_FILE = f"{LLAMA_SERVER}.gpufleet-build"
+"""Beside the installed binary: the build key it was made (or received) for."""
+CACHED_BINARY = "llama-server"
+CACHED_SHA256 = "llama-server.sha256"
+
+
+def build_stamp(
+    source_sha256: str, cmake_flags: list[str], arch: str = "", distribution: str = ""
+) -> str:
+    """The build key of a llama-server binary: what it was made from (the source checksum and
+    every CMake flag that shapes it, the CUDA compiler and architectures among them) and what
+    it runs on (the CPU architecture, ``uname -m``; the distribution and release, whose glibc
+    and libstdc++ it links against). Hosts with one key can run one binary; it is also the
+    stamp recorded beside the installed binary. ccache's launcher flags are left out: they
+    change how fast a build is, not what it makes."""
+    shaping = [flag for flag in cmake_flags if flag not in CCACHE_FLAGS]
+    return hashlib.sha256(
+        " ".join([source_sha256, *shaping, arch, distribution]).encode()
+    ).hexdigest()
+
+
+def _stamped(key: str) -> bool:
+    """The installed llama-server was built (or received) for ``key``."""
+    recorded = host.get_fact(FileContents, path=STAMP_FILE)
+    return bool(host.get_fact(File, path=LLAMA_SERVER) and recorded and recorded[0] == key)
 
 
 @operation()
 def llama_server_built(
     tarball: str,
     source_sha256: str,
+    key: str,
     subdir: str = "",
     cmake_flags: list[str] | None = None,
     ccache: bool = False,
     jobs: int = 2,
 ):
     """
-    Build ``llama-server`` from a llama.cpp source tarball and install it; a binary built
-    from the same source with the same flags is kept.
+    Build ``llama-server`` from a llama.cpp source tarball and install it; a binary already
+    built (or received) for the same build key is kept.
 
     + tarball: the downloaded (and verified) source tarball on the host
-    + source_sha256: its checksum, part of what decides whether to rebuild
+    + source_sha256: its checksum
+    + key: the build key (:func:`build_stamp` of the source, these flags and the host's
+      architecture and release), recorded beside the binary
     + subdir: folder of the llama.cpp tree below the tarball's top folder
     + cmake_flags: extra CMake flags (``-DGGML_CUDA=ON`` on NVIDIA hosts)
     + ccache: compile through ccache (CCACHE_DIR=/var/cache/ccache)
@@ -56,28 +85,173 @@ def llama_server_built(
     .. code:: python
 
         inference.llama_server_built(
-            tarball="/var/cache/gpufleet/llama.cpp/src.tar.gz",
-            source_sha256="b0a2...", subdir="llama.cpp", cmake_flags=["-DGGML_NATIVE=OFF"],
+            tarball="/var/cache/gpufleet/llama.cpp/src.tar.gz", source_sha256="b0a2...",
+            key=build_stamp("b0a2...", flags, "x86_64", "Debian 12"), subdir="llama.cpp",
+            cmake_flags=["-DGGML_NATIVE=OFF"],
         )
     """
-    flags = [*BASE_FLAGS, *(cmake_flags or []), *(CCACHE_FLAGS if ccache else ())]
-    stamp = build_stamp(source_sha256, flags)
-    stamp_file = f"{LLAMA_SERVER}.gpufleet-build"
-    recorded = host.get_fact(FileContents, path=stamp_file)
-    if host.get_fact(File, path=LLAMA_SERVER) and recorded and recorded[0] == stamp:
-        host.noop(f"llama-server already built from {source_sha256[:12]} with these flags")
+    if _stamped(key):
+        host.noop(f"llama-server already built for {key[:12]} ({source_sha256[:12]}, these flags)")
         return
+    flags = [*BASE_FLAGS, *(cmake_flags or []), *(CCACHE_FLAGS if ccache else ())]
     source = f"{BUILD_ROOT}/src-{source_sha256[:12]}"
     tree = f"{source}/{subdir}".rstrip("/")
-    build = f"{BUILD_ROOT}/build-{stamp[:12]}"
+    build = f"{BUILD_ROOT}/build-{key[:12]}"
     env = "CCACHE_DIR=/var/cache/ccache " if ccache else ""
     yield f"rm -rf {source} {build} && mkdir -p {source}"
     yield f"tar -xzf {shlex.quote(tarball)} -C {source} --strip-components=1"
     yield f"{env}cmake -S {tree} -B {build} -G Ninja {' '.join(flags)}"
     yield f"{env}cmake --build {build} --target llama-server -j {jobs}"
     yield f"install -m 755 {build}/bin/llama-server {LLAMA_SERVER}"
-    yield state_record(stamp_file, stamp)
+    yield state_record(STAMP_FILE, key)
     yield f"rm -rf {source} {build}"
+
+
+def cached_build(cache: str, key: str) -> str | None:
+    """The sha256 of the binary the control machine keeps for ``key`` in ``cache``, when it is
+    there and still has the checksum recorded as it was fetched; None otherwise."""
+    folder = Path(cache).expanduser() / key
+    try:
+        recorded = (folder / CACHED_SHA256).read_text().split()[0]
+        digest = hashlib.sha256((folder / CACHED_BINARY).read_bytes()).hexdigest()
+    except (OSError, IndexError):
+        return None
+    return digest if digest == recorded else None
+
+
+def _private_folder(path: Path) -> None:
+    """``path`` and its parents made as needed; ``path`` itself only its owner's (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def _fetch(state: State, host: Host, key: str, cache: str) -> bool:
+    """Copy the host's llama-server (stamped ``key``) into the control machine's cache, with
+    its sha256 as the host reports it; the copy counts only if both checksums agree."""
+    q = shlex.quote
+    ok, output = host.run_shell_command(
+        f'test "$(cat {q(STAMP_FILE)})" = {q(key)} && sha256sum {q(LLAMA_SERVER)}',
+        print_output=False,
+        print_input=False,
+    )
+    if not ok or not output.stdout.split():
+        host.log_styled(
+            f"llama-server on {host.name} is not the build {key[:12]} (its stamp differs or "
+            "the binary is missing): nothing fetched",
+            fg="red",
+        )
+        return False
+    remote_sha256 = output.stdout.split()[0]
+    root = Path(cache).expanduser()
+    _private_folder(root)
+    folder = root / key
+    _private_folder(folder)
+    staged = folder / f".{CACHED_BINARY}.fetching"
+    if not host.get_file(LLAMA_SERVER, str(staged)):
+        return False
+    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+    if digest != remote_sha256:
+        staged.unlink(missing_ok=True)
+        host.log_styled(
+            f"llama-server fetched from {host.name} has sha256 {digest}, the host reports "
+            f"{remote_sha256}: not kept",
+            fg="red",
+        )
+        return False
+    staged.chmod(0o600)
+    staged.replace(folder / CACHED_BINARY)
+    (folder / CACHED_SHA256).write_text(f"{digest}  {CACHED_BINARY}\n")
+    return True
+
+
+@operation()
+def llama_server_fetched(key: str, cache: str):
+    """
+    Keep the host's llama-server, built for ``key``, in the control machine's build cache
+    (``cache``/``key``/llama-server and its sha256, the folders 0700), so that other hosts of
+    the same key get it instead of compiling it; a cache already holding the key is kept.
+
+    + key: the build key (:func:`build_stamp`); the host's stamp must say it
+    + cache: the cache folder on the control machine (``~`` allowed)
+
+    .. code:: python
+
+        inference.llama_server_fetched(key="3ed9...", cache="~/.cache/gpufleet/builds")
+    """
+    if cached_build(cache, key):
+        host.noop(f"the control machine keeps llama-server {key[:12]} already")
+        return
+    yield FunctionCommand(_fetch, (key, cache), {})
+
+
+def _install_cached(state: State, host: Host, key: str, builder: str, cache: str) -> bool:
+    """Upload the cached binary of ``key``, check its sha256 on the host, check that it
+    starts (its runtime libraries are there), then put it in place and stamp it."""
+    q = shlex.quote
+    sha256 = cached_build(cache, key)
+    if sha256 is None:
+        host.log_styled(
+            f"llama-server {key[:12]}, built on {builder}, is not in the control machine's "
+            f"cache {cache}: {builder}'s build or fetch failed, or has not run yet (with "
+            f"--serial each host runs its whole deploy in turn): fix {builder}'s build, or "
+            "run without --serial",
+            fg="red",
+        )
+        return False
+    staged = f"{LLAMA_SERVER}.gpufleet-new"
+    if not host.put_file(
+        str(Path(cache).expanduser() / key / CACHED_BINARY),
+        staged,
+        print_output=False,
+        print_input=False,
+    ):
+        return False
+    ok, output = host.run_shell_command(
+        f"echo {q(f'{sha256}  {staged}')} | sha256sum --check --quiet && chmod 755 {q(staged)}"
+        f" && {q(staged)} --version && install -m 755 {q(staged)} {q(LLAMA_SERVER)}"
+        f" && {state_record(STAMP_FILE, key)}; status=$?; rm -f {q(staged)}; exit $status",
+        print_output=False,
+        print_input=False,
+    )
+    if not ok:
+        host.log_styled(
+            f"llama-server {key[:12]} from {builder} was not installed (checksum or start "
+            "failed); the previous binary stays:\n" + "\n".join(output.stderr_lines[-8:]),
+            fg="red",
+        )
+    return bool(ok)
+
+
+@operation()
+def llama_server_installed(key: str, builder: str, cache: str):
+    """
+    Install the llama-server built for ``key`` (on ``builder``) from the control machine's
+    build cache: uploaded, its sha256 checked on the host, started once (``--version``) before
+    it replaces the old one, then stamped. A host already stamped ``key`` is left alone.
+
+    The cache is read when the operation runs, after the builder's build and fetch (called
+    before it): while planning it may not hold the key yet. Where it still does not, the
+    operation fails naming the builder.
+
+    + key: the build key (:func:`build_stamp`)
+    + builder: the host that builds it (or "the control machine's cache"); on the builder
+      itself the operation does nothing (called there too, it orders every host's install
+      after the build)
+    + cache: the cache folder on the control machine
+
+    .. code:: python
+
+        inference.llama_server_installed(
+            key="3ed9...", builder="gpu-1", cache="~/.cache/gpufleet/builds",
+        )
+    """
+    if builder == host.name:
+        host.noop(f"llama-server {key[:12]} is built on this host")
+        return
+    if _stamped(key):
+        host.noop(f"llama-server {key[:12]} is installed")
+        return
+    yield FunctionCommand(_install_cached, (key, builder, cache), {})
 
 
 @operation()

@@ -8,12 +8,19 @@ loudly if it does not answer. A converged host does none of the last steps again
 
 from __future__ import annotations
 
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from gevent.lock import Semaphore
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
+from pyinfra.context import ctx_host
 from pyinfra.facts.files import File
-from pyinfra.facts.server import LinuxDistribution
+from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import apt, files
 
 from gpufleet import nvidia, sandbox
@@ -28,14 +35,18 @@ from gpufleet.engines.llamacpp import (
     gguf_path,
 )
 from gpufleet.facts.gpu import detected_gpus
+from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import downloads, inference
+from gpufleet.operations.inference import BASE_FLAGS, build_stamp, cached_build
 from gpufleet.paths import template
 from gpufleet.roles.nvidia_driver import cuda_repository, release_of
 from gpufleet.roles.steps import engine_secret_file, restart_and_warm_up, warm_up_tool
 from gpufleet.serving import placement_runs
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
+RUNTIME_PACKAGES = ["libgomp1"]
+"""What a CPU build of llama-server needs to start on a host that did not compile it."""
 
 
 @deploy("llama.cpp")
@@ -54,9 +65,9 @@ def serve(spec: HostSpec) -> None:
     run = runs[0]
     settings = spec.llamacpp
     gpu = bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
-    toolkit = cuda_toolkit(spec) if gpu and not settings.binary_url else None
 
-    # 1. The server: a given binary, or built from the verified source.
+    # 1. The server: a given binary, or built from the verified source once per build key
+    # among the hosts of this run and handed to the others through the control machine.
     if settings.binary_url:
         assert settings.binary_sha256 is not None  # the inventory check requires it
         binary = downloads.verified_download(
@@ -67,44 +78,7 @@ def serve(spec: HostSpec) -> None:
             mode="755",
         )
     else:
-        packages = [*BUILD_PACKAGES, *(["ccache"] if settings.ccache else [])]
-        cmake_flags = ["-DGGML_NATIVE=OFF"]
-        if toolkit is not None:
-            if toolkit.from_cuda_repository:
-                cuda_repository(spec, host.get_fact(LinuxDistribution))
-            packages.append(toolkit.package)
-            cmake_flags = [
-                "-DGGML_CUDA=ON",
-                f"-DCMAKE_CUDA_COMPILER={toolkit.nvcc}",
-                # Only the host's cards: a build for every architecture takes far longer.
-                f"-DCMAKE_CUDA_ARCHITECTURES={nvidia.cuda_architectures(nvidia.declared_cards(spec))}",
-            ]
-        apt.packages(name="llama.cpp build tools", packages=packages, no_recommends=True)
-        assert settings.source_sha256 is not None  # the inventory check requires it
-        tarball = f"{inference.BUILD_ROOT}/llama.cpp-{settings.source_sha256[:12]}.tar.gz"
-        files.directory(
-            name="llama.cpp build folder",
-            path=inference.BUILD_ROOT,
-            user="root",
-            group="root",
-            mode="755",
-        )
-        downloads.verified_download(
-            name="Download the llama.cpp source",
-            src=settings.source_url,
-            dest=tarball,
-            sha256=settings.source_sha256,
-        )
-        binary = inference.llama_server_built(
-            name=f"Build llama-server ({'CUDA' if gpu else 'CPU'})",
-            tarball=tarball,
-            source_sha256=settings.source_sha256,
-            subdir=settings.source_subdir,
-            cmake_flags=cmake_flags,
-            ccache=settings.ccache,
-            jobs=spec.hardware.cores,
-            _serial=settings.ccache and settings.ccache_shared,
-        )
+        binary = server_from_source(spec)
 
     # 2. The weights, verified; or a file already on the host.
     model = model_file(run.placement)
@@ -146,6 +120,194 @@ def serve(spec: HostSpec) -> None:
         api_key_env=API_KEY_ENV if keyed else None,
         env_file=ENV_FILE if keyed else None,
     )
+
+
+@dataclass(frozen=True)
+class LlamaBuild:
+    """What a host's llama-server is built from and for: its build key and the flags."""
+
+    key: str
+    cmake_flags: tuple[str, ...]
+    toolkit: nvidia.CudaToolkit | None
+    cache: str
+    """The control machine's build cache the host's binary goes through."""
+
+    @property
+    def kind(self) -> str:
+        return "CUDA" if self.toolkit else "CPU"
+
+
+@dataclass(frozen=True)
+class BuildAssignment:
+    """Who makes a host's binary in this run."""
+
+    key: str
+    builder: str | None
+    """The host that compiles it; None where the control machine's cache holds it already."""
+    builds: bool
+    """This host compiles it (and keeps it in the control machine's cache)."""
+
+    @property
+    def origin(self) -> str:
+        """Where a host that does not compile gets the binary, in words."""
+        return f"built on {self.builder}" if self.builder else "from the control machine's cache"
+
+
+def assign_builders(
+    needs: list[tuple[str, str, str | None]], cached: set[str]
+) -> dict[str, BuildAssignment]:
+    """Per host, who compiles its binary: ``needs`` is (host, build key (with the cache it
+    goes through: hosts share a binary only through one cache), the host's
+    ``llamacpp.build_host``) for every host of the run that builds llama-server from source,
+    in inventory order; ``cached`` the keys the control machine keeps. A cached key is
+    compiled by nobody. Otherwise exactly one host of each key compiles it: the build host a
+    host of that key names, where that host needs the same key in this run, else the first
+    host of the key; every other host of the key installs its binary.
+
+    >>> assign_builders([("a", "k", None), ("b", "k", "b"), ("c", "j", None)], set())["a"]
+    BuildAssignment(key='k', builder='b', builds=False)
+    """
+    keys = {name: key for name, key, _ in needs}
+    assigned = {}
+    for key in dict.fromkeys(keys.values()):
+        names = [name for name, k, _ in needs if k == key]
+        named = [wanted for _, k, wanted in needs if k == key and keys.get(wanted or "") == key]
+        builder = None if key in cached else (named[0] if named else names[0])
+        for name in names:
+            assigned[name] = BuildAssignment(key, builder, name == builder)
+    return assigned
+
+
+def host_build(spec: HostSpec) -> LlamaBuild:
+    """The build of the current host (``pyinfra.host``), from its facts: the CUDA toolkit and
+    card architectures where it shows an NVIDIA GPU and builds with CUDA; its CPU
+    architecture, distribution and release."""
+    settings = spec.llamacpp
+    assert settings.source_sha256 is not None  # the inventory check requires it
+    gpu = bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
+    toolkit = cuda_toolkit(spec) if gpu else None
+    cmake_flags = ["-DGGML_NATIVE=OFF"]
+    if toolkit is not None:
+        cmake_flags = [
+            "-DGGML_CUDA=ON",
+            f"-DCMAKE_CUDA_COMPILER={toolkit.nvcc}",
+            # Only the host's cards: a build for every architecture takes far longer.
+            f"-DCMAKE_CUDA_ARCHITECTURES={nvidia.cuda_architectures(nvidia.declared_cards(spec))}",
+        ]
+    distribution = host.get_fact(LinuxDistribution)
+    target = f"{distribution['name'] or ''} {release_of(distribution)}".strip()
+    key = build_stamp(
+        settings.source_sha256, [*BASE_FLAGS, *cmake_flags], host.get_fact(Arch), target
+    )
+    return LlamaBuild(key, tuple(cmake_flags), toolkit, build_cache(spec))
+
+
+def build_cache(spec: HostSpec) -> str:
+    """The control machine's cache of built binaries (``llamacpp.build_cache``)."""
+    if spec.llamacpp.build_cache:
+        return spec.llamacpp.build_cache
+    return str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "gpufleet/builds")
+
+
+_run_builds: weakref.WeakKeyDictionary[object, dict[str, BuildAssignment]] = (
+    weakref.WeakKeyDictionary()
+)
+_planning = Semaphore()
+
+
+def run_builds() -> dict[str, BuildAssignment]:
+    """Who compiles which binary in this run, over its hosts (pyinfra's active hosts: the
+    inventory less what ``--limit`` leaves out and hosts that did not connect), read once per
+    run from every such host's facts. A host whose build cannot be decided (a toolkit that
+    cannot compile for its cards) is left out: its own deploy stops with the reason."""
+    state = host.state
+    with _planning:  # one greenlet reads the fleet's facts; the others wait for its answer
+        if state not in _run_builds:
+            specs = fleet_specs()
+            needs, caches = [], {}
+            for other in [h for h in state.inventory if h in state.active_hosts]:
+                spec = specs.get(other.name)
+                if spec is None or spec.llamacpp.binary_url or not placement_runs(spec, LLAMACPP):
+                    continue
+                try:
+                    with ctx_host.use(other):
+                        build = host_build(spec)
+                except DeployError:
+                    continue
+                # One cache per key: hosts naming different caches do not share.
+                shared = build.key + " " + build.cache
+                needs.append((other.name, shared, spec.llamacpp.build_host))
+                caches[shared] = build
+            cached = {k for k, b in caches.items() if cached_build(b.cache, b.key)}
+            _run_builds[state] = assign_builders(needs, cached)
+    return _run_builds[state]
+
+
+def server_from_source(spec: HostSpec) -> OperationMeta:
+    """llama-server built for this host's key: compiled here when this host is the key's
+    builder in this run, else installed from the control machine's cache, which the
+    builder's operations (called above this one) fill first."""
+    settings = spec.llamacpp
+    build = host_build(spec)
+    assigned = run_builds().get(spec.name)
+    builds = assigned is None or assigned.builds
+    if build.toolkit is not None and build.toolkit.from_cuda_repository:
+        cuda_repository(spec, host.get_fact(LinuxDistribution))
+    built: OperationMeta | None = None
+    if builds:
+        packages = [*BUILD_PACKAGES, *(["ccache"] if settings.ccache else [])]
+        if build.toolkit is not None:
+            packages.append(build.toolkit.package)
+        apt.packages(name="llama.cpp build tools", packages=packages, no_recommends=True)
+        assert settings.source_sha256 is not None  # the inventory check requires it
+        tarball = f"{inference.BUILD_ROOT}/llama.cpp-{settings.source_sha256[:12]}.tar.gz"
+        files.directory(
+            name="llama.cpp build folder",
+            path=inference.BUILD_ROOT,
+            user="root",
+            group="root",
+            mode="755",
+        )
+        downloads.verified_download(
+            name="Download the llama.cpp source",
+            src=settings.source_url,
+            dest=tarball,
+            sha256=settings.source_sha256,
+        )
+        built = inference.llama_server_built(
+            name=f"Build llama-server ({build.kind})",
+            tarball=tarball,
+            source_sha256=settings.source_sha256,
+            key=build.key,
+            subdir=settings.source_subdir,
+            cmake_flags=list(build.cmake_flags),
+            ccache=settings.ccache,
+            jobs=spec.hardware.cores,
+            _serial=settings.ccache and settings.ccache_shared,
+        )
+        # Kept on the control machine for the other hosts of this key, in this run or a
+        # later one (``--limit`` another host): none of them compiles it again.
+        inference.llama_server_fetched(
+            name=f"Keep llama-server ({build.kind}) built on {spec.name} on the control machine",
+            key=build.key,
+            cache=build.cache,
+        )
+    else:
+        # What the binary needs at run time, not the compilers: OpenMP's runtime (llama.cpp
+        # links it where the compiler has it, as GCC does), and the CUDA toolkit's libraries.
+        runtime = [*RUNTIME_PACKAGES, *([build.toolkit.package] if build.toolkit else [])]
+        apt.packages(name="llama.cpp runtime libraries", packages=runtime, no_recommends=True)
+    # Called on the builder too, where it does nothing: pyinfra runs an operation only after
+    # every operation that comes before it on any host, so this line makes every host of
+    # the build install only once the builder's build and fetch (above) have run.
+    builder = assigned.builder if assigned else spec.name
+    installed = inference.llama_server_installed(
+        name=f"Install llama-server ({build.kind}) {assigned.origin if assigned else ''}".strip(),
+        key=build.key,
+        builder=builder or "the control machine's cache",
+        cache=build.cache,
+    )
+    return built if built is not None else installed
 
 
 def cuda_toolkit(spec: HostSpec) -> nvidia.CudaToolkit:
