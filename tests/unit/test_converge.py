@@ -211,3 +211,30 @@ def test_ansible_host_vars_refuse_one_name_with_two_values(monkeypatch):
     )
     with pytest.raises(ValueError, match="variable listen"):
         converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key")
+
+
+def _smoke_runs(bare_commands: float, masters: int) -> list:
+    runs = [converge.Timing("gpufleet", case, 1, 1, 1.0, 0) for case in converge.CASES]
+    runs += [
+        converge.Timing("ansible", case, 1, 1, 5.0, 0, control_masters=masters)
+        for case in converge.CASES
+    ]
+    runs.append(
+        converge.Timing("apt-get", "first converge", 1, 1, 4.0, 0, True, 0.1, bare_commands)
+    )
+    return runs
+
+
+def test_smoke_checks_the_count_and_the_control_masters_it_relies_on():
+    bench = object.__new__(converge.Bench)  # no lab, no ansible-core install
+    bench.timings = _smoke_runs(1, 1)
+    bench.check_smoke()
+    bench.timings = _smoke_runs(2, 1)
+    with pytest.raises(SystemExit, match=r"bare apt-get counted \[2\] commands"):
+        bench.check_smoke()
+    bench.timings = _smoke_runs(1, 0)
+    with pytest.raises(SystemExit, match="no SSH control master"):
+        bench.check_smoke()
+    bench.timings = _smoke_runs(1, 1)[1:]
+    with pytest.raises(SystemExit, match="no run of gpufleet dry run, fresh"):
+        bench.check_smoke()
