@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpufleet.paths import DEPLOYS
-from gpufleet.roles.baseline import BASELINE_PACKAGES, template_variables
+from gpufleet.roles.baseline import APT_LOCK_WAIT, BASELINE_PACKAGES, template_variables
 
 if TYPE_CHECKING:
     from gpufleet.models import HostSpec
@@ -438,7 +438,9 @@ class Bench:
 
         def run(case: str, *args: str, may_fail: bool = False) -> Timing:
             command = [str(self.ansible), "-i", str(inventory), str(PLAYBOOK)]
-            command += ["--limit", ",".join(limit), *args]
+            # One fork per host, as many as pyinfra's connections (the config's 16 is for
+            # ansible-playbook run by hand).
+            command += ["--limit", ",".join(limit), "--forks", str(len(limit)), *args]
             timing, result = self.counted("ansible", case, limit, rnd, command, env=env)
             changed, broken = ansible_changes(result.stdout)
             timing.ok = result.returncode == 0 and not broken
@@ -608,16 +610,27 @@ def ansible_playbook() -> Path:
     return venv / "bin/ansible-playbook"
 
 
-def ansible_host_vars(spec: HostSpec, address: str, key: str) -> dict[str, object]:
-    """One bench host's Ansible variables: how to reach it, the playbook's own settings and
-    every variable of every template the baseline renders (template_variables), at the top
-    level where Ansible's template module finds them."""
+def ansible_host_vars(
+    spec: HostSpec, address: str, key: str, specs: dict[str, HostSpec]
+) -> dict[str, object]:
+    """One bench host's Ansible variables: how to reach it, what the playbook writes beyond
+    templates (each from the constant or function the role writes it with), and every variable
+    of every template the baseline renders (template_variables), at the top level where
+    Ansible's template module finds them."""
+    from gpufleet.paths import HOST_STATE
+    from gpufleet.roles import firewall
+
     variables: dict[str, object] = {
         "ansible_host": address,
         "ansible_user": "root",
         "ansible_ssh_private_key_file": key,
         "apt_cache_hours": spec.apt_cache_hours,
+        "apt_lock_wait": APT_LOCK_WAIT,
         "service_user": spec.service_user,
+        "root_folders": list(dict.fromkeys([HOST_STATE, f"/var/lib/{spec.service_user}"])),
+        "firewall_enabled": spec.firewall.enabled,
+        "firewall_rules": firewall.ruleset(spec, specs),
+        "rules": firewall.RULES,  # the allow-list unit's template
     }
     for name, given in template_variables(spec).items():
         for variable, value in given.items():
@@ -638,7 +651,7 @@ def write_ansible_inventory() -> Path:
     specs = validate_file(ROOT / INVENTORY)
     addresses = lab_addresses()
     hosts = {
-        name: ansible_host_vars(spec, addresses[name], str(lab.key_path()))
+        name: ansible_host_vars(spec, addresses[name], str(lab.key_path()), specs)
         for name, spec in specs.items()
     }
     path = lab.lab_dir() / "bench-ansible-inventory.json"

@@ -164,7 +164,8 @@ def _playbook_templates() -> list[tuple[str, dict]]:
 
 def test_the_twin_renders_the_templates_the_role_renders():
     spec = validate_file(ROOT / "bench/inventory.py")["bench-1"]
-    assert {name for name, _ in _playbook_templates()} == set(template_variables(spec))
+    firewall_unit = "firewall/gpufleet-firewall.service.j2"  # the baseline's firewall step
+    assert {name for name, _ in _playbook_templates()} == {*template_variables(spec), firewall_unit}
 
 
 @pytest.mark.parametrize("name", [name for name, _ in _playbook_templates()])
@@ -172,8 +173,9 @@ def test_every_variable_a_twin_template_needs_comes_from_the_bench_inventory(nam
     """What the playbook's template task gets is the bench inventory's host variables, the
     facts the playbook gathers and the task's vars (rendered from those): each template
     renders with them, StrictUndefined, or a variable the role added is missing there."""
-    spec = validate_file(ROOT / "bench/inventory.py")["bench-1"]
-    host_vars = converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key")
+    specs = validate_file(ROOT / "bench/inventory.py")
+    spec = specs["bench-1"]
+    host_vars = converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key", specs)
     facts = {"ansible_distribution_release": "bookworm"}  # setup: gather_subset min
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(ROOT / "templates"),
@@ -184,7 +186,7 @@ def test_every_variable_a_twin_template_needs_comes_from_the_bench_inventory(nam
     context = {**facts, **host_vars}
     context |= {k: environment.from_string(v).render(context) for k, v in task_vars.items()}
     rendered = environment.get_template(name).render(context)
-    for value in template_variables(spec)[name].values():
+    for value in template_variables(spec).get(name, {"rules": host_vars["rules"]}).values():
         shown = " ".join(value) if isinstance(value, list) else str(value)
         assert shown in rendered
 
@@ -192,8 +194,9 @@ def test_every_variable_a_twin_template_needs_comes_from_the_bench_inventory(nam
 def test_a_template_variable_the_inventory_lacks_fails_the_render():
     """The check above can fail: the node exporter's template without textfile_directory
     (the variable once added to the role and not to the twin)."""
-    spec = validate_file(ROOT / "bench/inventory.py")["bench-1"]
-    host_vars = converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key")
+    specs = validate_file(ROOT / "bench/inventory.py")
+    spec = specs["bench-1"]
+    host_vars = converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key", specs)
     del host_vars["textfile_directory"]
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(ROOT / "templates"), undefined=jinja2.StrictUndefined
@@ -203,14 +206,15 @@ def test_a_template_variable_the_inventory_lacks_fails_the_render():
 
 
 def test_ansible_host_vars_refuse_one_name_with_two_values(monkeypatch):
-    spec = validate_file(ROOT / "bench/inventory.py")["bench-1"]
+    specs = validate_file(ROOT / "bench/inventory.py")
+    spec = specs["bench-1"]
     monkeypatch.setattr(
         converge,
         "template_variables",
         lambda spec: {"a.j2": {"listen": "1:2"}, "b.j2": {"listen": "3:4"}},
     )
     with pytest.raises(ValueError, match="variable listen"):
-        converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key")
+        converge.ansible_host_vars(spec, "10.200.0.31", "/lab/key", specs)
 
 
 def _smoke_runs(bare_commands: float, masters: int) -> list:
