@@ -141,6 +141,19 @@ def ansible_changes(recap: str) -> tuple[int, int]:
     return changed, broken
 
 
+def ansible_failures(output: str, shown: int = 5) -> str:
+    """The first ``shown`` failed tasks of a playbook run (the task and its fatal line, which
+    come before the recap), then the recap."""
+    lines = output.splitlines()
+    failed = [
+        f"{lines[n - 1] if n else ''}\n{line[:600]}"
+        for n, line in enumerate(lines)
+        if line.startswith(("fatal:", "failed:"))
+    ]
+    recap = output[output.find("PLAY RECAP") :] if "PLAY RECAP" in output else output[-2000:]
+    return "\n".join([*failed[:shown], recap[-3000:]])
+
+
 def pyinfra_changes(report: dict) -> tuple[int, int]:
     """(changed, errors) from ``pyinfra --json`` results."""
     operations = (report.get("results") or {}).get("operations", [])
@@ -445,7 +458,7 @@ class Bench:
             changed, broken = ansible_changes(result.stdout)
             timing.ok = result.returncode == 0 and not broken
             if not timing.ok and not may_fail:
-                raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}")
+                raise SystemExit(f"{' '.join(command)} failed:\n{ansible_failures(result.stdout)}")
             timing.changes = 0 if "--check" in args else changed
             return timing
 
@@ -713,7 +726,7 @@ def main() -> int:
             summarize(bench.timings),
             [f.name for f in fields(Summary)],
         )
-    print(median_table(bench.timings, sizes))
+        print(median_table(bench.timings, sizes))  # what was measured, also before a failure
     if args.smoke:
         bench.check_smoke()
         took = time.monotonic() - started

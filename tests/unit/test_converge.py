@@ -242,3 +242,16 @@ def test_smoke_checks_the_count_and_the_control_masters_it_relies_on():
     bench.timings = _smoke_runs(1, 1)[1:]
     with pytest.raises(SystemExit, match="no run of gpufleet dry run, fresh"):
         bench.check_smoke()
+
+
+def test_a_failed_playbook_shows_its_failed_tasks_not_only_the_recap():
+    output = (
+        "TASK [Write apt sources (deb822)] ****\n"
+        'fatal: [bench-1]: FAILED! => {"msg": "\'textfile_directory\' is undefined"}\n'
+        + "ok: [bench-2]\n" * 200
+        + RECAP
+    )
+    shown = converge.ansible_failures(output)
+    assert "TASK [Write apt sources (deb822)]" in shown
+    assert "'textfile_directory' is undefined" in shown
+    assert shown.rstrip().endswith("rescued=0")
