@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 INVENTORIES := inventory/homelab.py inventory/lab.py inventory/lab_pi.py inventory/vagrant.py \
 	inventory/examples/*.py
 
-.PHONY: demo test test-fast lint docs host-tools lab-up lab-down vagrant-test
+.PHONY: demo test test-fast lint docs host-tools lab-up lab-down vagrant-test bench-smoke
 
 # Build and start the local lab, show the dry-run plan, deploy, deploy again (no changes).
 demo: $(BIN)/gpufleet host-tools
@@ -51,6 +51,14 @@ lab-up: $(BIN)/gpufleet host-tools
 
 lab-down: $(BIN)/gpufleet
 	$(BIN)/gpufleet lab down
+
+# The benchmarks still run, briefly: gpufleet bench on the lab make demo leaves running (one
+# streamed request per endpoint), then bench/converge.py --smoke (gpufleet and its Ansible
+# twin on one fresh host each, a bare apt-get on a third; it takes every lab host down first
+# and leaves none up). Either fails on a failed run or a re-run that changes something. As root.
+bench-smoke: $(BIN)/gpufleet host-tools
+	$(BIN)/gpufleet bench inventory/lab.py --runs 1 --concurrency 1 --csv reports/bench-smoke.csv
+	$(BIN)/python bench/converge.py --smoke --csv reports/converge-smoke.csv
 
 # One VM of the Vagrantfile (libvirt, QEMU software emulation): deploys/gpu_node.py converged
 # twice (the second changes nothing), gpufleet verify, destroyed; docs/vagrant.md. As root.

@@ -68,6 +68,14 @@ HOST_TOOLS = {
     "ssh-keygen": "openssh-client",
     "gpg": "gnupg",
 }
+KERNEL_FLOORS = {
+    "/proc/sys/fs/inotify/max_user_instances": 2048,
+    "/proc/sys/fs/inotify/max_user_watches": 65536,
+}
+"""sysctls the lab raises to at least these while it is up (never lowers), and down() puts
+back: each host's systemd, journald and udev take inotify instances of root's, the machine's
+all together; past Debian's default 128, the ~20th host fails to boot with "Too many open
+files". 2048 boots 32 hosts (bench/converge.py --hosts 32)."""
 MIRROR_PORT = 8380
 MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
 """The lab's local package mirror, as an offline homelab would run one. It serves what the
@@ -383,6 +391,27 @@ table ip {NFT_TABLE} {{
 }}
 """
         subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, check=True)
+
+
+def _raise_kernel_floors() -> None:
+    """Each of :data:`KERNEL_FLOORS` at least its floor; the value found first is kept in
+    the lab's state (a second ``up`` keeps the first's) for :func:`_restore_kernel_floors`."""
+    record = lab_dir() / "sysctl.saved"
+    saved: dict[str, str] = json.loads(record.read_text()) if record.exists() else {}
+    for path, floor in KERNEL_FLOORS.items():
+        current = Path(path).read_text().strip()
+        saved.setdefault(path, current)
+        if int(current) < floor:
+            Path(path).write_text(f"{floor}\n")
+    record.write_text(json.dumps(saved))
+
+
+def _restore_kernel_floors() -> None:
+    record = lab_dir() / "sysctl.saved"
+    if record.exists():
+        for path, value in json.loads(record.read_text()).items():
+            Path(path).write_text(f"{value}\n")
+        record.unlink()
 
 
 def _namespaces() -> set[str]:
@@ -712,6 +741,7 @@ def _up(inventory: str | Path, timeout: float) -> list[LabHost]:
     _report(f"SSH key, bridge {BRIDGE} and NAT")
     _ensure_key()
     _ensure_network()
+    _raise_kernel_floors()
     _report("lab mirror (packages, llama.cpp source, models, OpenBao)")
     _ensure_mirror()
     _ensure_engine_keys()
@@ -818,6 +848,7 @@ def down() -> list[str]:
         saved.unlink()
     # The hosts' binaries are gone: the next lab compiles llama-server again (once).
     shutil.rmtree(state / BUILD_CACHE, ignore_errors=True)
+    _restore_kernel_floors()
     # The hosts' disks are gone, so are their Vault servers: their keys are worthless now.
     # (The init record, one file per unseal key share, the deploy AppRole's credentials.)
     for kept in state.glob("vault-*") if state.exists() else []:

@@ -75,6 +75,6 @@ def test_every_long_step_runs_under_a_time_out():
 
 def test_ci_runs_the_vagrant_lab_after_the_readmes_two_commands():
     steps = re.findall(r"^step make ([\w-]+)$", (ROOT / ".ci/run").read_text(), re.M)
-    assert steps == ["demo", "test", "vagrant-test"]
+    assert steps == ["demo", "bench-smoke", "test", "vagrant-test"]
     makefile = (ROOT / "Makefile").read_text()
     assert "inventory/vagrant.py" in makefile.split("\n\n")[0]  # make demo validates it

@@ -4,6 +4,7 @@ Prometheus node exporter from Debian's packages."""
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from pyinfra import host
@@ -36,6 +37,30 @@ APT_LOCK_WAIT = (
 BASELINE_PACKAGES = ["systemd-timesyncd", "prometheus-node-exporter", "pciutils"]
 _PLANNED: WeakKeyDictionary[object, set[str]] = WeakKeyDictionary()
 """Per pyinfra run, the hosts whose baseline is already planned."""
+APT_SOURCES = "apt/debian.sources.j2"
+TIMESYNCD_CONF = "timesyncd/gpufleet.conf.j2"
+NODE_EXPORTER_DEFAULTS = "node_exporter/prometheus-node-exporter.j2"
+
+
+def template_variables(spec: HostSpec) -> dict[str, dict[str, Any]]:
+    """The variables of each template the baseline renders, by template name, from the host's
+    spec. The one source of them: the role renders with these, and bench/converge.py hands the
+    same to its Ansible twin (bench/ansible/baseline.yml), so a variable added here reaches
+    both. Values are plain (str, int, list) so that they travel as JSON. The Debian suite of
+    the apt sources is the host's own (a fact, not the spec's), added where it is rendered.
+    """
+    return {
+        APT_SOURCES: {
+            "mirror": spec.apt_mirror,
+            "security_mirror": spec.apt_security_mirror,
+            "components": list(spec.apt_components),
+        },
+        TIMESYNCD_CONF: {"servers": list(spec.ntp_servers)},
+        NODE_EXPORTER_DEFAULTS: {
+            "listen": f"{spec.node_exporter_address}:{spec.node_exporter_port}",
+            "textfile_directory": NODE_EXPORTER_TEXTFILES,
+        },
+    }
 
 
 @deploy("Baseline")
@@ -65,6 +90,7 @@ def baseline(spec: HostSpec) -> None:
             f"this host runs {name}"
         )
     in_container = host.get_fact(ContainerVirtualization)
+    variables = template_variables(spec)
 
     # 0. Another apt (unattended-upgrades on a freshly booted host, an earlier run still
     # finishing) holds dpkg's lock: every apt-get of this run waits for it, a bounded time,
@@ -96,13 +122,11 @@ def baseline(spec: HostSpec) -> None:
         codename = distribution["release_meta"].get("VERSION_CODENAME", "bookworm")
         sources = files.template(
             name="Write apt sources (deb822)",
-            src=template("apt/debian.sources.j2"),
+            src=template(APT_SOURCES),
             dest="/etc/apt/sources.list.d/debian.sources",
             mode="644",
-            mirror=spec.apt_mirror,
-            security_mirror=spec.apt_security_mirror,
             suite=codename,
-            components=spec.apt_components,
+            **variables[APT_SOURCES],
         )
         old_list = files.file(
             name="Remove the one-line sources.list the deb822 file replaces",
@@ -147,10 +171,10 @@ def baseline(spec: HostSpec) -> None:
     # 4. Time sync.
     timesync = files.template(
         name="Configure systemd-timesyncd",
-        src=template("timesyncd/gpufleet.conf.j2"),
+        src=template(TIMESYNCD_CONF),
         dest="/etc/systemd/timesyncd.conf.d/gpufleet.conf",
         mode="644",
-        servers=spec.ntp_servers,
+        **variables[TIMESYNCD_CONF],
     )
     if in_container:
         # timesyncd refuses to run in a container (ConditionVirtualization=!container);
@@ -168,10 +192,9 @@ def baseline(spec: HostSpec) -> None:
     # 6. Node exporter, listening where its clients are.
     exporter = files.template(
         name="Configure node exporter",
-        src=template("node_exporter/prometheus-node-exporter.j2"),
+        src=template(NODE_EXPORTER_DEFAULTS),
         dest="/etc/default/prometheus-node-exporter",
         mode="644",
-        listen=f"{spec.node_exporter_address}:{spec.node_exporter_port}",
-        textfile_directory=NODE_EXPORTER_TEXTFILES,
+        **variables[NODE_EXPORTER_DEFAULTS],
     )
     run_service("prometheus-node-exporter", exporter)
