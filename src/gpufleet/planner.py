@@ -513,6 +513,8 @@ def plan_summary(plan: HostPlan) -> str:
         f"{plan.ram_gb:g} GB unified memory ({plan.vram_gb:g} GB of it for the GPU, {gpu})"
         if plan.unified
         else f"{plan.vram_gb:g} GB VRAM ({gpu}), {plan.ram_gb:g} GB RAM ({ram})"
+        if plan.gpu_bandwidth_gbs
+        else f"no GPU, {plan.ram_gb:g} GB RAM ({ram})"
     )
     return (
         f"{plan.host}: {memory}; dedicated use "
