@@ -328,7 +328,8 @@ def measured_data(
     gpu = slowest_gpu_gbs(reading)
     if gpu and has_gpu:
         measured["gpu_bandwidth_gbs"] = gpu
-    why_not = [f"bandwidth not measured: {note}" for note in reading["notes"]]
+    notes = [*reading["notes"], *(reading["gpu_notes"] if has_gpu else [])]
+    why_not = [f"bandwidth probe: {note}" for note in dict.fromkeys(notes)]
     if not measured:
         return None, why_not
     measured["measured_on"] = today or date.today()

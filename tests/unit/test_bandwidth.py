@@ -68,8 +68,11 @@ def test_the_probe_reads_memory_with_every_cpu_and_reports_gb_per_s():
 def test_the_probe_stops_at_its_time_limit_and_still_reports():
     # 100000 rounds would take minutes; the limit of 1 s ends it with what it has.
     report, seconds = probe(1, 128, 100_000, 64)
-    assert report["note"] == "stopped after 1 s"
     assert seconds < 10
+    if report["ram_read_gbs"] is None:  # not one round in time (a very busy machine)
+        assert report["note"] == "stopped after 1 s"
+    else:  # the rounds it had give the figure, and it says so
+        assert report["ram_note"].startswith("stopped after 1 s, best of ")
 
 
 def test_the_probe_refuses_to_take_little_memory_for_a_figure():
@@ -95,7 +98,7 @@ def test_a_captured_cpu_only_host_has_a_ram_figure_and_says_why_no_gpu():
     reading = recorded("two-core-vm")
     assert reading["ram_read_gbs"] == 31.3
     assert reading["gpus"] == [] and slowest_gpu_gbs(reading) is None
-    assert reading["notes"] == ["no libcuda (no NVIDIA driver)"]
+    assert reading["notes"] == [] and reading["gpu_notes"] == ["no libcuda (no NVIDIA driver)"]
 
 
 def test_a_host_without_python_gives_no_figure_and_says_so():
@@ -110,7 +113,8 @@ def test_an_unprobed_gpu_leaves_no_gpu_figure_since_it_may_be_the_slowest():
     assert reading["ram_read_gbs"] == 58.2
     assert [g["copy_gbs"] for g in reading["gpus"]] == [812.4, None]
     assert slowest_gpu_gbs(reading) is None
-    assert "GPU 1 (NVIDIA GeForce RTX 4060 Ti): under 512 MB" in reading["notes"][0]
+    assert reading["notes"] == []
+    assert "GPU 1 (NVIDIA GeForce RTX 4060 Ti): under 512 MB" in reading["gpu_notes"][0]
     reading["gpus"][1]["copy_gbs"] = 250.1
     assert slowest_gpu_gbs(reading) == 250.1
 
@@ -208,7 +212,12 @@ def test_a_gpu_figure_above_the_parts_peak_or_without_a_gpu_is_a_problem():
 def test_discovery_writes_what_it_measured_and_why_a_figure_is_missing():
     measured, why_not = onboarding.measured_data(recorded("two-core-vm"), False, date(2026, 1, 2))
     assert measured == {"ram_bandwidth_gbs": 31.3, "measured_on": date(2026, 1, 2)}
-    assert why_not == ["bandwidth not measured: no libcuda (no NVIDIA driver)"]
+    assert why_not == []  # no GPU declared: no driver is nothing to do
+    _, why_not = onboarding.measured_data(recorded("two-core-vm"), True)
+    assert why_not == ["bandwidth probe: no libcuda (no NVIDIA driver)"]
+    assert onboarding.measured_data(recorded("no-python"), True)[1] == [
+        "bandwidth probe: no python3 on the host"
+    ]
     assert onboarding.measured_data(recorded("no-python"), False)[0] is None
     reading = recorded("two-gpus-one-busy")
     reading["gpus"][1]["copy_gbs"] = 250.1
@@ -241,7 +250,7 @@ def test_discover_and_measure_write_hardware_measured_the_inventory_accepts(tmp_
     result = runner.invoke(onboarding.discover_command, ["192.168.1.21", "--inventory", inventory])
     assert result.exit_code == 0, result.output
     assert asked == [True]
-    assert "to do: bandwidth not measured: no libcuda" in result.output
+    assert "to do: bandwidth" not in result.output
     [entry] = read_hosts(tmp_path / "hosts.yaml").values()
     assert entry["hardware"]["measured"] == {"ram_bandwidth_gbs": 31.3, "measured_on": TODAY}
     monkeypatch.chdir(tmp_path)

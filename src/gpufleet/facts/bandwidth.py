@@ -99,7 +99,7 @@ def ram():
         os.close(command_r)  # a child that dies is then an end of file, not a hang
         os.close(answer_w)
         pipes.append((pid, command_w, answer_r))
-    best = 0.0
+    best, rounds, note = 0.0, 0, None
     try:
         for _, _, answer_r in pipes:
             os.read(answer_r, 1)
@@ -108,12 +108,21 @@ def ram():
                 os.write(command_w, b"g")
             slowest = max(struct.unpack("d", os.read(r, 8))[0] for _, _, r in pipes)
             best = max(best, size * workers / slowest / 1e9)
+            rounds += 1
+    except OutOfTime:
+        if not rounds:
+            raise
+        note = f"stopped after {LIMIT_S} s, best of {rounds} rounds"  # a figure all the same
     finally:
         for pid, command_w, _ in pipes:
             os.close(command_w)  # the child reads the end of its pipe and leaves
         for pid, _, _ in pipes:
             os.waitpid(pid, 0)
-    return {"ram_read_gbs": round(best, 1), "ram_bytes": size * workers, "workers": workers}
+    report = {"ram_read_gbs": round(best, 1), "ram_bytes": size * workers, "workers": workers}
+    if note:
+        report["ram_note"] = note
+        signal.alarm(1)  # no time left for the GPUs: end there, as the limit says
+    return report
 
 
 def gpus():
@@ -211,7 +220,10 @@ class BandwidthReading(TypedDict):
     """All CPUs reading system memory at once, GB/s; None where it was not probed."""
     gpus: list[GpuReading]
     notes: list[str]
-    """Why a figure is missing (no python3, too little memory free, no driver, an error)."""
+    """What stopped or limited the RAM probe (no python3, too little memory free, the time
+    limit, an error)."""
+    gpu_notes: list[str]
+    """Why a GPU has no figure (no driver, too little GPU memory free, an error)."""
     seconds: float | None
 
 
@@ -234,18 +246,18 @@ def parse_bandwidth(output: list[str]) -> BandwidthReading:
     if line is None:
         said = " ".join(output).strip()
         why = "no python3 on the host" if said == "no python3" else f"no report ({said[:200]!r})"
-        return BandwidthReading(ram_read_gbs=None, gpus=[], notes=[why], seconds=None)
+        return BandwidthReading(
+            ram_read_gbs=None, gpus=[], notes=[why], gpu_notes=[why], seconds=None
+        )
     try:
         report = json.loads(line[len(MARKER) :])
     except json.JSONDecodeError:
+        unreadable = ["unreadable report"]
         return BandwidthReading(
-            ram_read_gbs=None, gpus=[], notes=["unreadable report"], seconds=None
+            ram_read_gbs=None, gpus=[], notes=unreadable, gpu_notes=unreadable, seconds=None
         )
-    notes = [
-        str(report[key])
-        for key in ("ram_note", "gpu_note", "ram_error", "gpus_error", "note")
-        if report.get(key)
-    ]
+    notes = [str(report[key]) for key in ("ram_note", "ram_error", "note") if report.get(key)]
+    gpu_notes = [str(report[key]) for key in ("gpu_note", "gpus_error") if report.get(key)]
     gpus = [
         GpuReading(
             index=int(gpu["index"]),
@@ -255,11 +267,12 @@ def parse_bandwidth(output: list[str]) -> BandwidthReading:
         )
         for gpu in report.get("gpus") or []
     ]
-    notes += [f"GPU {g['index']} ({g['name']}): {g['note']}" for g in gpus if g["note"]]
+    gpu_notes += [f"GPU {g['index']} ({g['name']}): {g['note']}" for g in gpus if g["note"]]
     return BandwidthReading(
         ram_read_gbs=_positive(report.get("ram_read_gbs")),
         gpus=gpus,
         notes=notes,
+        gpu_notes=gpu_notes,
         seconds=report.get("seconds"),
     )
 
@@ -285,7 +298,7 @@ class MemoryBandwidth(FactBase[BandwidthReading]):
     .. code:: python
 
         {"ram_read_gbs": 61.3, "gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 4090",
-         "copy_gbs": 921.4, "note": None}], "notes": [], "seconds": 3.1}
+         "copy_gbs": 921.4, "note": None}], "notes": [], "gpu_notes": [], "seconds": 3.1}
     """
 
     def command(self) -> str:
