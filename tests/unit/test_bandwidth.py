@@ -62,6 +62,7 @@ def test_the_probe_reads_memory_with_every_cpu_and_reports_gb_per_s():
     assert report["ram_read_gbs"] > 0.5  # any machine reads 256 MB faster than 0.5 GB/s
     assert report["ram_bytes"] <= 256 << 20  # never more than asked
     assert report["workers"] >= 1
+    assert 0 < report["cpu_share"] <= 1
     assert "ram_error" not in report and "note" not in report
 
 
@@ -87,7 +88,10 @@ def test_the_fact_command_runs_in_a_plain_shell_and_parses():
     small = probe_command(ram_mb=128, rounds=1)
     result = subprocess.run(["sh", "-c", small], capture_output=True, text=True, timeout=60)
     reading = parse_bandwidth(result.stdout.splitlines())
-    assert reading["ram_read_gbs"] and reading["ram_read_gbs"] > 0.5
+    if reading["ram_read_gbs"] is None:  # this machine is busy: the reading says so
+        assert reading["notes"][0].startswith("the host was busy")
+    else:
+        assert reading["ram_read_gbs"] > 0.5 and reading["notes"] == []
     assert reading["seconds"] is not None and reading["seconds"] < 30
 
 
@@ -99,6 +103,14 @@ def test_a_captured_cpu_only_host_has_a_ram_figure_and_says_why_no_gpu():
     assert reading["ram_read_gbs"] == 31.3
     assert reading["gpus"] == [] and slowest_gpu_gbs(reading) is None
     assert reading["notes"] == [] and reading["gpu_notes"] == ["no libcuda (no NVIDIA driver)"]
+
+
+def test_a_busy_host_gives_no_figure_since_it_would_bound_below_the_memory():
+    reading = recorded("two-core-vm-busy")
+    assert reading["ram_read_gbs"] is None
+    [note] = reading["notes"]
+    assert note.startswith("the host was busy: its readers ran ") and "measure it idle" in note
+    assert onboarding.measured_data(reading, False)[0] is None
 
 
 def test_a_host_without_python_gives_no_figure_and_says_so():

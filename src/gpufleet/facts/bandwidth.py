@@ -73,9 +73,10 @@ def child(size, commands, answers, inherited):
         buffer = b"\x02" * size  # written, so every page is real memory, not the zero page
         os.write(answers, b"r")
         while os.read(commands, 1) == b"g":
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             buffer.find(b"\x01")  # memchr over the whole buffer: it holds no 1
-            os.write(answers, struct.pack("d", time.perf_counter() - started))
+            wall = time.perf_counter() - started
+            os.write(answers, struct.pack("dd", wall, time.process_time() - cpu))
     finally:
         os._exit(0)
 
@@ -99,15 +100,20 @@ def ram():
         os.close(command_r)  # a child that dies is then an end of file, not a hang
         os.close(answer_w)
         pipes.append((pid, command_w, answer_r))
-    best, rounds, note = 0.0, 0, None
+    best, share, rounds, note = 0.0, 0.0, 0, None
     try:
         for _, _, answer_r in pipes:
             os.read(answer_r, 1)
         for _ in range(ROUNDS):
             for _, command_w, _ in pipes:
                 os.write(command_w, b"g")
-            slowest = max(struct.unpack("d", os.read(r, 8))[0] for _, _, r in pipes)
-            best = max(best, size * workers / slowest / 1e9)
+            times = [struct.unpack("dd", os.read(r, 16)) for _, _, r in pipes]
+            slowest = max(wall for wall, _ in times)
+            if size * workers / slowest / 1e9 > best:
+                best = size * workers / slowest / 1e9
+                # How much of the round the readers ran: on a busy host they wait for a CPU
+                # and the figure says more about the load than about the memory.
+                share = sum(cpu for _, cpu in times) / sum(wall for wall, _ in times)
             rounds += 1
     except OutOfTime:
         if not rounds:
@@ -118,7 +124,12 @@ def ram():
             os.close(command_w)  # the child reads the end of its pipe and leaves
         for pid, _, _ in pipes:
             os.waitpid(pid, 0)
-    report = {"ram_read_gbs": round(best, 1), "ram_bytes": size * workers, "workers": workers}
+    report = {
+        "ram_read_gbs": round(best, 1),
+        "ram_bytes": size * workers,
+        "workers": workers,
+        "cpu_share": round(min(share, 1.0), 2),
+    }
     if note:
         report["ram_note"] = note
         signal.alarm(1)  # no time left for the GPUs: end there, as the limit says
@@ -205,6 +216,10 @@ print("BANDWIDTH " + json.dumps(report))
 """The probe as python3 runs it: ``python3 -c PROBE LIMIT_S RAM_MB ROUNDS GPU_MB``."""
 
 MARKER = "BANDWIDTH "
+BUSY_SHARE = 0.8
+"""A RAM figure is kept only where the probe's readers ran at least this share of the time
+they took: below it they waited for CPUs other work held, and the figure would pull the
+planner's bound below what the memory allows."""
 
 
 class GpuReading(TypedDict):
@@ -268,8 +283,16 @@ def parse_bandwidth(output: list[str]) -> BandwidthReading:
         for gpu in report.get("gpus") or []
     ]
     gpu_notes += [f"GPU {g['index']} ({g['name']}): {g['note']}" for g in gpus if g["note"]]
+    ram = _positive(report.get("ram_read_gbs"))
+    share = report.get("cpu_share")
+    if ram is not None and isinstance(share, int | float) and share < BUSY_SHARE:
+        notes.append(
+            f"the host was busy: its readers ran {share:.0%} of the time and read "
+            f"{ram:g} GB/s, which says more about the load than the memory; measure it idle"
+        )
+        ram = None
     return BandwidthReading(
-        ram_read_gbs=_positive(report.get("ram_read_gbs")),
+        ram_read_gbs=ram,
         gpus=gpus,
         notes=notes,
         gpu_notes=gpu_notes,
