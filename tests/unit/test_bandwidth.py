@@ -4,6 +4,8 @@ but python3, its outputs parse, and the planner, discovery and bench use what it
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +95,45 @@ def test_the_fact_command_runs_in_a_plain_shell_and_parses():
     else:
         assert reading["ram_read_gbs"] > 0.5 and reading["notes"] == []
     assert reading["seconds"] is not None and reading["seconds"] < 30
+
+
+@pytest.fixture(scope="module")
+def fake_driver(tmp_path_factory):
+    """A folder holding a stand-in libcuda.so.1 (tests/fixtures/bandwidth/fake_libcuda.c)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the stand-in driver library")
+    folder = tmp_path_factory.mktemp("driver")
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"),
+         str(RECORDED / "fake_libcuda.c")],
+        check=True,
+    )  # fmt: skip
+    return folder
+
+
+def probe_gpus(fake_driver, **settings: str) -> dict:
+    environment = {**os.environ, "LD_LIBRARY_PATH": str(fake_driver), **settings}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "20", "128", "2", "256"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=environment,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BANDWIDTH "))
+
+
+def test_the_gpu_probe_times_copies_through_the_driver_library(fake_driver):
+    report = probe_gpus(fake_driver, FAKE_CUDA_COUNT="2", FAKE_CUDA_GBS="100")
+    assert [gpu["name"] for gpu in report["gpus"]] == ["Fake GPU 0", "Fake GPU 1"]
+    for gpu in report["gpus"]:  # copies that take as long as 100 GB/s would: about 100
+        assert 70 < gpu["copy_gbs"] <= 100.5
+    assert "gpus_error" not in report
+    full = probe_gpus(fake_driver, FAKE_CUDA_FREE_MB="300")
+    assert full["gpus"][0]["copy_gbs"] is None
+    assert full["gpus"][0]["note"] == "under 512 MB of GPU memory free; not probed"
 
 
 # --- parsing ------------------------------------------------------------------------------
