@@ -38,6 +38,7 @@ def check_host(
     return [
         *_groups(spec, extra_groups),
         *_accelerators(spec, catalogue),
+        *_measured(spec, catalogue),
         *_platform(spec),
         *_ports(spec),
         *_gpu_requests(spec),
@@ -166,6 +167,37 @@ def _groups(spec: HostSpec, extra_groups: Iterable[str]) -> Iterator[Problem]:
                 f"unknown group {group!r}{suggest(group, HOST_GROUPS)}; "
                 f"use one of {', '.join(HOST_GROUPS)}",
             )
+
+
+MEASURED_ABOVE_PEAK = 1.1
+"""A GPU measured this far above its part's peak was measured elsewhere, or mistyped."""
+
+
+def _measured(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
+    """A measured GPU figure belongs to a host with an NVIDIA GPU or Jetson, and cannot
+    exceed what the part's memory does at its peak."""
+    measured = spec.hardware.measured
+    if measured is None or measured.gpu_bandwidth_gbs is None:
+        return
+    field = "hardware.measured.gpu_bandwidth_gbs"
+    probed = [a for a in spec.hardware.accelerators if a.kind in ("nvidia", "jetson")]
+    if not probed:
+        yield Problem(
+            spec.name,
+            field,
+            "measured on a GPU this host does not declare (no nvidia or jetson accelerator); "
+            "remove it, or declare the GPU in hardware.accelerators",
+        )
+        return
+    entries = [catalogue.accelerator_for(a) for a in probed]
+    peaks = [entry.bandwidth_gbs for entry in entries if entry is not None]
+    if peaks and measured.gpu_bandwidth_gbs > min(peaks) * MEASURED_ABOVE_PEAK:
+        yield Problem(
+            spec.name,
+            field,
+            f"{measured.gpu_bandwidth_gbs:g} GB/s is above the {min(peaks):g} GB/s peak of "
+            "the host's slowest GPU; measure this host again (gpufleet measure)",
+        )
 
 
 def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:

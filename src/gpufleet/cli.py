@@ -763,15 +763,16 @@ def print_bench_table(rows: list[dict[str, object]]) -> None:
     """The benchmark's rows as an aligned table on stdout."""
     table = _table(
         "endpoint", "model", "conc", "TTFT s", "±", "decode tok/s", "± ", "claimed", "bound",
-        right=("conc", "TTFT s", "decode tok/s", "claimed", "bound"),
+        "of bound", right=("conc", "TTFT s", "decode tok/s", "claimed", "bound", "of bound"),
     )  # fmt: skip
     for row in rows:
         table.add_row(
             *(
-                str(row[key])
+                str(row.get(key, ""))
                 for key in (
                     "endpoint", "model", "concurrency", "ttft_s", "ttft_ci95_s", "decode_tok_s",
                     "decode_tok_s_ci95", "claimed_tok_s", "planner_bound_tok_s",
+                    "measured_over_bound",
                 )
             )
         )  # fmt: skip
@@ -968,11 +969,12 @@ def down() -> int:
 #     main_group.add_command(some_command)            # gpufleet some-command ...
 # It returns its exit code (an int, or None for 0); a user's mistake it raises (an
 # InventoryError, NoHostsSelected, OSError ...) is reported by FleetGroup as one line.
-from gpufleet.onboarding import discover_command, init_command  # noqa: E402
+from gpufleet.onboarding import discover_command, init_command, measure_command  # noqa: E402
 from gpufleet.status import status_command  # noqa: E402 (registered after the built-ins)
 
 main_group.add_command(init_command, "init")
 main_group.add_command(discover_command, "discover")
+main_group.add_command(measure_command, "measure")
 main_group.add_command(status_command, "status")
 main_group.add_command(plot_command, "plot")
 

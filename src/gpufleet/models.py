@@ -11,6 +11,7 @@ live in ``gpufleet.checks`` so that each problem can name the exact field it is 
 from __future__ import annotations
 
 import re
+from datetime import date
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -116,6 +117,38 @@ class Accelerator(Spec):
     (unsupported) NVIDIA's open kernel modules."""
 
 
+MEASURED_RAM_MAX_GBS = 2000
+"""No system memory is read faster (two sockets of 12 DDR5-6400 channels: about 1230 GB/s)."""
+MEASURED_GPU_MAX_GBS = 20_000
+"""No GPU's memory is faster (HBM3e: about 8000 GB/s)."""
+
+
+class Measured(Spec):
+    """Memory bandwidth measured on the host itself (``gpufleet discover`` and ``gpufleet
+    measure`` write it): the planner bounds decode speed with these figures over the
+    declared and catalogue ones. ``{ram_bandwidth_gbs: 21.4, measured_on: 2026-12-02}``"""
+
+    ram_bandwidth_gbs: float | None = Field(None, gt=0, le=MEASURED_RAM_MAX_GBS)
+    """System memory read by all CPUs at once, GB/s (the MemoryBandwidth fact)."""
+    gpu_bandwidth_gbs: float | None = Field(None, gt=0, le=MEASURED_GPU_MAX_GBS)
+    """The slowest NVIDIA GPU's memory, GB/s (device-to-device copies, read + written)."""
+    measured_on: date
+    """The day it was measured (a figure ages: new memory, a new BIOS setting)."""
+
+    @model_validator(mode="after")
+    def _a_figure_of_a_past_day(self) -> Measured:
+        if self.ram_bandwidth_gbs is None and self.gpu_bandwidth_gbs is None:
+            raise ValueError(
+                "a measurement gives ram_bandwidth_gbs, gpu_bandwidth_gbs or both; "
+                "run gpufleet measure, or remove hardware.measured"
+            )
+        if self.measured_on > date.today():
+            raise ValueError(
+                f"measured_on {self.measured_on} is in the future; give the day it was measured"
+            )
+        return self
+
+
 class Hardware(Spec):
     """What the machine is made of."""
 
@@ -134,7 +167,10 @@ class Hardware(Spec):
     ram_mts: int | None = Field(None, ge=800, le=20000)
     """Transfer rate in MT/s; the type's usual rate when left out."""
     ram_bandwidth_gbs: float | None = Field(None, gt=0)
-    """Measured or published memory bandwidth in GB/s; overrides the estimate above."""
+    """Published memory bandwidth in GB/s; overrides the estimate above."""
+    measured: Measured | None = None
+    """Bandwidth measured on the host (``gpufleet measure``); preferred over every other
+    figure."""
 
     @property
     def nvidia_gpu_count(self) -> int:

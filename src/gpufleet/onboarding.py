@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import click
 
 from gpufleet.catalogue import Catalogue, load_catalogue
+from gpufleet.facts.bandwidth import BandwidthReading, slowest_gpu_gbs
 from gpufleet.facts.machine import MachineReport, SeenGpu
 from gpufleet.hosts_file import HOSTS_FILE, hosts_path, merge_host, read_hosts, write_hosts
 
@@ -278,6 +281,12 @@ def discovered(
     hardware: dict[str, Any] = {"cpu": report["cpu"], "cores": max(report["cores"], 1)}
     hardware["ram_gb"] = report["ram_gb"]
     hardware["accelerators"] = accelerators
+    reading = report.get("bandwidth")
+    if reading is not None:
+        measured, why_not = measured_data(reading, any(a["kind"] == "nvidia" for a in accelerators))
+        if measured:
+            hardware["measured"] = measured
+        todo += why_not
     entry["hardware"] = hardware
     kinds = {a["kind"] for a in accelerators}
     if "nvidia" in kinds and os_family not in ("macos", "jetson-l4t"):
@@ -305,6 +314,26 @@ def discovered(
         f"{report['ram_gb']} GB RAM, {cards}"
     )
     return Discovered(entry, groups, summary, todo)
+
+
+def measured_data(
+    reading: BandwidthReading, has_gpu: bool, today: date | None = None
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """``hardware.measured`` from a MemoryBandwidth reading (None without a figure), and why
+    a figure is missing. The GPU's is written only where every NVIDIA GPU was measured (the
+    planner bounds by the slowest)."""
+    measured: dict[str, Any] = {}
+    if reading["ram_read_gbs"]:
+        measured["ram_bandwidth_gbs"] = reading["ram_read_gbs"]
+    gpu = slowest_gpu_gbs(reading)
+    if gpu and has_gpu:
+        measured["gpu_bandwidth_gbs"] = gpu
+    notes = [*reading["notes"], *(reading["gpu_notes"] if has_gpu else [])]
+    why_not = [f"bandwidth probe: {note}" for note in dict.fromkeys(notes)]
+    if not measured:
+        return None, why_not
+    measured["measured_on"] = today or date.today()
+    return measured, why_not
 
 
 def _os_family(report: MachineReport) -> str | None:
@@ -338,20 +367,43 @@ def connection_data(
     return data
 
 
-def read_machines(hosts: dict[str, dict[str, Any]]) -> dict[str, MachineReport | str]:
+def read_machines(
+    hosts: dict[str, dict[str, Any]], measure: bool = False
+) -> dict[str, MachineReport | str]:
     """Connect to each host (name -> pyinfra SSH data) with pyinfra and read its
-    :class:`~gpufleet.facts.machine.Machine` fact: the report, or why it could not be read."""
+    :class:`~gpufleet.facts.machine.Machine` fact (and, with ``measure``, its
+    :class:`~gpufleet.facts.bandwidth.MemoryBandwidth` into the report's ``bandwidth``): the
+    report, or why it could not be read."""
+    from gpufleet.facts.bandwidth import MemoryBandwidth
+    from gpufleet.facts.machine import Machine
+
+    facts: list[type[Any]] = [Machine, MemoryBandwidth] if measure else [Machine]
+    results: dict[str, MachineReport | str] = {}
+    for name, found in read_facts(hosts, facts).items():
+        if isinstance(found, str):
+            results[name] = found
+            continue
+        report: MachineReport = found[0]
+        if measure:
+            report["bandwidth"] = found[1]
+        results[name] = report
+    return results
+
+
+def read_facts(
+    hosts: dict[str, dict[str, Any]], facts: Iterable[type[Any]]
+) -> dict[str, list[Any] | str]:
+    """Connect to each host (name -> pyinfra SSH data) with pyinfra and read ``facts`` in
+    order, one connection per host: their values, or why they could not be read."""
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.context import ctx_config, ctx_inventory, ctx_state
 
-    from gpufleet.facts.machine import Machine
-
     inventory = Inventory((list(hosts.items()), {}))
     config = Config(CONNECT_TIMEOUT=15, FAIL_PERCENT=100)
     state = State(inventory, config)
-    results: dict[str, MachineReport | str] = {}
+    results: dict[str, list[Any] | str] = {}
     with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(config):
         try:
             connect_all(state)
@@ -362,7 +414,7 @@ def read_machines(hosts: dict[str, dict[str, Any]]) -> dict[str, MachineReport |
                 results[host.name] = "could not connect over SSH (see the log above)"
                 continue
             try:
-                results[host.name] = host.get_fact(Machine)
+                results[host.name] = [host.get_fact(fact) for fact in facts]
             except PyinfraError as error:
                 results[host.name] = f"could not read it: {error}"
             finally:
@@ -395,6 +447,12 @@ def read_machines(hosts: dict[str, dict[str, Any]]) -> dict[str, MachineReport |
     multiple=True,
     help="put the hosts in this group (repeat for more) instead of the suggested ones",
 )
+@click.option(
+    "--measure/--no-measure",
+    default=True,
+    show_default=True,
+    help="measure memory bandwidth (a bounded probe of a few seconds) into hardware.measured",
+)
 def discover_command(
     addresses: tuple[str, ...],
     ssh_user: str,
@@ -403,10 +461,12 @@ def discover_command(
     names: tuple[str, ...],
     inventory: Path,
     groups: tuple[str, ...],
+    measure: bool,
 ) -> None:
-    """Read each machine at ADDRESS over SSH (system, CPU, cores, memory, GPUs) and write it
-    into the hosts.yaml beside the inventory: a host already there is updated. Suggests
-    gpu_nodes for a machine with an NVIDIA GPU, edge for a Jetson, cpu_nodes otherwise."""
+    """Read each machine at ADDRESS over SSH (system, CPU, cores, memory, GPUs, and the
+    memory bandwidth it reaches) and write it into the hosts.yaml beside the inventory: a host
+    already there is updated. Suggests gpu_nodes for a machine with an NVIDIA GPU, edge for a
+    Jetson, cpu_nodes otherwise."""
     if names and len(names) != len(addresses):
         raise click.UsageError(f"{len(names)} --name for {len(addresses)} addresses")
     from gpufleet.models import HOST_GROUPS
@@ -421,7 +481,7 @@ def discover_command(
     connections = {
         address: connection_data(address, ssh_user, ssh_key, ssh_port) for address in addresses
     }
-    reports = read_machines(connections)
+    reports = read_machines(connections, measure=measure)
     catalogue = load_catalogue()
     failed = []
     for i, address in enumerate(addresses):
@@ -439,5 +499,98 @@ def discover_command(
     if len(failed) < len(addresses):
         write_hosts(path, hosts)
         click.echo(f"wrote {path}; next: gpufleet validate {inventory}")
+    if failed:
+        raise click.ClickException("\n".join(failed))
+
+
+# --- measure ----------------------------------------------------------------------------
+
+
+def measured_lines(name: str, measured: dict[str, Any]) -> str:
+    """The host data to paste for one host's measurement (as hosts.yaml or a Python
+    inventory's host data would hold it)."""
+    figures = ", ".join(
+        f"{key}: {value}" for key, value in measured.items() if key != "measured_on"
+    )
+    return (
+        f"{name}:\n  hardware:\n    measured: {{{figures}, measured_on: {measured['measured_on']}}}"
+    )
+
+
+def write_measured(hosts: dict[str, dict[str, Any]], name: str, measured: dict[str, Any]) -> None:
+    """Put one host's measurement into its hosts.yaml entry (in place of an older one)."""
+    hardware = hosts[name].setdefault("hardware", {})
+    hardware["measured"] = measured
+
+
+@click.command(
+    "measure", short_help="Measure hosts' memory bandwidth for the planner (a short probe)."
+)
+@click.argument("inventory", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--limit",
+    "limit",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only these hosts (a name, a group or a glob); repeat for more, as pyinfra's --limit.",
+)
+@click.option(
+    "--write",
+    is_flag=True,
+    help="write the figures into hosts.yaml beside the inventory (for the hosts it holds)",
+)
+def measure_command(inventory: str, limit: tuple[str, ...], write: bool) -> None:
+    """Run a short, bounded memory-bandwidth probe on each selected host of INVENTORY (all
+    CPUs reading system memory; each NVIDIA GPU copying within its memory, through the
+    driver) and print the figures with the host data that makes the planner use them
+    (``hardware.measured``). With --write, hosts that live in hosts.yaml get it written
+    there; for the others, paste what is printed into their data. Measure an idle host: a
+    busy one measures lower."""
+    from gpufleet.connector_data import ssh_data
+    from gpufleet.facts.bandwidth import MemoryBandwidth
+    from gpufleet.inventory import load_inventory, validate_file
+    from gpufleet.selection import select_hosts
+
+    specs = validate_file(inventory)  # a broken inventory stops here, before any host
+    selection = select_hosts(specs, limit, source=inventory)
+    for warning in selection.warnings():
+        click.echo(warning, err=True)
+    pyinfra_hosts = {host.name: host for host in load_inventory(inventory)}
+    connections = {
+        name: ssh_data(pyinfra_hosts[name].data.dict()) or {"ssh_hostname": name}
+        for name in selection.names
+    }
+    readings = read_facts(connections, [MemoryBandwidth])
+    path = hosts_path(inventory)
+    in_file = read_hosts(path) if write else {}
+    written, failed = [], []
+    for name in selection.names:
+        found = readings[name]
+        if isinstance(found, str):
+            failed.append(f"{name}: {found}")
+            continue
+        reading: BandwidthReading = found[0]
+        measured, why_not = measured_data(reading, specs[name].hardware.nvidia_gpu_count > 0)
+        gpus = ", ".join(
+            f"GPU {g['index']} {g['name']} {g['copy_gbs'] or '-'} GB/s copy"
+            for g in reading["gpus"]
+        )
+        click.echo(
+            f"{name}: RAM read {reading['ram_read_gbs'] or '-'} GB/s"
+            + (f"; {gpus}" if gpus else "")
+            + (f" ({reading['seconds']:g} s)" if reading["seconds"] else "")
+        )
+        for line in why_not:
+            click.echo(f"  {line}")
+        if measured is None:
+            continue
+        if name in in_file:
+            write_measured(in_file, name, measured)
+            written.append(name)
+        else:
+            click.echo(measured_lines(name, measured))
+    if written:
+        write_hosts(path, in_file)
+        click.echo(f"wrote hardware.measured of {', '.join(written)} into {path}")
     if failed:
         raise click.ClickException("\n".join(failed))

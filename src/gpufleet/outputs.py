@@ -68,6 +68,10 @@ class PlacementPlanOut(_Strict):
     problem_field: str
     ram_gb: float
     memory_max_gb: float
+    bound_source: str = Field(
+        description="Where the bandwidth behind the bound came from: measured, declared, "
+        "estimated or catalogue (GPU's and RAM's for a split placement)."
+    )
 
 
 class HostPlanOut(_Strict):
@@ -82,6 +86,8 @@ class HostPlanOut(_Strict):
     ram_used_gb: float
     problems: list[tuple[str, str]] = Field(description="[field, why] pairs.")
     memory_max_gb: dict[str, float] = Field(description="Engine -> its server's memory limit.")
+    gpu_bandwidth_source: Literal["measured", "declared", "estimated", "catalogue"]
+    ram_bandwidth_source: Literal["measured", "declared", "estimated", "catalogue"]
 
 
 class PlanOutput(RootModel[list[HostPlanOut]]):
@@ -246,6 +252,11 @@ class BenchRow(_Strict):
     claimed_tok_s: float | None
     planner_bound_tok_s: float | None
     measured_over_claimed: float | None
+    measured_over_bound: float | None = Field(
+        None,
+        description="Measured decode speed over the planner's bound: how close the engine "
+        "comes to what the memory allows (a ratio, not a verdict).",
+    )
 
 
 class BenchOutput(_Strict):

@@ -37,6 +37,10 @@ RAM_TRANSFER_RATE = {"ddr4": 3200, "ddr5": 5600, "lpddr5": 6400, "lpddr5x": 8000
 """Typical transfer rate (MT/s) of each memory type, when the inventory gives none."""
 
 Where = Literal["gpu", "partial", "cpu", "does-not-fit"]
+BandwidthSource = Literal["measured", "declared", "estimated", "catalogue"]
+"""Where a bandwidth figure came from: measured on the host (``hardware.measured``), declared
+in its data (``ram_bandwidth_gbs``, an accelerator's ``bandwidth_gbs``), estimated from the
+memory's type, channels and rate, or the catalogue's figure for the part."""
 
 
 @dataclass
@@ -69,6 +73,9 @@ class PlacementPlan:
     """What it holds in system memory: the weights and KV cache the GPU does not."""
     memory_max_gb: float = 0.0
     """The system memory limit of the server that runs it (:func:`memory_limits`)."""
+    bound_source: str = ""
+    """Where the bandwidth behind ``bound_tok_s`` came from (:data:`BandwidthSource`; both,
+    GPU's first, for a placement split between GPU and RAM)."""
 
 
 @dataclass
@@ -87,23 +94,40 @@ class HostPlan:
     problems: list[tuple[str, str]] = field(default_factory=list)
     memory_max_gb: dict[str, float] = field(default_factory=dict)
     """Engine name -> its server's system memory limit in GB (:func:`memory_limits`)."""
+    gpu_bandwidth_source: BandwidthSource = "catalogue"
+    ram_bandwidth_source: BandwidthSource = "estimated"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def ram_bandwidth_gbs(spec: HostSpec) -> float:
-    """Peak system memory bandwidth: channels x 8 bytes x transfer rate."""
+def ram_bandwidth(spec: HostSpec) -> tuple[float, BandwidthSource]:
+    """System memory bandwidth and where it came from: measured on the host, else declared,
+    else estimated as channels x 8 bytes x transfer rate (a peak no CPU quite reaches)."""
     hardware = spec.hardware
+    if hardware.measured and hardware.measured.ram_bandwidth_gbs:
+        return hardware.measured.ram_bandwidth_gbs, "measured"
     if hardware.ram_bandwidth_gbs:
-        return hardware.ram_bandwidth_gbs
+        return hardware.ram_bandwidth_gbs, "declared"
     rate = hardware.ram_mts or RAM_TRANSFER_RATE[hardware.ram_type]
-    return hardware.ram_channels * 8 * rate / 1000
+    return hardware.ram_channels * 8 * rate / 1000, "estimated"
+
+
+def ram_bandwidth_gbs(spec: HostSpec) -> float:
+    """System memory bandwidth in GB/s (:func:`ram_bandwidth`)."""
+    return ram_bandwidth(spec)[0]
 
 
 def gpu_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
     """(VRAM of the discrete NVIDIA GPUs in GB, their slowest bandwidth in GB/s)."""
-    vram, bandwidths = 0.0, []
+    vram, bandwidth, _source = nvidia_memory(spec, catalogue)
+    return vram, bandwidth
+
+
+def nvidia_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float, BandwidthSource]:
+    """VRAM of the discrete NVIDIA GPUs in GB, their slowest bandwidth in GB/s (measured on
+    the host where it was, else declared or the catalogue's), and where that came from."""
+    vram, bandwidths, declared = 0.0, [], False
     for accelerator in spec.hardware.accelerators:
         if accelerator.kind != "nvidia":
             continue
@@ -113,7 +137,11 @@ def gpu_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
         per_device = accelerator.vram_gb or max(entry.vram_gb or (0.0,))
         vram += per_device * accelerator.count
         bandwidths.append(entry.bandwidth_gbs)
-    return vram, min(bandwidths, default=0.0)
+        declared |= accelerator.bandwidth_gbs is not None
+    measured = spec.hardware.measured
+    if bandwidths and measured and measured.gpu_bandwidth_gbs:
+        return vram, measured.gpu_bandwidth_gbs, "measured"
+    return vram, min(bandwidths, default=0.0), "declared" if declared else "catalogue"
 
 
 def unified_bandwidth(spec: HostSpec, catalogue: Catalogue) -> float | None:
@@ -169,15 +197,23 @@ def services_vram_gb(spec: HostSpec, vram: float) -> float:
 
 def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     """Where each placed model of one host runs, and why it cannot where it cannot."""
-    vram, gpu_bw = gpu_memory(spec, catalogue)
+    vram, gpu_bw, gpu_source = nvidia_memory(spec, catalogue)
     unified = unified_bandwidth(spec, catalogue)
-    ram_bw = unified or ram_bandwidth_gbs(spec)
+    measured = spec.hardware.measured
+    ram_bw, ram_source = ram_bandwidth(spec)
+    if unified and ram_source != "measured":
+        # Unified memory is the SoC's memory: its catalogue figure, unless the CPUs' own
+        # reads were measured (they reach less of it than the GPU: a Mac's CPUs about half).
+        ram_bw, ram_source = unified, "catalogue"
     ram_free = spec.hardware.ram_gb - SYSTEM_RESERVE_GB
     shared = unified_gpu_memory_gb(spec)
     if shared and unified:
-        vram, gpu_bw = shared, unified
+        vram, gpu_bw, gpu_source = shared, unified, "catalogue"
+        if measured and measured.gpu_bandwidth_gbs:  # a Jetson's GPU, probed through CUDA
+            gpu_bw, gpu_source = measured.gpu_bandwidth_gbs, "measured"
         ram_free -= shared
     plan = HostPlan(spec.name, vram, spec.hardware.ram_gb, gpu_bw, ram_bw, unified=bool(shared))
+    plan.gpu_bandwidth_source, plan.ram_bandwidth_source = gpu_source, ram_source
     vram_free = max(vram - services_vram_gb(spec, vram), 0.0)
     for index, placement in enumerate(spec.models):
         engine = engine_for(spec, placement)
@@ -214,6 +250,7 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
         room = Room(vram, vram_free, ram_free, gpu_bw, ram_bw)
         result = _place(engine, spec, placement, entry, quant, room)
         result.index = index
+        result.bound_source = _bound_source(result, gpu_source, ram_source)
         plan.placements.append(result)
         field_name = f"models[{index}]"
         if result.problem:
@@ -248,6 +285,17 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
     for placement_plan in plan.placements:
         placement_plan.memory_max_gb = plan.memory_max_gb.get(placement_plan.engine, 0.0)
     return plan
+
+
+def _bound_source(result: PlacementPlan, gpu: str, ram: str) -> str:
+    """Where the bandwidth behind a placement's bound came from."""
+    if result.bound_tok_s is None:
+        return ""
+    if result.where == "gpu":
+        return gpu
+    if result.where == "cpu":
+        return ram
+    return gpu if gpu == ram else f"{gpu} GPU, {ram} RAM"
 
 
 def _round_up(gb: float) -> float:
@@ -459,12 +507,14 @@ PLAN_COLUMNS = ("model", "engine", "quant", "context", "needs", "where", "speed 
 
 def plan_summary(plan: HostPlan) -> str:
     """The line above a host's plan: its memory, and what its dedicated use takes."""
+    gpu = f"{plan.gpu_bandwidth_gbs:g} GB/s {plan.gpu_bandwidth_source}"
+    ram = f"{plan.ram_bandwidth_gbs:g} GB/s {plan.ram_bandwidth_source}"
     memory = (
-        f"{plan.ram_gb:g} GB unified memory ({plan.vram_gb:g} GB of it for the GPU, "
-        f"{plan.gpu_bandwidth_gbs:g} GB/s)"
+        f"{plan.ram_gb:g} GB unified memory ({plan.vram_gb:g} GB of it for the GPU, {gpu})"
         if plan.unified
-        else f"{plan.vram_gb:g} GB VRAM ({plan.gpu_bandwidth_gbs:g} GB/s), "
-        f"{plan.ram_gb:g} GB RAM ({plan.ram_bandwidth_gbs:g} GB/s)"
+        else f"{plan.vram_gb:g} GB VRAM ({gpu}), {plan.ram_gb:g} GB RAM ({ram})"
+        if plan.gpu_bandwidth_gbs
+        else f"no GPU, {plan.ram_gb:g} GB RAM ({ram})"
     )
     return (
         f"{plan.host}: {memory}; dedicated use "
@@ -477,5 +527,5 @@ def placement_cells(p: PlacementPlan) -> tuple[str, ...]:
     where: str = p.where
     if p.where == "partial":
         where += f" ({p.gpu_layers}/{p.layers} layers on GPU)"
-    bound = f"<= {p.bound_tok_s:g} tok/s" if p.bound_tok_s else "-"
+    bound = f"<= {p.bound_tok_s:g} tok/s ({p.bound_source})" if p.bound_tok_s else "-"
     return (p.model, p.engine, p.quant, str(p.context), f"{p.need_gb:.1f} GB", where, bound)

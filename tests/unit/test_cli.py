@@ -214,7 +214,7 @@ SYNTHETIC_ROWS: list[dict[str, object]] = [
         "quant": "Q4_K_M", "concurrency": 1, "runs": 1, "ttft_s": 0.0412,
         "ttft_ci95_s": float("nan"), "decode_tok_s": 81.5, "decode_tok_s_ci95": float("nan"),
         "latency_s": 0.61, "latency_ci95_s": float("nan"), "claimed_tok_s": "",
-        "planner_bound_tok_s": "", "measured_over_claimed": "",
+        "planner_bound_tok_s": "", "measured_over_claimed": "", "measured_over_bound": "",
     },
     {
         "endpoint": "gw/gateway", "host": "box", "engine": "ollama", "model": "m",
@@ -222,6 +222,7 @@ SYNTHETIC_ROWS: list[dict[str, object]] = [
         "ttft_ci95_s": 0.01, "decode_tok_s": 40.25, "decode_tok_s_ci95": 1.5,
         "latency_s": 1.9, "latency_ci95_s": 0.1, "claimed_tok_s": 30.0,
         "planner_bound_tok_s": 95.1, "measured_over_claimed": 1.34,
+        "measured_over_bound": 0.423,
     },
 ]  # fmt: skip
 
@@ -233,6 +234,7 @@ def test_bench_json_matches_its_schema_with_nan_and_empty_cells_as_null(capsys):
     first, second = document["rows"]
     assert first["ttft_ci95_s"] is None and first["claimed_tok_s"] is None
     assert second["measured_over_claimed"] == 1.34 and document["csv"] == "bench/x.csv"
+    assert first["measured_over_bound"] is None and second["measured_over_bound"] == 0.423
 
 
 def test_bench_table_columns_align_past_a_long_endpoint_name(capsys):

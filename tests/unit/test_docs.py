@@ -22,6 +22,7 @@ DOCUMENTED_COMMANDS = {
     "plot",
     "init",
     "discover",
+    "measure",
     "validate",
     "plan",
     "preview",

@@ -149,7 +149,9 @@ def test_discover_writes_hosts_the_inventory_validates_and_updates_them(tmp_path
     runner = CliRunner()
     assert runner.invoke(init_command, [str(tmp_path)]).exit_code == 0
     machines = {"192.168.1.20": report("desk-rtx4090"), "192.168.1.21": report("pi5")}
-    monkeypatch.setattr(onboarding, "read_machines", lambda hosts: {a: machines[a] for a in hosts})
+    monkeypatch.setattr(
+        onboarding, "read_machines", lambda hosts, measure: {a: machines[a] for a in hosts}
+    )
     key = tmp_path / "id_ed25519"
     key.write_text("not a real key\n")
     inventory = str(tmp_path / "inventory.py")
@@ -188,7 +190,9 @@ def test_discover_reports_an_unreachable_host_and_refuses_bad_arguments(tmp_path
     runner = CliRunner()
     assert runner.invoke(init_command, [str(tmp_path)]).exit_code == 0
     monkeypatch.setattr(
-        onboarding, "read_machines", lambda hosts: dict.fromkeys(hosts, "could not connect")
+        onboarding,
+        "read_machines",
+        lambda hosts, measure: dict.fromkeys(hosts, "could not connect"),
     )
     inventory = str(tmp_path / "inventory.py")
     result = runner.invoke(discover_command, ["192.168.1.99", "--inventory", inventory])

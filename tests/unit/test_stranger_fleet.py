@@ -74,7 +74,7 @@ def test_gpufleet_plan_prints_the_declared_card():
         command, cwd=ROOT, env=environment, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "desk4060: 16 GB VRAM (288 GB/s)" in result.stdout
+    assert "desk4060: 16 GB VRAM (288 GB/s declared)" in result.stdout
     assert "granite3.3:8b" in result.stdout
 
 
@@ -205,7 +205,7 @@ def test_the_fleet_works_from_a_folder_outside_this_clone(fleet_copy: Path, monk
         return result.stdout
 
     assert "3 hosts valid" in gpufleet("validate", "inventory.py")
-    assert "desk4060: 16 GB VRAM (288 GB/s)" in gpufleet("plan", "inventory.py")
+    assert "desk4060: 16 GB VRAM (288 GB/s declared)" in gpufleet("plan", "inventory.py")
     previewed = gpufleet("preview", "inventory.py", "--summary")
     for host in ("rig3090", "desk4060", "pi5"):
         assert f"{host} (" in previewed

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 from pyinfra.api import FactBase
 
+from gpufleet.facts.bandwidth import BandwidthReading
 from gpufleet.facts.gpu import DISPLAY_CLASSES, NVIDIA_VENDOR, parse_smi_csv, split_sections
 
 AMD_VENDOR = "1002"
@@ -71,6 +72,8 @@ class MachineReport(TypedDict):
     gpus: list[SeenGpu]
     nvidia_driver: str | None
     """The NVIDIA driver nvidia-smi runs with; None without one."""
+    bandwidth: NotRequired[BandwidthReading]
+    """The host's memory bandwidth, where discovery measured it (not this fact's)."""
 
 
 def _key_values(lines: list[str], separator: str = "=") -> dict[str, str]:
