@@ -339,12 +339,30 @@ def cache_facts(cache: FactCache = FACTS) -> None:
     State.set_stage = set_stage_afresh  # type: ignore[method-assign]
 
 
+TESTED_RELEASES = ("3.10",)
+"""pyinfra releases (major.minor) whose internals these cuts were written against and tested
+with: they replace private functions, which a later release may change. Under any other,
+pyinfra runs as it is, slower and unchanged."""
+
+
+def applies(version: str) -> bool:
+    """Whether the cuts fit this pyinfra version.
+
+    >>> applies("3.10.0"), applies("3.10.2"), applies("3.11.0"), applies("4.0")
+    (True, True, False, False)
+    """
+    return ".".join(version.split(".")[:2]) in TESTED_RELEASES
+
+
 def install() -> None:
-    """Put the cuts in place in pyinfra (once per process)."""
+    """Put the cuts in place in pyinfra (once per process), where its release is one they
+    were tested with."""
+    from importlib.metadata import version
+
     # The module: pyinfra.api's own name ``operation`` is the decorator.
     operation: Any = importlib.import_module("pyinfra.api.operation")
 
-    if getattr(operation, _INSTALLED, False):
+    if getattr(operation, _INSTALLED, False) or not applies(version("pyinfra")):
         return
     operation.get_operation_order_from_stack = operation_order
     cache_facts()

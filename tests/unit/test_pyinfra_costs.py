@@ -45,6 +45,14 @@ def test_install_puts_the_order_in_place_once():
     assert operation.get_operation_order_from_stack is pyinfra_costs.operation_order
 
 
+def test_the_cuts_apply_only_to_the_pyinfra_release_they_were_tested_with():
+    from importlib.metadata import version
+
+    assert pyinfra_costs.applies(version("pyinfra")), "pyinfra upgraded: test the cuts again"
+    assert not pyinfra_costs.applies("3.11.0")
+    assert not pyinfra_costs.applies("4.0.0")
+
+
 @pytest.fixture
 def local_host(monkeypatch):
     """A connected ``@local`` host of a fresh pyinfra state, facts kept, and the shell
