@@ -125,6 +125,19 @@ def test_one_host_builds_each_key_the_named_build_host_where_it_needs_that_key()
     assert [host for host, a in assigned.items() if a.builds] == ["c", "d"]
 
 
+def test_a_host_carrying_the_build_already_hands_it_on_instead_of_a_new_host_compiling():
+    # A host added to (or reinstalled in) a fleet whose other hosts carry the build, with an
+    # empty control-machine cache: the carrying host's binary is fetched, nothing compiles.
+    needs = [("new", "cpu", None), ("old", "cpu", None), ("other", "cuda", None)]
+    assigned = assign_builders(needs, cached=set(), stamped={"old"})
+    assert assigned["new"] == BuildAssignment("cpu", "old", False)
+    assert assigned["old"] == BuildAssignment("cpu", "old", True)
+    assert assigned["other"] == BuildAssignment("cuda", "other", True)
+    # The named build host still comes first.
+    named = [("new", "cpu", "new"), ("old", "cpu", None)]
+    assert assign_builders(named, cached=set(), stamped={"old"})["old"].builder == "new"
+
+
 def test_a_key_the_control_machine_keeps_is_built_by_nobody():
     assigned = assign_builders([("a", "cpu", None), ("b", "cpu", "b")], cached={"cpu"})
     assert not any(a.builds for a in assigned.values())

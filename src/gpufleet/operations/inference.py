@@ -53,7 +53,7 @@ def build_stamp(
     ).hexdigest()
 
 
-def _stamped(key: str) -> bool:
+def carries_build(key: str) -> bool:
     """The installed llama-server was built (or received) for ``key``."""
     recorded = host.get_fact(FileContents, path=STAMP_FILE)
     return bool(host.get_fact(File, path=LLAMA_SERVER) and recorded and recorded[0] == key)
@@ -90,7 +90,7 @@ def llama_server_built(
             cmake_flags=["-DGGML_NATIVE=OFF"],
         )
     """
-    if _stamped(key):
+    if carries_build(key):
         host.noop(f"llama-server already built for {key[:12]} ({source_sha256[:12]}, these flags)")
         return
     flags = [*BASE_FLAGS, *(cmake_flags or []), *(CCACHE_FLAGS if ccache else ())]
@@ -248,7 +248,7 @@ def llama_server_installed(key: str, builder: str, cache: str):
     if builder == host.name:
         host.noop(f"llama-server {key[:12]} is built on this host")
         return
-    if _stamped(key):
+    if carries_build(key):
         host.noop(f"llama-server {key[:12]} is installed")
         return
     yield FunctionCommand(_install_cached, (key, builder, cache), {})

@@ -154,7 +154,9 @@ class BuildAssignment:
 
 
 def assign_builders(
-    needs: list[tuple[str, str, str | None]], cached: set[str]
+    needs: list[tuple[str, str, str | None]],
+    cached: set[str],
+    stamped: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, BuildAssignment]:
     """Per host, who compiles its binary: ``needs`` is (host, build key (with the cache it
     goes through: hosts share a binary only through one cache), the host's
@@ -162,17 +164,22 @@ def assign_builders(
     in inventory order; ``cached`` the keys the control machine keeps. A cached key is
     compiled by nobody. Otherwise exactly one host of each key compiles it: the build host a
     host of that key names, where that host needs the same key in this run, else the first
-    host of the key; every other host of the key installs its binary.
+    host of the key that carries the build already (``stamped``: it compiles nothing, its
+    binary is only fetched), else the first host of the key; every other host of the key
+    installs its binary.
 
     >>> assign_builders([("a", "k", None), ("b", "k", "b"), ("c", "j", None)], set())["a"]
     BuildAssignment(key='k', builder='b', builds=False)
+    >>> assign_builders([("a", "k", None), ("b", "k", None)], set(), stamped={"b"})["b"]
+    BuildAssignment(key='k', builder='b', builds=True)
     """
     keys = {name: key for name, key, _ in needs}
     assigned = {}
     for key in dict.fromkeys(keys.values()):
         names = [name for name, k, _ in needs if k == key]
         named = [wanted for _, k, wanted in needs if k == key and keys.get(wanted or "") == key]
-        builder = None if key in cached else (named[0] if named else names[0])
+        carrying = [name for name in names if name in stamped]
+        builder = None if key in cached else (named or carrying or names)[0]
         for name in names:
             assigned[name] = BuildAssignment(key, builder, name == builder)
     return assigned
@@ -224,7 +231,7 @@ def run_builds() -> dict[str, BuildAssignment]:
     with _planning:  # one greenlet reads the fleet's facts; the others wait for its answer
         if state not in _run_builds:
             specs = fleet_specs()
-            needs, caches = [], {}
+            needs, caches, stamped = [], {}, set()
             for other in [h for h in state.inventory if h in state.active_hosts]:
                 spec = specs.get(other.name)
                 if spec is None or spec.llamacpp.binary_url or not placement_runs(spec, LLAMACPP):
@@ -238,8 +245,11 @@ def run_builds() -> dict[str, BuildAssignment]:
                 shared = build.key + " " + build.cache
                 needs.append((other.name, shared, spec.llamacpp.build_host))
                 caches[shared] = build
+                with ctx_host.use(other):
+                    if inference.carries_build(build.key):
+                        stamped.add(other.name)
             cached = {k for k, b in caches.items() if cached_build(b.cache, b.key)}
-            _run_builds[state] = assign_builders(needs, cached)
+            _run_builds[state] = assign_builders(needs, cached, stamped)
     return _run_builds[state]
 
 
