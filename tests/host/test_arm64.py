@@ -20,6 +20,10 @@ GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
 
 @pytest.fixture(scope="module")
 def pi_runs(lab_session):
+    # The arm64 base root is built once (minutes on a cold machine: its package scripts run
+    # emulated) and has no time-out; the 240 s is lab up's wait for SSH once the host boots.
+    lab.ensure_emulation("aarch64")
+    lab.base_root("aarch64")
     with timed("lab up of the arm64 host", 240):
         lab.up(PI_INVENTORY, timeout=240)
     before = ssh(PI, SNAPSHOT)
