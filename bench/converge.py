@@ -372,10 +372,11 @@ def measured(command: list[str], **options: object) -> Measured:
 
 
 class Bench:
-    def __init__(self, sizes: list[int]):
+    def __init__(self, sizes: list[int], tools: tuple[str, ...] = ("gpufleet", "ansible")):
         self.sizes = sizes
+        self.tools = tools
         self.timings: list[Timing] = []
-        self.ansible = ansible_playbook()
+        self.ansible = ansible_playbook() if "ansible" in tools else Path()
         become_subreaper()
 
     def record(self, timing: Timing) -> None:
@@ -487,12 +488,16 @@ class Bench:
         for size in self.sizes:
             if size == 1:
                 names = fresh_lab(3)
-                self.gpufleet(names[:1], rnd)
-                self.ansible_run(names[1:2], rnd)
+                if "gpufleet" in self.tools:
+                    self.gpufleet(names[:1], rnd)
+                if "ansible" in self.tools:
+                    self.ansible_run(names[1:2], rnd)
                 self.bare_apt(names[2], rnd)
             else:
-                self.gpufleet(fresh_lab(size), rnd)
-                self.ansible_run(fresh_lab(size), rnd)
+                if "gpufleet" in self.tools:
+                    self.gpufleet(fresh_lab(size), rnd)
+                if "ansible" in self.tools:
+                    self.ansible_run(fresh_lab(size), rnd)
 
     def full_stack(self, host: str, rounds: int) -> None:
         command = [str(BIN / "pyinfra"), "--json", "-y", "inventory/lab.py", *DEPLOYS]
@@ -691,6 +696,13 @@ def main() -> int:
         metavar="N",
         help="host counts to time (1 is always among them: the scale figures need it)",
     )
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        choices=["gpufleet", "ansible"],
+        default=["gpufleet", "ansible"],
+        help="which tools to time (default both; the smoke always runs both)",
+    )
     parser.add_argument("--csv", help="every run (default: bench/converge.csv)")
     parser.add_argument("--full-stack", metavar="HOST", help="also time the lab's full stack")
     parser.add_argument("--skip-baseline", action="store_true", help="only --full-stack")
@@ -702,13 +714,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.hosts, args.rounds, args.full_stack, args.skip_baseline = [1], 1, None, False
+        args.tools = ["gpufleet", "ansible"]
         args.csv = args.csv or "reports/converge-smoke.csv"
     if min(args.hosts) < 1 or args.rounds < 1:
         parser.error("--hosts and --rounds take whole numbers of at least 1")
     sizes = sorted({1, *args.hosts})
     runs_csv = Path(args.csv or "bench/converge.csv")
     started = time.monotonic()
-    bench = Bench(sizes)
+    bench = Bench(sizes, tuple(args.tools))
     try:
         if args.full_stack:
             bench.full_stack(args.full_stack, args.rounds)
