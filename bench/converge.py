@@ -73,7 +73,9 @@ BIN = Path(sys.executable).parent
 INVENTORY = "bench/inventory.py"
 PLAYBOOK = ROOT / "bench/ansible/baseline.yml"
 ANSIBLE_CORE = "ansible-core==2.19.14"  # the newest that runs on Debian 12's Python 3.11
-PACKAGES = " ".join(BASELINE_PACKAGES)
+PACKAGES = " ".join([*BASELINE_PACKAGES, "nftables"])
+"""What the baseline installs on a bench host: its packages and the firewall's nftables (the
+allow-list is a step of the baseline); the bare apt-get floor installs the same."""
 CASES = ("dry run, fresh", "first converge", "converged re-run", "dry run, converged")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 SSHD_VERBOSE = "/etc/ssh/sshd_config.d/bench-sessions.conf"
