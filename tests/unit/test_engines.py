@@ -66,7 +66,7 @@ def test_llama_server_offloads_what_the_planner_decided():
     decision, flags, _ = rendering(EXAMPLE["xps15"])
     assert flags["--n-gpu-layers"] == str(decision.gpu_layers)
     assert decision.gpu_layers > 0
-    assert flags["--threads"] == "7"  # its 8 cores less one for the rest of the host
+    assert flags["--threads"] == "8"  # its 8 cores
     cpu_only = EXAMPLE["schlimers-server"]
     decision, flags, _ = rendering(cpu_only, 1)
     assert flags["--n-gpu-layers"] == "0" == str(decision.gpu_layers)  # vLLM holds that GPU

@@ -61,7 +61,7 @@ class LlamaCppSettings(Spec):
     binary_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     """Checksum of that binary."""
     threads: int | None = Field(None, ge=1)
-    """-t: CPU threads; the host's cores less one when left out (see ``LlamaCpp.threads``)."""
+    """-t: CPU threads; the host's cores when left out (see ``LlamaCpp.threads``)."""
     parallel: int = Field(1, ge=1)
     """-np: requests served at once (each gets context / parallel tokens)."""
     gpu_layers: int | None = Field(None, ge=0)
@@ -125,18 +125,13 @@ class LlamaCpp(Engine):
         return spec.llamacpp.parallel
 
     def threads(self, spec: HostSpec) -> int:
-        # One core is left to the rest of the host. llama.cpp's threads meet at a barrier
-        # after every operation of every token, so one thread the kernel puts aside for
-        # other work (exporters, the router, another engine, ssh) stalls them all, and
-        # decode, which is memory-bound, needs fewer cores than a host has to read at full
-        # bandwidth. bench/sweep.py on the 2-core lab machine with other work running (load
-        # average 3-4, Gemma 3 270M Q4_K_M, 48 tokens x 3 runs per setting, four sweeps in
-        # varying order): 1 thread 41-52 tok/s, 2 threads (= cores) 13-23 tok/s, 3-4
-        # threads 31-34 tok/s. The batch sizes act on prompt processing, not on decode (one
-        # token per step): of 512/2048 x 128/512 at 2 threads none beat llama.cpp's own
-        # (--batch-size 2048, --ubatch-size 512: 21 tok/s, the others 12-16, all within
-        # their spread), so they are not rendered.
-        return spec.llamacpp.threads or max(spec.hardware.cores - 1, 1)
+        # The host's cores. A sweep on the loaded 2-core lab machine (load average 3-4,
+        # bench/sweep.py) favoured one thread (41-52 tok/s against 13-23 at two), but that
+        # measured the contention, not the host: on the quiet machine, gpufleet bench of
+        # Gemma 3 270M Q4_K_M on lab-gpu-1 gives 75.9 tok/s with two threads and 46.6 with
+        # one. Batch sizes act on prompt processing, not decode (one token per step); none of
+        # 512/2048 x 128/512 beat llama.cpp's own, so they are not rendered.
+        return spec.llamacpp.threads or spec.hardware.cores
 
     def gpu_layers_asked(self, spec: HostSpec) -> int | None:
         return spec.llamacpp.gpu_layers
