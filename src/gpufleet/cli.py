@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from gpufleet.options import limit_option
 from gpufleet.plots import bench_plot_option, plan_plot_option, plot_command, render_plots
 
 if TYPE_CHECKING:
@@ -120,17 +121,6 @@ def main_group() -> None:
 # --- shared options and output -------------------------------------------------------------
 
 inventory_argument = click.argument("inventory", type=click.Path(dir_okay=False))
-
-
-def limit_option(what: str = "hosts") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "--limit",
-        "limit",
-        multiple=True,
-        metavar="PATTERN",
-        help=f"Only these {what}: a host name, a group name or a glob ('gpu-*'); repeat "
-        "--limit for more (their union), as pyinfra's --limit.",
-    )
 
 
 json_option = click.option(

@@ -25,6 +25,7 @@ from gpufleet.catalogue import Catalogue, load_catalogue
 from gpufleet.facts.bandwidth import BandwidthReading, slowest_gpu_gbs
 from gpufleet.facts.machine import MachineReport, SeenGpu
 from gpufleet.hosts_file import HOSTS_FILE, hosts_path, merge_host, read_hosts, write_hosts
+from gpufleet.options import limit_option
 
 INVENTORY = '''\
 """This fleet's inventory, for pyinfra and gpufleet alike.
@@ -527,13 +528,7 @@ def write_measured(hosts: dict[str, dict[str, Any]], name: str, measured: dict[s
     "measure", short_help="Measure hosts' memory bandwidth for the planner (a short probe)."
 )
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--limit",
-    "limit",
-    multiple=True,
-    metavar="PATTERN",
-    help="Only these hosts (a name, a group or a glob); repeat for more, as pyinfra's --limit.",
-)
+@limit_option()
 @click.option(
     "--write",
     is_flag=True,

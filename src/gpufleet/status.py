@@ -38,6 +38,7 @@ from gpufleet.catalogue import fleet_catalogue
 from gpufleet.engines import Engine, engine_for, served_name, serving
 from gpufleet.facts.ollama import full_name
 from gpufleet.models import HostSpec
+from gpufleet.options import limit_option
 from gpufleet.planner import HostPlan, plan_host
 from gpufleet.routing import router_hosts, service_address
 
@@ -656,13 +657,7 @@ def render(status: FleetStatus, console: Any) -> None:
     "status", short_help="Per host: engines up, models loaded, memory vs plan, router view."
 )
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--limit",
-    "limits",
-    multiple=True,
-    metavar="PATTERN",
-    help="Only these hosts: a host, a group or a glob such as 'gpu-*'; repeat for more.",
-)
+@limit_option()
 @click.option("--json", "as_json", is_flag=True, help="The status as JSON (see --schema).")
 @click.option("--schema", is_flag=True, help="Print the JSON Schema of --json and stop.")
 @click.option(
@@ -673,7 +668,7 @@ def render(status: FleetStatus, console: Any) -> None:
     help="Seconds to wait for each service.",
 )
 def status_command(
-    inventory: str, limits: tuple[str, ...], as_json: bool, schema: bool, timeout: float
+    inventory: str, limit: tuple[str, ...], as_json: bool, schema: bool, timeout: float
 ) -> None:
     """Per host: the engines that answer, the models they have loaded, memory in use against
     the plan, and what the router routes to them. Read-only; contacts the hosts over HTTP.
@@ -689,7 +684,7 @@ def status_command(
     except InventoryError as error:
         raise click.ClickException(str(error)) from None
     try:
-        selection = select_hosts(specs, limits, source=inventory)
+        selection = select_hosts(specs, limit, source=inventory)
     except NoHostsSelected as error:
         raise click.ClickException(str(error)) from None
     for warning in selection.warnings():
