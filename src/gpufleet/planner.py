@@ -113,17 +113,6 @@ def ram_bandwidth(spec: HostSpec) -> tuple[float, BandwidthSource]:
     return hardware.ram_channels * 8 * rate / 1000, "estimated"
 
 
-def ram_bandwidth_gbs(spec: HostSpec) -> float:
-    """System memory bandwidth in GB/s (:func:`ram_bandwidth`)."""
-    return ram_bandwidth(spec)[0]
-
-
-def gpu_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float]:
-    """(VRAM of the discrete NVIDIA GPUs in GB, their slowest bandwidth in GB/s)."""
-    vram, bandwidth, _source = nvidia_memory(spec, catalogue)
-    return vram, bandwidth
-
-
 def nvidia_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float, BandwidthSource]:
     """VRAM of the discrete NVIDIA GPUs in GB, their slowest bandwidth in GB/s (measured on
     the host where it was, else declared or the catalogue's), and where that came from."""

@@ -10,7 +10,7 @@ import pytest
 from gpufleet.catalogue import load_catalogue
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
-from gpufleet.planner import plan_host, plan_summary, ram_bandwidth_gbs
+from gpufleet.planner import plan_host, plan_summary, ram_bandwidth
 from gpufleet.sizing import SYSTEM_RESERVE_GB
 
 ROOT = Path(__file__).parents[2]
@@ -93,11 +93,11 @@ def test_moe_speed_follows_active_parameters():
 
 def test_memory_bandwidth_from_type_and_channels():
     spec = HostSpec(name="h", hardware={"cores": 8, "ram_gb": 64, "ram_type": "ddr5"})
-    assert ram_bandwidth_gbs(spec) == pytest.approx(89.6)  # 2 x 8 bytes x 5600 MT/s
+    assert ram_bandwidth(spec)[0] == pytest.approx(89.6)  # 2 x 8 bytes x 5600 MT/s
     spec = HostSpec(
         name="h", hardware={"cores": 8, "ram_gb": 64, "ram_channels": 8, "ram_mts": 4800}
     )
-    assert ram_bandwidth_gbs(spec) == pytest.approx(307.2)
+    assert ram_bandwidth(spec)[0] == pytest.approx(307.2)
 
 
 def test_plan_of_the_whole_fleet_runs_from_the_cli_without_contacting_hosts():
