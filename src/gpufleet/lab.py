@@ -69,13 +69,16 @@ HOST_TOOLS = {
     "gpg": "gnupg",
 }
 KERNEL_FLOORS = {
+    # The lab hosts reach the package mirror through this machine's NAT.
+    "/proc/sys/net/ipv4/ip_forward": 1,
+    # Each host's systemd, journald and udev take inotify instances of root's, the machine's
+    # all together; past Debian's default 128, the ~20th host fails to boot with "Too many
+    # open files". 2048 boots 32 hosts (bench/converge.py --hosts 32).
     "/proc/sys/fs/inotify/max_user_instances": 2048,
     "/proc/sys/fs/inotify/max_user_watches": 65536,
 }
 """sysctls the lab raises to at least these while it is up (never lowers), and down() puts
-back: each host's systemd, journald and udev take inotify instances of root's, the machine's
-all together; past Debian's default 128, the ~20th host fails to boot with "Too many open
-files". 2048 boots 32 hosts (bench/converge.py --hosts 32)."""
+back."""
 MIRROR_PORT = 8380
 MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
 """The lab's local package mirror, as an offline homelab would run one. It serves what the
@@ -376,11 +379,7 @@ def _ensure_network() -> None:
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "add", f"{GATEWAY}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
-    forward = Path("/proc/sys/net/ipv4/ip_forward")
-    saved = lab_dir() / "ip_forward.saved"
-    if not saved.exists():
-        saved.write_text(forward.read_text())
-    forward.write_text("1\n")
+    _raise_kernel_floors()  # ip_forward among them
     if _run("nft", "list", "table", "ip", NFT_TABLE, check=False).returncode != 0:
         ruleset = f"""
 table ip {NFT_TABLE} {{
@@ -741,7 +740,6 @@ def _up(inventory: str | Path, timeout: float) -> list[LabHost]:
     _report(f"SSH key, bridge {BRIDGE} and NAT")
     _ensure_key()
     _ensure_network()
-    _raise_kernel_floors()
     _report("lab mirror (packages, llama.cpp source, models, OpenBao)")
     _ensure_mirror()
     _ensure_engine_keys()
@@ -842,10 +840,6 @@ def down() -> list[str]:
         _run("ip", "link", "delete", link.split(":")[1].strip().split("@")[0], check=False)
     _run("ip", "link", "delete", BRIDGE, check=False)
     _run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
-    saved = state / "ip_forward.saved"
-    if saved.exists():
-        Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
-        saved.unlink()
     # The hosts' binaries are gone: the next lab compiles llama-server again (once).
     shutil.rmtree(state / BUILD_CACHE, ignore_errors=True)
     _restore_kernel_floors()
