@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from gpufleet.paths import cache_dir
+
 LAB_NETWORK = IPv4Network("10.200.0.0/24")
 GATEWAY = IPv4Address("10.200.0.1")
 BRIDGE = "gflab0"
@@ -151,12 +153,6 @@ def lab_dir() -> Path:
     """Runtime state of the lab: key, pids, logs (``GPUFLEET_LAB_DIR`` overrides)."""
     default = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "gpufleet/lab"
     return Path(os.environ.get("GPUFLEET_LAB_DIR", default))
-
-
-def cache_dir() -> Path:
-    """Where built base roots are kept between runs (``GPUFLEET_CACHE_DIR`` overrides)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpufleet"
-    return Path(os.environ.get("GPUFLEET_CACHE_DIR", default))
 
 
 def key_path() -> Path:

@@ -1,5 +1,6 @@
 """Where the repository's shared folders are, for code running under pyinfra or the CLI."""
 
+import os
 import shlex
 from pathlib import Path
 
@@ -22,6 +23,14 @@ EVERY_DEPLOY = ("deploys/common.py", *DEPLOYS)
 """The group deploys and the one every host gets on its own (its baseline and Tailscale), as
 a fleet's folder names them (thin files running the packaged deploys; see
 :mod:`gpufleet.deploys`)."""
+
+
+def cache_dir() -> Path:
+    """The control machine's cache of what gpufleet can make again: the lab's base roots and
+    downloads, and which facts each command asked of each host (``GPUFLEET_CACHE_DIR``
+    overrides; ``XDG_CACHE_HOME`` is honoured)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpufleet"
+    return Path(os.environ.get("GPUFLEET_CACHE_DIR", default))
 
 
 def packaged_deploy(deploy: str) -> str:

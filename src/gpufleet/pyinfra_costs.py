@@ -19,6 +19,12 @@ What pyinfra spends per host and operation there is what makes a fleet slower th
   ``systemd.service`` a unit's ``SystemdStatus`` and ``SystemdEnabled``. Where the first is
   not kept, :meth:`FactCache.get` runs its command and the others' (:data:`FOLLOWERS`) as one
   command and keeps each answer as its own command would have given it.
+* **Facts asked one command each.** A converged host's run is a few dozen facts and no change.
+  :class:`FactRecord` keeps, on the control machine, which facts (class and arguments, never
+  an answer) a command line asked of each host; the next run of that command line asks them
+  all in one command when it first asks that host a fact, in each stage, and keeps the
+  answers like any other (dropped as soon as anything changes). A fact the record did not
+  have is asked alone, as before.
 
 Each change is installed once per process by :func:`install` (``check_inventory`` and
 gpufleet's pyinfra entry point call it) and keeps pyinfra's results identical.
@@ -26,14 +32,20 @@ gpufleet's pyinfra entry point call it) and keeps pyinfra's results identical.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
+import hashlib
 import importlib
+import json
+import os
 import posixpath
 import re
 import shlex
+import stat
 import sys
 import uuid
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -75,6 +87,168 @@ def operation_order(state: Any) -> list[int]:
     return numbers
 
 
+Spec = tuple[str, str, dict[str, Any], tuple[tuple[str, Any], ...]]
+"""A fact as a record keeps it: module, class, its arguments and how it is run."""
+
+SECRET_ARGUMENTS = ("_sudo_password", "_su_password", "_env", "_stdin")
+"""How a fact may be run with something not to be written down: such a fact is not recorded."""
+
+PREFETCHED_MODULES = ("pyinfra.facts.", "gpufleet.facts.")
+"""Where a recorded fact's class may come from: a record names classes, it imports no other
+module."""
+
+MOST_RECORDED = 2000
+"""Facts recorded per host and command line at most: a record stays a hint, not a log."""
+
+
+class FactRecord:
+    """Which facts each command line asked of each host on its last run, on the control
+    machine (``<cache>/facts``, 0700; one 0600 JSON file per host), so the next run asks them
+    together. It holds fact classes and arguments (paths, package and unit names), never an
+    answer or a secret, and it is only a hint: a fact it names that no operation asks is
+    asked for nothing, one it lacks is asked alone. ``GPUFLEET_FACT_RECORD=off`` turns it off.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.loaded: dict[str, dict[str, list[Any]]] = {}
+        self.asked: dict[tuple[str, str], dict[str, Spec]] = {}
+
+    @classmethod
+    def from_environment(cls) -> FactRecord:
+        if os.environ.get("GPUFLEET_FACT_RECORD", "").lower() in ("off", "0", "no", "false"):
+            return cls(None)
+        from gpufleet.paths import cache_dir
+
+        return cls(cache_dir() / "facts")
+
+    @staticmethod
+    def run_key(argv: list[str]) -> str:
+        """The command line a record belongs to: its words that are not options, files by
+        their full path (a dry run and the run it precedes share one)."""
+        words = [
+            os.path.abspath(word) if os.path.exists(word) else word
+            for word in argv[1:]
+            if not word.startswith("-")
+        ]
+        return hashlib.sha256("\0".join(words).encode()).hexdigest()[:16]
+
+    def _file(self, host_name: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / (hashlib.sha256(host_name.encode()).hexdigest()[:24] + ".json")
+
+    def _trusted(self, path: Path) -> bool:
+        """Only a record this user wrote and nobody else can change is read."""
+        try:
+            folder, mine = os.stat(path.parent), os.stat(path)
+        except OSError:
+            return False
+        uid = os.getuid()
+        return all(
+            each.st_uid == uid and not each.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            for each in (folder, mine)
+        )
+
+    def _read(self, host_name: str) -> dict[str, list[Any]]:
+        if host_name not in self.loaded:
+            path = self._file(host_name)
+            data: Any = {}
+            if path is not None and self._trusted(path):
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    data = {}
+            self.loaded[host_name] = data if isinstance(data, dict) else {}
+        return self.loaded[host_name]
+
+    def recorded(self, host_name: str, run: str) -> list[Spec]:
+        specs = []
+        entries = self._read(host_name).get(run, [])
+        for entry in entries[:MOST_RECORDED] if isinstance(entries, list) else []:
+            try:
+                module, qualname, given, how = entry
+                if not (isinstance(given, dict) and isinstance(how, list)):
+                    continue
+                specs.append(
+                    (str(module), str(qualname), given, tuple((str(k), v) for k, v in how))
+                )
+            except (TypeError, ValueError):
+                continue
+        return specs
+
+    def note(self, host_name: str, run: str, key: str, spec: Spec) -> None:
+        if self.folder is None:
+            return
+        asked = self.asked.setdefault((host_name, run), {})
+        if key not in asked and len(asked) < MOST_RECORDED and recordable(spec):
+            asked[key] = spec
+
+    def save(self) -> None:
+        """Write what this process asked, each host's entry for its command line replaced."""
+        if self.folder is None or not self.asked:
+            return
+        asked, self.asked = self.asked, {}
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.folder, 0o700)
+        except OSError:
+            return
+        by_host: dict[str, dict[str, list[Any]]] = {}
+        for (host_name, run), specs in asked.items():
+            by_host.setdefault(host_name, {})[run] = [
+                [module, qualname, given, [list(each) for each in how]]
+                for module, qualname, given, how in specs.values()
+            ]
+        for host_name, runs in by_host.items():
+            path = self._file(host_name)
+            assert path is not None
+            self.loaded.pop(host_name, None)
+            data = {**self._read(host_name), **runs}
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            try:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w") as out:
+                    json.dump(data, out)
+                os.replace(temporary, path)
+            except OSError:
+                temporary.unlink(missing_ok=True)
+            self.loaded[host_name] = data
+
+
+def recordable(spec: Spec) -> bool:
+    """A fact a record may keep: from pyinfra's or gpufleet's facts, run with nothing secret,
+    and arguments that read back from JSON as they are."""
+    module, _, given, how = spec
+    if not module.startswith(PREFETCHED_MODULES):
+        return False
+    if any(value for name, value in how if name in SECRET_ARGUMENTS):
+        return False
+    try:
+        return json.loads(json.dumps([given, how])) == [given, [list(each) for each in how]]
+    except (TypeError, ValueError):
+        return False
+
+
+def fact_class(module: str, qualname: str) -> Any:
+    """A recorded fact's class, where it is a plain fact (:func:`_plain`) from a module a
+    record may name and has not opted out (``prefetch = False``: a probe too costly to run
+    for nothing)."""
+    from pyinfra.api.facts import FactBase, ShortFactBase
+
+    if not module.startswith(PREFETCHED_MODULES) or "." in qualname:
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), qualname, None)
+    except ImportError:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, FactBase)) or issubclass(cls, ShortFactBase):
+        return None
+    if not getattr(cls, "prefetch", True) or not _plain(cls):
+        return None
+    return cls
+
+
 class FactCache:
     """Facts' answers per host, dropped whenever something may have changed a host.
 
@@ -84,7 +258,12 @@ class FactCache:
     it was given.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, record: FactRecord | None = None) -> None:
+        self.record = record or FactRecord(None)
+        self.run = ""
+        """The command line's record key; empty: nothing recorded or asked together."""
+        self.prefetched: set[tuple[int, int]] = set()
+        """Hosts (and stage) whose recorded facts were asked."""
         self.answers: dict[int, dict[str, Any]] = {}
         self.generation = 0
         self.asking: dict[int, bool] = {}
@@ -98,9 +277,13 @@ class FactCache:
 
     def get(self, get_fact: Any, state: Any, host: Any, cls: Any, *rest: Any) -> Any:
         """``get_fact(state, host, cls, args, kwargs, ...)``, kept or asked."""
-        key = self.key(state, host, cls, *rest[:2])
-        if key is None or self.callbacks:
+        described = self.describe(state, host, cls, *rest[:2])
+        key = None if described is None else self.key_of(cls, *described)
+        if key is None or described is None or self.callbacks:
             return get_fact(state, host, cls, *rest)
+        if self.run:
+            self.note(state, host, cls, *described)
+            self.prefetch(state, host)
         answers = self.answers.get(id(host), {})
         if key in answers:
             kind, value = answers[key]
@@ -130,14 +313,52 @@ class FactCache:
             self.answers.setdefault(id(host), {})[key] = ("answer", copy.deepcopy(value))
         return value
 
+    def stage_run(self, state: Any) -> str:
+        """The record's key for this command line in this stage: with ``-y`` a run asks its
+        deploys' own facts while it prepares and its operations' as it executes."""
+        return f"{self.run}:{int(state.current_stage or 0)}"
+
+    def note(
+        self, state: Any, host: Any, cls: Any, given: dict[str, Any], how: tuple[Any, ...]
+    ) -> None:
+        """Record the fact, and those that come with it (:func:`follower_facts`): an operation
+        that found no file at the first run asks its checksum at the next."""
+        run = self.stage_run(state)
+        for fact, arguments in [(cls, given), *((f, g) for f, g, _ in follower_facts(cls, given))]:
+            key = self.key_of(fact, arguments, how)
+            if key is not None:
+                spec = (fact.__module__, fact.__qualname__, arguments, how)
+                self.record.note(host.name, run, key, spec)
+
+    def prefetch(self, state: Any, host: Any) -> None:
+        """Once per host and stage: the facts the record has for this command line, stage and
+        host, those not kept already, asked in one command per way of running them."""
+        marker = (id(host), int(state.current_stage or 0))
+        if marker in self.prefetched:
+            return
+        self.prefetched.add(marker)
+        kept = self.answers.get(id(host), {})
+        groups: dict[str, tuple[dict[str, Any], list[tuple[Any, dict[str, Any], str]]]] = {}
+        for module, qualname, given, how in self.record.recorded(host.name, self.stage_run(state)):
+            cls = fact_class(module, qualname)
+            key = None if cls is None else self.key_of(cls, given, how)
+            if key is None or key in kept:
+                continue
+            executor = dict(how)
+            group = groups.setdefault(repr(sorted(executor.items())), (executor, []))
+            group[1].append((cls, given, guard(cls, given)))
+        generation = self.generation
+        for executor, wanted in groups.values():
+            found = self.ask_many(state, host, wanted, executor)
+            if not self.keeps(generation, state, host):
+                return
+            self.answers.setdefault(id(host), {}).update(found)
+
     def ask_together(
         self, state: Any, host: Any, cls: Any, args: Any, kwargs: Any
     ) -> dict[str, tuple[str, Any]]:
-        """The fact and those that follow it (:data:`FOLLOWERS`), asked with one command: each
-        fact's own command in a subshell, its exit status after it. Only those whose command
-        succeeded are returned, by key, processed as pyinfra processes a fact's output."""
+        """The fact and those that follow it (:data:`FOLLOWERS`), asked with one command."""
         from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
-        from pyinfra.api.command import StringCommand
 
         facts: Any = importlib.import_module("pyinfra.api.facts")
         fact_kwargs, global_kwargs = facts._handle_fact_kwargs(state, host, cls, args, kwargs)
@@ -145,13 +366,30 @@ class FactCache:
         wanted = [(cls, fact_kwargs, ""), *follower_facts(cls, fact_kwargs)]
         if len(wanted) == 1 or any(not _plain(fact) for fact, _, _ in wanted):
             return {}
-        keys = [self.key(state, host, fact, None, dict(given)) for fact, given, _ in wanted]
-        if None in keys:
+        executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+        return self.ask_many(state, host, wanted, executor)
+
+    def ask_many(
+        self,
+        state: Any,
+        host: Any,
+        wanted: list[tuple[Any, dict[str, Any], str]],
+        executor: dict[str, Any],
+    ) -> dict[str, tuple[str, Any]]:
+        """Facts asked with one command run as ``executor`` says: each fact's own command in
+        a subshell after its guard, its exit status after it. Only those whose command
+        succeeded are returned, by key, processed as pyinfra processes a fact's output."""
+        from pyinfra.api.command import StringCommand
+
+        facts: Any = importlib.import_module("pyinfra.api.facts")
+        how = tuple(sorted(executor.items()))
+        keys = [self.key_of(fact, dict(given), how) for fact, given, _ in wanted]
+        if None in keys or not wanted:
             return {}
         parts: list[Any] = []
         commands = []
         instances = []  # one per fact: a command may keep its arguments for processing
-        for fact, given, guard in wanted:
+        for fact, given, skip in wanted:
             instance = fact()
             instances.append(instance)
             command = facts._make_command(instance.command, dict(given))
@@ -162,8 +400,9 @@ class FactCache:
                     command, ");", "else", "echo", f"'{facts._MISSING_COMMAND_MARKER}';", "fi",
                 )  # fmt: skip
             commands.append(requires)
-            parts += ["(", guard, command, ");", "_s=$?;", "echo;", "echo", END, "$_s;"]
-        executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+            parts += ["(", skip, command, ");", "_s=$?;", "echo;", "echo", END, "$_s;"]
+        if not host.connected:
+            return {}
         self.asking[id(host)] = False
         try:
             status, output = host.run_shell_command(
@@ -201,18 +440,32 @@ class FactCache:
         return generation == self.generation and host not in state.failed_hosts
 
     @staticmethod
-    def key(state: Any, host: Any, cls: Any, args: Any, kwargs: Any) -> str | None:
-        """The fact, its arguments and how it is run (``_sudo``, ``_env``, ...), as pyinfra
-        reads them; None where an argument has no stable text (an object's address)."""
+    def describe(
+        state: Any, host: Any, cls: Any, args: Any, kwargs: Any
+    ) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]] | None:
+        """The fact's arguments and how it is run (``_sudo``, ``_env``, ...), as pyinfra
+        reads them."""
         from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
         facts: Any = importlib.import_module("pyinfra.api.facts")
 
         fact_kwargs, global_kwargs = facts._handle_fact_kwargs(state, host, cls, args, kwargs)
         fact_kwargs.pop("self", None)  # the fact object pyinfra binds its command to
-        how = sorted((k, v) for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS)
-        key = repr((cls.__module__, cls.__qualname__, sorted(fact_kwargs.items()), how))
+        how = tuple(
+            sorted((k, v) for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS)
+        )
+        return fact_kwargs, how
+
+    @staticmethod
+    def key_of(cls: Any, given: dict[str, Any], how: tuple[tuple[str, Any], ...]) -> str | None:
+        """The fact, its arguments and how it is run as one text; None where an argument has
+        no stable text (an object's address)."""
+        key = repr((cls.__module__, cls.__qualname__, sorted(given.items()), list(how)))
         return None if " at 0x" in key else key
+
+    def key(self, state: Any, host: Any, cls: Any, args: Any, kwargs: Any) -> str | None:
+        described = self.describe(state, host, cls, args, kwargs)
+        return None if described is None else self.key_of(cls, *described)
 
     def command(self, host: Any, run: Any) -> Any:
         """Run a command on ``host``: a fact's own, or one that may change it."""
@@ -253,18 +506,31 @@ def follower_facts(cls: Any, given: dict[str, Any]) -> list[tuple[Any, dict[str,
 
     if cls is File and set(given) == {"path"} and isinstance(given["path"], str):
         path = given["path"]
-        q = shlex.quote(path)
-        large = (
-            f'if [ -f {q} ] && [ "$(stat -c %s {q} 2>/dev/null || echo 0)" -ge {LARGEST_SUM} ];'
-            " then exit 97; fi;"
-        )
-        followers: list[tuple[Any, dict[str, Any], str]] = [(Sha1File, {"path": path}, large)]
+        followers: list[tuple[Any, dict[str, Any], str]] = [
+            (Sha1File, {"path": path}, guard(Sha1File, {"path": path}))
+        ]
         if posixpath.dirname(path):
             followers.append((Directory, {"path": posixpath.dirname(path)}, ""))
         return followers
     if cls is SystemdStatus:
         return [(SystemdEnabled, dict(given), "")]
     return []
+
+
+def guard(cls: Any, given: dict[str, Any]) -> str:
+    """The shell guard a fact asked along with others runs behind: a checksum only of a file
+    below :data:`LARGEST_SUM` (exit 97 otherwise, not kept; an operation that needs it asks
+    it alone)."""
+    from pyinfra.facts import files
+
+    path = given.get("path")
+    if not issubclass(cls, files.HashFileFactBase) or not isinstance(path, str):
+        return ""
+    q = shlex.quote(path)
+    return (
+        f'if [ -f {q} ] && [ "$(stat -c %s {q} 2>/dev/null || echo 0)" -ge {LARGEST_SUM} ];'
+        " then exit 97; fi;"
+    )
 
 
 def _processed(fact: Any, lines: list[str]) -> tuple[str, Any] | None:
@@ -367,3 +633,9 @@ def install() -> None:
     operation.get_operation_order_from_stack = operation_order
     cache_facts()
     setattr(operation, _INSTALLED, True)
+    import pyinfra
+
+    if pyinfra.is_cli:  # a command line a later run repeats; not code driving pyinfra's API
+        FACTS.record = FactRecord.from_environment()
+        FACTS.run = FactRecord.run_key(sys.argv)
+        atexit.register(FACTS.record.save)

@@ -209,3 +209,160 @@ def test_a_packaged_deploy_imports_with_bytecode_caching_on(monkeypatch):
     assert builtins._caching_seen is True
     assert sys.dont_write_bytecode is True  # as pyinfra left it
     del builtins._caching_seen
+
+
+def _next_run(monkeypatch, folder):
+    """A new run of the same command line: the record read back from ``folder``, nothing
+    kept or asked together yet."""
+    monkeypatch.setattr(pyinfra_costs.FACTS, "record", pyinfra_costs.FactRecord(folder))
+    monkeypatch.setattr(pyinfra_costs.FACTS, "run", "a command line")
+    monkeypatch.setattr(pyinfra_costs.FACTS, "prefetched", set())
+    pyinfra_costs.FACTS.changed()
+
+
+def _ask_converged_facts(host, tmp_path):
+    from pyinfra.facts.files import Directory, File
+    from pyinfra.facts.server import Command, Hostname
+
+    return [
+        host.get_fact(File, path=str(tmp_path / "config")),
+        host.get_fact(Directory, path=str(tmp_path)),
+        host.get_fact(Hostname),
+        host.get_fact(Command, command="cat " + str(tmp_path / "config")),
+        host.get_fact(File, path=str(tmp_path / "missing")),
+    ]
+
+
+def test_a_repeated_command_line_asks_a_hosts_recorded_facts_in_one_command(
+    local_host, tmp_path, monkeypatch
+):
+    host, ran = local_host
+    folder = tmp_path / "record"
+    (tmp_path / "config").write_text("port 9100\n")
+    _next_run(monkeypatch, folder)
+    first = _ask_converged_facts(host, tmp_path)
+    first_commands = len(ran)
+    assert first_commands >= 4  # nothing recorded yet: each fact (a file with its folder) alone
+    pyinfra_costs.FACTS.record.save()
+
+    written = next(folder.iterdir())
+    assert (folder.stat().st_mode & 0o777, written.stat().st_mode & 0o777) == (0o700, 0o600)
+    assert "port 9100" not in written.read_text()  # facts and arguments, never an answer
+
+    _next_run(monkeypatch, folder)
+    before = len(ran)
+    again = _ask_converged_facts(host, tmp_path)
+    assert len(ran) == before + 1
+    assert again == first
+    assert again[3] == "port 9100"
+
+
+def test_a_change_in_the_run_drops_what_was_asked_ahead(local_host, tmp_path, monkeypatch):
+    from pyinfra.facts.files import File
+
+    host, ran = local_host
+    folder = tmp_path / "record"
+    _next_run(monkeypatch, folder)
+    target = tmp_path / "made"
+    host.get_fact(File, path=str(tmp_path / "other"))
+    host.get_fact(File, path=str(target))
+    pyinfra_costs.FACTS.record.save()
+
+    _next_run(monkeypatch, folder)
+    assert host.get_fact(File, path=str(tmp_path / "other")) is None  # both asked here
+    status, _ = host.run_shell_command(f"touch {target}")
+    assert status
+    before = len(ran)
+    assert host.get_fact(File, path=str(target))["size"] == 0  # asked again, as it is now
+    assert len(ran) == before + 1
+
+
+def test_a_record_keeps_no_secret_and_names_only_fact_modules(local_host, tmp_path, monkeypatch):
+    from pyinfra.facts.server import Command
+
+    from gpufleet.facts.bandwidth import MemoryBandwidth
+
+    host, _ = local_host
+    folder = tmp_path / "record"
+    _next_run(monkeypatch, folder)
+    host.get_fact(Command, command="true", _env={"TOKEN": "s3cr3t-value"})
+    host.get_fact(Command, command="echo plain")
+    pyinfra_costs.FACTS.record.save()
+    text = next(folder.iterdir()).read_text()
+    assert "echo plain" in text
+    assert "s3cr3t-value" not in text and "TOKEN" not in text
+
+    assert pyinfra_costs.fact_class("pyinfra.facts.server", "Hostname") is not None
+    assert pyinfra_costs.fact_class("os", "system") is None
+    assert pyinfra_costs.fact_class("pyinfra.facts.server", "os.system") is None
+    assert pyinfra_costs.fact_class(MemoryBandwidth.__module__, "MemoryBandwidth") is None
+    assert not pyinfra_costs.recordable(
+        ("pyinfra.facts.server", "Command", {"command": "id"}, (("_sudo_password", "pw"),))
+    )
+    assert not pyinfra_costs.recordable(  # a tuple reads back from JSON as a list
+        ("pyinfra.facts.server", "Command", {"command": ("id",)}, ())
+    )
+
+
+def test_a_record_others_can_write_is_not_read(local_host, tmp_path, monkeypatch):
+    from pyinfra.facts.server import Hostname
+
+    host, ran = local_host
+    folder = tmp_path / "record"
+    _next_run(monkeypatch, folder)
+    host.get_fact(Hostname)
+    pyinfra_costs.FACTS.record.save()
+    written = next(folder.iterdir())
+    written.chmod(0o666)
+    _next_run(monkeypatch, folder)
+    assert (
+        pyinfra_costs.FACTS.record.recorded(host.name, pyinfra_costs.FACTS.stage_run(host.state))
+        == []
+    )
+    written.chmod(0o600)
+    _next_run(monkeypatch, folder)
+    assert (
+        len(
+            pyinfra_costs.FACTS.record.recorded(
+                host.name, pyinfra_costs.FACTS.stage_run(host.state)
+            )
+        )
+        == 1
+    )
+
+
+def test_a_record_belongs_to_its_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inventory.py").write_text("")
+    key = pyinfra_costs.FactRecord.run_key
+    converge = key(["pyinfra", "-y", "inventory.py", "deploys/common.py"])
+    assert key(["pyinfra", "--dry", "inventory.py", "deploys/common.py"]) == converge
+    assert key(["pyinfra", str(tmp_path / "inventory.py"), "deploys/common.py"]) == converge
+    assert key(["pyinfra", "inventory.py", "deploys/gpu_node.py"]) != converge
+
+
+def test_the_record_is_off_when_asked(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUFLEET_CACHE_DIR", str(tmp_path))
+    assert pyinfra_costs.FactRecord.from_environment().folder == tmp_path / "facts"
+    monkeypatch.setenv("GPUFLEET_FACT_RECORD", "off")
+    assert pyinfra_costs.FactRecord.from_environment().folder is None
+
+
+def test_a_files_checksum_is_recorded_with_it_though_the_first_run_found_no_file(
+    local_host, tmp_path, monkeypatch
+):
+    from pyinfra.facts.files import File, Sha1File
+
+    host, ran = local_host
+    folder = tmp_path / "record"
+    target = tmp_path / "uploaded"
+    _next_run(monkeypatch, folder)
+    assert host.get_fact(File, path=str(target)) is None  # the upload's first run
+    pyinfra_costs.FACTS.record.save()
+    target.write_text("uploaded\n")
+
+    _next_run(monkeypatch, folder)
+    before = len(ran)
+    assert host.get_fact(File, path=str(target))["size"] == 9
+    assert host.get_fact(Sha1File, path=str(target)) == hashlib.sha1(b"uploaded\n").hexdigest()
+    assert len(ran) == before + 1

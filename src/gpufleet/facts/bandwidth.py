@@ -324,6 +324,10 @@ class MemoryBandwidth(FactBase[BandwidthReading]):
          "copy_gbs": 921.4, "note": None}], "notes": [], "gpu_notes": [], "seconds": 3.1}
     """
 
+    prefetch = False
+    """Seconds of every CPU: never asked ahead of an operation that wants it (see
+    :class:`gpufleet.pyinfra_costs.FactRecord`)."""
+
     def command(self) -> str:
         return probe_command()
 

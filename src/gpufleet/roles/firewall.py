@@ -84,10 +84,13 @@ def firewall(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
         rules=RULES,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    systemd.service(name="Load the allow-list", service=UNIT, running=True, enabled=True)
+    loaded = systemd.service(name="Load the allow-list", service=UNIT, running=True)
+    systemd.service(name="Load the allow-list at boot", service=UNIT, enabled=True)
+    # A start has just loaded the new rules: reloading right after it only loads them
+    # again, and under load that second `nft -f` was seen to fail the run.
     systemd.service(
         name="Reload the allow-list",
         service=UNIT,
         reloaded=True,
-        _if=any_changed(rules, unit),
+        _if=[any_changed(rules, unit), lambda: not loaded.did_change()],
     )
