@@ -313,17 +313,29 @@ class FactCache:
             self.answers.setdefault(id(host), {})[key] = ("answer", copy.deepcopy(value))
         return value
 
-    def stage_run(self, state: Any) -> str:
-        """The record's key for this command line in this stage: with ``-y`` a run asks its
-        deploys' own facts while it prepares and its operations' as it executes."""
-        return f"{self.run}:{int(state.current_stage or 0)}"
+    def part(self, host: Any) -> str:
+        """The record's key for the facts being asked now: those a deploy's own code asks
+        (while pyinfra prepares) apart from those its operations ask (while it prepares a plan
+        and again as it executes; with ``-y`` only as it executes)."""
+        return f"{self.run}:{'operations' if getattr(host, 'in_op', False) else 'deploy'}"
+
+    def parts(self, state: Any) -> list[str]:
+        """The record's keys whose facts this stage will ask."""
+        from pyinfra.api.state import StateStage
+
+        deploy, operations = f"{self.run}:deploy", f"{self.run}:operations"
+        if state.current_stage == StateStage.Execute:
+            return [operations]
+        if state.current_stage == StateStage.Prepare and not state.should_check_for_changes():
+            return [deploy]
+        return [deploy, operations]
 
     def note(
         self, state: Any, host: Any, cls: Any, given: dict[str, Any], how: tuple[Any, ...]
     ) -> None:
         """Record the fact, and those that come with it (:func:`follower_facts`): an operation
         that found no file at the first run asks its checksum at the next."""
-        run = self.stage_run(state)
+        run = self.part(host)
         for fact, arguments in [(cls, given), *((f, g) for f, g, _ in follower_facts(cls, given))]:
             key = self.key_of(fact, arguments, how)
             if key is not None:
@@ -339,7 +351,10 @@ class FactCache:
         self.prefetched.add(marker)
         kept = self.answers.get(id(host), {})
         groups: dict[str, tuple[dict[str, Any], list[tuple[Any, dict[str, Any], str]]]] = {}
-        for module, qualname, given, how in self.record.recorded(host.name, self.stage_run(state)):
+        recorded = [
+            each for part in self.parts(state) for each in self.record.recorded(host.name, part)
+        ]
+        for module, qualname, given, how in recorded:
             cls = fact_class(module, qualname)
             key = None if cls is None else self.key_of(cls, given, how)
             if key is None or key in kept:

@@ -307,7 +307,7 @@ def test_a_record_keeps_no_secret_and_names_only_fact_modules(local_host, tmp_pa
 def test_a_record_others_can_write_is_not_read(local_host, tmp_path, monkeypatch):
     from pyinfra.facts.server import Hostname
 
-    host, ran = local_host
+    host, _ = local_host
     folder = tmp_path / "record"
     _next_run(monkeypatch, folder)
     host.get_fact(Hostname)
@@ -315,20 +315,10 @@ def test_a_record_others_can_write_is_not_read(local_host, tmp_path, monkeypatch
     written = next(folder.iterdir())
     written.chmod(0o666)
     _next_run(monkeypatch, folder)
-    assert (
-        pyinfra_costs.FACTS.record.recorded(host.name, pyinfra_costs.FACTS.stage_run(host.state))
-        == []
-    )
+    assert pyinfra_costs.FACTS.record.recorded(host.name, pyinfra_costs.FACTS.part(host)) == []
     written.chmod(0o600)
     _next_run(monkeypatch, folder)
-    assert (
-        len(
-            pyinfra_costs.FACTS.record.recorded(
-                host.name, pyinfra_costs.FACTS.stage_run(host.state)
-            )
-        )
-        == 1
-    )
+    assert len(pyinfra_costs.FACTS.record.recorded(host.name, pyinfra_costs.FACTS.part(host))) == 1
 
 
 def test_a_record_belongs_to_its_command_line(tmp_path, monkeypatch):
@@ -366,3 +356,21 @@ def test_a_files_checksum_is_recorded_with_it_though_the_first_run_found_no_file
     assert host.get_fact(File, path=str(target))["size"] == 9
     assert host.get_fact(Sha1File, path=str(target)) == hashlib.sha1(b"uploaded\n").hexdigest()
     assert len(ran) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("stage", "plans", "asked"),
+    [
+        ("Prepare", True, ["deploy", "operations"]),  # a dry run, or a run that shows its plan
+        ("Prepare", False, ["deploy"]),  # -y: operations ask theirs as they execute
+        ("Execute", True, ["operations"]),
+    ],
+)
+def test_each_stage_asks_ahead_what_it_asked_last_time(monkeypatch, stage, plans, asked):
+    from pyinfra.api.state import StateStage
+
+    monkeypatch.setattr(pyinfra_costs.FACTS, "run", "line")
+    state = SimpleNamespace(current_stage=StateStage[stage], should_check_for_changes=lambda: plans)
+    assert pyinfra_costs.FACTS.parts(state) == [f"line:{each}" for each in asked]
+    assert pyinfra_costs.FACTS.part(SimpleNamespace(in_op=True)) == "line:operations"
+    assert pyinfra_costs.FACTS.part(SimpleNamespace(in_op=False)) == "line:deploy"
