@@ -26,6 +26,10 @@ What pyinfra spends per host and operation there is what makes a fleet slower th
   answers like any other (dropped as soon as anything changes). A fact the record did not
   have is asked alone, as before.
 
+* **Global arguments' types.** pyinfra reads the types of its global arguments (``_sudo``,
+  ``_if``, ...) from their annotations for every operation and fact on every host, each time
+  evaluating every annotation again; :func:`global_argument_types` reads them once.
+
 Each change is installed once per process by :func:`install` (``check_inventory`` and
 gpufleet's pyinfra entry point call it) and keeps pyinfra's results identical.
 """
@@ -224,10 +228,18 @@ def recordable(spec: Spec) -> bool:
         return False
     if any(value for name, value in how if name in SECRET_ARGUMENTS):
         return False
-    try:
-        return json.loads(json.dumps([given, how])) == [given, [list(each) for each in how]]
-    except (TypeError, ValueError):
-        return False
+    return _reads_back(given) and all(_reads_back(value) for _, value in how)
+
+
+def _reads_back(value: Any) -> bool:
+    """Whether JSON gives ``value`` back as it is: no tuple, set or object, text keys."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if isinstance(value, list):
+        return all(_reads_back(each) for each in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _reads_back(v) for k, v in value.items())
+    return False
 
 
 def fact_class(module: str, qualname: str) -> Any:
@@ -247,6 +259,18 @@ def fact_class(module: str, qualname: str) -> Any:
     if not getattr(cls, "prefetch", True) or not _plain(cls):
         return None
     return cls
+
+
+def global_argument_types(read: Any) -> Any:
+    """pyinfra's ``all_global_arguments`` read once: the types of a ``TypedDict`` do not
+    change while pyinfra runs. Each caller gets its own list, as before."""
+    types = read()
+
+    @functools.wraps(read)
+    def kept() -> list[tuple[str, type]]:
+        return list(types)
+
+    return kept
 
 
 class FactCache:
@@ -646,6 +670,11 @@ def install() -> None:
     if getattr(operation, _INSTALLED, False) or not applies(version("pyinfra")):
         return
     operation.get_operation_order_from_stack = operation_order
+    arguments: Any = importlib.import_module("pyinfra.api.arguments")
+    facts: Any = importlib.import_module("pyinfra.api.facts")
+    arguments.all_global_arguments = facts.all_global_arguments = global_argument_types(
+        arguments.all_global_arguments
+    )
     cache_facts()
     setattr(operation, _INSTALLED, True)
     import pyinfra

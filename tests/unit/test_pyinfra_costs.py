@@ -374,3 +374,16 @@ def test_each_stage_asks_ahead_what_it_asked_last_time(monkeypatch, stage, plans
     assert pyinfra_costs.FACTS.parts(state) == [f"line:{each}" for each in asked]
     assert pyinfra_costs.FACTS.part(SimpleNamespace(in_op=True)) == "line:operations"
     assert pyinfra_costs.FACTS.part(SimpleNamespace(in_op=False)) == "line:deploy"
+
+
+def test_global_argument_types_are_read_once_and_are_pyinfras():
+    from typing import get_type_hints
+
+    from pyinfra.api.arguments import AllArguments
+
+    pyinfra_costs.install()
+    arguments = importlib.import_module("pyinfra.api.arguments")
+    first = arguments.all_global_arguments()
+    assert first == list(get_type_hints(AllArguments).items())
+    first.clear()  # a caller's list is its own
+    assert arguments.all_global_arguments() == list(get_type_hints(AllArguments).items())

@@ -18,6 +18,7 @@ from pyinfra.operations.util import any_changed
 from gpufleet.facts.system import ContainerVirtualization
 from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec
+from gpufleet.operations import accounts
 from gpufleet.paths import HOST_STATE, template
 from gpufleet.roles.firewall import firewall
 from gpufleet.roles.macos import macos_baseline
@@ -155,12 +156,10 @@ def baseline(spec: HostSpec) -> None:
     # gpufleet keeps its records when the user is called gpufleet): a service that writes
     # has a state folder of its own, and root never writes where a service can.
     home = f"/var/lib/{spec.service_user}"
-    server.user(
+    accounts.system_user(
         name=f"Service user {spec.service_user}",
         user=spec.service_user,
-        system=True,
         home=home,
-        shell="/usr/sbin/nologin",
         ensure_home=False,
     )
     for folder in dict.fromkeys([HOST_STATE, home]):

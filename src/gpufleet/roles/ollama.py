@@ -17,7 +17,7 @@ from gpufleet import sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile, release_sha256
 from gpufleet.models import HostSpec
-from gpufleet.operations import downloads, ollama
+from gpufleet.operations import accounts, downloads, ollama
 from gpufleet.paths import template
 from gpufleet.roles.steps import configured_not_started, run_unit, warm_up, warm_up_tool
 from gpufleet.serving import PlacementRun, placement_runs
@@ -92,14 +92,7 @@ def serve(spec: HostSpec) -> None:
         return
     settings = spec.ollama
 
-    server.user(
-        name="ollama user",
-        user="ollama",
-        system=True,
-        home=HOME,
-        shell="/usr/sbin/nologin",
-        create_home=True,
-    )
+    accounts.system_user(name="ollama user", user="ollama", home=HOME, create_home=True)
     if settings.install == "release":
         binary = install_release(spec)
         installed = True

@@ -20,11 +20,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File, FileContents
-from pyinfra.facts.server import Users
 from pyinfra.operations import apt, files, postgres, server, systemd
 
 from gpufleet import sandbox
-from gpufleet.facts.system import PostgresLogin, release_codename
+from gpufleet.facts.system import Account, PostgresLogin, release_codename
 from gpufleet.locks import shipped_litellm_lock
 from gpufleet.models import HostSpec
 from gpufleet.operations import config
@@ -79,7 +78,7 @@ def litellm_router(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
 
     # 1. A venv installed from the hash-locked requirements, rebuilt when the lock changes.
     apt.packages(name="Python venv", packages=["python3-venv", "python3"], no_recommends=True)
-    account = host.get_fact(Users).get(USER)
+    account = host.get_fact(Account, user=USER)
     if account and account["home"] != STATE:
         # usermod refuses to move the home of a user with running processes.
         systemd.service(

@@ -16,7 +16,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.models import HostSpec
-from gpufleet.operations import config, downloads, inference
+from gpufleet.operations import accounts, config, downloads, inference
 from gpufleet.paths import template
 
 
@@ -91,14 +91,7 @@ def signed_apt_repository(
 def service_account(name: str, home: str) -> None:
     """A system user and group of the same name that cannot log in, for one service."""
     server.group(name=f"{name} group", group=name, system=True)
-    server.user(
-        name=f"{name} user",
-        user=name,
-        group=name,
-        system=True,
-        home=home,
-        shell="/usr/sbin/nologin",
-    )
+    accounts.system_user(name=f"{name} user", user=name, group=name, home=home)
 
 
 @dataclass(frozen=True)
