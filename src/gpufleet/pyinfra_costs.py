@@ -350,8 +350,9 @@ class FactCache:
         deploy, operations = f"{self.run}:deploy", f"{self.run}:operations"
         if state.current_stage == StateStage.Execute:
             return [operations]
-        if state.current_stage == StateStage.Prepare and not state.should_check_for_changes():
-            return [deploy]
+        # While preparing, a -y run asks only its deploys' own facts; its operations ask
+        # theirs as they execute, moments later (:func:`kept_into_execution`): both are asked
+        # now, in the one command.
         return [deploy, operations]
 
     def note(
@@ -416,8 +417,9 @@ class FactCache:
         executor: dict[str, Any],
     ) -> dict[str, tuple[str, Any]]:
         """Facts asked with one command run as ``executor`` says: each fact's own command in
-        a subshell after its guard, its exit status after it. Only those whose command
-        succeeded are returned, by key, processed as pyinfra processes a fact's output."""
+        a subshell after its guard, its exit status after it (units' states from one
+        ``systemctl show``: :func:`units_together`). Only those whose command succeeded are
+        returned, by key, processed as pyinfra processes a fact's output."""
         from pyinfra.api.command import StringCommand
 
         facts: Any = importlib.import_module("pyinfra.api.facts")
@@ -425,20 +427,21 @@ class FactCache:
         keys = [self.key_of(fact, dict(given), how) for fact, given, _ in wanted]
         if None in keys or not wanted:
             return {}
-        parts: list[Any] = []
-        commands = []
-        instances = []  # one per fact: a command may keep its arguments for processing
-        for fact, given, skip in wanted:
-            instance = fact()
-            instances.append(instance)
+        segments: list[tuple[Any, str, Any]] = []
+        """Each part of the command: what it runs, the guard before it, and what makes the
+        answers from its output lines."""
+        together, alone = units_together(wanted, keys)
+        for command, answers in together:
+            segments.append((command, "", answers))
+        for (fact, given, skip), key in alone:
+            instance = fact()  # one per fact: a command may keep its arguments for processing
             command = facts._make_command(instance.command, dict(given))
             requires = facts._make_command(instance.requires_command, dict(given))
             if requires:  # as pyinfra's _get_fact wraps it
-                command = StringCommand(
-                    "if", "command", "-v", requires, ">/dev/null", "2>&1;", "then", "(",
-                    command, ");", "else", "echo", f"'{facts._MISSING_COMMAND_MARKER}';", "fi",
-                )  # fmt: skip
-            commands.append(requires)
+                command = _if_command(requires, command)
+            segments.append((command, skip, _answer_of(instance, key, requires)))
+        parts: list[Any] = []
+        for command, skip, _ in segments:
             parts += ["(", skip, command, ");", "_s=$?;", "echo;", "echo", END, "$_s;"]
         if not host.connected:
             return {}
@@ -458,20 +461,17 @@ class FactCache:
             return {}
         found: dict[str, tuple[str, Any]] = {}
         lines: list[str] = []
-        segments = iter(zip(instances, keys, commands, strict=True))
+        handlers = iter(segments)
         for line in output.stdout_lines:
             end = _END_LINE.fullmatch(line)
             if end is None:
                 lines.append(line)
                 continue
-            instance, key, requires = next(segments)
+            _, _, answers = next(handlers)
             if lines and lines[-1] == "":  # the blank line echoed before the end line
                 lines.pop()
-            if end[1] == "0" and key is not None:
-                if lines == [facts._MISSING_COMMAND_MARKER]:
-                    found[key] = ("missing", str(requires))
-                elif (answer := _processed(instance, lines)) is not None:
-                    found[key] = answer
+            if end[1] == "0":
+                found.update(answers(lines))
             lines = []
         return found
 
@@ -572,6 +572,111 @@ def guard(cls: Any, given: dict[str, Any]) -> str:
     )
 
 
+def _if_command(requires: Any, command: Any) -> Any:
+    """A fact's command where the program it needs is there, pyinfra's marker where not (as
+    pyinfra's ``_get_fact`` wraps it)."""
+    from pyinfra.api.command import StringCommand
+
+    facts: Any = importlib.import_module("pyinfra.api.facts")
+    return StringCommand(
+        "if", "command", "-v", requires, ">/dev/null", "2>&1;", "then", "(",
+        command, ");", "else", "echo", f"'{facts._MISSING_COMMAND_MARKER}';", "fi",
+    )  # fmt: skip
+
+
+def _answer_of(fact: Any, key: str, requires: Any) -> Any:
+    """What makes one fact's answer from its command's output lines."""
+    facts: Any = importlib.import_module("pyinfra.api.facts")
+
+    def answers(lines: list[str]) -> dict[str, tuple[str, Any]]:
+        if lines == [facts._MISSING_COMMAND_MARKER]:
+            return {key: ("missing", str(requires))}
+        answer = _processed(fact, lines)
+        return {} if answer is None else {key: answer}
+
+    return answers
+
+
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+")
+"""A unit named outright (no pattern): ``systemctl show`` prints one block for it."""
+
+
+def units_together(
+    wanted: list[tuple[Any, dict[str, Any], str]], keys: list[Any]
+) -> tuple[list[tuple[Any, Any]], list[tuple[tuple[Any, dict[str, Any], str], Any]]]:
+    """Units' states (``SystemdStatus``) and whether they start at boot (``SystemdEnabled``),
+    asked of the system manager with one ``systemctl show`` of every unit named and both
+    properties, instead of a program run per fact: each fact's answer is made from the blocks
+    of its own units, as its own command would have printed them, the other property left
+    out. The rest are returned to be asked alone."""
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus, _make_systemctl_cmd
+
+    groups: dict[tuple[Any, Any], list[tuple[Any, list[str], Any]]] = {}
+    alone = []
+    for (fact, given, skip), key in zip(wanted, keys, strict=True):
+        services = given.get("services")
+        units = [services] if isinstance(services, str) else services
+        if (
+            fact in (SystemdStatus, SystemdEnabled)
+            and not skip
+            and not given.get("user_mode")
+            and isinstance(units, list)
+            and units
+            and all(isinstance(u, str) and UNIT_NAME.fullmatch(u) for u in units)
+        ):
+            manager = (given.get("machine"), given.get("user_name"))
+            groups.setdefault(manager, []).append((fact(), units, key))
+        else:
+            alone.append(((fact, given, skip), key))
+    together = []
+    for (machine, user_name), asked in groups.items():
+        if len(asked) == 1:  # nothing to share: asked as it is
+            fact, units, key = asked[0]
+            given = {"services": units, "machine": machine, "user_name": user_name}
+            alone.append(((type(fact), {k: v for k, v in given.items() if v}, ""), key))
+            continue
+        named = list(dict.fromkeys(unit for _, units, _ in asked for unit in units))
+        from pyinfra.api.command import QuoteString, StringCommand
+
+        show = StringCommand(
+            _make_systemctl_cmd(machine=machine, user_name=user_name),
+            "show", "--all", "--property", "Id", "--property", SystemdStatus.state_key,
+            "--property", SystemdEnabled.state_key, *(QuoteString(u) for u in named),
+        )  # fmt: skip
+        together.append((_if_command("systemctl", show), _unit_answers(asked, named)))
+    return together, alone
+
+
+def _unit_answers(asked: list[tuple[Any, list[str], Any]], named: list[str]) -> Any:
+    facts: Any = importlib.import_module("pyinfra.api.facts")
+
+    def answers(lines: list[str]) -> dict[str, tuple[str, Any]]:
+        if lines == [facts._MISSING_COMMAND_MARKER]:
+            return {key: ("missing", "systemctl") for _, _, key in asked}
+        blocks: list[list[str]] = [[]]
+        for line in lines:
+            if line.strip():
+                blocks[-1].append(line)
+            elif blocks[-1]:
+                blocks.append([])
+        blocks = [block for block in blocks if block]
+        if len(blocks) != len(named):  # not one block a unit: each fact is asked alone
+            return {}
+        by_unit = dict(zip(named, blocks, strict=True))
+        found = {}
+        for fact, units, key in asked:
+            own = [f"{fact.state_key}=", "Id="]
+            output: list[str] = []
+            for unit in units:
+                output += [line for line in by_unit[unit] if line.startswith(tuple(own))]
+                output.append("")
+            if (answer := _processed(fact, output[:-1])) is not None:
+                found[key] = answer
+        return found
+
+    return answers
+
+
 def _processed(fact: Any, lines: list[str]) -> tuple[str, Any] | None:
     """A fact's answer from its command's output lines, as pyinfra's ``_get_fact`` makes it
     (None where processing fails: asked alone, pyinfra reports it)."""
@@ -591,6 +696,19 @@ def _plain(fact: Any) -> bool:
 
 
 FACTS = FactCache()
+
+
+def kept_into_execution(state: Any, stage: Any) -> bool:
+    """Whether facts asked while preparing still hold as the run executes: where it shows
+    no plan first (``-y``), nothing happens between the two, no wait for a yes; where it
+    shows one, the hosts may change while it waits, and everything is asked afresh."""
+    from pyinfra.api.state import StateStage
+
+    return (
+        stage == StateStage.Execute
+        and state.current_stage == StateStage.Prepare
+        and not state.should_check_for_changes()
+    )
 
 
 def cache_facts(cache: FactCache = FACTS) -> None:
@@ -638,7 +756,8 @@ def cache_facts(cache: FactCache = FACTS) -> None:
 
     @functools.wraps(set_stage)
     def set_stage_afresh(self: Any, stage: Any) -> Any:
-        cache.changed()
+        if not kept_into_execution(self, stage):
+            cache.changed()
         return set_stage(self, stage)
 
     State.set_stage = set_stage_afresh  # type: ignore[method-assign]

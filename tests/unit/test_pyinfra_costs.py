@@ -237,10 +237,12 @@ def test_a_repeated_command_line_asks_a_hosts_recorded_facts_in_one_command(
     local_host, tmp_path, monkeypatch
 ):
     host, ran = local_host
-    folder = tmp_path / "record"
-    (tmp_path / "config").write_text("port 9100\n")
+    folder = tmp_path / "record"  # beside the folder asked about: its writes change no answer
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config").write_text("port 9100\n")
     _next_run(monkeypatch, folder)
-    first = _ask_converged_facts(host, tmp_path)
+    first = _ask_converged_facts(host, work)
     first_commands = len(ran)
     assert first_commands >= 4  # nothing recorded yet: each fact (a file with its folder) alone
     pyinfra_costs.FACTS.record.save()
@@ -251,7 +253,7 @@ def test_a_repeated_command_line_asks_a_hosts_recorded_facts_in_one_command(
 
     _next_run(monkeypatch, folder)
     before = len(ran)
-    again = _ask_converged_facts(host, tmp_path)
+    again = _ask_converged_facts(host, work)
     assert len(ran) == before + 1
     assert again == first
     assert again[3] == "port 9100"
@@ -362,7 +364,7 @@ def test_a_files_checksum_is_recorded_with_it_though_the_first_run_found_no_file
     ("stage", "plans", "asked"),
     [
         ("Prepare", True, ["deploy", "operations"]),  # a dry run, or a run that shows its plan
-        ("Prepare", False, ["deploy"]),  # -y: operations ask theirs as they execute
+        ("Prepare", False, ["deploy", "operations"]),  # -y: kept until they execute
         ("Execute", True, ["operations"]),
     ],
 )
@@ -387,3 +389,83 @@ def test_global_argument_types_are_read_once_and_are_pyinfras():
     assert first == list(get_type_hints(AllArguments).items())
     first.clear()  # a caller's list is its own
     assert arguments.all_global_arguments() == list(get_type_hints(AllArguments).items())
+
+
+def test_facts_are_kept_into_execution_only_where_no_plan_waits_for_a_yes():
+    from pyinfra.api.state import StateStage
+
+    def state(stage, plans):
+        return SimpleNamespace(current_stage=stage, should_check_for_changes=lambda: plans)
+
+    kept = pyinfra_costs.kept_into_execution
+    assert kept(state(StateStage.Prepare, False), StateStage.Execute)  # -y
+    assert not kept(state(StateStage.Prepare, True), StateStage.Execute)  # a plan, a yes
+    assert not kept(state(StateStage.Execute, False), StateStage.Disconnect)
+    assert not kept(state(StateStage.Connect, False), StateStage.Prepare)
+
+
+SYSTEMCTL = r"""#!/bin/sh
+# systemctl show as systemd prints it: one block a unit named, the properties asked in order.
+echo "$*" >> "$SYSTEMCTL_LOG"
+shift  # show
+properties=""
+units=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --all) ;;
+        --property) shift; properties="$properties $1" ;;
+        *) units="$units $1" ;;
+    esac
+    shift
+done
+first=1
+for unit in $units; do
+    [ $first = 1 ] || echo
+    first=0
+    case "$unit" in *.*) ;; *) unit="$unit.service" ;; esac
+    for property in $properties; do
+        case "$property:$unit" in
+            Id:*) echo "Id=$unit" ;;
+            SubState:node-exporter.service) echo "SubState=running" ;;
+            SubState:gpufleet-firewall.service) echo "SubState=exited" ;;
+            SubState:*) echo "SubState=dead" ;;
+            UnitFileState:node-exporter.service) echo "UnitFileState=enabled" ;;
+            UnitFileState:gpufleet-firewall.service) echo "UnitFileState=disabled" ;;
+            UnitFileState:*) echo "UnitFileState=" ;;
+        esac
+    done
+done
+"""
+
+
+def test_units_states_are_asked_with_one_systemctl_as_each_would_answer(
+    local_host, tmp_path, monkeypatch
+):
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    host, _ = local_host
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "systemctl").write_text(SYSTEMCTL)
+    (tools / "systemctl").chmod(0o755)
+    log = tmp_path / "systemctl.log"
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    monkeypatch.setenv("SYSTEMCTL_LOG", str(log))
+
+    wanted = [
+        (SystemdStatus, {"services": ["node-exporter"]}, ""),
+        (SystemdEnabled, {"services": ["node-exporter"]}, ""),
+        (SystemdStatus, {"services": ["gpufleet-firewall", "missing.service"]}, ""),
+        (SystemdEnabled, {"services": "gpufleet-firewall.service"}, ""),
+    ]
+    how = tuple(sorted({"_sudo": False}.items()))
+    found = pyinfra_costs.FACTS.ask_many(host.state, host, wanted, dict(how))
+    assert len(log.read_text().splitlines()) == 1  # one systemctl for the four
+    for fact, given, _ in wanted:
+        kind, answer = found[pyinfra_costs.FACTS.key_of(fact, given, how)]
+        assert (kind, answer) == ("answer", _asked_alone(host, fact, **given))
+    assert len(log.read_text().splitlines()) == 5
+    assert found[pyinfra_costs.FACTS.key_of(*wanted[2][:2], how)][1] == {
+        "gpufleet-firewall.service": True,
+        "missing.service": False,
+    }
