@@ -21,6 +21,7 @@ from gpufleet.models import HostSpec
 from gpufleet.operations import accounts
 from gpufleet.paths import HOST_STATE, template
 from gpufleet.roles.firewall import firewall
+from gpufleet.roles.firewall import packages as firewall_packages
 from gpufleet.roles.macos import macos_baseline
 from gpufleet.roles.proxmox import proxmox_repository
 from gpufleet.roles.steps import run_service
@@ -148,7 +149,7 @@ def baseline(spec: HostSpec) -> None:
     # 2. Packages.
     apt.packages(
         name="Install baseline packages",
-        packages=BASELINE_PACKAGES,
+        packages=[*BASELINE_PACKAGES, *firewall_packages(spec)],
         no_recommends=True,
     )
 

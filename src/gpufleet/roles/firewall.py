@@ -22,6 +22,13 @@ from gpufleet.paths import render_template, template
 
 RULES = "/etc/gpufleet/firewall.nft"
 UNIT = "gpufleet-firewall"
+PACKAGES = ["nftables"]
+
+
+def packages(spec: HostSpec) -> list[str]:
+    """What the allow-list needs installed on the host: the baseline installs it with its
+    own packages, one apt-get for all (a second would run dpkg's triggers again)."""
+    return PACKAGES if spec.firewall.enabled else []
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ def firewall(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     if not spec.firewall.enabled:
         host.noop("firewall.enabled is false: no gpufleet rules on this host")
         return
-    apt.packages(name="nftables", packages=["nftables"], no_recommends=True)
+    apt.packages(name="nftables", packages=PACKAGES, no_recommends=True)
     files.directory(name="gpufleet's config folder", path="/etc/gpufleet", mode="755")
     rules = config.config_file(
         name="Allow-list of gpufleet's ports (checked by nft -c)",
