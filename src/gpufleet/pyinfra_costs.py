@@ -49,6 +49,7 @@ import shlex
 import stat
 import sys
 import uuid
+from inspect import getcallargs
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -488,7 +489,17 @@ class FactCache:
 
         facts: Any = importlib.import_module("pyinfra.api.facts")
 
-        fact_kwargs, global_kwargs = facts._handle_fact_kwargs(state, host, cls, args, kwargs)
+        in_operation = host.current_op_global_arguments
+        if in_operation and not any(name.startswith("_") for name in kwargs or {}):
+            # Asked by an operation, run as it runs: pyinfra would resolve the operation's
+            # global arguments again (each looked up through every layer of host and group
+            # data) to the same values.
+            global_kwargs = in_operation
+            fact_kwargs = dict(kwargs or {})
+            if args or fact_kwargs:
+                fact_kwargs = getcallargs(cls().command, *(args or []), **fact_kwargs)
+        else:
+            fact_kwargs, global_kwargs = facts._handle_fact_kwargs(state, host, cls, args, kwargs)
         fact_kwargs.pop("self", None)  # the fact object pyinfra binds its command to
         how = tuple(
             sorted((k, v) for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS)

@@ -469,3 +469,31 @@ def test_units_states_are_asked_with_one_systemctl_as_each_would_answer(
         "gpufleet-firewall.service": True,
         "missing.service": False,
     }
+
+
+def test_a_fact_asked_by_an_operation_is_described_as_pyinfra_would(local_host, monkeypatch):
+    """Inside an operation, the fact's arguments and how it runs are the operation's own
+    resolved global arguments: what pyinfra's resolving them again gives."""
+    from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+    from pyinfra.facts.files import File
+    from pyinfra.facts.server import Command, Hostname
+
+    host, _ = local_host
+    facts = importlib.import_module("pyinfra.api.facts")
+    resolved, _ = pop_global_arguments(host.state, host, {"_sudo": False, "_env": {"A": "1"}})
+    monkeypatch.setattr(host, "current_op_global_arguments", resolved)
+    asked = [
+        (File, None, {"path": "/etc/hosts"}),
+        (File, ["/etc/hosts"], None),
+        (Hostname, None, None),
+        (Command, None, {"command": "id", "_sudo": True}),  # its own: pyinfra resolves it
+    ]
+    for cls, args, kwargs in asked:
+        theirs, how = facts._handle_fact_kwargs(host.state, host, cls, args, kwargs)
+        theirs.pop("self", None)
+        ours = pyinfra_costs.FACTS.describe(host.state, host, cls, args, kwargs)
+        connector = {k: v for k, v in how.items() if k in CONNECTOR_ARGUMENT_KEYS}
+        assert ours is not None
+        assert ours[0] == theirs
+        assert ours[1] == tuple(sorted(connector.items()))
+        assert dict(ours[1])["_env"] == {"A": "1"}
