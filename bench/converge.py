@@ -52,6 +52,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 INVENTORY = "bench/inventory.py"
+LAB_INVENTORY = "inventory/lab.py"
+DPKG_LOG = "/var/log/dpkg.log"
 PLAYBOOK = ROOT / "bench/ansible/baseline.yml"
 ANSIBLE_CORE = "ansible-core==2.19.14"  # the newest that runs on Debian 12's Python 3.11
 PACKAGES = " ".join([*BASELINE_PACKAGES, "nftables"])
@@ -524,6 +527,60 @@ class Bench:
                 )
             )
 
+    def gpu_node_floor(self, host: str) -> None:
+        """``deploys/gpu_node.py``'s first converge of a fresh lab ``host`` (driver, DKMS
+        build, Docker, the toolkit, the baseline), then, on ``host`` fresh again with the apt
+        sources and keys that converge left, a bare apt-get update and install of every
+        package the converge installed (from dpkg's log): the same downloads, unpacking and
+        DKMS build, none of the rest."""
+        from gpufleet import lab
+        from gpufleet.inventory import load_inventory
+
+        inventory = ROOT / LAB_INVENTORY
+        address = {h.name: str(h.data.get("ssh_hostname")) for h in load_inventory(inventory)}
+        ssh = ["ssh", "-F", str(lab.ssh_config_path()), address[host]]
+
+        def fresh() -> None:
+            lab.down()
+            lab.up(inventory)
+
+        fresh()
+        logged = subprocess.run(
+            [*ssh, f"wc -l < {DPKG_LOG} 2>/dev/null || echo 0"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        command = [str(BIN / "pyinfra"), "--json", "-y", LAB_INVENTORY, "deploys/gpu_node.py"]
+        run = measured([*command, "--limit", host], cwd=ROOT)
+        changed, errors = pyinfra_changes(json.loads(run.result.stdout or "{}"))
+        if run.result.returncode != 0 or errors:
+            raise SystemExit(f"gpu_node.py failed on {host}:\n{run.result.stderr[-2000:]}")
+        self.record(Timing("gpufleet", "gpu_node first converge", 1, 1, run.seconds, changed,
+                           cpu_seconds=run.cpu_seconds))  # fmt: skip
+        installed = subprocess.run(
+            [*ssh, f"tail -n +{int(logged) + 1} {DPKG_LOG} | awk '$3 == \"install\" {{print $4}}'"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        sources = subprocess.run(
+            [*ssh, "tar -C / -czf - etc/apt usr/share/keyrings"], capture_output=True, check=True
+        ).stdout
+        fresh()
+        subprocess.run([*ssh, "tar -C / -xzf -"], input=sources, check=True)
+        packages = " ".join(shlex.quote(name.split(":")[0]) for name in dict.fromkeys(installed))
+        script = (
+            "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+            f"apt-get install -y -q --no-install-recommends {packages}"
+        )
+        floor = measured([*ssh, script])
+        if floor.result.returncode != 0:
+            raise SystemExit(f"the bare apt-get on {host} failed:\n{floor.result.stderr[-2000:]}")
+        self.record(Timing("apt-get", "gpu_node first converge", 1, 1, floor.seconds, 0,
+                           cpu_seconds=floor.cpu_seconds))  # fmt: skip
+        print(
+            f"gpu_node.py first converge on {host}: gpufleet {run.seconds:.1f} s, bare apt-get "
+            f"of the same {len(installed)} packages {floor.seconds:.1f} s: "
+            f"{run.seconds / floor.seconds:.2f}x"
+        )
+
     def check_smoke(self) -> None:
         """What --smoke asks beyond every run working: each tool and case ran, and the session
         count is right where it is known (a bare apt-get is one command)."""
@@ -707,7 +764,15 @@ def main() -> int:
     )
     parser.add_argument("--csv", help="every run (default: bench/converge.csv)")
     parser.add_argument("--full-stack", metavar="HOST", help="also time the lab's full stack")
-    parser.add_argument("--skip-baseline", action="store_true", help="only --full-stack")
+    parser.add_argument(
+        "--gpu-node",
+        metavar="HOST",
+        help="also time deploys/gpu_node.py's first converge of the lab's HOST against a bare "
+        "apt-get of the packages it installed",
+    )
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="only --full-stack and --gpu-node"
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -716,6 +781,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.hosts, args.rounds, args.full_stack, args.skip_baseline = [1], 1, None, False
+        args.gpu_node = None
         args.tools = ["gpufleet", "ansible"]
         args.csv = args.csv or "reports/converge-smoke.csv"
     if min(args.hosts) < 1 or args.rounds < 1:
@@ -727,11 +793,13 @@ def main() -> int:
     try:
         if args.full_stack:
             bench.full_stack(args.full_stack, args.rounds)
+        if args.gpu_node:
+            bench.gpu_node_floor(args.gpu_node)
         if not args.skip_baseline:
             for rnd in range(1, args.rounds + 1):
                 bench.round(rnd)
     finally:
-        if not args.skip_baseline:
+        if not args.skip_baseline or args.gpu_node:
             from gpufleet import lab
 
             lab.down()
