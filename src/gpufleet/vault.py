@@ -87,7 +87,7 @@ class VaultClient:
 
         headers = {"X-Vault-Token": token} if token else {}
         try:
-            response = requests.request(
+            response = _session(self.address, self.ca_file).request(
                 method,
                 f"{self.address}/v1/{path}",
                 json=body,
@@ -290,6 +290,20 @@ def client_for(spec: HostSpec) -> VaultClient:
 
 def vault_host(specs: dict[str, HostSpec]) -> HostSpec | None:
     return next((s for s in specs.values() if "vault" in s.groups), None)
+
+
+_SESSIONS: dict[tuple[str, str | None], Any] = {}
+
+
+def _session(address: str, ca_file: str | None) -> Any:
+    """One HTTP session per Vault and CA for the process: a run's requests reuse its
+    connections instead of a TCP and TLS handshake (and the CA file read again) each."""
+    import requests
+
+    key = (address, ca_file)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = requests.Session()
+    return _SESSIONS[key]
 
 
 def fleet_vault(specs: dict[str, HostSpec]) -> VaultClient | None:
