@@ -129,14 +129,12 @@ class FactRecord:
 
     @staticmethod
     def run_key(argv: list[str]) -> str:
-        """The command line a record belongs to: its words that are not options, files by
-        their full path (a dry run and the run it precedes share one)."""
-        words = [
-            os.path.abspath(word) if os.path.exists(word) else word
-            for word in argv[1:]
-            if not word.startswith("-")
-        ]
-        return hashlib.sha256("\0".join(words).encode()).hexdigest()[:16]
+        """The command line a record belongs to: the files it names (the inventory and the
+        deploys), by their full path. Options and their values are left out: a dry run and
+        the run it precedes share a record, as do runs limited to different hosts (each host
+        has its own), and no password given on the command line goes into the key."""
+        files = [os.path.abspath(word) for word in argv[1:] if os.path.isfile(word)]
+        return hashlib.sha256("\0".join(files).encode()).hexdigest()[:16]
 
     def _file(self, host_name: str) -> Path | None:
         if self.folder is None:

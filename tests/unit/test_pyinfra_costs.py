@@ -323,13 +323,18 @@ def test_a_record_others_can_write_is_not_read(local_host, tmp_path, monkeypatch
     assert len(pyinfra_costs.FACTS.record.recorded(host.name, pyinfra_costs.FACTS.part(host))) == 1
 
 
-def test_a_record_belongs_to_its_command_line(tmp_path, monkeypatch):
+def test_a_record_belongs_to_its_command_lines_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "inventory.py").write_text("")
+    (tmp_path / "deploys").mkdir()
+    for name in ("inventory.py", "deploys/common.py", "deploys/gpu_node.py"):
+        (tmp_path / name).write_text("")
     key = pyinfra_costs.FactRecord.run_key
     converge = key(["pyinfra", "-y", "inventory.py", "deploys/common.py"])
     assert key(["pyinfra", "--dry", "inventory.py", "deploys/common.py"]) == converge
     assert key(["pyinfra", str(tmp_path / "inventory.py"), "deploys/common.py"]) == converge
+    assert key(["pyinfra", "inventory.py", "deploys/common.py", "--limit", "gpu-1"]) == converge
+    with_password = ["pyinfra", "inventory.py", "deploys/common.py", "--password", "hunter2"]
+    assert key(with_password) == converge
     assert key(["pyinfra", "inventory.py", "deploys/gpu_node.py"]) != converge
 
 
