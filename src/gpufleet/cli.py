@@ -66,9 +66,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gpufleet.lab import LabError
     from gpufleet.preview import MissingFact
     from gpufleet.selection import NoHostsSelected
+    from gpufleet.suggest import WantsError
     from gpufleet.vault import VaultError
 
-    return (InventoryError, NoHostsSelected, LabError, VaultError, MissingFact, OSError)
+    return (
+        InventoryError, NoHostsSelected, LabError, VaultError, MissingFact, WantsError, OSError,
+    )  # fmt: skip
 
 
 def _message(error: BaseException) -> str:
@@ -288,15 +291,43 @@ def validate(inventories: tuple[str, ...], as_json: bool) -> int:
 @limit_option()
 @json_option
 @plan_plot_option
-def plan(inventory: str, limit: tuple[str, ...], as_json: bool, plot_path: str | None) -> int:
+@click.option(
+    "--suggest",
+    "wants_path",
+    type=click.Path(dir_okay=False),
+    metavar="WANTS",
+    help="Propose placements for the aliases a YAML file wants (docs/planner.md), on the "
+    "selected hosts (without --limit: the inference hosts); exits 1 if a want cannot be met.",
+)
+@click.option(
+    "--diff",
+    "diff_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="With --suggest: write the proposal as a patch to the inventory ('-': stdout).",
+)
+def plan(
+    inventory: str,
+    limit: tuple[str, ...],
+    as_json: bool,
+    plot_path: str | None,
+    wants_path: str | None,
+    diff_path: str | None,
+) -> int:
     """The planner's decisions for every selected host with models: where each placement
-    runs (GPU, partly, CPU), the memory it needs, and the bound on its decode speed."""
+    runs (GPU, partly, CPU), the memory it needs, and the bound on its decode speed.
+
+    With --suggest WANTS, what it proposes instead: where each wanted alias should go."""
     from gpufleet.inventory import inventory_catalogue
     from gpufleet.outputs import PlanOutput
     from gpufleet.planner import PLAN_COLUMNS, placement_cells, plan_host, plan_summary
 
+    if diff_path and not wants_path:
+        _fail("gpufleet plan: --diff writes what --suggest proposes; give --suggest WANTS")
     specs, names = selected_hosts(inventory, limit)
     catalogue = inventory_catalogue(inventory)
+    if wants_path:
+        return _suggest(inventory, specs, names if limit else [], wants_path, diff_path, as_json)
     plans = [plan_host(specs[name], catalogue) for name in names if specs[name].models]
     render_plots(plot_path, specs=specs, hosts=[name for name in names if specs[name].models])
     if as_json:
@@ -314,6 +345,93 @@ def plan(inventory: str, limit: tuple[str, ...], as_json: bool, plot_path: str |
     if not plans:
         _warn(f"{inventory}: no selected host serves a model yet; give one models: [...]")
     return 0
+
+
+def _suggest(
+    inventory: str,
+    specs: dict[str, HostSpec],
+    limit: list[str],
+    wants_path: str,
+    diff_path: str | None,
+    as_json: bool,
+) -> int:
+    """``plan --suggest``: the solver's proposal as tables (or JSON) and, with --diff, a patch."""
+    from dataclasses import asdict
+
+    from gpufleet.inventory import inventory_catalogue
+    from gpufleet.inventory_edit import models_patch
+    from gpufleet.outputs import SuggestOutput
+    from gpufleet.suggest import load_wants, solve
+
+    wants = load_wants(wants_path)
+    suggestion = solve(specs, wants, inventory_catalogue(inventory), limit)
+    patch = models_patch(inventory, {h: suggestion.specs[h].models for h in suggestion.changed})
+    if diff_path == "-":
+        sys.stdout.write(patch.diff)
+    elif diff_path:
+        Path(diff_path).write_text(patch.diff)
+    code = EXIT_FAILED if suggestion.unmet or suggestion.problems else 0
+    if as_json:
+        _emit_json(
+            SuggestOutput.model_validate(
+                {
+                    "placements": [asdict(d) for d in suggestion.decisions],
+                    "unmet": [asdict(u) for u in suggestion.unmet],
+                    "changed_hosts": suggestion.changed,
+                    "skipped_hosts": [{"host": h, "why": w} for h, w in suggestion.skipped],
+                    "kept": [{"alias": a, "host": h} for a, h in suggestion.kept],
+                    "problems": suggestion.problems,
+                    "diff": patch.diff,
+                    "by_hand": patch.by_hand,
+                }
+            )
+        )
+        return code
+    if diff_path == "-":
+        return code  # the patch alone on stdout, to pipe into patch or git apply
+    console = _console()
+    placed = len(suggestion.decisions)
+    console.print(f"{wants_path}: {len(wants)} wants, {placed} placements proposed")
+    table = _table(
+        "alias", "role", "host", "engine", "quant", "context", "where", "speed bound", "why",
+        right=("context",),
+    )  # fmt: skip
+    for d in suggestion.decisions:
+        where = d.where if d.where != "partial" else f"partial ({d.gpu_layers}/{d.layers})"
+        bound = f"<= {d.bound_tok_s:g} tok/s" if d.bound_tok_s else "-"
+        table.add_row(
+            d.alias, d.role, d.host, d.engine, d.quant, str(d.context), where, bound, d.why
+        )
+    _print_table(table, indent=2, console=console)
+    for host, why in suggestion.skipped:
+        _warn(f"{host} takes no new model: {why}")
+    if suggestion.unmet:
+        console.print(f"\nNot met ({len(suggestion.unmet)}):")
+        for u in suggestion.unmet:
+            console.print(f"  {u.alias} ({u.model}), {u.role}: {u.why}")
+    for alias, host in suggestion.kept:
+        console.print(f"  {alias} stays on {host}, as the inventory has it")
+    if suggestion.problems:
+        console.print("\nWith this proposal the inventory would still have problems:")
+        for problem in suggestion.problems:
+            console.print(f"  - {problem}")
+    for host, entry in patch.by_hand.items():
+        console.print(
+            f"\n{host}: its data is not a literal in {inventory}; set by hand:\n  {entry}"
+        )
+    if not suggestion.changed:
+        console.print("\nThe inventory already places these wants so.")
+    elif diff_path:
+        console.print(
+            f"\n{len(suggestion.changed)} hosts change; the patch is in {diff_path} "
+            f"(apply it from this folder: patch -p1 < {diff_path})"
+        )
+    else:
+        console.print(
+            f"\n{len(suggestion.changed)} hosts change ({', '.join(suggestion.changed)}); "
+            "--diff FILE writes the patch to the inventory"
+        )
+    return code
 
 
 @main_group.command(short_help="Each host's inference servers and their flags; contacts no host.")

@@ -65,14 +65,40 @@ def _hosts(specs: dict[str, HostSpec], *groups: str) -> frozenset[str]:
     return frozenset(s.name for s in specs.values() if set(groups) & set(s.groups))
 
 
-def _services(spec: HostSpec, specs: dict[str, HostSpec]) -> Iterator[_Service]:
-    """Every port gpufleet opens on ``spec`` beside the gateway's public 80 and 443."""
-    from gpufleet.routing import database_host, redis_host, router_hosts
+@dataclass(frozen=True)
+class FleetRoles:
+    """Which hosts play which part across the fleet, worked out once for every host's
+    services (each host's list would otherwise walk the whole fleet again)."""
 
-    monitoring = _hosts(specs, "monitoring")
-    routers = frozenset(r.name for r in router_hosts(specs))
-    direct = frozenset(s.name for s in specs.values() if s.gateway.direct_routes)
-    gateways = _hosts(specs, "gateway") & direct
+    monitoring: frozenset[str]
+    routers: frozenset[str]
+    gateways: frozenset[str]
+    direct_gateways: frozenset[str]
+    vault_peers: frozenset[str]
+    redis: str | None
+    database: str | None
+
+    @classmethod
+    def of(cls, specs: dict[str, HostSpec]) -> FleetRoles:
+        from gpufleet.routing import database_host, redis_host, router_hosts
+
+        direct = frozenset(s.name for s in specs.values() if s.gateway.direct_routes)
+        gateways = _hosts(specs, "gateway")
+        redis, database = redis_host(specs), database_host(specs)
+        return cls(
+            _hosts(specs, "monitoring"),
+            frozenset(r.name for r in router_hosts(specs)),
+            gateways,
+            gateways & direct,
+            _hosts(specs, "vault"),
+            redis.name if redis is not None else None,
+            database.name if database is not None else None,
+        )
+
+
+def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
+    """Every port gpufleet opens on ``spec`` beside the gateway's public 80 and 443."""
+    monitoring, routers, gateways = roles.monitoring, roles.routers, roles.direct_gateways
     yield _Service(
         "node exporter",
         (spec.node_exporter_port,),
@@ -104,16 +130,15 @@ def _services(spec: HostSpec, specs: dict[str, HostSpec]) -> Iterator[_Service]:
             "litellm",
             (spec.litellm.port,),
             "litellm.address",
-            _hosts(specs, "gateway") | monitoring,
+            roles.gateways | monitoring,
             spec.litellm.address,
         )
-    redis, database = redis_host(specs), database_host(specs)
-    if redis is not None and redis.name == spec.name:
+    if roles.redis == spec.name:
         settings = spec.litellm.redis
         yield _Service(
             "redis", (settings.port,), "litellm.redis.bind", routers, settings.bind, True
         )
-    if database is not None and database.name == spec.name:
+    if roles.database == spec.name:
         db = spec.litellm.database
         yield _Service("postgresql", (db.port,), "litellm.database.bind", routers, db.bind, True)
     if "gateway" in spec.groups:
@@ -140,7 +165,7 @@ def _services(spec: HostSpec, specs: dict[str, HostSpec]) -> Iterator[_Service]:
             )
     if "vault" in spec.groups:
         vault = spec.vault
-        peers = _hosts(specs, "vault")
+        peers = roles.vault_peers
         yield _Service("vault", (vault.port,), "vault.address", frozenset(), vault.address, True)
         yield _Service(
             "vault cluster", (vault.cluster_port,), "vault.address", peers, vault.address, True
@@ -162,11 +187,14 @@ def _listens(service: _Service, clients: frozenset[str], admins: bool) -> str:
     return EVERYWHERE if clients or admins else LOOPBACK
 
 
-def exposures(spec: HostSpec, specs: dict[str, HostSpec]) -> list[Exposure]:
-    """Each service's ports on ``spec``: where they listen and who may reach them."""
+def exposures(
+    spec: HostSpec, specs: dict[str, HostSpec], roles: FleetRoles | None = None
+) -> list[Exposure]:
+    """Each service's ports on ``spec``: where they listen and who may reach them (``roles``:
+    the fleet's, where the caller has worked them out for every host)."""
     admins = tuple(str(n) for n in spec.firewall.admin_sources)
     found = []
-    for service in _services(spec, specs):
+    for service in _services(spec, roles or FleetRoles.of(specs)):
         clients = service.clients - {spec.name}
         address = _listens(service, clients, bool(admins))
         outside = not IPv4Address(address).is_loopback
@@ -221,10 +249,13 @@ def _current(spec: HostSpec, field: str) -> object:
     return value
 
 
-def decide_addresses(spec: HostSpec, specs: dict[str, HostSpec]) -> HostSpec:
+def decide_addresses(
+    spec: HostSpec, specs: dict[str, HostSpec], roles: FleetRoles | None = None
+) -> HostSpec:
     """``spec`` with every address it leaves out decided (see :func:`exposures`); the spec
     every deploy, plan and preview renders from."""
-    decided = {e.field: e.address for e in exposures(spec, specs) if e.field in DECIDED_FIELDS}
+    found = exposures(spec, specs, roles)
+    decided = {e.field: e.address for e in found if e.field in DECIDED_FIELDS}
     for field in DECIDED_FIELDS:
         if _current(spec, field) is None:
             spec = _with(spec, field, IPv4Address(decided.get(field, LOOPBACK)))
@@ -233,15 +264,18 @@ def decide_addresses(spec: HostSpec, specs: dict[str, HostSpec]) -> HostSpec:
 
 def decide_fleet(specs: dict[str, HostSpec]) -> dict[str, HostSpec]:
     """Every host of the fleet with its addresses decided."""
-    return {name: decide_addresses(spec, specs) for name, spec in specs.items()}
+    roles = FleetRoles.of(specs)
+    return {name: decide_addresses(spec, specs, roles) for name, spec in specs.items()}
 
 
 def exposure_problems(specs: dict[str, HostSpec]) -> Iterator[Problem]:
     """A host another reaches through the firewall must have an address the firewall can let
     in; a host name alone cannot be written into an nftables rule."""
     missing: set[str] = set()
+    roles = FleetRoles.of(specs)
     for spec in specs.values():
-        listening = {e.service: e for e in exposures(spec, specs)}
+        found = exposures(spec, specs, roles)
+        listening = {e.service: e for e in found}
         for engine in serving(spec):
             secret, exposure = engine.api_key_secret, listening.get(engine.service)
             if not secret or secret in spec.secrets or exposure is None:
@@ -258,7 +292,7 @@ def exposure_problems(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                 )
         if not spec.firewall.enabled or spec.os == "macos":
             continue
-        for exposure in exposures(spec, specs):
+        for exposure in found:
             if not exposure.guarded:
                 continue
             for client in exposure.clients:
@@ -277,9 +311,10 @@ def describe_exposures(specs: dict[str, HostSpec]) -> str:
     """Each host's gpufleet ports: where they listen, who may reach them (``gpufleet
     firewall``)."""
     lines = []
+    roles = FleetRoles.of(specs)
     for spec in specs.values():
         lines.append(f"{spec.name}:" + ("" if spec.firewall.enabled else " (firewall off)"))
-        for exposure in exposures(spec, specs):
+        for exposure in exposures(spec, specs, roles):
             ports = ",".join(str(p) for p in exposure.ports)
             reach = reach_text(spec, exposure)
             lines.append(f"  {exposure.service:<16} {exposure.address}:{ports:<12} {reach}")

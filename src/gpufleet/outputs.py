@@ -94,6 +94,60 @@ class PlanOutput(RootModel[list[HostPlanOut]]):
     """A list, one entry per host that has models (the shape ``plan --json`` always had)."""
 
 
+# --- gpufleet plan --suggest -------------------------------------------------------------
+
+
+class SuggestedPlacementOut(_Strict):
+    alias: str
+    model: str
+    host: str
+    role: str = Field(description="'replica N of M' (router priority 1) or 'backup N' (2, 3).")
+    priority: int = Field(description="The placement's router priority.")
+    engine: str
+    quant: str
+    context: int
+    where: Literal["gpu", "partial", "cpu"]
+    gpu_layers: int
+    layers: int
+    need_gb: float
+    bound_tok_s: float | None
+    why: str = Field(description="Why this host: how many could take it, which came next.")
+
+
+class UnmetWantOut(_Strict):
+    alias: str
+    model: str
+    role: str
+    why: str = Field(description="What stops every host, and what would change it.")
+
+
+class SkippedHostOut(_Strict):
+    host: str
+    why: str = Field(description="The first problem of the host's own, which keeps it out.")
+
+
+class KeptPlacementOut(_Strict):
+    alias: str
+    host: str
+
+
+class SuggestOutput(_Strict):
+    placements: list[SuggestedPlacementOut]
+    unmet: list[UnmetWantOut] = Field(description="Empty when every want is placed.")
+    changed_hosts: list[str] = Field(description="Hosts whose models the proposal changes.")
+    skipped_hosts: list[SkippedHostOut]
+    kept: list[KeptPlacementOut] = Field(
+        description="Placements of aliases not met, left where the inventory has them."
+    )
+    problems: list[str] = Field(
+        description="What validate would find with the proposal applied (empty: it validates)."
+    )
+    diff: str = Field(description="The proposal as a unified diff of the inventory file.")
+    by_hand: dict[str, str] = Field(
+        description="Host -> its models entry, where the diff could not edit the file."
+    )
+
+
 # --- gpufleet engines --------------------------------------------------------------------
 
 
@@ -279,6 +333,7 @@ def bench_row(row: dict[str, object]) -> BenchRow:
 OUTPUTS: dict[str, type[BaseModel]] = {
     "validate": ValidateOutput,
     "plan": PlanOutput,
+    "plan-suggest": SuggestOutput,
     "engines": EnginesOutput,
     "routes": RoutesOutput,
     "firewall": FirewallOutput,

@@ -248,9 +248,7 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
                 (where[1:] if where.startswith(".") else f"{field_name}.{where}", result.problem)
             )
             continue
-        on_gpu = result.need_gb * result.gpu_layers / max(result.layers, 1)
-        if not engine.offloads_to_ram:
-            on_gpu = result.need_gb
+        on_gpu = on_gpu_gb(result, engine)
         result.ram_gb = round(result.need_gb - on_gpu, 2)
         if not engine.loads_on_demand:  # on-demand loading is checked as a set below
             vram_free -= on_gpu
@@ -451,6 +449,23 @@ def _place(
     result.where, result.gpu_layers = "partial", layers_on_gpu
     result.bound_tok_s = round(1 / seconds, 1)
     return result
+
+
+def place_in(
+    spec: HostSpec, placement: ModelPlacement, entry: ModelEntry, room: Room
+) -> PlacementPlan:
+    """Where one placement would run on ``spec`` with ``room`` left, decided exactly as
+    :func:`plan_host` decides it (the placement solver asks this of every host it weighs)."""
+    return _place(
+        engine_for(spec, placement), spec, placement, entry, placement_quant(placement), room
+    )
+
+
+def on_gpu_gb(result: PlacementPlan, engine: Engine) -> float:
+    """GB of a planned placement's need the GPU holds (the rest is in system memory)."""
+    if not engine.offloads_to_ram:
+        return result.need_gb
+    return result.need_gb * result.gpu_layers / max(result.layers, 1)
 
 
 def largest_loaded(spec: HostSpec, plan: HostPlan, engine: Engine) -> list[PlacementPlan]:
