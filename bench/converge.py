@@ -57,6 +57,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -193,6 +194,38 @@ def sessions_of_run(before: tuple[int, int], after: tuple[int, int]) -> tuple[in
     return after[0] - before[0] - 1, after[1] - before[1]
 
 
+STAGES = (
+    ("python starting", "started"),
+    ("imports", "imported"),
+    ("inventory loaded and validated", "connect"),
+    ("connecting", "prepare"),
+    ("deploys run, facts asked", "execute"),
+    ("operations", "disconnect"),
+    ("disconnecting, exit", "exit"),
+)
+"""Each span of a pyinfra run and the mark bench/pyinfra_stages.py writes where it ends."""
+
+
+def stage_spans(launched: float, marks: str) -> dict[str, float]:
+    """Seconds of each of :data:`STAGES`, from the marks of one run launched at ``launched``."""
+    stamps = dict(line.split() for line in marks.splitlines() if line.strip())
+    spans, previous = {}, launched
+    for name, mark in STAGES:
+        if mark in stamps:
+            spans[name] = float(stamps[mark]) - previous
+            previous = float(stamps[mark])
+    return spans
+
+
+def stage_line(spans: list[dict[str, float]]) -> str:
+    medians = {
+        name: statistics.median(s[name] for s in spans if name in s)
+        for name, _ in STAGES
+        if any(name in s for s in spans)
+    }
+    return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in medians.items())
+
+
 def summarize(timings: list[Timing]) -> list[Summary]:
     """Per tool, case and host count, the medians of the runs that worked, with the scale
     figures against one host and the first converge against the bare apt-get."""
@@ -280,6 +313,8 @@ def median_table(timings: list[Timing], sizes: list[int]) -> str:
                 )
             elif failed("ansible", case, hosts):
                 lines.append(f"| {case} | {hosts} | {mine} | fails | - | - | - |")
+            elif not any(t.tool == "ansible" for t in timings):  # --tools gpufleet
+                lines.append(f"| {case} | {hosts} | {mine} | - | - | - | - |")
     scale = [
         s
         for s in summary.values()
@@ -505,10 +540,17 @@ class Bench:
                     self.ansible_run(fresh_lab(size), rnd)
 
     def full_stack(self, host: str, rounds: int) -> None:
-        command = [str(BIN / "pyinfra"), "--json", "-y", "inventory/lab.py", *DEPLOYS]
-        command += ["--limit", host]
+        """The converged re-run of every deploy on one lab host, ``rounds`` times, and where
+        its time goes (:data:`STAGES`, medians over the rounds)."""
+        command = [sys.executable, str(ROOT / "bench/pyinfra_stages.py")]
+        command += ["--json", "-y", "inventory/lab.py", *DEPLOYS, "--limit", host]
+        spans: list[dict[str, float]] = []
         for rnd in range(1, rounds + 1):
-            run = measured(command, cwd=ROOT)
+            with tempfile.NamedTemporaryFile("r", suffix=".stages") as marks:
+                env = {**os.environ, "GPUFLEET_BENCH_STAGES": marks.name}
+                launched = time.time()
+                run = measured(command, cwd=ROOT, env=env)
+                spans.append(stage_spans(launched, marks.read()))
             changed, errors = pyinfra_changes(json.loads(run.result.stdout or "{}"))
             if run.result.returncode != 0 or changed or errors:
                 raise SystemExit(
@@ -526,6 +568,8 @@ class Bench:
                     cpu_seconds=run.cpu_seconds,
                 )
             )
+
+        print(f"  where {host}'s full-stack re-run goes (median of {rounds}):", stage_line(spans))
 
     def gpu_node_floor(self, host: str) -> None:
         """``deploys/gpu_node.py``'s first converge of a fresh lab ``host`` (driver, DKMS

@@ -300,6 +300,14 @@ def validate(inventories: tuple[str, ...], as_json: bool) -> int:
     "selected hosts (without --limit: the inference hosts); exits 1 if a want cannot be met.",
 )
 @click.option(
+    "--strategy",
+    type=click.Choice(["spread", "binpack"]),
+    default="spread",
+    show_default=True,
+    help="With --suggest: of the hosts that can take a want, the one left with the most of "
+    "its memory free (spread) or the least (binpack: large hosts kept for large models).",
+)
+@click.option(
     "--diff",
     "diff_path",
     type=click.Path(dir_okay=False, allow_dash=True),
@@ -312,6 +320,7 @@ def plan(
     as_json: bool,
     plot_path: str | None,
     wants_path: str | None,
+    strategy: str,
     diff_path: str | None,
 ) -> int:
     """The planner's decisions for every selected host with models: where each placement
@@ -327,7 +336,8 @@ def plan(
     specs, names = selected_hosts(inventory, limit)
     catalogue = inventory_catalogue(inventory)
     if wants_path:
-        return _suggest(inventory, specs, names if limit else [], wants_path, diff_path, as_json)
+        hosts = names if limit else []
+        return _suggest(inventory, specs, hosts, wants_path, strategy, diff_path, as_json)
     plans = [plan_host(specs[name], catalogue) for name in names if specs[name].models]
     render_plots(plot_path, specs=specs, hosts=[name for name in names if specs[name].models])
     if as_json:
@@ -352,6 +362,7 @@ def _suggest(
     specs: dict[str, HostSpec],
     limit: list[str],
     wants_path: str,
+    strategy: str,
     diff_path: str | None,
     as_json: bool,
 ) -> int:
@@ -364,7 +375,11 @@ def _suggest(
     from gpufleet.suggest import load_wants, solve
 
     wants = load_wants(wants_path)
-    suggestion = solve(specs, wants, inventory_catalogue(inventory), limit)
+    catalogue = inventory_catalogue(inventory)
+    if strategy == "binpack":
+        suggestion = solve(specs, wants, catalogue, limit, "binpack")
+    else:
+        suggestion = solve(specs, wants, catalogue, limit, "spread")
     patch = models_patch(inventory, {h: suggestion.specs[h].models for h in suggestion.changed})
     if diff_path == "-":
         sys.stdout.write(patch.diff)

@@ -101,11 +101,16 @@ def inventory_groups(inventory_file: str | Path) -> dict[str, list[Any]]:
     return groups
 
 
-def write_hosts(path: Path, hosts: dict[str, dict[str, Any]]) -> None:
-    """Write hosts.yaml (through a file renamed over it: a reader never sees half of it)."""
-    text = HEADER + yaml.safe_dump(
+def yaml_text(hosts: dict[str, dict[str, Any]]) -> str:
+    """hosts.yaml's text for ``hosts``: the header, then the hosts in their order."""
+    return HEADER + yaml.safe_dump(
         {"hosts": hosts}, sort_keys=False, default_flow_style=False, allow_unicode=True
     )
+
+
+def write_hosts(path: Path, hosts: dict[str, dict[str, Any]]) -> None:
+    """Write hosts.yaml (through a file renamed over it: a reader never sees half of it)."""
+    text = yaml_text(hosts)
     staged = path.with_name(f".{path.name}.new")
     staged.write_text(text, encoding="utf-8")
     staged.replace(path)

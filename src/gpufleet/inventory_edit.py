@@ -28,16 +28,18 @@ class InventoryPatch:
     """Host -> the ``"models"`` entry to write, for hosts the patch could not edit."""
 
 
-def placement_literal(placement: ModelPlacement) -> str:
-    """One placement as a Python dict literal of the fields it sets."""
+def placement_fields(placement: ModelPlacement) -> dict[str, object]:
+    """The fields a placement sets, model and alias first, as an inventory writes them."""
     fields = placement.model_dump(mode="json", exclude_defaults=True)
     fields.setdefault("model", placement.model)
     order = ["model", "alias", *[name for name in fields if name not in ("model", "alias")]]
-    return (
-        "{"
-        + ", ".join(f"{json.dumps(k)}: {_literal(fields[k])}" for k in order if k in fields)
-        + "}"
-    )
+    return {name: fields[name] for name in order if name in fields}
+
+
+def placement_literal(placement: ModelPlacement) -> str:
+    """One placement as a Python dict literal of the fields it sets."""
+    fields = placement_fields(placement)
+    return "{" + ", ".join(f"{json.dumps(k)}: {_literal(v)}" for k, v in fields.items()) + "}"
 
 
 def _literal(value: object) -> str:
@@ -98,16 +100,39 @@ def models_patch(path: str | Path, models: dict[str, tuple[ModelPlacement, ...]]
     for start, end, inserted in sorted(edits, reverse=True):
         patched = patched[:start] + inserted + patched[end:]
     ast.parse(patched, filename=str(path))  # a patch that breaks the file is a bug here
-    shown = _shown(path)
-    diff = "".join(
-        difflib.unified_diff(
-            source.decode().splitlines(keepends=True),
-            patched.decode().splitlines(keepends=True),
-            fromfile=f"a/{shown}",
-            tofile=f"b/{shown}",
-        )
-    )
+    diff = _unified(path, source.decode(), patched.decode())
+    diff += _hosts_file_diff(path, models, by_hand)
     return InventoryPatch(diff, by_hand)
+
+
+def _unified(path: Path, before: str, after: str) -> str:
+    shown = _shown(path)
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=f"a/{shown}",
+        tofile=f"b/{shown}",
+    )
+    return "".join(lines)
+
+
+def _hosts_file_diff(
+    inventory: Path, models: dict[str, tuple[ModelPlacement, ...]], by_hand: dict[str, str]
+) -> str:
+    """The hosts of ``by_hand`` that live in the hosts.yaml beside the inventory (``gpufleet
+    init``'s fleets keep their hosts there): their ``models`` set in that file, as a diff.
+    The file is written as ``gpufleet discover`` writes it (its header, then the hosts)."""
+    from gpufleet.hosts_file import hosts_path, read_hosts, yaml_text
+
+    path = hosts_path(inventory)
+    hosts = read_hosts(path)
+    mine = [name for name in by_hand if name in hosts]
+    if not mine:
+        return ""
+    for name in mine:
+        hosts[name]["models"] = [placement_fields(p) for p in models[name]]
+        del by_hand[name]
+    return _unified(path, path.read_text(encoding="utf-8"), yaml_text(hosts))
 
 
 def _host_entries(tree: ast.AST) -> dict[str, ast.Dict]:

@@ -14,10 +14,11 @@ How it decides, in an order a reader can follow:
   inputs give the same proposal, and a want placed earlier is never moved for a later one.
 * Each replica goes on its own host (spread), each backup (router priority 2, 3) on yet
   another. A replica must reach ``min_tok_s``; a backup only ``backup_min_tok_s``.
-* Of the hosts where it fits at that speed, the one it leaves with the least free memory
-  wins (best fit: larger hosts stay free for larger models); on a tie, the faster; then the
-  name. A host that reaches the speed is as good as a faster one: the speed asked is the
-  speed wanted.
+* Of the hosts where it fits at that speed, the strategy picks: ``spread`` (the default)
+  the host left with the largest share of its memory free, so that load spreads over the
+  fleet; ``binpack`` the host left with the least free memory, so that large hosts stay free
+  for large models. On a tie, the faster; then the name. A host that reaches the speed is
+  as good as a faster one: the speed asked is the speed wanted.
 * Every placement is planned as if all of a host's models stayed loaded at once (an Ollama
   host too, which loads on demand): a proposal never relies on evicting one model to serve
   another.
@@ -35,7 +36,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -52,6 +53,7 @@ SERVING_GROUPS = ("gpu_nodes", "cpu_nodes", "edge")
 """Groups whose hosts may take models when ``--limit`` names none: inference hosts. A host
 in another group (a Proxmox host, a Pi of the platform) takes models only where it serves
 some already."""
+Strategy = Literal["spread", "binpack"]
 MAX_BACKUPS = 2
 """The router knows a primary and two backups (placement priorities 1, 2 and 3)."""
 
@@ -256,6 +258,8 @@ class _Host:
     ram_bw: float
     aliases: set[str]
     nvidia: bool
+    total_gb: float
+    """All the memory models may use on the host (VRAM and RAM less the system reserve)."""
 
     def room(self, on_demand: bool) -> Room:
         # An engine that loads on demand (Ollama) is planned by the checks against the whole
@@ -299,6 +303,7 @@ def _host_state(spec: HostSpec, catalogue: Catalogue) -> _Host:
         plan.ram_bandwidth_gbs,
         {p.alias or p.model for p in spec.models},
         spec.hardware.nvidia_gpu_count > 0,
+        max(plan.vram_gb + plan.ram_gb - SYSTEM_RESERVE_GB - shared, 1.0),
     )
 
 
@@ -327,6 +332,7 @@ def solve(
     wants: list[Want],
     catalogue: Catalogue,
     hosts: Iterable[str] = (),
+    strategy: Strategy = "spread",
 ) -> Suggestion:
     """Propose placements for ``wants`` on ``specs`` (see the module's docstring).
 
@@ -335,7 +341,7 @@ def solve(
     added back after the solver has placed the rest (so they do not crowd out a want that
     can be met), and the hosts they are on are checked again with them."""
     entries = _entries(wants, catalogue)
-    suggestion = _solve_once(specs, wants, entries, catalogue, hosts)
+    suggestion = _solve_once(specs, wants, entries, catalogue, hosts, strategy)
     placed = {decision.alias for decision in suggestion.decisions}
     unplaced = {unmet.alias for unmet in suggestion.unmet} - placed
     for name, spec in specs.items():
@@ -382,6 +388,7 @@ def _solve_once(
     entries: dict[str, ModelEntry],
     catalogue: Catalogue,
     hosts: Iterable[str],
+    strategy: Strategy,
 ) -> Suggestion:
     """One pass: the wants' aliases taken off every host, then placed one by one."""
     wanted = {want.alias for want in wants}
@@ -403,7 +410,9 @@ def _solve_once(
         roles = [(1, f"replica {n} of {want.replicas}") for n in range(1, want.replicas + 1)]
         roles += [(1 + n, f"backup {n}") for n in range(1, want.backups + 1)]
         for priority, role in roles:
-            decision, why = _place_one(want, entries[want.alias], priority, role, state, catalogue)
+            decision, why = _place_one(
+                want, entries[want.alias], priority, role, state, catalogue, strategy
+            )
             if decision is None:
                 suggestion.unmet.append(Unmet(want.alias, want.model, role, why))
                 if priority == 1:
@@ -477,6 +486,7 @@ def _place_one(
     role: str,
     state: dict[str, _Host],
     catalogue: Catalogue,
+    strategy: Strategy,
 ) -> tuple[Decision | None, str]:
     """The host one replica or backup of ``want`` goes on, or why none can take it."""
     floor = want.min_tok_s if priority == 1 else want.backup_min_tok_s
@@ -516,7 +526,8 @@ def _place_one(
                     misses.append((name, "too slow", bound))
                     continue
                 left = host.free_gb() - result.need_gb
-                candidates.append(_Candidate((left, -bound, name), name, placement, result))
+                room = -left / host.total_gb if strategy == "spread" else left
+                candidates.append(_Candidate((room, -bound, name), name, placement, result))
         candidates.sort()
         for rank, candidate in enumerate(candidates):
             host = state[candidate.host]
@@ -528,7 +539,8 @@ def _place_one(
                 misses.append((candidate.host, problems[0].message, 0))
                 continue
             host.take(candidate.placement, candidate.result)
-            return _decision(want, candidate, role, priority, candidates[rank + 1 :]), ""
+            others = candidates[rank + 1 :]
+            return _decision(want, candidate, role, priority, others, strategy), ""
     return None, _why_unmet(want, entry, floor, _exact(misses, want, entry, priority, state), state)
 
 
@@ -564,11 +576,13 @@ def _decision(
     role: str,
     priority: int,
     others: list[_Candidate],
+    strategy: Strategy,
 ) -> Decision:
     result = chosen.result
     if others:
         runner_up = others[0]
-        why = f"closest fit of {len(others) + 1} hosts that can take it (next: {runner_up.host})"
+        what = "most room left" if strategy == "spread" else "closest fit"
+        why = f"{what} of {len(others) + 1} hosts that can take it (next: {runner_up.host})"
     else:
         why = "the only host left it fits on"
     if chosen.placement.context and chosen.placement.context != want.context:

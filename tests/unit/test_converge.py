@@ -74,6 +74,12 @@ def test_a_case_ansible_cannot_run_is_reported_as_failing_not_timed():
     assert "2.0 s" not in text
 
 
+def test_a_run_of_gpufleet_alone_still_has_its_rows():
+    timings = [converge.Timing("gpufleet", "converged re-run", 1, 1, 0.7, 0)]
+    text = converge.median_table(timings, [1])
+    assert "| converged re-run | 1 | 0.7 s | - | - | - | - | - | - |" in text
+
+
 def test_reached_hosts_come_from_the_results_not_the_plan():
     report = {
         "results": {
@@ -255,3 +261,16 @@ def test_a_failed_playbook_shows_its_failed_tasks_not_only_the_recap():
     assert "TASK [Write apt sources (deb822)]" in shown
     assert "'textfile_directory' is undefined" in shown
     assert shown.rstrip().endswith("rescued=0")
+
+
+def test_stage_spans_split_a_run_at_the_marks_it_wrote():
+    marks = "started 100.05\nimported 100.30\nconnect 100.50\nprepare 100.60\n"
+    marks += "execute 100.90\ndisconnect 101.00\nexit 101.05\n"
+    spans = converge.stage_spans(100.0, marks)
+    assert list(spans) == [name for name, _ in converge.STAGES]
+    assert spans["deploys run, facts asked"] == pytest.approx(0.30)
+    assert sum(spans.values()) == pytest.approx(1.05)
+    # A run that stopped before executing has no spans past what it reached.
+    partial = converge.stage_spans(100.0, "started 100.05\nimported 100.30\nexit 100.4\n")
+    assert list(partial) == ["python starting", "imports", "disconnecting, exit"]
+    assert converge.stage_line([spans, spans]).startswith("python starting 0.05 s, imports 0.25 s")

@@ -63,16 +63,26 @@ def test_a_want_goes_where_it_reaches_its_speed_and_the_plan_agrees():
     assert suggestion.specs["cpu"].models == ()
 
 
-def test_of_the_hosts_fast_enough_the_closest_fit_wins_and_keeps_the_big_host_free():
+def test_binpack_takes_the_closest_fit_and_keeps_the_big_host_free():
     specs = fleet(host("big", DDR4_128), host("small", DDR4_16))
     wants = [
         want("S-LOC-FRE-llama3.2-3b", "llama3.2:3b"),
         want("XL-LOC-FRE-llama3.1-70b", "llama3.1:70b-instruct-q4_K_M"),
     ]
-    suggestion = solve(specs, wants, CATALOGUE)
+    suggestion = solve(specs, wants, CATALOGUE, strategy="binpack")
     assert placed(suggestion, "S-LOC-FRE-llama3.2-3b") == [("small", 1)]
     assert placed(suggestion, "XL-LOC-FRE-llama3.1-70b") == [("big", 1)]
     assert "closest fit of 2 hosts" in suggestion.decisions[0].why
+
+
+def test_spread_takes_the_host_with_the_most_of_its_memory_left():
+    specs = fleet(host("big", DDR4_128), host("small", DDR4_16))
+    wants = [want(), want("S-LOC-FRE-llama3.2-3b", "llama3.2:3b")]
+    suggestion = solve(specs, wants, CATALOGUE)
+    # 14B: big is left with 92% of its memory, small with 30%; then 3B: small 82%, big 85%.
+    assert placed(suggestion, "M-LOC-FRE-qwen2.5-14b") == [("big", 1)]
+    assert placed(suggestion, "S-LOC-FRE-llama3.2-3b") == [("big", 1)]
+    assert "most room left of 2 hosts" in suggestion.decisions[0].why
 
 
 def test_replicas_each_get_their_own_host_and_backups_the_next_priorities():
@@ -461,3 +471,36 @@ def test_diff_without_suggest_and_a_bad_wants_file_are_usage_errors(capsys, tmp_
     assert cli.main(["plan", str(HOMELAB), "--suggest", str(tmp_path / "w.yaml")]) != 0
     err = capsys.readouterr().err
     assert "wants.0.alias: alias 'nope' does not follow" in err
+
+
+def test_a_fleet_started_with_init_gets_its_hosts_yaml_patched(tmp_path, monkeypatch):
+    """A newcomer's fleet keeps its hosts in hosts.yaml beside inventory.py: the patch edits
+    that file, and the fleet validates with the proposal applied."""
+    import yaml
+
+    from gpufleet import cli
+    from gpufleet.hosts_file import write_hosts
+
+    assert cli.main(["init", str(tmp_path)]) == 0
+    write_hosts(
+        tmp_path / "hosts.yaml",
+        {
+            "desk": {"groups": ["cpu_nodes"], "ssh_hostname": "192.0.2.10", "hardware": DDR5_64},
+            "nas": {"groups": ["cpu_nodes"], "ssh_hostname": "192.0.2.11", "hardware": DDR4_16},
+        },
+    )
+    monkeypatch.chdir(tmp_path)
+    specs = validate_file(str(tmp_path / "inventory.py"))
+    suggestion = solve(specs, [want(), want("S-LOC-FRE-llama3.2-3b", "llama3.2:3b")], CATALOGUE)
+    assert {d.host for d in suggestion.decisions} == {"desk", "nas"}
+    changed = {name: suggestion.specs[name].models for name in suggestion.changed}
+    patch = models_patch("inventory.py", changed)
+    assert patch.by_hand == {} and "+++ b/hosts.yaml" in patch.diff
+    subprocess.run([shutil.which("git"), "apply", "-"], input=patch.diff, text=True, check=True)
+    hosts = yaml.safe_load((tmp_path / "hosts.yaml").read_text())["hosts"]
+    assert hosts["nas"]["models"] == [{"model": "llama3.2:3b", "alias": "S-LOC-FRE-llama3.2-3b"}]
+    (tmp_path / "inventory_applied.py").write_text((tmp_path / "inventory.py").read_text())
+    applied = validate_file(str(tmp_path / "inventory_applied.py"))  # a name pyinfra has not run
+    assert {n: s.models for n, s in applied.items()} == {
+        n: suggestion.specs[n].models for n in applied
+    }
