@@ -638,8 +638,8 @@ def _why_unmet(
         where = "no host it may go on" if want.hosts else "no single host"
         return (
             f"{weights:.0f} GB of weights at {quant} and {where} has room for it: the most "
-            f"left is {most.free_gb():.0f} GB on {most.spec.name}; use a smaller "
-            "quantization or context, or free a host"
+            f"left is {most.free_gb():.0f} GB on {most.spec.name}{_together(weights, allowed)}; "
+            "use a smaller quantization or context, or free a host"
         )
     reasons: dict[str, list[str]] = {}
     for host, why, _ in misses:
@@ -649,4 +649,23 @@ def _why_unmet(
     return "; ".join(
         f"{', '.join(h[:3])}{' ...' if len(h) > 3 else ''}: {why}"
         for why, h in list(reasons.items())[:3]
+    )
+
+
+def _together(weights: float, hosts: list[_Host]) -> str:
+    """Which hosts would hold a model too big for one, between them (the fewest, most room
+    first): a fact worth knowing, though one model is not served from several hosts yet."""
+    held, names = 0.0, []
+    for host in sorted(hosts, key=_Host.free_gb, reverse=True):
+        if held >= weights:
+            break
+        held += host.free_gb()
+        names.append(host.spec.name)
+    if len(names) < 2:
+        return ""
+    if held < weights:
+        return f" (all of them together: {held:.0f} GB)"
+    return (
+        f" ({' and '.join(names)} have {held:.0f} GB between them, but one model is not "
+        "served from several hosts yet)"
     )

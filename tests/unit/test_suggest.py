@@ -131,7 +131,7 @@ def test_a_model_no_single_host_holds_is_refused_with_the_room_there_is():
     suggestion = solve(specs, [want("XL-LOC-FRE-dsc", "deepseek-coder-v2:236b")], CATALOGUE)
     [unmet] = suggestion.unmet
     assert "143 GB of weights at Q4_K_M and no single host has room for it" in unmet.why
-    assert "the most left is 126 GB on a" in unmet.why
+    assert "the most left is 126 GB on a (a and b have 252 GB between them" in unmet.why
 
 
 def test_hosts_pins_a_want_and_pinned_wants_go_first():
