@@ -341,7 +341,7 @@ def solve(
     added back after the solver has placed the rest (so they do not crowd out a want that
     can be met), and the hosts they are on are checked again with them."""
     entries = _entries(wants, catalogue)
-    suggestion = _solve_once(specs, wants, entries, catalogue, hosts, strategy)
+    suggestion = _place_wants(specs, wants, entries, catalogue, hosts, strategy)
     placed = {decision.alias for decision in suggestion.decisions}
     unplaced = {unmet.alias for unmet in suggestion.unmet} - placed
     for name, spec in specs.items():
@@ -382,7 +382,7 @@ def _as_planned(suggestion: Suggestion, catalogue: Catalogue) -> None:
         decision.context, decision.quant = result.context, result.quant
 
 
-def _solve_once(
+def _place_wants(
     specs: dict[str, HostSpec],
     wants: list[Want],
     entries: dict[str, ModelEntry],
@@ -390,7 +390,7 @@ def _solve_once(
     hosts: Iterable[str],
     strategy: Strategy,
 ) -> Suggestion:
-    """One pass: the wants' aliases taken off every host, then placed one by one."""
+    """The wants' aliases taken off every host, then each want placed in turn."""
     wanted = {want.alias for want in wants}
     kept = {
         name: spec.model_copy(
@@ -409,16 +409,23 @@ def _solve_once(
     for want in sorted(wants, key=lambda w: (w.priority, not w.hosts)):  # stable: file order
         roles = [(1, f"replica {n} of {want.replicas}") for n in range(1, want.replicas + 1)]
         roles += [(1 + n, f"backup {n}") for n in range(1, want.backups + 1)]
+        primaries, replica_failed = 0, False
         for priority, role in roles:
+            if priority == 1 and replica_failed:
+                continue  # the next replicas ask the same of fewer hosts: said once
             decision, why = _place_one(
                 want, entries[want.alias], priority, role, state, catalogue, strategy
             )
-            if decision is None:
-                suggestion.unmet.append(Unmet(want.alias, want.model, role, why))
-                if priority == 1:
-                    break  # no backup without a primary (the router has nothing to fall from)
-            else:
+            if decision is not None:
                 suggestion.decisions.append(decision)
+                primaries += priority == 1
+                continue
+            left = want.replicas - int(role.split()[1]) if priority == 1 else 0
+            more = f" (and the {left} after it)" if left else ""
+            suggestion.unmet.append(Unmet(want.alias, want.model, role + more, why))
+            if priority == 1 and not primaries:
+                break  # no backup without a primary (the router has nothing to fall from)
+            replica_failed |= priority == 1
     for name, host in state.items():
         suggestion.specs[name] = host.spec
     return suggestion

@@ -504,3 +504,11 @@ def test_a_fleet_started_with_init_gets_its_hosts_yaml_patched(tmp_path, monkeyp
     assert {n: s.models for n, s in applied.items()} == {
         n: suggestion.specs[n].models for n in applied
     }
+
+
+def test_a_failed_replica_is_said_once_and_the_backups_still_come():
+    specs = fleet(host("gpu", RTX_4090, "gpu_nodes"), host("cpu", DDR5_64), host("old", DDR4_16))
+    suggestion = solve(specs, [want(min_tok_s=30, replicas=3, backups=1)], CATALOGUE)
+    assert placed(suggestion, "M-LOC-FRE-qwen2.5-14b")[0] == ("gpu", 1)
+    assert [d.priority for d in suggestion.decisions] == [1, 2]
+    assert [u.role for u in suggestion.unmet] == ["replica 2 of 3 (and the 1 after it)"]
