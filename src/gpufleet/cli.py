@@ -333,6 +333,8 @@ def plan(
 
     if diff_path and not wants_path:
         _fail("gpufleet plan: --diff writes what --suggest proposes; give --suggest WANTS")
+    if diff_path == "-" and as_json:
+        _fail("gpufleet plan: --json and --diff - both write to stdout; give --diff FILE")
     specs, names = selected_hosts(inventory, limit)
     catalogue = inventory_catalogue(inventory)
     if wants_path:

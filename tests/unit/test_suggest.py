@@ -467,6 +467,9 @@ def test_diff_without_suggest_and_a_bad_wants_file_are_usage_errors(capsys, tmp_
 
     assert cli.main(["plan", str(HOMELAB), "--diff", "-"]) != 0
     assert "give --suggest WANTS" in capsys.readouterr().err
+    wants = str(HOMELAB_WANTS)
+    assert cli.main(["plan", str(HOMELAB), "--suggest", wants, "--json", "--diff", "-"]) != 0
+    assert "give --diff FILE" in capsys.readouterr().err
     (tmp_path / "w.yaml").write_text("- {alias: nope, model: 'llama3.2:1b'}\n")
     assert cli.main(["plan", str(HOMELAB), "--suggest", str(tmp_path / "w.yaml")]) != 0
     err = capsys.readouterr().err
