@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from gpufleet.models import HostSpec
+    from gpufleet.suggest import Strategy
 
 DEFAULT_LAB_INVENTORY = "inventory/lab.py"
 
@@ -320,7 +321,7 @@ def plan(
     as_json: bool,
     plot_path: str | None,
     wants_path: str | None,
-    strategy: str,
+    strategy: Strategy,
     diff_path: str | None,
 ) -> int:
     """The planner's decisions for every selected host with models: where each placement
@@ -364,7 +365,7 @@ def _suggest(
     specs: dict[str, HostSpec],
     limit: list[str],
     wants_path: str,
-    strategy: str,
+    strategy: Strategy,
     diff_path: str | None,
     as_json: bool,
 ) -> int:
@@ -377,11 +378,7 @@ def _suggest(
     from gpufleet.suggest import load_wants, solve
 
     wants = load_wants(wants_path)
-    catalogue = inventory_catalogue(inventory)
-    if strategy == "binpack":
-        suggestion = solve(specs, wants, catalogue, limit, "binpack")
-    else:
-        suggestion = solve(specs, wants, catalogue, limit, "spread")
+    suggestion = solve(specs, wants, inventory_catalogue(inventory), limit, strategy)
     patch = models_patch(inventory, {h: suggestion.specs[h].models for h in suggestion.changed})
     if diff_path == "-":
         sys.stdout.write(patch.diff)

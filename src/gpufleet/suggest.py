@@ -47,7 +47,7 @@ from gpufleet.engines import PLACEMENT_ENGINES, engine_for
 from gpufleet.fields import MODEL_TAG_PATTERN, SOURCE_PATTERN, Spec
 from gpufleet.models import MODEL_ALIAS, HostSpec, ModelPlacement
 from gpufleet.planner import PlacementPlan, Room, on_gpu_gb, place_in, plan_host
-from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant
+from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant, weights_gb
 
 SERVING_GROUPS = ("gpu_nodes", "cpu_nodes", "edge")
 """Groups whose hosts may take models when ``--limit`` names none: inference hosts. A host
@@ -127,6 +127,10 @@ class Want(Spec):
                 "of engines"
             )
         return self
+
+    def quant(self) -> str:
+        """The quantization its model tag names (Ollama's default where it names none)."""
+        return placement_quant(ModelPlacement(model=self.model))
 
     def placement(self, engine: str, role: int, context: int | None) -> ModelPlacement:
         """The placement this want becomes on a host, served by ``engine`` at router
@@ -499,8 +503,8 @@ def _place_one(
     floor = want.min_tok_s if priority == 1 else want.backup_min_tok_s
     misses: list[tuple[str, str, float]] = []  # (host, why, the bound it would have had)
     allowed = set(want.hosts)
-    bits = BITS_PER_WEIGHT[placement_quant(ModelPlacement(model=want.model))]
-    weights, active = entry.params_b * bits / 8, entry.active_params_b * bits / 8
+    quant = want.quant()
+    weights, active = weights_gb(entry.params_b, quant), weights_gb(entry.active_params_b, quant)
     for context in _contexts(want, entry):
         candidates: list[_Candidate] = []
         for engine_name in want.engines:
@@ -638,8 +642,8 @@ def _why_unmet(
             f"<= {bound:g} tok/s; lower the minimum to {int(bound)} or add a faster host"
         )
     if all(why == "does not fit" for _, why, _ in misses):
-        quant = placement_quant(ModelPlacement(model=want.model))
-        weights = entry.params_b * BITS_PER_WEIGHT[quant] / 8
+        quant = want.quant()
+        weights = weights_gb(entry.params_b, quant)
         allowed = [h for h in state.values() if not want.hosts or h.spec.name in want.hosts]
         most = max(allowed or state.values(), key=_Host.free_gb)
         where = "no host it may go on" if want.hosts else "no single host"
