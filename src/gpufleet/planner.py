@@ -468,6 +468,72 @@ def on_gpu_gb(result: PlacementPlan, engine: Engine) -> float:
     return result.need_gb * result.gpu_layers / max(result.layers, 1)
 
 
+@dataclass
+class SplitPart:
+    """One host's share of a model split across hosts by layers."""
+
+    host: str
+    layers: int
+    need_gb: float
+    free_gb: float
+    bandwidth_gbs: float
+
+
+@dataclass
+class SplitPlan:
+    """A model too big for one host, split across several by layers (llama.cpp's RPC split:
+    each device holds layers in proportion to its free memory)."""
+
+    model: str
+    quant: str
+    context: int
+    parts: list[SplitPart]
+    bound_tok_s: float | None
+    """Decoding reads each part's weights from its own memory, one after the other: the sum
+    of those reads bounds the speed. The network's hops are not counted: still an upper bound."""
+    problem: str | None = None
+
+
+def split_by_layers(
+    model: str,
+    entry: ModelEntry,
+    quant: str,
+    context: int,
+    hosts: list[tuple[str, float, float]],
+) -> SplitPlan:
+    """``entry``'s layers over ``hosts`` (name, free GB, bandwidth GB/s of that memory), each
+    host's share in proportion to its free memory (largest remainders first), with the
+    weights and KV cache of its layers and a runtime's allowance each."""
+    weights = entry.params_b * BITS_PER_WEIGHT[quant] / 8
+    active = entry.active_params_b * BITS_PER_WEIGHT[quant] / 8
+    per_layer = (weights + kv_cache_gb(entry, context)) / entry.layers
+    total = sum(max(free, 0.0) for _, free, _ in hosts)
+    if not hosts or total <= 0:
+        return SplitPlan(model, quant, context, [], None, "no host has memory free")
+    shares = [entry.layers * max(free, 0.0) / total for _, free, _ in hosts]
+    layers = [math.floor(share) for share in shares]
+    by_remainder = sorted(range(len(hosts)), key=lambda i: shares[i] - layers[i], reverse=True)
+    for i in by_remainder[: entry.layers - sum(layers)]:
+        layers[i] += 1
+    parts = [
+        SplitPart(name, count, round(per_layer * count + RUNTIME_OVERHEAD_GB, 2), free, bw)
+        for (name, free, bw), count in zip(hosts, layers, strict=True)
+        if count
+    ]
+    plan = SplitPlan(model, quant, context, parts, None)
+    short = [part for part in parts if part.need_gb > part.free_gb]
+    if short:
+        part = short[0]
+        plan.problem = (
+            f"{part.host} would hold {part.layers} layers, {part.need_gb:.1f} GB, in "
+            f"{part.free_gb:.1f} GB free"
+        )
+        return plan
+    seconds = sum(active * part.layers / entry.layers / part.bandwidth_gbs for part in parts)
+    plan.bound_tok_s = round(1 / seconds, 1) if seconds else None
+    return plan
+
+
 def largest_loaded(spec: HostSpec, plan: HostPlan, engine: Engine) -> list[PlacementPlan]:
     """The largest set of placements an engine that loads models on demand (Ollama) may keep
     loaded at once: its ``max_loaded`` biggest by need."""

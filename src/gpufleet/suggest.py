@@ -46,7 +46,14 @@ from gpufleet.checks import check_fleet, check_host
 from gpufleet.engines import PLACEMENT_ENGINES, engine_for
 from gpufleet.fields import MODEL_TAG_PATTERN, SOURCE_PATTERN, Spec
 from gpufleet.models import MODEL_ALIAS, HostSpec, ModelPlacement
-from gpufleet.planner import PlacementPlan, Room, on_gpu_gb, place_in, plan_host
+from gpufleet.planner import (
+    PlacementPlan,
+    Room,
+    on_gpu_gb,
+    place_in,
+    plan_host,
+    split_by_layers,
+)
 from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant, weights_gb
 
 SERVING_GROUPS = ("gpu_nodes", "cpu_nodes", "edge")
@@ -649,7 +656,8 @@ def _why_unmet(
         where = "no host it may go on" if want.hosts else "no single host"
         return (
             f"{weights:.0f} GB of weights at {quant} and {where} has room for it: the most "
-            f"left is {most.free_gb():.0f} GB on {most.spec.name}{_together(weights, allowed)}; "
+            f"left is {most.free_gb():.0f} GB on {most.spec.name}"
+            f"{_together(want, entry, weights, allowed or list(state.values()))}; "
             "use a smaller quantization or context, or free a host"
         )
     reasons: dict[str, list[str]] = {}
@@ -663,20 +671,39 @@ def _why_unmet(
     )
 
 
-def _together(weights: float, hosts: list[_Host]) -> str:
-    """Which hosts would hold a model too big for one, between them (the fewest, most room
-    first): a fact worth knowing, though one model is not served from several hosts yet."""
-    held, names = 0.0, []
-    for host in sorted(hosts, key=_Host.free_gb, reverse=True):
-        if held >= weights:
-            break
-        held += host.free_gb()
-        names.append(host.spec.name)
-    if len(names) < 2:
-        return ""
-    if held < weights:
-        return f" (all of them together: {held:.0f} GB)"
-    return (
-        f" ({' and '.join(names)} have {held:.0f} GB between them, but one model is not "
-        "served from several hosts yet)"
+def _together(want: Want, entry: ModelEntry, weights: float, hosts: list[_Host]) -> str:
+    """Which hosts would hold a model too big for one, split by layers in proportion to their
+    free memory (the fewest, most room first; each host with its larger free pool, GPU memory
+    or RAM), and the speed bound of that split: worth knowing, though one model is not served
+    from several hosts yet."""
+    pools = sorted(
+        (
+            (
+                h.spec.name,
+                *((h.vram_free, h.gpu_bw) if h.vram_free > h.ram_free else (h.ram_free, h.ram_bw)),
+            )
+            for h in hosts
+        ),
+        key=lambda pool: pool[1],
+        reverse=True,
     )
+    if len(hosts) < 2:
+        return ""
+    placement = want.placement(want.engines[0], 1, want.context)
+    first = hosts[0].spec
+    context = want.context or engine_for(first, placement).default_context(
+        first, placement, entry.context
+    )
+    for count in range(2, len(pools) + 1):
+        chosen = pools[:count]
+        if sum(free for _, free, _ in chosen) < weights:
+            continue
+        split = split_by_layers(want.model, entry, want.quant(), context, chosen)
+        if split.problem is None and split.bound_tok_s:
+            layers = " and ".join(f"{p.layers} on {p.host}" for p in split.parts)
+            return (
+                f" (split by free memory it would fit: {layers} of its {entry.layers} "
+                f"layers, <= {split.bound_tok_s:g} tok/s before the network's share; one "
+                "model is not served from several hosts yet)"
+            )
+    return f" (all of them together: {sum(free for _, free, _ in pools):.0f} GB)"

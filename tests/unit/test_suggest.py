@@ -131,7 +131,11 @@ def test_a_model_no_single_host_holds_is_refused_with_the_room_there_is():
     suggestion = solve(specs, [want("XL-LOC-FRE-dsc", "deepseek-coder-v2:236b")], CATALOGUE)
     [unmet] = suggestion.unmet
     assert "143 GB of weights at Q4_K_M and no single host has room for it" in unmet.why
-    assert "the most left is 126 GB on a (a and b have 252 GB between them" in unmet.why
+    assert (
+        "the most left is 126 GB on a (split by free memory it would fit: 30 on a and 30 on b"
+        in unmet.why
+    )
+    assert "one model is not served from several hosts yet" in unmet.why
 
 
 def test_hosts_pins_a_want_and_pinned_wants_go_first():
@@ -515,3 +519,34 @@ def test_a_failed_replica_is_said_once_and_the_backups_still_come():
     assert placed(suggestion, "M-LOC-FRE-qwen2.5-14b")[0] == ("gpu", 1)
     assert [d.priority for d in suggestion.decisions] == [1, 2]
     assert [u.role for u in suggestion.unmet] == ["replica 2 of 3 (and the 1 after it)"]
+
+
+# --- a model split across hosts (planned, not served yet) --------------------------------
+
+
+def test_a_split_gives_each_host_layers_in_proportion_to_its_free_memory():
+    from gpufleet.planner import split_by_layers
+    from gpufleet.sizing import weights_gb
+
+    entry = CATALOGUE.model("deepseek-coder-v2:236b")
+    hosts = [("big", 100.0, 200.0), ("one", 50.0, 50.0), ("two", 50.0, 50.0)]
+    split = split_by_layers("deepseek-coder-v2:236b", entry, "Q4_K_M", 2048, hosts)
+    assert split.problem is None
+    assert [(p.host, p.layers) for p in split.parts] == [("big", 30), ("one", 15), ("two", 15)]
+    active = weights_gb(entry.active_params_b, "Q4_K_M")
+    seconds = active * 0.5 / 200 + active * 0.25 / 50 + active * 0.25 / 50
+    assert split.bound_tok_s == round(1 / seconds, 1)
+    # Hosts of one bandwidth read the whole model at that bandwidth, as one host would.
+    even = split_by_layers("m", entry, "Q4_K_M", 2048, [("a", 100.0, 50.0), ("b", 100.0, 50.0)])
+    assert even.bound_tok_s == round(50 / active, 1)
+
+
+def test_a_split_that_overfills_a_host_says_which():
+    from gpufleet.planner import split_by_layers
+
+    entry = CATALOGUE.model("llama3.1:70b")
+    split = split_by_layers(
+        "llama3.1:70b", entry, "Q4_K_M", 131072, [("a", 30.0, 50), ("b", 30.0, 50)]
+    )
+    assert split.bound_tok_s is None
+    assert split.problem.startswith("a would hold 40 layers")
