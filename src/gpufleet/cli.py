@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from gpufleet.catalogue import Catalogue
     from gpufleet.models import HostSpec
     from gpufleet.suggest import Strategy
 
@@ -340,7 +341,9 @@ def plan(
     catalogue = inventory_catalogue(inventory)
     if wants_path:
         hosts = names if limit else []
-        return _suggest(inventory, specs, hosts, wants_path, strategy, diff_path, as_json)
+        return _suggest(
+            inventory, specs, catalogue, hosts, wants_path, strategy, diff_path, as_json
+        )
     plans = [plan_host(specs[name], catalogue) for name in names if specs[name].models]
     render_plots(plot_path, specs=specs, hosts=[name for name in names if specs[name].models])
     if as_json:
@@ -363,6 +366,7 @@ def plan(
 def _suggest(
     inventory: str,
     specs: dict[str, HostSpec],
+    catalogue: Catalogue,
     limit: list[str],
     wants_path: str,
     strategy: Strategy,
@@ -372,13 +376,12 @@ def _suggest(
     """``plan --suggest``: the solver's proposal as tables (or JSON) and, with --diff, a patch."""
     from dataclasses import asdict
 
-    from gpufleet.inventory import inventory_catalogue
     from gpufleet.inventory_edit import models_patch
     from gpufleet.outputs import SuggestOutput
     from gpufleet.suggest import load_wants, solve
 
     wants = load_wants(wants_path)
-    suggestion = solve(specs, wants, inventory_catalogue(inventory), limit, strategy)
+    suggestion = solve(specs, wants, catalogue, limit, strategy)
     patch = models_patch(inventory, {h: suggestion.specs[h].models for h in suggestion.changed})
     if diff_path == "-":
         sys.stdout.write(patch.diff)

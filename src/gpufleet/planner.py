@@ -22,7 +22,7 @@ from gpufleet.catalogue import Catalogue, ModelEntry, model_entry, suggest
 from gpufleet.engines import Engine, engine_for, serving
 from gpufleet.gguf import GGUFError
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant
+from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant, weights_gb
 
 RUNTIME_OVERHEAD_GB = 0.3
 """Compute buffers and the CUDA context an engine adds per loaded model."""
@@ -373,8 +373,7 @@ def _place(
     room: Room,
 ) -> PlacementPlan:
     context = context_for(engine, spec, placement, entry)
-    weights = entry.params_b * BITS_PER_WEIGHT[quant] / 8
-    active = entry.active_params_b * BITS_PER_WEIGHT[quant] / 8
+    weights, active = weights_gb(entry.params_b, quant), weights_gb(entry.active_params_b, quant)
     kv = kv_cache_gb(entry, context, engine.kv_slots(spec))
     need = weights + kv + RUNTIME_OVERHEAD_GB
     result = PlacementPlan(
@@ -504,8 +503,7 @@ def split_by_layers(
     """``entry``'s layers over ``hosts`` (name, free GB, bandwidth GB/s of that memory), each
     host's share in proportion to its free memory (largest remainders first), with the
     weights and KV cache of its layers and a runtime's allowance each."""
-    weights = entry.params_b * BITS_PER_WEIGHT[quant] / 8
-    active = entry.active_params_b * BITS_PER_WEIGHT[quant] / 8
+    weights, active = weights_gb(entry.params_b, quant), weights_gb(entry.active_params_b, quant)
     per_layer = (weights + kv_cache_gb(entry, context)) / entry.layers
     total = sum(max(free, 0.0) for _, free, _ in hosts)
     if not hosts or total <= 0:

@@ -279,6 +279,11 @@ class _Host:
         vram = vram_free if on_demand else self.vram
         return Room(vram, vram_free, max(self.ram_free, 0.0), self.gpu_bw, self.ram_bw)
 
+    def place(self, placement: ModelPlacement, entry: ModelEntry) -> PlacementPlan:
+        """Where ``placement`` would run here, with what is left (the planner's decision)."""
+        on_demand = engine_for(self.spec, placement).loads_on_demand
+        return place_in(self.spec, placement, entry, self.room(on_demand))
+
     def free_gb(self) -> float:
         return max(self.vram_free, 0.0) + max(self.ram_free, 0.0)
 
@@ -535,7 +540,7 @@ def _place_one(
                 if engine.needs_nvidia_gpu and not host.nvidia:
                     misses.append((name, f"{engine.name} needs an NVIDIA GPU", 0))
                     continue
-                result = place_in(host.spec, placement, entry, host.room(engine.loads_on_demand))
+                result = host.place(placement, entry)
                 if result.problem:
                     misses.append((name, "does not fit", 0))
                     continue
@@ -578,10 +583,8 @@ def _exact(
         if ceiling <= best_exact:
             exact.append((name, "too slow", ceiling))  # slower than one already known
             continue
-        host = state[name]
         placement = want.placement(want.engines[0], priority, want.context)
-        engine = engine_for(host.spec, placement)
-        result = place_in(host.spec, placement, entry, host.room(engine.loads_on_demand))
+        result = state[name].place(placement, entry)
         bound = 0.0 if result.problem else result.bound_tok_s or 0.0
         exact.append((name, "too slow" if bound else "does not fit", bound))
         best_exact = max(best_exact, bound)
@@ -676,6 +679,8 @@ def _together(want: Want, entry: ModelEntry, weights: float, hosts: list[_Host])
     free memory (the fewest, most room first; each host with its larger free pool, GPU memory
     or RAM), and the speed bound of that split: worth knowing, though one model is not served
     from several hosts yet."""
+    if len(hosts) < 2:
+        return ""
     pools = sorted(
         (
             (
@@ -687,8 +692,6 @@ def _together(want: Want, entry: ModelEntry, weights: float, hosts: list[_Host])
         key=lambda pool: pool[1],
         reverse=True,
     )
-    if len(hosts) < 2:
-        return ""
     placement = want.placement(want.engines[0], 1, want.context)
     first = hosts[0].spec
     context = want.context or engine_for(first, placement).default_context(
