@@ -64,6 +64,7 @@ def check_fleet(
 
     problems += _routing(specs) + list(exposure_problems(specs))
     problems += [Problem(*problem) for problem in build_host_problems(specs)]
+    problems += list(_rpc_splits(specs))
     for spec in specs.values():
         guest = spec.lxc_guest
         if guest is None:
@@ -540,6 +541,109 @@ def _platform_services(spec: HostSpec) -> Iterator[Problem]:
             "no client may call the gateway; add e.g. "
             "{'laptop': 'vault:kv/gpufleet/gateway#laptop'} (Vault generates the key)",
         )
+
+
+def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
+    """Models split across hosts (``rpc_workers``): every worker a Linux host of this
+    inventory with its firewall on (ggml-rpc-server asks no credentials), holding layers for
+    one host only, built from the same llama.cpp source (the RPC protocol refuses another
+    version), one GPU per host; then the split itself, planned with the fleet."""
+    from gpufleet.catalogue import fleet_catalogue
+
+    held_for: dict[str, str] = {}
+    catalogue = fleet_catalogue()
+    for spec in specs.values():
+        split = [(i, m) for i, m in enumerate(spec.models) if m.rpc_workers]
+        if split and spec.hardware.nvidia_gpu_count > 1:
+            yield Problem(
+                spec.name,
+                f"models[{split[0][0]}].rpc_workers",
+                "a host with several GPUs serves a model split across hosts with one of "
+                "them only in this version; place the model on its GPUs alone, or split it "
+                "from a host with one GPU",
+            )
+        for index, placement in split:
+            source = spec.llamacpp.source_sha256
+            for number, worker in enumerate(placement.rpc_workers):
+                field = f"models[{index}].rpc_workers[{number}].host"
+                other = specs.get(worker.host)
+                if other is None:
+                    yield Problem(
+                        spec.name,
+                        field,
+                        f"no host {worker.host!r} in this inventory"
+                        f"{suggest(worker.host, specs)}; name a host of it",
+                    )
+                    continue
+                if other.name == spec.name:
+                    yield Problem(spec.name, field, "names this host itself; name another host")
+                    continue
+                if other.os == "macos":
+                    yield Problem(
+                        spec.name,
+                        field,
+                        f"{other.name} is a Mac: gpufleet runs ggml-rpc-server on Linux "
+                        "hosts; name a Linux host",
+                    )
+                elif not other.firewall.enabled:
+                    yield Problem(
+                        other.name,
+                        "firewall.enabled",
+                        f"it holds layers of {spec.name}'s {placement.model} with "
+                        "ggml-rpc-server, which asks no credentials and runs what it is "
+                        f"sent: only {spec.name} may reach it; turn the firewall on",
+                    )
+                if worker.host in held_for:
+                    yield Problem(
+                        spec.name,
+                        field,
+                        f"{worker.host} holds layers for {held_for[worker.host]} already; "
+                        "one ggml-rpc-server serves one host: name another worker",
+                    )
+                held_for.setdefault(worker.host, spec.name)
+                if other.llamacpp.binary_url or spec.llamacpp.binary_url:
+                    yield Problem(
+                        spec.name,
+                        field,
+                        "a split model needs ggml-rpc-server and llama-server of one build: "
+                        f"build llama.cpp from source on {spec.name} and {other.name} (leave "
+                        "llamacpp.binary_url out)",
+                    )
+                elif other.llamacpp.source_sha256 != source:
+                    yield Problem(
+                        other.name,
+                        "llamacpp.source_sha256",
+                        f"it holds layers of {spec.name}'s {placement.model}, whose "
+                        "llama.cpp is another source; the RPC protocol refuses a different "
+                        f"version: give it {spec.name}'s llamacpp.source_url and "
+                        "source_sha256",
+                    )
+                if other.hardware.nvidia_gpu_count > 1:
+                    yield Problem(
+                        other.name,
+                        "hardware.accelerators",
+                        f"it holds layers of {spec.name}'s {placement.model}, and a worker "
+                        "with several GPUs is not split across them in this version; name a "
+                        "worker with one GPU or none",
+                    )
+                ports = {port for port, _ in listeners(other)}
+                if other.llamacpp.rpc_port in ports:
+                    yield Problem(
+                        other.name,
+                        "llamacpp.rpc_port",
+                        f"port {other.llamacpp.rpc_port} is taken by another of its "
+                        "services; choose a free port",
+                    )
+    for spec in specs.values():
+        named = {w.host for m in spec.models for w in m.rpc_workers}
+        if not named or spec.name in named or not named <= set(specs):
+            continue  # reported above
+        plan = plan_host(spec, catalogue, specs)
+        for result in plan.placements:
+            if spec.models[result.index].rpc_workers and result.problem:
+                yield Problem(
+                    spec.name, f"models[{result.index}].{result.problem_field}", result.problem
+                )
 
 
 def _routing(specs: dict[str, HostSpec]) -> list[Problem]:

@@ -331,7 +331,13 @@ def plan(
     With --suggest WANTS, what it proposes instead: where each wanted alias should go."""
     from gpufleet.inventory import inventory_catalogue
     from gpufleet.outputs import PlanOutput
-    from gpufleet.planner import PLAN_COLUMNS, placement_cells, plan_host, plan_summary
+    from gpufleet.planner import (
+        PLAN_COLUMNS,
+        placement_cells,
+        plan_host,
+        plan_summary,
+        rpc_part_line,
+    )
 
     if diff_path and not wants_path:
         _fail("gpufleet plan: --diff writes what --suggest proposes; give --suggest WANTS")
@@ -344,7 +350,11 @@ def plan(
         return _suggest(
             inventory, specs, catalogue, hosts, wants_path, strategy, diff_path, as_json
         )
-    plans = [plan_host(specs[name], catalogue) for name in names if specs[name].models]
+    plans = [
+        plan
+        for plan in (plan_host(specs[name], catalogue, specs) for name in names)
+        if plan.placements or plan.rpc_parts
+    ]
     render_plots(plot_path, specs=specs, hosts=[name for name in names if specs[name].models])
     if as_json:
         _emit_json(PlanOutput.model_validate([p.as_dict() for p in plans]))
@@ -358,6 +368,8 @@ def plan(
         for placement in host_plan.placements:
             table.add_row(*placement_cells(placement))
         _print_table(table, indent=2, console=console)
+        for part in host_plan.rpc_parts:
+            console.print(f"  {rpc_part_line(part)}")
     if not plans:
         _warn(f"{inventory}: no selected host serves a model yet; give one models: [...]")
     return 0
@@ -460,11 +472,12 @@ def engines(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
     (secrets as references) and the per-model parameters, as the deploys render them."""
     from gpufleet.engines import served_name
     from gpufleet.outputs import EngineOut, EnginesHost, EnginesOutput
-    from gpufleet.serving import describe, engine_runs
+    from gpufleet.planner import RPC_SERVER
+    from gpufleet.serving import describe, engine_runs, rpc_server_run
 
     specs, names = selected_hosts(inventory, limit)
     if not as_json:
-        print("\n".join(describe(specs[name]) for name in names))
+        print("\n".join(describe(specs[name], specs) for name in names))
         return 0
     hosts = []
     for name in names:
@@ -483,8 +496,22 @@ def engines(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
                     if p.rendered.parameters
                 },
             )
-            for run in engine_runs(spec)
+            for run in engine_runs(spec, fleet=specs)
         ]
+        worker = rpc_server_run(spec, specs)
+        if worker is not None:
+            runs.insert(
+                0,
+                EngineOut(
+                    engine=RPC_SERVER,
+                    port=spec.llamacpp.rpc_port,
+                    served=[],
+                    memory_max_gb=worker.memory_max_gb,
+                    environment={},
+                    command=list(worker.command),
+                    parameters={},
+                ),
+            )
         hosts.append(EnginesHost(host=name, engines=runs))
     _emit_json(EnginesOutput(hosts=hosts))
     return 0

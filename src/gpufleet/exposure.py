@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from ipaddress import IPv4Address
 from typing import Literal
 
 from gpufleet.checks import Problem, gets_dcgm_exporter
 from gpufleet.engines import serving
 from gpufleet.models import HostSpec
+from gpufleet.planner import RPC_SERVER
 
 LOOPBACK = "127.0.0.1"
 EVERYWHERE = "0.0.0.0"
@@ -77,6 +79,8 @@ class FleetRoles:
     vault_peers: frozenset[str]
     redis: str | None
     database: str | None
+    rpc_heads: dict[str, frozenset[str]] = dataclass_field(default_factory=dict)
+    """Worker -> the hosts whose models it holds layers of (their ``rpc_workers``)."""
 
     @classmethod
     def of(cls, specs: dict[str, HostSpec]) -> FleetRoles:
@@ -93,7 +97,18 @@ class FleetRoles:
             _hosts(specs, "vault"),
             redis.name if redis is not None else None,
             database.name if database is not None else None,
+            rpc_heads(specs),
         )
+
+
+def rpc_heads(specs: dict[str, HostSpec]) -> dict[str, frozenset[str]]:
+    """Each host some placement names in ``rpc_workers`` -> the hosts of those placements."""
+    heads: dict[str, set[str]] = {}
+    for spec in specs.values():
+        for placement in spec.models:
+            for worker in placement.rpc_workers:
+                heads.setdefault(worker.host, set()).add(spec.name)
+    return {worker: frozenset(names) for worker, names in heads.items()}
 
 
 def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
@@ -114,6 +129,15 @@ def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
         published = field is None or getattr(settings, "install", "") == "container"
         yield _Service(
             engine.service, ports, field, routers | monitoring | gateways, address, False, published
+        )
+    if spec.name in roles.rpc_heads:
+        # Unauthenticated, and it runs whatever graph it is sent: only its heads reach it.
+        yield _Service(
+            RPC_SERVER,
+            (spec.llamacpp.rpc_port,),
+            "llamacpp.rpc_address",
+            roles.rpc_heads[spec.name],
+            spec.llamacpp.rpc_address,
         )
     if gets_dcgm_exporter(spec):
         exporter = spec.dcgm_exporter
@@ -224,6 +248,7 @@ def exposures(
 DECIDED_FIELDS = (
     "node_exporter_address",
     "llamacpp.address",
+    "llamacpp.rpc_address",
     "ollama.address",
     "vllm.address",
     "litellm.address",

@@ -42,6 +42,7 @@ from gpufleet.fields import (
     URL_PATTERN,
     WORD_PATTERN,
     Fingerprint,
+    HostName,
     ModprobeOptions,
     Port,
     SecretRef,
@@ -181,6 +182,22 @@ DECLARED_SHAPE = ("layers", "kv_heads", "head_dim", "max_context")
 """A placement's fields that declare a model's shape; with ``params_b`` all are needed."""
 
 
+class RpcWorker(Spec):
+    """A host that holds part of a placement's layers and computes them for the host that
+    serves it (llama.cpp's RPC backend): ``{"host": "box-2"}``, or its name alone."""
+
+    host: HostName
+    """Inventory name of the worker; it runs ``ggml-rpc-server`` that only this host reaches
+    (its firewall lets in nothing else)."""
+    layers: int | None = Field(None, ge=1)
+    """Layers it holds; None: the planner's share, in proportion to its free memory."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: object) -> object:
+        return {"host": value} if isinstance(value, str) else value
+
+
 class ModelPlacement(Spec):
     """A model a host serves: ``{"model": "qwen2.5-coder:32b", "alias": "XL-LOC-FRE-..."}``."""
 
@@ -220,6 +237,11 @@ class ModelPlacement(Spec):
     hosts), a Hugging Face repo id or local folder for vLLM; Ollama pulls by ``model``."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     """Checksum of the GGUF file; llama.cpp placements need it (a download is verified)."""
+    rpc_workers: list[RpcWorker] = Field(default_factory=list, max_length=16)
+    """Hosts that hold part of this model's layers over llama.cpp's RPC backend, for a model
+    too big for this host alone (llama.cpp only): each runs ``ggml-rpc-server``, reachable
+    from this host only, and this host's llama-server computes on them (``--rpc``). Layers
+    are split in proportion to each host's free memory unless a worker's are given."""
     priority: int = Field(1, ge=1, le=3)
     """Place in the router's redundancy order for this alias: 1 primary, 2 backup 1, 3 backup
     2. Hosts with the same alias and priority share the load; the router falls back from 1 to
@@ -241,6 +263,21 @@ class ModelPlacement(Spec):
             raise ValueError(
                 f"active_params_b ({self.active_params_b:g}) is more than params_b "
                 f"({self.params_b:g}); lower it to the parameters used per token"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rpc_workers_are_llamacpp_hosts(self) -> ModelPlacement:
+        if self.rpc_workers and self.engine != "llama.cpp":
+            raise ValueError(
+                f"rpc_workers split a model across hosts with llama.cpp's RPC backend; "
+                f"{self.engine} has none: set engine: llama.cpp, or drop rpc_workers"
+            )
+        names = [worker.host for worker in self.rpc_workers]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"rpc_workers names {', '.join(twice)} more than once; name each worker once"
             )
         return self
 

@@ -47,6 +47,25 @@ class ValidateOutput(_Strict):
 # --- gpufleet plan -----------------------------------------------------------------------
 
 
+class SplitPartOut(_Strict):
+    host: str
+    layers: int
+    need_gb: float
+    free_gb: float = Field(description="What the host's own placements leave free.")
+    bandwidth_gbs: float
+    on_gpu: bool
+    endpoint: str = Field(description="A worker's ggml-rpc-server (address:port); '' here.")
+
+
+class RpcPartOut(_Strict):
+    head: str = Field(description="The host that serves the model.")
+    model: str
+    layers: int
+    of_layers: int
+    need_gb: float
+    on_gpu: bool
+
+
 class PlacementPlanOut(_Strict):
     model: str
     engine: str
@@ -55,7 +74,7 @@ class PlacementPlanOut(_Strict):
     weights_gb: float
     kv_gb: float
     need_gb: float
-    where: Literal["gpu", "partial", "cpu", "does-not-fit"]
+    where: Literal["gpu", "partial", "cpu", "hosts", "does-not-fit"]
     gpu_layers: int
     layers: int
     bound_tok_s: float | None = Field(description="Memory-bandwidth bound on decode speed.")
@@ -71,6 +90,9 @@ class PlacementPlanOut(_Strict):
     bound_source: str = Field(
         description="Where the bandwidth behind the bound came from: measured, declared, "
         "estimated or catalogue (GPU's and RAM's for a split placement)."
+    )
+    rpc: list[SplitPartOut] = Field(
+        description="A model split across hosts: each host's share, this host's first."
     )
 
 
@@ -88,6 +110,9 @@ class HostPlanOut(_Strict):
     memory_max_gb: dict[str, float] = Field(description="Engine -> its server's memory limit.")
     gpu_bandwidth_source: Literal["measured", "declared", "estimated", "catalogue"]
     ram_bandwidth_source: Literal["measured", "declared", "estimated", "catalogue"]
+    rpc_parts: list[RpcPartOut] = Field(
+        description="Layers this host holds of other hosts' models (ggml-rpc-server)."
+    )
 
 
 class PlanOutput(RootModel[list[HostPlanOut]]):

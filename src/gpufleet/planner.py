@@ -15,6 +15,7 @@ reads add up. Each engine server also gets a system memory limit from the same f
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -33,10 +34,19 @@ MEMORY_HEADROOM = 1.2
 buffers, a prompt longer than the warm-up's."""
 MEMORY_FLOOR_GB = 2.0
 """No server is limited below this (unless the host is smaller): a runtime alone takes 1 GB."""
+RPC_SERVER = "ggml-rpc-server"
+"""The server of a host that holds layers of another host's model; its memory limit's key."""
+RPC_SERVER_MEMORY_GB = 0.2
+"""What ``ggml-rpc-server`` itself takes beside the layers it holds."""
 RAM_TRANSFER_RATE = {"ddr4": 3200, "ddr5": 5600, "lpddr5": 6400, "lpddr5x": 8000}
 """Typical transfer rate (MT/s) of each memory type, when the inventory gives none."""
 
-Where = Literal["gpu", "partial", "cpu", "does-not-fit"]
+Where = Literal["gpu", "partial", "cpu", "hosts", "does-not-fit"]
+"""Where a placement's layers are: all on the GPU, some on it and the rest in RAM, all in
+RAM, or split across this host and its ``rpc_workers``."""
+LAN_ROUND_TRIP_S = 1e-4
+"""A round trip on a quiet wired LAN (0.1 ms). A model split across hosts waits at least one
+per worker for every token it decodes; the least it could be keeps the speed an upper bound."""
 BandwidthSource = Literal["measured", "declared", "estimated", "catalogue"]
 """Where a bandwidth figure came from: measured on the host (``hardware.measured``), declared
 in its data (``ram_bandwidth_gbs``, an accelerator's ``bandwidth_gbs``), estimated from the
@@ -76,6 +86,9 @@ class PlacementPlan:
     bound_source: str = ""
     """Where the bandwidth behind ``bound_tok_s`` came from (:data:`BandwidthSource`; both,
     GPU's first, for a placement split between GPU and RAM)."""
+    rpc: tuple[SplitPart, ...] = ()
+    """A model split across hosts: each host's share, this host's first, its workers' in the
+    order of ``rpc_workers`` (the order of ``--rpc`` and of its devices)."""
 
 
 @dataclass
@@ -96,6 +109,9 @@ class HostPlan:
     """Engine name -> its server's system memory limit in GB (:func:`memory_limits`)."""
     gpu_bandwidth_source: BandwidthSource = "catalogue"
     ram_bandwidth_source: BandwidthSource = "estimated"
+    rpc_parts: list[RpcPart] = field(default_factory=list)
+    """Layers this host holds of other hosts' models, for their llama-servers
+    (``ggml-rpc-server``)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -184,8 +200,15 @@ def services_vram_gb(spec: HostSpec, vram: float) -> float:
     return sum(max(s.vram_gb, s.gpus * per_gpu) for s in spec.services)
 
 
-def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
-    """Where each placed model of one host runs, and why it cannot where it cannot."""
+def plan_host(
+    spec: HostSpec, catalogue: Catalogue, fleet: Mapping[str, HostSpec] | None = None
+) -> HostPlan:
+    """Where each placed model of one host runs, and why it cannot where it cannot.
+
+    ``fleet``: every host of the inventory, for models split across hosts (``rpc_workers``):
+    this host's share of the models it serves that way and the layers it holds of others'.
+    Without it those are left out: the host's own placements alone, which is what a split
+    is planned into (each host's memory free after them)."""
     vram, gpu_bw, gpu_source = nvidia_memory(spec, catalogue)
     unified = unified_bandwidth(spec, catalogue)
     measured = spec.hardware.measured
@@ -236,17 +259,28 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
                 )
             )
             continue
-        room = Room(vram, vram_free, ram_free, gpu_bw, ram_bw)
-        result = _place(engine, spec, placement, entry, quant, room)
+        if placement.rpc_workers:
+            result = _split_placement(spec, index, entry, quant, catalogue, fleet)
+        else:
+            room = Room(vram, vram_free, ram_free, gpu_bw, ram_bw)
+            result = _place(engine, spec, placement, entry, quant, room)
+            result.bound_source = _bound_source(result, gpu_source, ram_source)
         result.index = index
-        result.bound_source = _bound_source(result, gpu_source, ram_source)
         plan.placements.append(result)
         field_name = f"models[{index}]"
         if result.problem:
+            if placement.rpc_workers and fleet is None:
+                continue  # planned with its fleet: the fleet's check reports its problems
             where = result.problem_field
             plan.problems.append(
                 (where[1:] if where.startswith(".") else f"{field_name}.{where}", result.problem)
             )
+            continue
+        if result.rpc:
+            here = result.rpc[0]
+            result.ram_gb = 0.0 if here.on_gpu else here.need_gb
+            vram_free -= here.need_gb if here.on_gpu else 0.0
+            ram_free -= result.ram_gb
             continue
         on_gpu = on_gpu_gb(result, engine)
         result.ram_gb = round(result.need_gb - on_gpu, 2)
@@ -264,6 +298,10 @@ def plan_host(spec: HostSpec, catalogue: Catalogue) -> HostPlan:
                     "measure it and write what you measured",
                 )
             )
+    for part in rpc_parts(spec.name, fleet, catalogue) if fleet is not None else ():
+        plan.rpc_parts.append(part)
+        vram_free -= part.need_gb if part.on_gpu else 0.0
+        ram_free -= 0.0 if part.on_gpu else part.need_gb
     plan.problems += _loaded_sets(spec, plan, vram, ram_free)
     plan.vram_used_gb = round(vram - vram_free, 2)
     plan.ram_used_gb = round(spec.hardware.ram_gb - SYSTEM_RESERVE_GB - shared - ram_free, 2)
@@ -346,6 +384,10 @@ def memory_limits(spec: HostSpec, plan: HostPlan) -> tuple[dict[str, float], lis
             continue
         wanted = (holds + engine.host_memory_gb) * MEMORY_HEADROOM
         limits[engine.name] = _round_up(min(max(wanted, MEMORY_FLOOR_GB), ceiling))
+    if plan.rpc_parts:
+        held = sum(part.need_gb for part in plan.rpc_parts if not part.on_gpu)
+        wanted = (held + RPC_SERVER_MEMORY_GB) * MEMORY_HEADROOM
+        limits[RPC_SERVER] = _round_up(min(max(wanted, MEMORY_FLOOR_GB), ceiling))
     for engine in unsized:
         asked = getattr(engine.settings(spec), "memory_max_gb", None)
         left = ceiling - sum(limits.values())
@@ -467,7 +509,7 @@ def on_gpu_gb(result: PlacementPlan, engine: Engine) -> float:
     return result.need_gb * result.gpu_layers / max(result.layers, 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitPart:
     """One host's share of a model split across hosts by layers."""
 
@@ -476,20 +518,25 @@ class SplitPart:
     need_gb: float
     free_gb: float
     bandwidth_gbs: float
+    on_gpu: bool = False
+    """Its layers are in the host's VRAM (else in its RAM)."""
+    endpoint: str = ""
+    """``address:port`` of a worker's ``ggml-rpc-server``; empty for the host that serves."""
 
 
 @dataclass
 class SplitPlan:
-    """A model too big for one host, split across several by layers (llama.cpp's RPC split:
-    each device holds layers in proportion to its free memory)."""
+    """A model split across several hosts by layers (llama.cpp's RPC split: each device holds
+    layers in proportion to its free memory)."""
 
     model: str
     quant: str
     context: int
     parts: list[SplitPart]
     bound_tok_s: float | None
-    """Decoding reads each part's weights from its own memory, one after the other: the sum
-    of those reads bounds the speed. The network's hops are not counted: still an upper bound."""
+    """Decoding reads each part's weights from its own memory, one after the other, and waits
+    a LAN round trip per other host: the sum bounds the speed (the round trip taken as short
+    as a LAN's can be, so it stays an upper bound)."""
     problem: str | None = None
 
 
@@ -499,27 +546,42 @@ def split_by_layers(
     quant: str,
     context: int,
     hosts: list[tuple[str, float, float]],
+    pinned: Mapping[str, int] | None = None,
 ) -> SplitPlan:
     """``entry``'s layers over ``hosts`` (name, free GB, bandwidth GB/s of that memory), each
     host's share in proportion to its free memory (largest remainders first), with the
-    weights and KV cache of its layers and a runtime's allowance each."""
+    weights and KV cache of its layers and a runtime's allowance each; a host in ``pinned``
+    holds the layers given there, the others share the rest."""
+    pinned = pinned or {}
     weights, active = weights_gb(entry.params_b, quant), weights_gb(entry.active_params_b, quant)
     per_layer = (weights + kv_cache_gb(entry, context)) / entry.layers
-    total = sum(max(free, 0.0) for _, free, _ in hosts)
-    if not hosts or total <= 0:
-        return SplitPlan(model, quant, context, [], None, "no host has memory free")
-    shares = [entry.layers * max(free, 0.0) / total for _, free, _ in hosts]
-    layers = [math.floor(share) for share in shares]
-    by_remainder = sorted(range(len(hosts)), key=lambda i: shares[i] - layers[i], reverse=True)
-    for i in by_remainder[: entry.layers - sum(layers)]:
-        layers[i] += 1
-    parts = [
-        SplitPart(name, count, round(per_layer * count + RUNTIME_OVERHEAD_GB, 2), free, bw)
-        for (name, free, bw), count in zip(hosts, layers, strict=True)
-        if count
+    free_hosts = [(name, free) for name, free, _ in hosts if name not in pinned]
+    left = entry.layers - sum(pinned.values())
+    total = sum(max(free, 0.0) for _, free in free_hosts)
+    plan = SplitPlan(model, quant, context, [], None)
+    if left < 0 or (left and not free_hosts):
+        plan.problem = (
+            f"the layers given ({sum(pinned.values())}) are not the model's {entry.layers}; "
+            "give fewer, or leave them out for the planner's split"
+        )
+        return plan
+    if left and total <= 0:
+        plan.problem = "no host has memory free"
+        return plan
+    shares = {name: left * max(free, 0.0) / total for name, free in free_hosts} if left else {}
+    counts = {name: math.floor(share) for name, share in shares.items()}
+    by_remainder = sorted(shares, key=lambda name: shares[name] - counts[name], reverse=True)
+    for name in by_remainder[: left - sum(counts.values())]:
+        counts[name] += 1
+    counts.update(pinned)
+    plan.parts = [
+        SplitPart(
+            name, counts[name], round(per_layer * counts[name] + RUNTIME_OVERHEAD_GB, 2), free, bw
+        )
+        for name, free, bw in hosts
+        if counts.get(name)
     ]
-    plan = SplitPlan(model, quant, context, parts, None)
-    short = [part for part in parts if part.need_gb > part.free_gb]
+    short = [part for part in plan.parts if part.need_gb > part.free_gb]
     if short:
         part = short[0]
         plan.problem = (
@@ -527,9 +589,154 @@ def split_by_layers(
             f"{part.free_gb:.1f} GB free"
         )
         return plan
-    seconds = sum(active * part.layers / entry.layers / part.bandwidth_gbs for part in parts)
+    seconds = sum(active * part.layers / entry.layers / part.bandwidth_gbs for part in plan.parts)
+    seconds += LAN_ROUND_TRIP_S * max(len(plan.parts) - 1, 0)
     plan.bound_tok_s = round(1 / seconds, 1) if seconds else None
     return plan
+
+
+@dataclass(frozen=True)
+class RpcPart:
+    """Layers a host holds of another host's model (its ``rpc_workers`` names this host)."""
+
+    head: str
+    """The host that serves the model."""
+    model: str
+    layers: int
+    of_layers: int
+    need_gb: float
+    on_gpu: bool
+
+
+def split_pool(spec: HostSpec, own: HostPlan) -> tuple[float, float, bool]:
+    """Where a host keeps the layers it holds of a split model, after its own placements
+    (``own``: its plan without any split): its GPU's free VRAM where llama.cpp builds for its
+    GPU, else its free RAM. (free GB, bandwidth GB/s, on the GPU)."""
+    if spec.hardware.nvidia_gpu_count and spec.llamacpp.gpu_layers != 0 and own.vram_gb:
+        return round(own.vram_gb - own.vram_used_gb, 2), own.gpu_bandwidth_gbs, True
+    shared = own.vram_gb if own.unified else 0.0
+    free = own.ram_gb - SYSTEM_RESERVE_GB - shared - own.ram_used_gb
+    return round(free, 2), own.ram_bandwidth_gbs, False
+
+
+def _split_placement(
+    spec: HostSpec,
+    index: int,
+    entry: ModelEntry,
+    quant: str,
+    catalogue: Catalogue,
+    fleet: Mapping[str, HostSpec] | None,
+) -> PlacementPlan:
+    """A placement with ``rpc_workers``: its layers over this host and its workers, each
+    holding a share in proportion to the memory its own placements leave free."""
+    from gpufleet.routing import service_address  # the router's module plans with this one
+
+    placement = spec.models[index]
+    engine = engine_for(spec, placement)
+    context = context_for(engine, spec, placement, entry)
+    weights = weights_gb(entry.params_b, quant)
+    kv = kv_cache_gb(entry, context, engine.kv_slots(spec))
+    result = PlacementPlan(
+        placement.model, placement.engine, quant, context, round(weights, 2), round(kv, 2),
+        round(weights + kv + RUNTIME_OVERHEAD_GB, 2), "does-not-fit", 0, entry.layers, None,
+        slots=engine.slots(spec), threads=engine.threads(spec),
+        kind="embedding" if entry.kind == "embedding" else "llm", problem_field="rpc_workers",
+    )  # fmt: skip
+    if fleet is None:
+        result.problem = "split across hosts: planned with the fleet (gpufleet plan INVENTORY)"
+        return result
+    if placement.context and placement.context > entry.context:
+        result.problem_field = "context"
+        result.problem = (
+            f"{placement.context} tokens asked but {placement.model} supports "
+            f"{entry.context}; lower context to at most {entry.context}"
+        )
+        return result
+    names = [spec.name, *(worker.host for worker in placement.rpc_workers)]
+    missing = [name for name in names if name not in fleet]
+    if missing:
+        result.problem = f"no host {missing[0]!r} in this inventory; name a host of it"
+        return result
+    pools, endpoints = {}, {}
+    for name in names:
+        host_spec = fleet[name]
+        pools[name] = split_pool(host_spec, plan_host(host_spec, catalogue))
+        endpoints[name] = f"{service_address(host_spec)}:{host_spec.llamacpp.rpc_port}"
+    split = split_by_layers(
+        placement.model,
+        entry,
+        quant,
+        context,
+        [(name, free, bw) for name, (free, bw, _) in pools.items()],
+        {w.host: w.layers for w in placement.rpc_workers if w.layers},
+    )
+    if split.problem:
+        result.problem = (
+            f"split over {', '.join(names)}: {split.problem}; free memory on them, give the "
+            "workers' layers, or add a worker"
+        )
+        return result
+    held = {part.host: part for part in split.parts}
+    idle = [name for name in names[1:] if name not in held]
+    if idle:
+        result.problem = (
+            f"{idle[0]} would hold no layer ({pools[idle[0]][0]:.1f} GB free after its own "
+            "models): drop it from rpc_workers, or free memory on it"
+        )
+        return result
+    parts = []
+    for name in names:
+        free, bw, on_gpu = pools[name]
+        part = held.get(name) or SplitPart(name, 0, 0.0, free, bw)
+        endpoint = endpoints[name] if name != spec.name else ""
+        parts.append(SplitPart(part.host, part.layers, part.need_gb, free, bw, on_gpu, endpoint))
+    result.rpc = tuple(parts)
+    result.where = "hosts"
+    result.need_gb = round(sum(part.need_gb for part in parts), 2)
+    result.gpu_layers = sum(part.layers for part in parts[1:]) + (
+        parts[0].layers if parts[0].on_gpu else 0
+    )
+    result.bound_tok_s = split.bound_tok_s
+    result.bound_source = (
+        "measured"
+        if all(_measured_pool(fleet[part.host], part.on_gpu) for part in parts)
+        else "estimated"
+    )
+    return result
+
+
+def _measured_pool(spec: HostSpec, on_gpu: bool) -> bool:
+    measured = spec.hardware.measured
+    if measured is None:
+        return False
+    return bool(measured.gpu_bandwidth_gbs if on_gpu else measured.ram_bandwidth_gbs)
+
+
+def rpc_parts(name: str, fleet: Mapping[str, HostSpec], catalogue: Catalogue) -> list[RpcPart]:
+    """The layers host ``name`` holds of other hosts' models, as those hosts plan them."""
+    parts = []
+    for head in fleet.values():
+        for index, placement in enumerate(head.models):
+            if name not in {worker.host for worker in placement.rpc_workers}:
+                continue
+            try:
+                entry = model_entry(placement, catalogue)
+            except (GGUFError, OSError):
+                continue  # the serving host's own check reports it
+            quant = placement_quant(placement)
+            if entry is None or quant not in BITS_PER_WEIGHT:
+                continue
+            result = _split_placement(head, index, entry, quant, catalogue, fleet)
+            share = next((part for part in result.rpc if part.host == name), None)
+            if result.problem or share is None:
+                continue  # refused on the serving host: nothing held
+            parts.append(
+                RpcPart(
+                    head.name, placement.model, share.layers, entry.layers, share.need_gb,
+                    share.on_gpu,
+                )
+            )  # fmt: skip
+    return parts
 
 
 def largest_loaded(spec: HostSpec, plan: HostPlan, engine: Engine) -> list[PlacementPlan]:
@@ -595,5 +802,19 @@ def placement_cells(p: PlacementPlan) -> tuple[str, ...]:
     where: str = p.where
     if p.where == "partial":
         where += f" ({p.gpu_layers}/{p.layers} layers on GPU)"
+    if p.rpc:
+        shares = [f"{p.rpc[0].layers} here"] + [
+            f"{part.layers} on {part.host}" for part in p.rpc[1:]
+        ]
+        where += f" ({', '.join(shares)} of {p.layers} layers)"
     bound = f"<= {p.bound_tok_s:g} tok/s ({p.bound_source})" if p.bound_tok_s else "-"
     return (p.model, p.engine, p.quant, str(p.context), f"{p.need_gb:.1f} GB", where, bound)
+
+
+def rpc_part_line(part: RpcPart) -> str:
+    """A host's share of another host's model, as ``gpufleet plan`` shows it."""
+    memory = "VRAM" if part.on_gpu else "RAM"
+    return (
+        f"holds {part.layers}/{part.of_layers} layers of {part.head}'s {part.model} for it "
+        f"({RPC_SERVER}, {part.need_gb:.1f} GB {memory})"
+    )

