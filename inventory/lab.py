@@ -18,6 +18,9 @@ lab-lxc-1 serves the same
 model with part of it planned onto a GPU a declared service mostly holds, so its llama-server
 runs with the planner's partial layer count (its CPU build does the work).
 
+One model across hosts: lab-cpu-1 serves Gemma 3 270M split by layers with lab-gpu-1, whose
+ggml-rpc-server holds its share (llama.cpp's RPC backend, the planner's split).
+
 Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router with its Redis and
 the NGINX gateway, Prometheus with an Alertmanager that posts to a webhook on this machine (a
 host test serves it), and serves the same Gemma model on its CPU as the backup (priority 2)
@@ -57,6 +60,7 @@ _GEMMA_GGUF = {
     "alias": "XS-LOC-FRE-gemma3-270m",
 }
 EMBEDDING_ALIAS = "XS-LOC-FRE-all-minilm-l6-v2"
+SPLIT_ALIAS = "XS-LOC-FRE-gemma3-270m-split"
 _LLAMACPP_FROM_MIRROR = {
     "llamacpp": {
         "source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
@@ -198,6 +202,24 @@ cpu_nodes = [
         },
     ),
 ]
+
+# A model split across two hosts with llama.cpp's RPC backend: lab-cpu-1 serves it and keeps
+# the first part of its layers, lab-gpu-1 holds the rest for it in its ggml-rpc-server, which
+# only lab-cpu-1 may reach. The planner splits the layers by the memory each host has free.
+cpu_nodes.append(
+    (
+        "lab-cpu-1",
+        {
+            **_lab_host("10.200.0.16"),
+            "role": "serves a model split with lab-gpu-1 over llama.cpp's RPC backend",
+            "hardware": {"cpu": "virtual", "cores": 2, "ram_gb": 4},
+            "models": [
+                {**_GEMMA_GGUF, "alias": SPLIT_ALIAS, "rpc_workers": ["lab-gpu-1"]},
+            ],
+            **_LLAMACPP_FROM_MIRROR,
+        },
+    )
+)
 
 gateway = ["lab-infra-1"]
 router = ["lab-infra-1"]

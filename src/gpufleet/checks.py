@@ -578,6 +578,14 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                 if other.name == spec.name:
                     yield Problem(spec.name, field, "names this host itself; name another host")
                     continue
+                if other.lan_address is None and other.tailscale_address is None:
+                    yield Problem(
+                        other.name,
+                        "lan_address",
+                        f"{spec.name} reaches its ggml-rpc-server by address (its firewall "
+                        f"and {spec.name}'s connection check go by address): add its "
+                        "lan_address or tailscale_address",
+                    )
                 if other.os == "macos":
                     yield Problem(
                         spec.name,

@@ -61,6 +61,8 @@ class _Service:
     address: IPv4Address | tuple[IPv4Address, ...] | None
     authenticated: bool = False
     published: bool = False
+    admitted: bool = True
+    """The ``firewall.admin_sources`` are let in too."""
 
 
 def _hosts(specs: dict[str, HostSpec], *groups: str) -> frozenset[str]:
@@ -131,13 +133,15 @@ def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
             engine.service, ports, field, routers | monitoring | gateways, address, False, published
         )
     if spec.name in roles.rpc_heads:
-        # Unauthenticated, and it runs whatever graph it is sent: only its heads reach it.
+        # It asks no credentials and computes whatever it is sent: the hosts whose layers it
+        # holds reach it, and nothing else, not even the admin sources.
         yield _Service(
             RPC_SERVER,
             (spec.llamacpp.rpc_port,),
             "llamacpp.rpc_address",
             roles.rpc_heads[spec.name],
             spec.llamacpp.rpc_address,
+            admitted=False,
         )
     if gets_dcgm_exporter(spec):
         exporter = spec.dcgm_exporter
@@ -228,7 +232,7 @@ def exposures(
         sources: tuple[str, ...] = ()
         if guarded:
             fleet = sorted({a for c in clients for a in client_addresses(specs[c])})
-            sources = tuple(dict.fromkeys([*admins, *fleet]))
+            sources = tuple(dict.fromkeys([*(admins if service.admitted else ()), *fleet]))
         found.append(
             Exposure(
                 service.service,

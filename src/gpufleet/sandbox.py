@@ -180,6 +180,13 @@ def llama_server(devices: Devices, model: str, gpus: int = 1) -> Sandbox:
     return service_sandbox(devices=devices, home=home, jit=gpu, resources=True, gpus=gpus)
 
 
+def rpc_server(devices: Devices) -> Sandbox:
+    """ggml-rpc-server keeps the layers it is sent in memory and writes nothing (no ``-c``
+    file cache); on a GPU it loads CUDA, which wants W+X memory."""
+    gpu = devices != "none"
+    return service_sandbox(devices=devices, home="read-only", jit=gpu, resources=True)
+
+
 def ollama(devices: Devices, home: str, gpus: int = 1) -> Sandbox:
     """Ollama keeps its key and its models in its home (~/.ollama); its runners load CUDA."""
     gpu = devices != "none"

@@ -25,11 +25,11 @@ def listing(name: str) -> list[str]:
     return (OLLAMA / name).read_text().splitlines()
 
 
-def rendering(spec, index=0):
+def rendering(spec, index=0, fleet=None):
     """The placement at ``index`` as it runs: (decision, command flags, rendering)."""
     placement = spec.models[index]
     engine = engine_for(spec, placement)
-    run = next(r for r in placement_runs(spec, engine) if r.placement is placement)
+    run = next(r for r in placement_runs(spec, engine, fleet=fleet) if r.placement is placement)
     command = run.rendered.command
     flags = dict(itertools.pairwise(command))
     return run.decision, flags, run.rendered
@@ -133,9 +133,12 @@ def test_every_shipped_placement_renders_the_plan(inventory, host, index):
     """The flags and environment of every placement of every shipped inventory carry the
     planner's numbers: context, layers on the GPU, slots, threads."""
     spec = SHIPPED[inventory][host]
-    decision, flags, rendered = rendering(spec, index)
+    decision, flags, rendered = rendering(spec, index, SHIPPED[inventory])
     if spec.models[index].engine == "llama.cpp":
         assert flags["--n-gpu-layers"] == str(decision.gpu_layers)
+        workers = decision.rpc[1:]
+        assert flags.get("--rpc") == (",".join(p.endpoint for p in workers) or None)
+        assert flags.get("--tensor-split") == (",".join(str(p.layers) for p in workers) or None)
         assert flags["--ctx-size"] == str(decision.context)
         assert flags["--parallel"] == str(decision.slots)
         assert flags["--threads"] == str(decision.threads)

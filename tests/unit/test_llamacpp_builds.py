@@ -73,10 +73,13 @@ def changing(hosts: dict[str, list[PlannedOperation]], part: str) -> dict[str, l
 
 
 def cache_the(key: str, folder: Path, content: bytes = b"ELF-llama-server\n") -> None:
+    """Both binaries of a build in the cache, with their checksums as a fetch records them."""
     (folder / key).mkdir(parents=True)
-    (folder / key / "llama-server").write_bytes(content)
-    digest = hashlib.sha256(content).hexdigest()
-    (folder / key / "llama-server.sha256").write_text(f"{digest}  llama-server\n")
+    recorded = ""
+    for name, body in [("llama-server", content), ("ggml-rpc-server", b"ELF-ggml-rpc-server\n")]:
+        (folder / key / name).write_bytes(body)
+        recorded += f"{hashlib.sha256(body).hexdigest()}  {name}\n"
+    (folder / key / "llama-server.sha256").write_text(recorded)
 
 
 # --- the key --------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ def test_a_key_the_control_machine_keeps_is_built_by_nobody():
 # --- the lab, planned --------------------------------------------------------------------------
 
 
-def test_the_lab_compiles_once_and_three_hosts_install_that_binary():
+def test_the_lab_compiles_once_and_the_other_hosts_install_that_binary():
     hosts = planned()
     assert changing(hosts, "Build llama-server") == {"lab-gpu-1": ["Build llama-server (CPU)"]}
     assert changing(hosts, "build tools") == {"lab-gpu-1": ["llama.cpp build tools"]}
@@ -159,6 +162,7 @@ def test_the_lab_compiles_once_and_three_hosts_install_that_binary():
         "lab-pve-1": install,
         "lab-lxc-1": install,
         "lab-infra-1": install,
+        "lab-cpu-1": install,
     }
     # The receivers get the binary's runtime library, not the compilers.
     receiver = [op for op in hosts["lab-infra-1"] if op.name.endswith("runtime libraries")]
@@ -175,7 +179,7 @@ def test_hosts_of_different_builds_each_have_a_builder():
         "lab-lxc-1": ["Build llama-server (CUDA)"],
     }
     installs = changing(hosts, "Install llama-server (CPU) built on lab-gpu-1")
-    assert set(installs) == {"lab-pve-1", "lab-infra-1"}
+    assert set(installs) == {"lab-pve-1", "lab-infra-1", "lab-cpu-1"}
 
 
 def test_with_limit_the_run_builds_on_a_host_it_has():
@@ -197,6 +201,7 @@ def test_a_build_the_control_machine_keeps_is_installed_everywhere_and_compiled_
         "lab-pve-1",
         "lab-lxc-1",
         "lab-infra-1",
+        "lab-cpu-1",
     }
 
 
@@ -213,7 +218,8 @@ def test_hosts_carrying_the_build_change_nothing_of_llama_server(lab_dir: Path):
             '{"path": "/usr/local/bin/llama-server.gpufleet-build"}': [LAB_KEY]
         },
         "pyinfra.facts.files.File": {
-            '{"path": "/usr/local/bin/llama-server"}': {"mode": 755, "user": "root"}
+            '{"path": "/usr/local/bin/llama-server"}': {"mode": 755, "user": "root"},
+            '{"path": "/usr/local/bin/ggml-rpc-server"}': {"mode": 755, "user": "root"},
         },
     }
     assert changing(planned(**stamped), "llama-server (CPU)") == {}
@@ -277,6 +283,7 @@ def test_the_named_build_host_builds_for_the_others(tmp_path: Path):
         "lab-gpu-1",
         "lab-pve-1",
         "lab-lxc-1",
+        "lab-cpu-1",
     }
 
 

@@ -34,8 +34,9 @@ def test_lab_hosts_come_from_the_lab_inventory():
         ("lab-pve-1", "10.200.0.13"),
         ("lab-lxc-1", "10.200.0.14"),
         ("lab-infra-1", "10.200.0.12"),
+        ("lab-cpu-1", "10.200.0.16"),
     ]
-    assert {h.veth for h in hosts} == {"gflv11", "gflv12", "gflv13", "gflv14"}
+    assert {h.veth for h in hosts} == {"gflv11", "gflv12", "gflv13", "gflv14", "gflv16"}
 
 
 def test_lab_raises_inotify_floors_and_down_restores_what_it_found(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ out again here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -27,6 +27,19 @@ WARM_UP_PATHS = {CHAT: "/v1/chat/completions", EMBEDDING: "/v1/embeddings"}
 gets a completion, an embedding model an embeddings call (a completion is refused)."""
 
 
+class SplitShare(Protocol):
+    """One host's share of a model split across hosts (``planner.SplitPart``)."""
+
+    @property
+    def layers(self) -> int: ...
+
+    @property
+    def on_gpu(self) -> bool: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+
 class PlacementDecision(Protocol):
     """What the planner decided for one placement (``planner.PlacementPlan`` has these)."""
 
@@ -37,6 +50,9 @@ class PlacementDecision(Protocol):
     threads: int
     gpus: int
     kind: str
+
+    @property
+    def rpc(self) -> Sequence[SplitShare]: ...
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,16 @@ class GroupExists(FactBase[bool]):
 
     def process(self, output: list[str]) -> bool:
         return "".join(output).strip() == "yes"
+
+
+class EstablishedPeers(FactBase[list[str]]):
+    """``address:port`` of every established TCP connection's far end on the host."""
+
+    def command(self) -> str:
+        return "ss -Htn state established | awk '{print $4}'"
+
+    def requires_command(self) -> str:
+        return "ss"
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted({line.strip() for line in output if line.strip()})

@@ -15,6 +15,7 @@ from pyinfra.facts.files import File, FileContents
 from pyinfra.facts.systemd import SystemdStatus
 
 from gpufleet.engines.llamacpp import LLAMA_SERVER, RPC_SERVER
+from gpufleet.facts.system import EstablishedPeers
 from gpufleet.paths import HOST_STATE, state_folder, state_record
 
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
@@ -370,3 +371,44 @@ def healthy(service: str, url: str):
         raise OperationError(f"{host.name}: {service} does not answer {url} (status {status})")
     host.noop(f"{service} answers {url}")
     yield from ()
+
+
+@operation()
+def listening(service: str, port: int, timeout: int = 60):
+    """
+    Wait until something listens on TCP ``port`` of the host (``ss``), for a service that
+    has no health URL (``ggml-rpc-server``); fail the deploy naming the service when nothing
+    does within ``timeout`` seconds. Use it with ``_if`` on a (re)start.
+
+    .. code:: python
+
+        inference.listening(service="ggml-rpc-server", port=50052, _if=restarted.did_change)
+    """
+    q = shlex.quote
+    failed = f"{service} does not listen on port {port} after {timeout} s"
+    yield (
+        f"for _ in $(seq {int(timeout)}); do "
+        f"ss -Hltn {q(f'sport = :{int(port)}')} | grep -q . && exit 0; sleep 1; done; "
+        f"echo {q(failed)} >&2; journalctl -u {q(service)} -n 20 --no-pager >&2; exit 1"
+    )
+
+
+@operation()
+def rpc_connected(service: str, endpoints: list[str]):
+    """
+    Restart ``service`` (a llama-server that splits its model across hosts) where it holds
+    no connection to one of its workers' ``ggml-rpc-server`` (``address:port``): a worker
+    that restarted dropped the layers it held, and the server has to load them again. Use
+    the restart it reports to warm the model up again.
+
+    .. code:: python
+
+        inference.rpc_connected(service="llama-server", endpoints=["10.0.0.12:50052"])
+    """
+    established: list[str] = host.get_fact(EstablishedPeers)
+    peers = set(established)
+    lost = [endpoint for endpoint in endpoints if endpoint not in peers]
+    if not lost:
+        host.noop(f"{service} holds its workers' connections ({', '.join(endpoints)})")
+        return
+    yield f"systemctl restart {shlex.quote(service)}"

@@ -22,6 +22,7 @@ from pyinfra.context import ctx_host
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import apt, files
+from pyinfra.operations.util import any_changed
 
 from gpufleet import nvidia, sandbox
 from gpufleet.engines import memory_size, served_name
@@ -31,8 +32,10 @@ from gpufleet.engines.llamacpp import (
     LLAMA_SERVER,
     LLAMACPP,
     MODELS,
+    builds_from_source,
     builds_with_cuda,
     gguf_path,
+    rpc_worker_names,
 )
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.inventory import fleet_specs
@@ -41,10 +44,11 @@ from gpufleet.operations import downloads, inference
 from gpufleet.operations.inference import BASE_FLAGS, build_stamp, cached_build
 from gpufleet.paths import template
 from gpufleet.roles.nvidia_driver import cuda_repository, release_of
-from gpufleet.roles.steps import engine_secret_file, restart_and_warm_up, warm_up_tool
-from gpufleet.serving import placement_runs
+from gpufleet.roles.steps import engine_secret_file, run_unit, warm_up, warm_up_tool
+from gpufleet.serving import RpcServerRun, placement_runs, rpc_server_run
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
+RPC_UNIT = "ggml-rpc-server"
 RUNTIME_PACKAGES = ["libgomp1"]
 """What a CPU build of llama-server needs to start on a host that did not compile it."""
 
@@ -58,11 +62,12 @@ def serve(spec: HostSpec) -> None:
 
         serve(host_spec())
     """
-    runs = placement_runs(spec, LLAMACPP)
-    if not runs:
+    fleet = fleet_specs()
+    runs = placement_runs(spec, LLAMACPP, fleet=fleet)
+    worker = rpc_server_run(spec, fleet)
+    if not runs and worker is None:
         host.noop("no llama.cpp model placed on this host")
         return
-    run = runs[0]
     settings = spec.llamacpp
     gpu = bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
 
@@ -80,10 +85,18 @@ def serve(spec: HostSpec) -> None:
     else:
         binary = server_from_source(spec)
 
-    # 2. The weights, verified; or a file already on the host.
+    # 2. Where this host holds layers of another host's model: its ggml-rpc-server, up
+    # before any llama-server (re)starts, so a host that splits its model finds its workers.
+    if worker is not None:
+        rpc_worker(spec, worker, binary, gpu)
+    if not runs:
+        return
+    run = runs[0]
+
+    # 3. The weights, verified; or a file already on the host.
     model = model_file(run.placement)
 
-    # 3. The API key, where the host data names one (other hosts reach the server): read
+    # 4. The API key, where the host data names one (other hosts reach the server): read
     # from the secret store into a file only root and the service user can read.
     secret_environment = LLAMACPP.secret_environment(spec)
     keyed = bool(secret_environment)
@@ -92,7 +105,7 @@ def serve(spec: HostSpec) -> None:
         files.directory(name="gpufleet's config folder", path="/etc/gpufleet", mode="755")
         key_file = [engine_secret_file("llama-server", ENV_FILE, secret_environment, spec)]
 
-    # 4. The unit, with the planned flags.
+    # 5. The unit, with the planned flags.
     warm_up_tool()
     unit = files.template(
         name="llama-server unit",
@@ -110,15 +123,56 @@ def serve(spec: HostSpec) -> None:
             spec.hardware.nvidia_gpu_count,
         ),
     )
-    restart_and_warm_up(
-        LLAMACPP.service,
-        unit_changed=unit,
-        config_changed=[binary, *([model] if model else []), *key_file],
-        base_url=LLAMACPP.local_url(spec),
-        health_path=LLAMACPP.health_path,
-        models=[(served_name(run.placement), LLAMACPP.warm_up_path(run.decision.kind))],
-        api_key_env=API_KEY_ENV if keyed else None,
-        env_file=ENV_FILE if keyed else None,
+    started, restarted = run_unit(
+        LLAMACPP.service, unit, binary, *([model] if model else []), *key_file
+    )
+    starts = [started, restarted]
+    workers = [part.endpoint for part in run.decision.rpc[1:]]
+    if workers:
+        # A worker that restarted (a new binary, a reboot) dropped the layers it held.
+        starts.append(
+            inference.rpc_connected(
+                name="llama-server connected to its RPC workers",
+                service=LLAMACPP.service,
+                endpoints=workers,
+                _if=lambda: not any(op.did_change() for op in (started, restarted)),
+            )
+        )
+    warm_up(
+        [(served_name(run.placement), LLAMACPP.warm_up_path(run.decision.kind))],
+        LLAMACPP.local_url(spec),
+        LLAMACPP.health_path,
+        starts,
+        API_KEY_ENV if keyed else None,
+        ENV_FILE if keyed else None,
+    )
+
+
+def rpc_worker(spec: HostSpec, worker: RpcServerRun, binary: OperationMeta, gpu: bool) -> None:
+    """``ggml-rpc-server`` for the layers this host holds of other hosts' models: its unit
+    (the planner's memory limit, the sandbox), started, restarted with a new binary, and
+    waited for until it listens. The firewall (the baseline's) lets in only those hosts."""
+    held = ", ".join(
+        f"{part.layers}/{part.of_layers} layers of {part.head}'s {part.model}"
+        for part in worker.parts
+    )
+    unit = files.template(
+        name="ggml-rpc-server unit",
+        src=template("llamacpp/ggml-rpc-server.service.j2"),
+        dest=f"/etc/systemd/system/{RPC_UNIT}.service",
+        mode="644",
+        held=held,
+        run_as=spec.service_user,
+        command=list(worker.command),
+        memory_max=memory_size(worker.memory_max_gb),
+        sandbox=sandbox.rpc_server(sandbox.host_gpu(spec) if gpu else "none"),
+    )
+    started, restarted = run_unit(RPC_UNIT, unit, binary)
+    inference.listening(
+        name=f"{RPC_UNIT} listening",
+        service=RPC_UNIT,
+        port=spec.llamacpp.rpc_port,
+        _if=any_changed(started, restarted),
     )
 
 
@@ -231,10 +285,11 @@ def run_builds() -> dict[str, BuildAssignment]:
     with _planning:  # one greenlet reads the fleet's facts; the others wait for its answer
         if state not in _run_builds:
             specs = fleet_specs()
+            workers = rpc_worker_names(specs)
             needs, caches, stamped = [], {}, set()
             for other in [h for h in state.inventory if h in state.active_hosts]:
                 spec = specs.get(other.name)
-                if spec is None or spec.llamacpp.binary_url or not placement_runs(spec, LLAMACPP):
+                if spec is None or not builds_from_source(spec, workers):
                     continue
                 try:
                     with ctx_host.use(other):
