@@ -73,7 +73,7 @@ def endpoints(
     gateways = [s for s in specs.values() if "gateway" in s.groups]
     through_gateway: set[tuple[str, str]] = set()
     for spec in specs.values():
-        plans = {(p.model, p.engine): p for p in plan_host(spec, catalogue).placements}
+        plans = {(p.model, p.engine): p for p in plan_host(spec, catalogue, specs).placements}
         gpu = ", ".join(a.model for a in spec.hardware.accelerators) or "CPU"
         for placement in spec.models:
             planned = plans.get((placement.model, placement.engine))

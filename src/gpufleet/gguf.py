@@ -80,6 +80,34 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     return metadata, parameters
 
 
+def tensor_bytes(path: str | Path) -> dict[str, int]:
+    """Each tensor's name and size in bytes in the file: the distance from its data to the
+    next tensor's (or the file's end), alignment padding included. Read from the header: the
+    weights themselves are not read."""
+    with open(path, "rb") as stream:
+        if stream.read(4) != b"GGUF":
+            raise GGUFError(f"{path} is not a GGUF file")
+        if _read(stream, "<I") not in (2, 3):
+            raise GGUFError(f"{path}: GGUF version is not supported")
+        tensors, entries = _read(stream, "<Q"), _read(stream, "<Q")
+        alignment = 32
+        for _ in range(entries):
+            key = _string(stream)
+            value = _value(stream, _read(stream, "<I"))
+            if key == "general.alignment":
+                alignment = int(value)
+        offsets = []
+        for _ in range(tensors):
+            name = _string(stream)
+            stream.seek(8 * _read(stream, "<I") + 4, 1)  # its dimensions and type
+            offsets.append((_read(stream, "<Q"), name))
+        data = -(-stream.tell() // alignment) * alignment
+        end = Path(path).stat().st_size - data
+    offsets.sort()
+    bounds = [offset for offset, _ in offsets[1:]] + [end]
+    return {name: bound - offset for (offset, name), bound in zip(offsets, bounds, strict=True)}
+
+
 @cache
 def read_model_entry(path: str) -> ModelEntry:
     """The catalogue's figures for a model, read from its GGUF header."""

@@ -414,7 +414,7 @@ def plans_of(
     for spec in chosen:
         if not spec.models:
             continue
-        plan = plan_host(spec, catalogue)
+        plan = plan_host(spec, catalogue, specs)
         plans.append(plan)
         services[spec.name] = services_vram_gb(spec, nvidia_memory(spec, catalogue)[0])
         at_once[spec.name] = largest_loaded_sets(spec, plan)

@@ -437,7 +437,7 @@ def host_status(
     spec: HostSpec, specs: dict[str, HostSpec], read_key: KeyReader, timeout: float
 ) -> HostStatus:
     decided = spec  # validate_file has decided every address the inventory leaves out
-    plan = plan_host(decided, fleet_catalogue())
+    plan = plan_host(decided, fleet_catalogue(), specs)
     engines = []
     for status, probe in engine_probes(decided, plan, read_key):
         if probe is not None:

@@ -677,8 +677,8 @@ def _why_unmet(
 def _together(want: Want, entry: ModelEntry, weights: float, hosts: list[_Host]) -> str:
     """Which hosts would hold a model too big for one, split by layers in proportion to their
     free memory (the fewest, most room first; each host with its larger free pool, GPU memory
-    or RAM), and the speed bound of that split: worth knowing, though one model is not served
-    from several hosts yet."""
+    or RAM), and the speed bound of that split, with how to serve it so (llama.cpp's
+    ``rpc_workers``). The solver does not propose splits itself: the user chooses to."""
     if len(hosts) < 2:
         return ""
     pools = sorted(
@@ -704,9 +704,10 @@ def _together(want: Want, entry: ModelEntry, weights: float, hosts: list[_Host])
         split = split_by_layers(want.model, entry, want.quant(), context, chosen)
         if split.problem is None and split.bound_tok_s:
             layers = " and ".join(f"{p.layers} on {p.host}" for p in split.parts)
+            head, *workers = [p.host for p in split.parts]
             return (
                 f" (split by free memory it would fit: {layers} of its {entry.layers} "
-                f"layers, <= {split.bound_tok_s:g} tok/s before the network's share; one "
-                "model is not served from several hosts yet)"
+                f"layers, <= {split.bound_tok_s:g} tok/s; to serve it so, place it on {head} "
+                f"with engine llama.cpp and rpc_workers {workers})"
             )
     return f" (all of them together: {sum(free for _, free, _ in pools):.0f} GB)"

@@ -277,3 +277,24 @@ def test_a_gguf_on_this_machine_stands_for_a_model_no_catalogue_knows(tmp_path):
     )
     [(field, message)] = plan_host(spec, BUILTIN).problems
     assert field == "models[0].source" and "cannot be read" in message
+
+
+def test_tensor_sizes_are_read_from_the_offsets_in_the_header(tmp_path):
+    """Each tensor's bytes: the gap to the next tensor's data, the last one's to the end of
+    the file, counted from the aligned start of the data section."""
+    from gpufleet.gguf import GGUFError, tensor_bytes
+
+    def string(text: str) -> bytes:
+        return struct.pack("<Q", len(text)) + text.encode()
+
+    header = b"GGUF" + struct.pack("<IQQ", 3, 3, 1)
+    header += string("general.alignment") + struct.pack("<II", 4, 64)
+    for name, offset in [("blk.0.w", 0), ("blk.1.w", 128), ("output.w", 320)]:
+        header += string(name) + struct.pack("<IQ", 1, 4) + struct.pack("<IQ", 0, offset)
+    data_start = -(-len(header) // 64) * 64
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(header + b"\0" * (data_start - len(header)) + b"\1" * 400)
+    assert tensor_bytes(gguf) == {"blk.0.w": 128, "blk.1.w": 192, "output.w": 80}
+    (tmp_path / "not.gguf").write_bytes(b"GGML")
+    with pytest.raises(GGUFError):
+        tensor_bytes(tmp_path / "not.gguf")

@@ -135,7 +135,7 @@ def test_a_model_no_single_host_holds_is_refused_with_the_room_there_is():
         "the most left is 126 GB on a (split by free memory it would fit: 30 on a and 30 on b"
         in unmet.why
     )
-    assert "one model is not served from several hosts yet" in unmet.why
+    assert "with engine llama.cpp and rpc_workers [" in unmet.why
 
 
 def test_hosts_pins_a_want_and_pinned_wants_go_first():

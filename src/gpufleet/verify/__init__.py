@@ -126,6 +126,20 @@ def applies(predicate: Callable[[HostSpec], bool]) -> Callable[[Check], Check]:
     return mark
 
 
+def applies_in_fleet(
+    predicate: Callable[[HostSpec, dict[str, HostSpec]], bool],
+) -> Callable[[Check], Check]:
+    """Run a check only on hosts for which ``predicate(spec, fleet)`` holds, whatever its
+    module's ``applies_to`` says: for what only the whole inventory decides (a host that
+    holds layers of another host's model may serve none of its own)."""
+
+    def mark(check: Check) -> Check:
+        check.applies_in_fleet = predicate  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
 @dataclass
 class Target:
     """One inventory host as the checks see it: its spec, where it answers, how to reach it."""
@@ -248,7 +262,13 @@ class VerifyPlugin:
             function = item.function  # type: ignore[attr-defined]
             module_rule = getattr(item.module, "applies_to", None)  # type: ignore[attr-defined]
             check_rule = getattr(function, "applies_to", None)
-            if all(rule is None or rule(target.spec) for rule in (module_rule, check_rule)):
+            fleet_rule = getattr(function, "applies_in_fleet", None)
+            if fleet_rule is not None:
+                applies = bool(fleet_rule(target.spec, target.fleet))
+            else:
+                rules = (module_rule, check_rule)
+                applies = all(rule is None or rule(target.spec) for rule in rules)
+            if applies:
                 kept.append(item)
                 suite = Path(str(item.fspath)).stem.removeprefix("test_")
                 self.outcomes[item.nodeid] = Outcome(target.name, suite, _check_label(function))

@@ -6,8 +6,15 @@ from gpufleet.engines.ollama import OLLAMA
 from gpufleet.engines.ollama_macos import OLLAMA_MACOS
 from gpufleet.engines.triton import TRITON
 from gpufleet.facts.ollama import OllamaLoaded
-from gpufleet.serving import placement_runs
-from gpufleet.verify import applies, assert_running, http_get, loaded_placements, loaded_report
+from gpufleet.serving import placement_runs, rpc_server_run
+from gpufleet.verify import (
+    applies,
+    applies_in_fleet,
+    assert_running,
+    http_get,
+    loaded_placements,
+    loaded_report,
+)
 
 
 def applies_to(spec):
@@ -40,6 +47,26 @@ def test_llama_server_serves_its_model(target):
     served = {m["id"] for m in models.json()["data"]}
     for placement in LLAMACPP.placements(target.spec):
         assert served_name(placement) in served, f"served: {sorted(served)}"
+
+
+@applies_in_fleet(lambda spec, fleet: rpc_server_run(spec, fleet) is not None)
+def test_ggml_rpc_server_holds_its_layers_for_its_serving_host(target):
+    """A host that holds layers of another host's model runs ggml-rpc-server where the plan
+    says, and that host's llama-server holds its connection to it."""
+    run = rpc_server_run(target.spec, target.fleet)
+    assert run is not None
+    assert_running(target, "ggml-rpc-server")
+    port = target.spec.llamacpp.rpc_port
+    assert target.host.socket(f"tcp://{target.spec.llamacpp.rpc_address}:{port}").is_listening
+    argv = target.host.check_output("tr '\\0' ' ' < /proc/$(pgrep -o -x ggml-rpc-server)/cmdline")
+    assert argv.split() == list(run.command), f"runs: {argv}"
+    peers = target.host.check_output("ss -Htn state established | awk '{print $4}'").split()
+    for part in run.parts:
+        head = target.fleet[part.head]
+        address = str(head.lan_address or head.tailscale_address)
+        assert any(peer.rsplit(":", 1)[0] == address for peer in peers), (
+            f"{part.head} holds no connection to this host's ggml-rpc-server"
+        )
 
 
 @applies(lambda spec: bool(OLLAMA.placements(spec)))
