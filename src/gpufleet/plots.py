@@ -196,27 +196,44 @@ def plot_bench(
 
 
 def placement_pieces(
-    plan: HostPlan, indices: Collection[int] | None = None
+    plan: HostPlan, indices: Collection[int] | None = None, held: bool = True
 ) -> list[tuple[int, str, str, float, float]]:
     """(placement index, model, component, GB on the GPU, GB in system memory) for each
     component (weights, KV cache, runtime overhead) of each placement the planner placed (of
     ``indices`` only, when given): the GPU's share is the one the planner gave it (the rest is
-    what it puts in system memory, ``ram_gb``)."""
+    what it puts in system memory, ``ram_gb``). A model split across hosts counts this host's
+    share; the layers a host holds of other hosts' models (``held``) follow its own
+    placements, numbered after them: their weights and KV cache, and a runtime's allowance."""
+    from gpufleet.planner import RUNTIME_OVERHEAD_GB
+
     pieces = []
     for placement in plan.placements:
         if placement.problem or (indices is not None and placement.index not in indices):
             continue
         need = placement.need_gb
         gpu_share = (need - placement.ram_gb) / need if need > 0 else 0.0
+        scale = 1.0
+        if placement.rpc:
+            here = placement.rpc[0]
+            gpu_share = 1.0 if here.on_gpu else 0.0
+            scale = here.layers / placement.layers if placement.layers else 0.0
         components = {
-            "weights": placement.weights_gb,
-            "kv": placement.kv_gb,
-            "overhead": max(need - placement.weights_gb - placement.kv_gb, 0.0),
+            "weights": placement.weights_gb * scale,
+            "kv": placement.kv_gb * scale,
+            "overhead": max(need - placement.weights_gb - placement.kv_gb, 0.0)
+            / max(len(placement.rpc), 1),
         }
         for component, gb in components.items():
             pieces.append(
                 (placement.index, placement.model, component, gb * gpu_share, gb * (1 - gpu_share))
             )
+    if held:
+        for number, part in enumerate(plan.rpc_parts, start=len(plan.placements)):
+            held = part.need_gb - RUNTIME_OVERHEAD_GB
+            label = f"{part.model} for {part.head}"
+            for component, gb in (("weights", held), ("overhead", RUNTIME_OVERHEAD_GB)):
+                on_gpu = gb if part.on_gpu else 0.0
+                pieces.append((number, label, component, on_gpu, gb - on_gpu))
     return pieces
 
 
@@ -349,7 +366,8 @@ def plot_plan(
                 if asked is not None
                 else {p.index for p in plan.placements if p.engine == engine}
             )
-            whole = [(i, m, c, g + r) for i, m, c, g, r in placement_pieces(plan, chosen)]
+            chosen_pieces = placement_pieces(plan, chosen, held=False)
+            whole = [(i, m, c, g + r) for i, m, c, g, r in chosen_pieces]
             top = _stack(axes, x, plan.host, whole, 0.0, engine, label_from, alpha=0.55)
             room = plan.vram_gb + free_ram
             _capacity(axes, x, room, plan.host, engine, f"{room:.0f} GB")
@@ -412,9 +430,9 @@ def plans_of(
     chosen = [specs[n] for n in names] if names is not None else list(specs.values())
     plans, services, at_once = [], {}, {}
     for spec in chosen:
-        if not spec.models:
-            continue
         plan = plan_host(spec, catalogue, specs)
+        if not plan.placements and not plan.rpc_parts:
+            continue
         plans.append(plan)
         services[spec.name] = services_vram_gb(spec, nvidia_memory(spec, catalogue)[0])
         at_once[spec.name] = largest_loaded_sets(spec, plan)

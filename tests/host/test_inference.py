@@ -57,13 +57,13 @@ def lab_build_key() -> str:
     return build_stamp(source, flags, "x86_64", "Debian 12")
 
 
-LLAMACPP_HOSTS = ["lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-infra-1"]
+LLAMACPP_HOSTS = ["lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-infra-1", "lab-cpu-1"]
 
 
 def test_llama_server_is_compiled_once_and_the_other_hosts_install_that_binary(
     lab_session: LabSession,
 ):
-    """Four lab hosts need one build: lab-gpu-1, the first, compiles it; the others install
+    """Five lab hosts need one build: lab-gpu-1, the first, compiles it; the others install
     its binary, checked, through the lab's build cache, and carry no compiler for it."""
     runs = lab_session.runs[DEPLOY]
     built = sorted({h for op, h in runs.first.changed if "Build llama-server" in op})
@@ -89,11 +89,18 @@ def test_llama_server_is_compiled_once_and_the_other_hosts_install_that_binary(
     cache = Path(build_cache(SPECS["lab-gpu-1"])).expanduser()
     assert cache == lab.lab_dir() / lab.BUILD_CACHE
     assert stat.S_IMODE(cache.stat().st_mode) == stat.S_IMODE((cache / key).stat().st_mode) == 0o700
-    sha256 = (cache / key / "llama-server.sha256").read_text().split()[0]
+    # Both binaries of the build, kept and installed together: the server, and the RPC worker
+    # a host that holds layers of another's model runs.
+    kept = dict(
+        line.split()[::-1]
+        for line in (cache / key / "llama-server.sha256").read_text().splitlines()
+    )
+    assert set(kept) == {"llama-server", "ggml-rpc-server"}
     for name in LLAMACPP_HOSTS:
         address = str(SPECS[name].lan_address)
         assert ssh(address, "cat /usr/local/bin/llama-server.gpufleet-build").strip() == key
-        assert ssh(address, "sha256sum /usr/local/bin/llama-server").split()[0] == sha256
+        for binary, sha256 in kept.items():
+            assert ssh(address, f"sha256sum /usr/local/bin/{binary}").split()[0] == sha256
         compilers = ssh(address, "command -v cmake c++ || true").split()
         sources = ssh(address, "ls /var/cache/gpufleet/llama.cpp 2>/dev/null || true").split()
         if name == "lab-gpu-1":

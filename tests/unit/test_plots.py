@@ -120,13 +120,22 @@ def test_plan_svg_has_one_bar_piece_per_placement_component_and_each_host(tmp_pa
     # Each placement the plan places is drawn (lab-gpu-1's Ollama model in its own bar).
     pieces = [m.groups() for i in ids if (m := SEGMENT.match(i))]
     placed = {(element_id(p.host), q.index) for p in plans for q in p.placements if not q.problem}
-    assert {(host, int(index)) for host, index, _, _ in pieces} == placed
+    # lab-gpu-1 holds layers of lab-cpu-1's model too: drawn after its own placements.
+    held = {
+        (element_id(p.host), len(p.placements) + n) for p in plans for n in range(len(p.rpc_parts))
+    }
+    assert held == {(element_id("lab-gpu-1"), 2)}
+    assert {(host, int(index)) for host, index, _, _ in pieces} == placed | held
     split = [
-        q for p in plans for q in p.placements if q.engine != "ollama" and 0 < q.ram_gb < q.need_gb
+        q
+        for p in plans
+        for q in p.placements
+        if q.engine != "ollama" and not q.rpc and 0 < q.ram_gb < q.need_gb
     ]
     assert [q.model for q in split] == ["gemma3:270m"]  # lab-lxc-1's, 6 of 18 layers on the GPU
     weights = [piece for piece in pieces if piece[2] == "weights"]
-    assert len(weights) == len(placed) + len(split)  # a split one has weights in both bars
+    # A model split between GPU and RAM has weights in both bars.
+    assert len(weights) == len(placed) + len(held) + len(split)
     # lab-lxc-1's GPU holds Jellyfin's 3.6 GB first; every host has its capacity lines.
     assert element_id("services", "lab-lxc-1") in ids
     for plan in plans:

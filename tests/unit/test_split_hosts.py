@@ -118,19 +118,14 @@ def test_a_worker_counts_the_layers_it_holds_and_its_server_is_limited_to_them(t
 
 
 def test_a_worker_given_its_layers_holds_exactly_those(tmp_path):
-    specs = validate_file(two_boxes(tmp_path))
-    path = tmp_path / "pinned"
-    path.mkdir()
     hosts = {
         HEAD: host("10.9.0.1", 32, models=[split_placement({"host": "box-2", "layers": 10})]),
         "box-2": host("10.9.0.2", 64),
     }
-    specs = validate_file(fleet_file(path, hosts))
-    here, worker = plan_host(specs[HEAD], load_catalogue(), specs).placements[0].rpc
-    assert (
-        worker.layers == 10
-        and here.layers == plan_host(specs[HEAD], load_catalogue(), specs).placements[0].layers - 10
-    )
+    specs = validate_file(fleet_file(tmp_path, hosts))
+    decision = plan_host(specs[HEAD], load_catalogue(), specs).placements[0]
+    here, worker = decision.rpc
+    assert (worker.layers, here.layers) == (10, decision.layers - 10)
 
 
 def test_the_serving_host_renders_the_split_its_cpu_keeps_the_rest(tmp_path):
@@ -188,19 +183,69 @@ def test_the_worker_runs_ggml_rpc_server_where_only_the_serving_host_reaches_it(
 # --- refused before any host is contacted ----------------------------------------------------
 
 
+TWO_GPUS = {"kind": "nvidia", "model": "RTX 3090", "count": 2}
+GIVEN_BINARY = {"binary_url": "https://x.example/llama-server", "binary_sha256": "c" * 64}
+REFUSED_SPLITS = {
+    "firewall off": (
+        {},
+        {"firewall": {"enabled": False}},
+        {},
+        "host 'box-2': firewall.enabled: it holds layers of box-1's qwen2.5:32b with "
+        "ggml-rpc-server, which asks no credentials",
+    ),
+    "no address": (
+        {},
+        {"lan_address": None},
+        {},
+        "host 'box-2': lan_address: box-1 reaches its ggml-rpc-server by address",
+    ),
+    "another llama.cpp": (
+        {},
+        {"llamacpp": {"source_sha256": "b" * 64}},
+        {},
+        "host 'box-2': llamacpp.source_sha256: it holds layers of box-1's qwen2.5:32b, "
+        "whose llama.cpp is another source",
+    ),
+    "a given binary": (
+        {"llamacpp": GIVEN_BINARY},
+        {},
+        {},
+        "models[0].rpc_workers[0].host: a split model needs ggml-rpc-server and "
+        "llama-server of one build",
+    ),
+    "two GPUs": (
+        {},
+        {"hardware": {"cores": 8, "ram_gb": 64, "accelerators": [TWO_GPUS]}},
+        {},
+        "host 'box-2': hardware.accelerators: it holds layers of box-1's qwen2.5:32b, and "
+        "a worker with several GPUs",
+    ),
+    "no memory free": (
+        {},
+        {"hardware": {"cpu": "virtual", "cores": 8, "ram_gb": 2}},
+        {},
+        "box-2 would hold no layer",
+    ),
+    "too many layers": (
+        {},
+        {},
+        {"rpc_workers": [{"host": "box-2", "layers": 70}]},
+        "the layers given (70) are not the model's 64",
+    ),
+    "port taken": (
+        {},
+        {"llamacpp": {"rpc_port": 9100}},
+        {},
+        "host 'box-2': llamacpp.rpc_port: port 9100 is taken",
+    ),
+}
+
+
 @pytest.mark.parametrize(
     ("head", "worker", "placement", "expected"),
-    [
-        ({}, {"firewall": {"enabled": False}}, {}, "host 'box-2': firewall.enabled: it holds layers of box-1's qwen2.5:32b with ggml-rpc-server, which asks no credentials"),
-        ({}, {"lan_address": None}, {}, "host 'box-2': lan_address: box-1 reaches its ggml-rpc-server by address"),
-        ({}, {"llamacpp": {"source_sha256": "b" * 64}}, {}, "host 'box-2': llamacpp.source_sha256: it holds layers of box-1's qwen2.5:32b, whose llama.cpp is another source"),
-        ({"llamacpp": {"binary_url": "https://x.example/llama-server", "binary_sha256": "c" * 64}}, {}, {}, "models[0].rpc_workers[0].host: a split model needs ggml-rpc-server and llama-server of one build"),
-        ({}, {"hardware": {"cores": 8, "ram_gb": 64, "accelerators": [{"kind": "nvidia", "model": "RTX 3090", "count": 2}]}}, {}, "host 'box-2': hardware.accelerators: it holds layers of box-1's qwen2.5:32b, and a worker with several GPUs"),
-        ({}, {"hardware": {"cpu": "virtual", "cores": 8, "ram_gb": 2}}, {}, "box-2 would hold no layer"),
-        ({}, {}, {"rpc_workers": [{"host": "box-2", "layers": 70}]}, "the layers given (70) are not the model's 64"),
-        ({}, {"llamacpp": {"rpc_port": 9100}}, {}, "host 'box-2': llamacpp.rpc_port: port 9100 is taken"),
-    ],
-)  # fmt: skip
+    list(REFUSED_SPLITS.values()),
+    ids=list(REFUSED_SPLITS),
+)
 def test_a_split_that_cannot_work_is_refused_naming_host_and_field(
     tmp_path, head, worker, placement, expected
 ):
