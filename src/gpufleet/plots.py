@@ -229,9 +229,9 @@ def placement_pieces(
             )
     if held:
         for number, part in enumerate(plan.rpc_parts, start=len(plan.placements)):
-            held = part.need_gb - RUNTIME_OVERHEAD_GB
+            layers_gb = part.need_gb - RUNTIME_OVERHEAD_GB
             label = f"{part.model} for {part.head}"
-            for component, gb in (("weights", held), ("overhead", RUNTIME_OVERHEAD_GB)):
+            for component, gb in (("weights", layers_gb), ("overhead", RUNTIME_OVERHEAD_GB)):
                 on_gpu = gb if part.on_gpu else 0.0
                 pieces.append((number, label, component, on_gpu, gb - on_gpu))
     return pieces
