@@ -21,6 +21,9 @@ runs with the planner's partial layer count (its CPU build does the work).
 One model across hosts: lab-cpu-1 serves Gemma 3 270M split by layers with lab-gpu-1, whose
 ggml-rpc-server holds its share (llama.cpp's RPC backend, the planner's split).
 
+Models fetched once: lab-infra-1 is the model cache; it alone fetches each GGUF file from the
+mirror, and the other hosts fetch theirs from it.
+
 Platform: lab-infra-1 runs OpenBao (from the mirror), the LiteLLM router with its Redis and
 the NGINX gateway, Prometheus with an Alertmanager that posts to a webhook on this machine (a
 host test serves it), and serves the same Gemma model on its CPU as the backup (priority 2)
@@ -222,6 +225,9 @@ cpu_nodes.append(
 )
 
 gateway = ["lab-infra-1"]
+# The fleet's model cache: lab-infra-1 fetches each GGUF file from the lab mirror (its origin)
+# once, and the other hosts fetch it from lab-infra-1's NGINX, each checking its sha256.
+model_cache = ["lab-infra-1"]
 router = ["lab-infra-1"]
 monitoring = ["lab-infra-1"]
 vault = ["lab-infra-1"]

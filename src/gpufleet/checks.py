@@ -65,6 +65,25 @@ def check_fleet(
     problems += _routing(specs) + list(exposure_problems(specs))
     problems += [Problem(*problem) for problem in build_host_problems(specs)]
     problems += list(_rpc_splits(specs))
+    caches = [spec for spec in specs.values() if "model_cache" in spec.groups]
+    for extra in caches[1:]:
+        problems.append(
+            Problem(
+                extra.name,
+                "groups",
+                f"{caches[0].name} is the fleet's model cache already; one host caches the "
+                "fleet's models: keep it in model_cache alone",
+            )
+        )
+    for cache in caches[:1]:
+        if cache.os == "macos":
+            problems.append(
+                Problem(
+                    cache.name,
+                    "groups",
+                    "the model cache runs NGINX on a Linux host; put a Linux host in model_cache",
+                )
+            )
     for spec in specs.values():
         guest = spec.lxc_guest
         if guest is None:

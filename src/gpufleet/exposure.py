@@ -21,6 +21,7 @@ from typing import Literal
 
 from gpufleet.checks import Problem, gets_dcgm_exporter
 from gpufleet.engines import serving
+from gpufleet.model_cache import cache_clients, cache_host
 from gpufleet.models import HostSpec
 from gpufleet.planner import RPC_SERVER
 
@@ -83,6 +84,9 @@ class FleetRoles:
     database: str | None
     rpc_heads: dict[str, frozenset[str]] = dataclass_field(default_factory=dict)
     """Worker -> the hosts whose models it holds layers of (their ``rpc_workers``)."""
+    model_cache: str | None = None
+    cache_clients: frozenset[str] = frozenset()
+    """The hosts that fetch model files from the cache."""
 
     @classmethod
     def of(cls, specs: dict[str, HostSpec]) -> FleetRoles:
@@ -91,6 +95,7 @@ class FleetRoles:
         direct = frozenset(s.name for s in specs.values() if s.gateway.direct_routes)
         gateways = _hosts(specs, "gateway")
         redis, database = redis_host(specs), database_host(specs)
+        cache = cache_host(specs)
         return cls(
             _hosts(specs, "monitoring"),
             frozenset(r.name for r in router_hosts(specs)),
@@ -100,6 +105,8 @@ class FleetRoles:
             redis.name if redis is not None else None,
             database.name if database is not None else None,
             rpc_heads(specs),
+            cache.name if cache is not None else None,
+            cache_clients(specs) if cache is not None else frozenset(),
         )
 
 
@@ -142,6 +149,14 @@ def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
             roles.rpc_heads[spec.name],
             spec.llamacpp.rpc_address,
             admitted=False,
+        )
+    if roles.model_cache == spec.name:
+        yield _Service(
+            "model cache",
+            (spec.model_cache.port,),
+            "model_cache.address",
+            roles.cache_clients,
+            spec.model_cache.address,
         )
     if gets_dcgm_exporter(spec):
         exporter = spec.dcgm_exporter
@@ -253,6 +268,7 @@ DECIDED_FIELDS = (
     "node_exporter_address",
     "llamacpp.address",
     "llamacpp.rpc_address",
+    "model_cache.address",
     "ollama.address",
     "vllm.address",
     "litellm.address",

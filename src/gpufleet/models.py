@@ -62,6 +62,7 @@ HOST_GROUPS = (
     "orchestrator",
     "router",
     "infra",
+    "model_cache",
 )
 """Groups gpufleet gives a meaning to. ``all`` and the inventory file's own name are added by
 pyinfra and are accepted too."""
@@ -778,6 +779,27 @@ class PrometheusServer(Spec):
     ``firewall``)."""
 
 
+class ModelCacheServer(Spec):
+    """The fleet's model cache on the ``model_cache`` host: it fetches each GGUF file the
+    fleet's llama.cpp placements download from its origin once, verifies it, and serves it to
+    the other hosts with NGINX; they fetch it from here first and verify it again."""
+
+    port: Port = 8090
+    """Port NGINX serves the cache on."""
+    root: str = Field("/srv/gpufleet/models", pattern=r"^/[A-Za-z0-9_./-]+$")
+    """Folder the cached files are kept in, each named by its sha256."""
+    address: IPv4Address | None = None
+    """Address the cache listens on; None: every interface, with the firewall letting in only
+    the hosts that fetch from it (see ``firewall``)."""
+
+    @field_validator("root")
+    @classmethod
+    def _no_parent_parts(cls, root: str) -> str:
+        if ".." in root.split("/"):
+            raise ValueError("must not hold '..'; give the folder's own path")
+        return root
+
+
 WEBHOOK_URL = re.compile(r"^https?://[^\s/\"'\\`]+[^\s\"'\\`]*$")
 """An http or https URL with a host and no whitespace, quote or backslash."""
 DURATION = r"^\d+(ms|[smhdwy])$"
@@ -1007,6 +1029,8 @@ class HostSpec(Spec):
     """LiteLLM router settings (hosts of the ``router`` group)."""
     prometheus: PrometheusServer = PrometheusServer()
     """Prometheus settings (hosts of the ``monitoring`` group)."""
+    model_cache: ModelCacheServer = ModelCacheServer()
+    """The fleet's model cache (the host of the ``model_cache`` group)."""
     triton: TritonServer = TritonServer()
     """Triton Inference Server (GPU nodes, see below)."""
     grafana: GrafanaServer = GrafanaServer()

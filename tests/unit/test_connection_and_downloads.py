@@ -5,6 +5,8 @@ import socket
 import subprocess
 from types import SimpleNamespace
 
+import pytest
+
 from gpufleet import paths
 from gpufleet.connection import set_tcp_nodelay
 from gpufleet.operations import downloads
@@ -174,3 +176,48 @@ def test_a_download_whose_stamp_folder_is_a_link_writes_nothing_there(monkeypatc
     result = _download(monkeypatch, tmp_path, src, sums)
     assert result.returncode != 0 and "must be folders owned by root" in result.stderr
     assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def _fetch_with_mirror(monkeypatch, tmp_path, origin: bytes | None, mirror: bytes | None):
+    """Download a file whose sha256 is that of b"the model" from a mirror first, then its
+    origin (each a file:// URL; None: not there)."""
+    monkeypatch.setattr(paths, "HOST_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(downloads, "STAMPS", str(tmp_path / "state/stamps"))
+    monkeypatch.setattr(downloads, "host", _AbsentFile())
+    urls = {}
+    for name, body in (("origin", origin), ("mirror", mirror)):
+        path = tmp_path / name / "model.gguf"
+        path.parent.mkdir()
+        if body is not None:
+            path.write_bytes(body)
+        urls[name] = f"file://{path}"
+    dest = str(tmp_path / "models/model.gguf")
+    (command,) = downloads.verified_download._inner(
+        src=urls["origin"],
+        dest=dest,
+        sha256=hashlib.sha256(b"the model").hexdigest(),
+        mirrors=[urls["mirror"]],
+    )
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("origin", "mirror"),
+    [
+        (None, b"the model"),  # the cache serves it: the origin is never needed
+        (b"the model", b"another model"),  # the cache serves a wrong file: the origin's
+        (b"the model", None),  # the cache does not have it: the origin's
+    ],
+)
+def test_a_mirror_is_asked_first_and_only_a_file_with_the_right_checksum_counts(
+    monkeypatch, tmp_path, origin, mirror
+):
+    result = _fetch_with_mirror(monkeypatch, tmp_path, origin, mirror)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "models/model.gguf").read_bytes() == b"the model"
+
+
+def test_a_wrong_file_from_mirror_and_origin_fails_and_leaves_nothing(monkeypatch, tmp_path):
+    result = _fetch_with_mirror(monkeypatch, tmp_path, b"tampered", b"another model")
+    assert result.returncode != 0 and "sha256 mismatch" in result.stderr
+    assert list((tmp_path / "models").iterdir()) == []

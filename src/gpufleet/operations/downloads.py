@@ -73,6 +73,7 @@ def verified_download(
     sha256: str | None = None,
     mode: str | None = None,
     sha256_list: str | None = None,
+    mirrors: list[str] | None = None,
 ):
     """
     Download ``src`` to ``dest`` unless a file with that sha256 is there; a download whose
@@ -85,6 +86,8 @@ def verified_download(
     + sha256_list: without ``sha256``, the URL of the checksum list the release publishes
       (``sha256sum`` output naming the file as ``src`` does); the file's checksum is read from
       it on the host, when the file is fetched, and recorded like a given one
+    + mirrors: URLs asked before ``src`` (the fleet's model cache), in order; what one serves
+      counts only if its checksum is right, else the next is asked, then ``src``
 
     .. code:: python
 
@@ -119,6 +122,15 @@ def verified_download(
         name = src.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
         checksum, line = '"$expected"', '"$expected  "'
         known = [_sha256_from_list(sha256_list, name)]
+    if mirrors:
+        # Each mirror once, briefly: a cache that is down or serves another file costs a
+        # moment, then the origin is asked (with its retries).
+        tried = " || ".join(
+            f"( curl -fsSL --connect-timeout 5 -o {part} {shlex.quote(url)}"
+            f" && echo {line}{part} | sha256sum -c --status )"
+            for url in mirrors
+        )
+        fetch = f"{tried} || {fetch}"
     # A file already there (an older run, or put there by hand) is hashed once, not fetched.
     yield " && ".join(
         [

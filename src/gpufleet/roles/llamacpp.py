@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from gpufleet.engines.llamacpp import (
 )
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.inventory import fleet_specs
+from gpufleet.model_cache import cache_url
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.operations import downloads, inference
 from gpufleet.operations.inference import BASE_FLAGS, build_stamp, cached_build
@@ -94,7 +96,7 @@ def serve(spec: HostSpec) -> None:
     run = runs[0]
 
     # 3. The weights, verified; or a file already on the host.
-    model = model_file(run.placement)
+    model = model_file(run.placement, spec, fleet)
 
     # 4. The API key, where the host data names one (other hosts reach the server): read
     # from the secret store into a file only root and the service user can read.
@@ -389,7 +391,12 @@ def cuda_toolkit(spec: HostSpec) -> nvidia.CudaToolkit:
     return toolkit
 
 
-def model_file(placement: ModelPlacement) -> OperationMeta | None:
+def model_file(
+    placement: ModelPlacement, spec: HostSpec, fleet: Mapping[str, HostSpec]
+) -> OperationMeta | None:
+    """The placement's GGUF file on the host: downloaded and verified (from the fleet's
+    model cache first, where there is one, else or failing that from its origin), or a file
+    that must be there already."""
     path = gguf_path(placement)
     if placement.source and placement.source.startswith(("http://", "https://")):
         # Root's, readable by the service: root downloads into it, the server only reads.
@@ -397,12 +404,14 @@ def model_file(placement: ModelPlacement) -> OperationMeta | None:
             name="llama.cpp models folder", path=MODELS, user="root", group="root", mode="755"
         )
         assert placement.sha256 is not None  # the inventory check requires it
+        cached = cache_url(spec, fleet, placement.sha256)
         return downloads.verified_download(
             name=f"Download {served_name(placement)}",
             src=placement.source,
             dest=path,
             sha256=placement.sha256,
             mode="644",
+            mirrors=[cached] if cached else None,
         )
     if not host.get_fact(File, path=path):
         raise DeployError(
