@@ -1,6 +1,6 @@
 """Closed by default, on the lab: from a host that is neither router nor monitoring nor an
 admin source, every other lab host answers on sshd alone, and the gateway's host on 80 and
-443 as well; the engines ask for their key; the gateway routes only the router's inference
+443 and the model cache the scanner fetches from as well; the engines ask for their key; the gateway routes only the router's inference
 API; and a client name that could break NGINX's key map never reaches it."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from .conftest import LAB_INVENTORY, SPECS, ssh, timed
 GPU, INFRA = "10.200.0.11", "10.200.0.12"
 GATEWAY = f"https://{INFRA}"
 SCANNER = "lab-gpu-1"
-"""Neither router, monitoring nor an admin source: what anyone else on the LAN sees."""
+"""Neither router, monitoring nor an admin source: what anyone else on the LAN sees (beside
+the model cache it fetches its model from)."""
 
 SCAN = r"""
 import asyncio, json, sys
@@ -72,9 +73,16 @@ def test_the_scanner_is_an_outsider():
     assert admin_networks and all(spec.lan_address not in n for n in admin_networks)
 
 
-def test_from_the_lan_only_sshd_and_the_gateway_answer(scan):
+def test_from_the_lan_only_sshd_the_gateway_and_what_the_scanner_uses_answer(scan):
+    """The scanner fetches its model from the model cache: that port, and sshd and the
+    gateway's, are all it reaches."""
+    uses = {
+        name: [p for e in exposures(spec, SPECS) if SCANNER in e.clients for p in e.ports]
+        for name, spec in SPECS.items()
+    }
+    assert uses["lab-infra-1"] == [SPECS["lab-infra-1"].model_cache.port]
     expected = {
-        str(s.lan_address): [22, *([80, 443] if "gateway" in s.groups else [])]
+        str(s.lan_address): sorted([22, *([80, 443] if "gateway" in s.groups else []), *uses[n]])
         for n, s in SPECS.items()
         if n != SCANNER
     }
