@@ -28,6 +28,7 @@ def test_bench_measures_each_running_endpoint_with_intervals(lab_session, tmp_pa
             "lab-gpu-1/llama.cpp",
             "lab-infra-1/llama.cpp",
             "lab-lxc-1/llama.cpp",
+            "lab-cpu-1/llama.cpp",  # split with lab-gpu-1: bounded by both hosts' reads
             "lab-infra-1/gateway",
         )
         for level in (1, 2)
