@@ -1,7 +1,8 @@
 """Closed by default, on the lab: from a host that is neither router nor monitoring nor an
 admin source, every other lab host answers on sshd alone, and the gateway's host on 80 and
-443 and the model cache the scanner fetches from as well; the engines ask for their key; the gateway routes only the router's inference
-API; and a client name that could break NGINX's key map never reaches it."""
+443 and the model cache the scanner fetches from as well; the engines ask for their key;
+the gateway routes only the router's inference API; and a client name that could break
+NGINX's key map never reaches it."""
 
 from __future__ import annotations
 
