@@ -1,7 +1,8 @@
 """Inference servers: the baseline, then every engine the host's placements name, each
 started, health-checked and warmed up with the flags the planner decided. Each step does
 nothing on a host its engine does not run on (Triton: where it is not enabled; Homebrew's
-Ollama under launchd: on a Mac only).
+Ollama under launchd: on a Mac only). The fleet's model cache, where it has one, fetches the
+models before the others download them from it.
 
 pyinfra inventory/homelab.py deploys/inference.py --limit gpu_nodes
 pyinfra inventory/lab.py deploys/inference.py
