@@ -33,7 +33,7 @@ first. The proposal comes back as the hosts' new ``models`` lists, which
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -295,9 +295,12 @@ class _Host:
         self.aliases.add(placement.alias or placement.model)
 
 
-def _host_state(spec: HostSpec, catalogue: Catalogue) -> _Host:
-    """Memory left on a host once its kept placements take theirs (all of them loaded)."""
-    plan = plan_host(spec, catalogue)
+def _host_state(
+    spec: HostSpec, catalogue: Catalogue, fleet: Mapping[str, HostSpec] | None = None
+) -> _Host:
+    """Memory left on a host once its kept placements take theirs (all of them loaded), and
+    its share of models split across hosts (``fleet``: the kept inventory)."""
+    plan = plan_host(spec, catalogue, fleet)
     shared = plan.vram_gb if plan.unified else 0.0
     vram_free = plan.vram_gb - plan.vram_used_gb
     ram_free = plan.ram_gb - SYSTEM_RESERVE_GB - shared - plan.ram_used_gb
@@ -390,7 +393,7 @@ def _as_planned(suggestion: Suggestion, catalogue: Catalogue) -> None:
     for decision in suggestion.decisions:
         spec = suggestion.specs[decision.host]
         if decision.host not in plans:
-            plans[decision.host] = plan_host(spec, catalogue)
+            plans[decision.host] = plan_host(spec, catalogue, suggestion.specs)
         index = next(i for i, p in enumerate(spec.models) if p.alias == decision.alias)
         result = next(r for r in plans[decision.host].placements if r.index == index)
         decision.where, decision.gpu_layers = result.where, result.gpu_layers
@@ -421,7 +424,7 @@ def _place_wants(
         if problems:
             suggestion.skipped.append((name, f"{problems[0].field}: {problems[0].message}"))
             continue
-        state[name] = _host_state(kept[name], catalogue)
+        state[name] = _host_state(kept[name], catalogue, kept)
     for want in sorted(wants, key=lambda w: (w.priority, not w.hosts)):  # stable: file order
         roles = [(1, f"replica {n} of {want.replicas}") for n in range(1, want.replicas + 1)]
         roles += [(1 + n, f"backup {n}") for n in range(1, want.backups + 1)]

@@ -178,6 +178,30 @@ def test_placements_the_wants_do_not_name_stay_and_take_their_memory_first():
     assert suggestion.unmet[0].role == "replica 2 of 2"
 
 
+def test_layers_a_host_holds_for_another_hosts_split_take_their_memory_first():
+    """b holds part of a's split 70B model for it: the solver sees what that leaves on b."""
+    split = {
+        "model": "llama3.1:70b-instruct-q4_K_M",
+        "engine": "llama.cpp",
+        "alias": "XL-LOC-FRE-split",
+        "source": "/srv/models/llama-70b.gguf",
+        "rpc_workers": ["b"],
+    }
+    address = {"lan_address": "10.9.0.1"}
+    specs = fleet(
+        host("a", {"cores": 16, "ram_gb": 48}, models=[split], **address),
+        host("b", DDR5_64, lan_address="10.9.0.2"),
+    )
+    held = plan_host(specs["b"], CATALOGUE, specs).rpc_parts[0].need_gb
+    assert held > 10
+    wants = [want("XL-LOC-FRE-new", "qwen2.5:72b-instruct-q4_K_M")]
+    suggestion = solve(specs, wants, CATALOGUE)
+    # Alone, b's 62 GB would take the 72B model; beside the layers it holds, it cannot.
+    assert plan_host(specs["b"], CATALOGUE).ram_used_gb == 0
+    assert placed(suggestion, "XL-LOC-FRE-new") == []
+    assert suggestion.specs["a"].models[0].alias == "XL-LOC-FRE-split"
+
+
 def test_the_same_inputs_give_the_same_proposal_in_any_host_order():
     specs = fleet(*(host(f"h{n}", DDR4_128 if n % 2 else DDR5_64) for n in range(6)))
     wants = [want(replicas=3), want("S-LOC-FRE-llama3.2-3b", "llama3.2:3b", replicas=2)]
