@@ -581,6 +581,14 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                 "them only in this version; place the model on its GPUs alone, or split it "
                 "from a host with one GPU",
             )
+        if split and spec.llamacpp.gpu_layers not in (None, 0):
+            yield Problem(
+                spec.name,
+                "llamacpp.gpu_layers",
+                "the layers of a model split across hosts are the planner's split (its GPU's "
+                "share among them); leave gpu_layers out, or 0 to keep this host's share in "
+                "RAM",
+            )
         for index, placement in split:
             source = spec.llamacpp.source_sha256
             for number, worker in enumerate(placement.rpc_workers):

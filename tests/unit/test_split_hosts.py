@@ -232,6 +232,13 @@ REFUSED_SPLITS = {
         {"rpc_workers": [{"host": "box-2", "layers": 70}]},
         "the layers given (70) are not the model's 64",
     ),
+    "gpu layers asked": (
+        {"llamacpp": {"gpu_layers": 20}},
+        {},
+        {},
+        "host 'box-1': llamacpp.gpu_layers: the layers of a model split across hosts are the "
+        "planner's split",
+    ),
     "port taken": (
         {},
         {"llamacpp": {"rpc_port": 9100}},
