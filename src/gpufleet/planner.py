@@ -425,12 +425,8 @@ def _place(
         gpus=max(placement.gpus, 1) if not engine.offloads_to_ram else placement.gpus,
         kind="embedding" if entry.kind == "embedding" else "llm",
     )  # fmt: skip
-    if placement.context and placement.context > entry.context:
-        result.problem_field = "context"
-        result.problem = (
-            f"{placement.context} tokens asked but {placement.model} supports "
-            f"{entry.context}; lower context to at most {entry.context}"
-        )
+    if too_long := _context_too_long(placement, entry):
+        result.problem_field, result.problem = "context", too_long
         return result
     if not engine.offloads_to_ram:
         per_gpu = room.vram / max(spec.hardware.nvidia_gpu_count, 1)
@@ -490,6 +486,16 @@ def _place(
     result.where, result.gpu_layers = "partial", layers_on_gpu
     result.bound_tok_s = round(1 / seconds, 1)
     return result
+
+
+def _context_too_long(placement: ModelPlacement, entry: ModelEntry) -> str | None:
+    """Why the placement's context is more than its model supports; None where it is not."""
+    if placement.context and placement.context > entry.context:
+        return (
+            f"{placement.context} tokens asked but {placement.model} supports "
+            f"{entry.context}; lower context to at most {entry.context}"
+        )
+    return None
 
 
 def place_in(
@@ -645,12 +651,8 @@ def _split_placement(
     if fleet is None:
         result.problem = "split across hosts: planned with the fleet (gpufleet plan INVENTORY)"
         return result
-    if placement.context and placement.context > entry.context:
-        result.problem_field = "context"
-        result.problem = (
-            f"{placement.context} tokens asked but {placement.model} supports "
-            f"{entry.context}; lower context to at most {entry.context}"
-        )
+    if too_long := _context_too_long(placement, entry):
+        result.problem_field, result.problem = "context", too_long
         return result
     names = [spec.name, *(worker.host for worker in placement.rpc_workers)]
     missing = [name for name in names if name not in fleet]

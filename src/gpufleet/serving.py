@@ -57,6 +57,14 @@ class RpcServerRun:
     command: tuple[str, ...]
     memory_max_gb: float
 
+    @property
+    def held(self) -> str:
+        """What it holds, in words: ``8/18 layers of lab-cpu-1's gemma3:270m``."""
+        return ", ".join(
+            f"{part.layers}/{part.of_layers} layers of {part.head}'s {part.model}"
+            for part in self.parts
+        )
+
 
 def rpc_server_run(
     spec: HostSpec, fleet: Mapping[str, HostSpec], catalogue: Catalogue | None = None
@@ -119,12 +127,8 @@ def describe(spec: HostSpec, fleet: Mapping[str, HostSpec] | None = None) -> str
         return f"{spec.name}: no models placed"
     lines = [f"{spec.name}:"]
     if worker is not None:
-        held = ", ".join(
-            f"{part.layers}/{part.of_layers} layers of {part.head}'s {part.model}"
-            for part in worker.parts
-        )
         lines.append(
-            f"  {RPC_SERVER} on port {spec.llamacpp.rpc_port}: {held} "
+            f"  {RPC_SERVER} on port {spec.llamacpp.rpc_port}: {worker.held} "
             f"(memory max {worker.memory_max_gb:g} GB)"
         )
         lines.append("    " + " ".join(worker.command))

@@ -154,16 +154,12 @@ def rpc_worker(spec: HostSpec, worker: RpcServerRun, binary: OperationMeta, gpu:
     """``ggml-rpc-server`` for the layers this host holds of other hosts' models: its unit
     (the planner's memory limit, the sandbox), started, restarted with a new binary, and
     waited for until it listens. The firewall (the baseline's) lets in only those hosts."""
-    held = ", ".join(
-        f"{part.layers}/{part.of_layers} layers of {part.head}'s {part.model}"
-        for part in worker.parts
-    )
     unit = files.template(
         name="ggml-rpc-server unit",
         src=template("llamacpp/ggml-rpc-server.service.j2"),
         dest=f"/etc/systemd/system/{RPC_UNIT}.service",
         mode="644",
-        held=held,
+        held=worker.held,
         run_as=spec.service_user,
         command=list(worker.command),
         memory_max=memory_size(worker.memory_max_gb),
