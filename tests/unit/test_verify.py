@@ -232,3 +232,17 @@ def test_ollama_hosts_get_the_loaded_models_check(homelab_checks):
 def test_a_passing_check_can_report_what_it_saw():
     outcomes = [Outcome("a", "inference", "loaded", "pass", "loaded: nothing")]
     assert "        loaded: nothing" in table(outcomes).splitlines()
+
+
+def test_the_model_cache_and_a_split_models_worker_get_checks_decided_with_the_fleet():
+    """The lab's cache (lab-infra-1) and RPC worker (lab-gpu-1) get their checks; a host of
+    neither does not, whatever its module's groups say."""
+    code, outcomes = verify.run(targets(ROOT / "inventory/lab.py"), list_only=True)
+    assert code == 0
+    checks: dict[str, set[str]] = {}
+    for outcome in outcomes:
+        checks.setdefault(outcome.host, set()).add(f"{outcome.suite}: {outcome.check}")
+    cache = "platform: model cache serves every file the fleet fetches"
+    worker = "inference: ggml rpc server holds its layers for its serving host"
+    assert {host for host, found in checks.items() if cache in found} == {"lab-infra-1"}
+    assert {host for host, found in checks.items() if worker in found} == {"lab-gpu-1"}

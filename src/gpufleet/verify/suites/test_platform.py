@@ -1,9 +1,12 @@
 """The platform groups: the secret store, the router, the gateway, Prometheus."""
 
+import shlex
 import time
 
+from gpufleet.model_cache import CACHE_PATH, cache_host, cached_files
+from gpufleet.operations.downloads import stamp_path
 from gpufleet.vault import ca_file
-from gpufleet.verify import applies, assert_running, http_get
+from gpufleet.verify import applies, applies_in_fleet, assert_running, http_get
 
 RULES_FIRST_EVALUATION_S = 120
 """Prometheus evaluates rule groups every minute by default."""
@@ -112,3 +115,29 @@ def test_grafana_runs_and_is_healthy(target):
     assert_running(target, "grafana-server")
     health = http_get(f"http://{target.address}:{target.spec.grafana.port}/api/health").json()
     assert health.get("database") == "ok", f"grafana reports {health}"
+
+
+def _is_model_cache(spec, fleet):
+    cache = cache_host(fleet)
+    return cache is not None and cache.name == spec.name
+
+
+@applies_in_fleet(_is_model_cache)
+def test_model_cache_serves_every_file_the_fleet_fetches(target):
+    """Each file the fleet's hosts fetch is in the cache as it was verified (its recorded
+    sha256, size and time unchanged since) and NGINX serves it, whole."""
+    assert_running(target, "nginx")
+    settings = target.spec.model_cache
+    for cached in cached_files(target.fleet):
+        path = f"{settings.root}/{cached.sha256}"
+        stat = target.host.run(f"stat -c '%s %Y' {shlex.quote(path)}")
+        assert stat.rc == 0, f"{path} is not in the cache: run deploys/inference.py"
+        recorded = target.host.run(f"cat {shlex.quote(stamp_path(path))}").stdout.split()
+        assert recorded == [cached.sha256, *stat.stdout.split()], (
+            f"{path} changed since it was verified"
+        )
+        url = f"http://127.0.0.1:{settings.port}{CACHE_PATH}{cached.sha256}"
+        head = target.host.run(f"curl -sI -m 10 {shlex.quote(url)}").stdout.lower()
+        status = head.splitlines()[0] if head else ""
+        assert " 200" in status, f"{url} does not answer 200 ({status or 'nothing'})"
+        assert f"content-length: {stat.stdout.split()[0]}" in head, f"{url} is not served whole"
