@@ -21,6 +21,7 @@ from typing import Literal
 
 from gpufleet.checks import Problem, gets_dcgm_exporter
 from gpufleet.engines import serving
+from gpufleet.engines.llamacpp import rpc_heads
 from gpufleet.model_cache import cache_clients, cache_host
 from gpufleet.models import HostSpec
 from gpufleet.planner import RPC_SERVER
@@ -108,16 +109,6 @@ class FleetRoles:
             cache.name if cache is not None else None,
             cache_clients(specs) if cache is not None else frozenset(),
         )
-
-
-def rpc_heads(specs: dict[str, HostSpec]) -> dict[str, frozenset[str]]:
-    """Each host some placement names in ``rpc_workers`` -> the hosts of those placements."""
-    heads: dict[str, set[str]] = {}
-    for spec in specs.values():
-        for placement in spec.models:
-            for worker in placement.rpc_workers:
-                heads.setdefault(worker.host, set()).add(spec.name)
-    return {worker: frozenset(names) for worker, names in heads.items()}
 
 
 def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:

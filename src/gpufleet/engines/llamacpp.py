@@ -234,14 +234,20 @@ def builds_from_source(spec: HostSpec, rpc_workers: Collection[str] = ()) -> boo
     )
 
 
+def rpc_heads(specs: Mapping[str, HostSpec]) -> dict[str, frozenset[str]]:
+    """Each host some placement of ``specs`` names in its ``rpc_workers`` -> the hosts that
+    serve those placements."""
+    heads: dict[str, set[str]] = {}
+    for spec in specs.values():
+        for placement in spec.models:
+            for worker in placement.rpc_workers:
+                heads.setdefault(worker.host, set()).add(spec.name)
+    return {worker: frozenset(names) for worker, names in heads.items()}
+
+
 def rpc_worker_names(specs: Mapping[str, HostSpec]) -> frozenset[str]:
     """Every host that some placement of ``specs`` names in its ``rpc_workers``."""
-    return frozenset(
-        worker.host
-        for spec in specs.values()
-        for placement in spec.models
-        for worker in placement.rpc_workers
-    )
+    return frozenset(rpc_heads(specs))
 
 
 def build_host_problems(specs: dict[str, HostSpec]) -> Iterator[tuple[str, str, str]]:
