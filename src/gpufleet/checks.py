@@ -19,6 +19,7 @@ from gpufleet.engines import ENGINES, engine_for, serving
 from gpufleet.engines.llamacpp import build_host_problems
 from gpufleet.models import HOST_GROUPS, HostSpec
 from gpufleet.planner import plan_host
+from gpufleet.sizing import SYSTEM_RESERVE_GB
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ def check_host(
     return [
         *_groups(spec, extra_groups),
         *_accelerators(spec, catalogue),
+        *_amd_gpu(spec),
         *_measured(spec, catalogue),
         *_platform(spec),
         *_ports(spec),
@@ -265,6 +267,34 @@ def _accelerators(spec: HostSpec, catalogue: Catalogue) -> Iterator[Problem]:
                 "fix the figure, leave vram_gb out to take it from the catalogue, or declare "
                 f"the card under a name of its own in {catalogue.where_to_declare}",
             )
+
+
+def _amd_gpu(spec: HostSpec) -> Iterator[Problem]:
+    """An AMD integrated GPU's GTT share and the Vulkan devices: only where there is one, and
+    a share that leaves the system its reserve."""
+    gtt = spec.amdgpu.gtt_gb
+    if gtt is not None and not spec.hardware.amd_igpu:
+        yield Problem(
+            spec.name,
+            "amdgpu.gtt_gb",
+            "only an AMD integrated GPU (kind: amd_igpu) maps system memory through its GTT; "
+            "declare it under hardware.accelerators, or leave amdgpu out",
+        )
+    elif gtt is not None and gtt > spec.hardware.ram_gb - SYSTEM_RESERVE_GB:
+        most = spec.hardware.ram_gb - SYSTEM_RESERVE_GB
+        yield Problem(
+            spec.name,
+            "amdgpu.gtt_gb",
+            f"{gtt:g} GB of GTT would leave the system less than its {SYSTEM_RESERVE_GB:g} GB "
+            f"reserve of {spec.hardware.ram_gb:g} GB RAM; give at most {most:g}",
+        )
+    if spec.llamacpp.vulkan_devices is not None and not spec.hardware.amd_igpu:
+        yield Problem(
+            spec.name,
+            "llamacpp.vulkan_devices",
+            "only a Vulkan build of llama.cpp reads it, and llama.cpp is built with Vulkan on "
+            "hosts with an AMD integrated GPU (kind: amd_igpu); leave it out",
+        )
 
 
 def _platform(spec: HostSpec) -> Iterator[Problem]:

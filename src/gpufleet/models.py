@@ -178,6 +178,11 @@ class Hardware(Spec):
     def nvidia_gpu_count(self) -> int:
         return sum(a.count for a in self.accelerators if a.kind == "nvidia")
 
+    @property
+    def amd_igpu(self) -> bool:
+        """An AMD integrated GPU is declared (it shares system memory through its GTT)."""
+        return any(a.kind == "amd_igpu" for a in self.accelerators)
+
 
 DECLARED_SHAPE = ("layers", "kv_heads", "head_dim", "max_context")
 """A placement's fields that declare a model's shape; with ``params_b`` all are needed."""
@@ -404,6 +409,23 @@ class NvidiaDriver(Spec):
         if self.branch is not None:
             return self.branch
         return int(self.version.split(".")[0]) if self.version else None
+
+
+class AmdGpu(Spec):
+    """An AMD GPU's memory and user space: ``amdgpu: {gtt_gb: 96}``.
+
+    An integrated GPU (Ryzen AI Max+ 395's Radeon 8060S, a Radeon 780M/890M) has no memory of
+    its own beyond a small BIOS carve-out: it maps system memory through its GTT, whose size
+    the kernel's TTM sets when the driver loads (by default half of RAM).
+    """
+
+    gtt_gb: float | None = Field(None, gt=0, le=4096)
+    """GB of system memory the integrated GPU may map (its GTT): written as the kernel's
+    ``ttm.pages_limit`` (``/etc/modprobe.d``, read once when the driver loads, so it takes a
+    reboot). Left out: the kernel's default, half of RAM. The planner gives the GPU exactly
+    this share and the CPUs the rest."""
+    reboot: bool = False
+    """Reboot the host when a new GTT size needs one. Off: the deploy reports it and waits."""
 
 
 class DockerEngine(Spec):
@@ -1008,6 +1030,8 @@ class HostSpec(Spec):
     """vLLM's settings (see below)."""
     nvidia_driver: NvidiaDriver = NvidiaDriver()
     """NVIDIA driver source, version hold and reboot policy (see below)."""
+    amdgpu: AmdGpu = AmdGpu()
+    """An AMD integrated GPU's share of system memory (see below)."""
     docker: DockerEngine = DockerEngine()
     """Docker engine on GPU nodes (see below)."""
     container_toolkit: ContainerToolkit = ContainerToolkit()

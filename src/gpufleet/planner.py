@@ -21,6 +21,7 @@ from typing import Literal
 
 from gpufleet.catalogue import Catalogue, ModelEntry, model_entry, suggest
 from gpufleet.engines import Engine, engine_for, serving
+from gpufleet.engines.llamacpp import builds_for_gpu
 from gpufleet.gguf import GGUFError
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.sizing import BITS_PER_WEIGHT, SYSTEM_RESERVE_GB, placement_quant, weights_gb
@@ -165,18 +166,26 @@ UNIFIED_GPU_SHARE = {"apple_metal": (2 / 3, 3 / 4), "jetson": (1.0, 1.0)}
 wire about two thirds of a small Mac's memory and three quarters of a larger one's (its
 ``recommendedMaxWorkingSetSize``, which Ollama and llama.cpp plan with); a Jetson's GPU
 allocates from the whole of it."""
+AMD_GTT_DEFAULT_SHARE = 0.5
+"""An AMD integrated GPU maps system memory through its GTT, which the kernel's TTM caps at
+half of RAM unless ``ttm.pages_limit`` says otherwise (``amdgpu.gtt_gb``); the BIOS carve-out
+("UMA frame buffer") is a small fixed part beside it that the planner does not count."""
 
 
 def unified_gpu_memory_gb(spec: HostSpec) -> float:
-    """GB of system memory a unified-memory GPU (Apple silicon, Jetson) may hold models in;
-    0 for hosts without one. It is taken from the host's memory after the system reserve, so
-    memory is never counted twice."""
-    usable = max(spec.hardware.ram_gb - SYSTEM_RESERVE_GB, 0.0)
-    for accelerator in spec.hardware.accelerators:
+    """GB of system memory a unified-memory GPU (Apple silicon, Jetson, an AMD integrated
+    GPU's GTT) may hold models in; 0 for hosts without one. It is taken from the host's
+    memory after the system reserve, so memory is never counted twice."""
+    hardware = spec.hardware
+    usable = max(hardware.ram_gb - SYSTEM_RESERVE_GB, 0.0)
+    if hardware.amd_igpu:
+        gtt = spec.amdgpu.gtt_gb or hardware.ram_gb * AMD_GTT_DEFAULT_SHARE
+        return round(min(gtt, usable), 2)
+    for accelerator in hardware.accelerators:
         if accelerator.kind in UNIFIED_GPU_SHARE:
             small, large = UNIFIED_GPU_SHARE[accelerator.kind]
-            share = small if spec.hardware.ram_gb <= 36 else large
-            return round(min(spec.hardware.ram_gb * share, usable), 2)
+            share = small if hardware.ram_gb <= 36 else large
+            return round(min(hardware.ram_gb * share, usable), 2)
     return 0.0
 
 
@@ -618,7 +627,7 @@ def split_pool(spec: HostSpec, own: HostPlan) -> tuple[float, float, bool]:
     """Where a host keeps the layers it holds of a split model, after its own placements
     (``own``: its plan without any split): its GPU's free VRAM where llama.cpp builds for its
     GPU, else its free RAM. (free GB, bandwidth GB/s, on the GPU)."""
-    if spec.hardware.nvidia_gpu_count and spec.llamacpp.gpu_layers != 0 and own.vram_gb:
+    if builds_for_gpu(spec) and own.vram_gb:
         return round(own.vram_gb - own.vram_used_gb, 2), own.gpu_bandwidth_gbs, True
     shared = own.vram_gb if own.unified else 0.0
     free = own.ram_gb - SYSTEM_RESERVE_GB - shared - own.ram_used_gb

@@ -142,6 +142,10 @@ def service_sandbox(
             "DevicePolicy=closed",
             *(f"DeviceAllow={device}" for device in GPU_DEVICES[devices]),
         ]
+    if devices == "amd":
+        # The render nodes and /dev/kfd belong to these groups (mode 0660), not to the
+        # service's user.
+        lines.append("SupplementaryGroups=render video")
     if devices == "nvidia":
         minors = " ".join(f"-c{minor}" for minor in range(max(gpus, 1)))
         lines += [

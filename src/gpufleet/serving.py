@@ -56,6 +56,7 @@ class RpcServerRun:
     parts: tuple[RpcPart, ...]
     command: tuple[str, ...]
     memory_max_gb: float
+    environment: tuple[tuple[str, str], ...] = ()
 
     @property
     def held(self) -> str:
@@ -77,6 +78,7 @@ def rpc_server_run(
         tuple(plan.rpc_parts),
         LLAMACPP.rpc_server_command(spec),
         plan.memory_max_gb[RPC_SERVER],
+        LLAMACPP.vulkan_environment(spec),
     )
 
 
@@ -131,6 +133,7 @@ def describe(spec: HostSpec, fleet: Mapping[str, HostSpec] | None = None) -> str
             f"  {RPC_SERVER} on port {spec.llamacpp.rpc_port}: {worker.held} "
             f"(memory max {worker.memory_max_gb:g} GB)"
         )
+        lines += [f"    {key}={value}" for key, value in worker.environment]
         lines.append("    " + " ".join(worker.command))
     for run in runs:
         served = ", ".join(served_name(p.placement) for p in run.placements)

@@ -44,6 +44,9 @@ def test_ollama_environment_follows_the_inventory():
         "OLLAMA_MAX_LOADED_MODELS": "1",
         "OLLAMA_NUM_PARALLEL": "1",
         "OLLAMA_CONTEXT_LENGTH": "131072",
+        # An AI Max box: its Radeon 8060S is kept and driven through Vulkan.
+        "OLLAMA_IGPU_ENABLE": "1",
+        "OLLAMA_VULKAN": "1",
     }
     _, _, rendered = rendering(HOMELAB["akshat-pc"])
     assert dict(rendered.environment)["OLLAMA_MAX_LOADED_MODELS"] == "2"

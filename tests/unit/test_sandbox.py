@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
     ANALYZE is None, reason="systemd-analyze is not installed (apt install systemd)"
 )
 
-THRESHOLD = {"service": 4.9, "gpu": 6.9, "container": 6.9}
+THRESHOLD = {"service": 4.9, "gpu": 6.9, "amd": 6.9, "container": 6.9}
 """The highest exposure each kind of unit may have."""
 NOT_INSTALLED_HERE = ("is not executable", "Unit docker.service not found")
 """What verify reports of this machine, not of the unit: the servers and Docker are not
@@ -51,6 +51,7 @@ UNITS = [
             served="m",
             run_as="gpufleet",
             command=LLAMA_COMMAND,
+            environment=[],
             memory_max="8G",
             env_file="/etc/gpufleet/llama-server.env",
             sandbox=sandbox.llama_server("none", LLAMA_COMMAND[2]),
@@ -64,9 +65,24 @@ UNITS = [
             served="m",
             run_as="gpufleet",
             command=[*LLAMA_COMMAND[:2], "/home/me/models/m.gguf"],
+            environment=[],
             memory_max="8G",
             env_file=None,
             sandbox=sandbox.llama_server("nvidia", "/home/me/models/m.gguf", gpus=2),
+        ),
+    ),
+    Unit(
+        "llama-server.service",
+        "llamacpp/llama-server.service.j2",
+        "amd",
+        dict(
+            served="m",
+            run_as="gpufleet",
+            command=LLAMA_COMMAND,
+            environment=[("GGML_VK_VISIBLE_DEVICES", "0")],
+            memory_max="8G",
+            env_file=None,
+            sandbox=sandbox.llama_server("amd", LLAMA_COMMAND[2]),
         ),
     ),
     Unit(

@@ -308,9 +308,13 @@ def _resident_room(spec):
 
     plan = plan_host(spec, CATALOGUE)
     shared = plan.vram_gb if plan.unified else 0.0
-    on_gpu = [p.need_gb * p.gpu_layers / max(p.layers, 1) for p in plan.placements]
-    vram_left = max(plan.vram_gb - sum(on_gpu), 0.0)
-    ram_left = plan.ram_gb - 2.0 - shared - sum(p.need_gb for p in plan.placements) + sum(on_gpu)
+    vram_left, ram_left = plan.vram_gb, plan.ram_gb - 2.0 - shared
+    for p in plan.placements:
+        # Loaded together, a model gets what the GPU has left; the rest of it is in RAM
+        # (an AI Max box's 64 GB of GTT holds its 72B but not the 70B beside it).
+        on_gpu = min(p.need_gb * p.gpu_layers / max(p.layers, 1), vram_left)
+        vram_left -= on_gpu
+        ram_left -= p.need_gb - on_gpu
     bandwidths = (plan.gpu_bandwidth_gbs, plan.ram_bandwidth_gbs)
     return Room(vram_left, vram_left, max(ram_left, 0.0), *bandwidths)
 

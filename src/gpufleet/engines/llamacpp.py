@@ -77,6 +77,10 @@ class LlamaCppSettings(Spec):
     gpu_layers: int | None = Field(None, ge=0)
     """-ngl: layers offloaded to the GPU; as many as the planner finds room for when left
     out. A number larger than fits is refused."""
+    vulkan_devices: str | None = Field(None, pattern=r"^\d{1,2}(,\d{1,2}){0,15}$")
+    """GGML_VK_VISIBLE_DEVICES of a Vulkan build (a host with an AMD integrated GPU): the
+    devices llama.cpp uses, by index in the Vulkan loader's list. Left out: every GPU it
+    finds; a CPU-type device (Mesa's software lavapipe) is used only where named here."""
     cuda_toolkit: str = Field("distribution", pattern=r"^(distribution|cuda-toolkit-\d+-\d+)$")
     """CUDA toolkit llama-server is built with on a host with an NVIDIA GPU: distribution
     (``nvidia-cuda-toolkit``: CUDA 11.8 on Debian 12 and Proxmox VE 8, 12.0 on Ubuntu 24.04,
@@ -207,7 +211,14 @@ class LlamaCpp(Engine):
                 "--rpc", ",".join(part.endpoint for part in workers),
                 "--tensor-split", ",".join(str(layers) for layers in split),
             )  # fmt: skip
-        return Rendered(command=command)
+        return Rendered(command=command, environment=self.vulkan_environment(spec))
+
+    def vulkan_environment(self, spec: HostSpec) -> tuple[tuple[str, str], ...]:
+        """The environment of a Vulkan build's servers: the devices it is told to use."""
+        devices = spec.llamacpp.vulkan_devices
+        if devices is None or not builds_with_vulkan(spec):
+            return ()
+        return (("GGML_VK_VISIBLE_DEVICES", devices),)
 
     def rpc_server_command(self, spec: HostSpec) -> tuple[str, ...]:
         """``ggml-rpc-server`` on a host that holds layers of other hosts' models: its
@@ -293,6 +304,44 @@ def builds_with_cuda(spec: HostSpec) -> bool:
     """llama-server is built with CUDA on a host with an NVIDIA GPU, unless its model is kept
     off the GPU (``gpu_layers: 0``): then a CPU build serves it without a toolkit."""
     return spec.hardware.nvidia_gpu_count > 0 and spec.llamacpp.gpu_layers != 0
+
+
+def builds_with_vulkan(spec: HostSpec) -> bool:
+    """llama-server is built with Vulkan on a host with an AMD integrated GPU (Mesa's RADV
+    drives it; ROCm's support of these chips comes and goes by release), unless its model is
+    kept off the GPU (``gpu_layers: 0``)."""
+    return spec.hardware.amd_igpu and spec.llamacpp.gpu_layers != 0
+
+
+def builds_for_gpu(spec: HostSpec) -> bool:
+    """llama-server is built for the host's GPU (CUDA or Vulkan): the planner may put layers
+    there."""
+    return builds_with_cuda(spec) or builds_with_vulkan(spec)
+
+
+VULKAN_HEADERS_FLOOR = (1, 3, 272)
+"""llama.cpp's Vulkan backend uses VK_EXT_layer_settings, first in Vulkan-Headers 1.3.272."""
+VULKAN_HEADERS = {
+    ("Debian", "12"): (1, 3, 239),
+    ("Debian", "13"): (1, 4, 309),
+    ("Ubuntu", "22.04"): (1, 3, 204),
+    ("Ubuntu", "24.04"): (1, 3, 275),
+}
+"""Version of each release's ``libvulkan-dev`` (packages.debian.org, packages.ubuntu.com)."""
+
+
+def vulkan_build_problem(distribution: str, release: str) -> str | None:
+    """Why llama.cpp's Vulkan backend cannot be built on this release; None where it can (or
+    the release is not known here: the compiler will say)."""
+    headers = VULKAN_HEADERS.get((distribution, release))
+    if headers is None or headers >= VULKAN_HEADERS_FLOOR:
+        return None
+    have, floor = ".".join(map(str, headers)), ".".join(map(str, VULKAN_HEADERS_FLOOR))
+    return (
+        f"llama.cpp's Vulkan backend needs Vulkan headers {floor} or newer, and "
+        f"{distribution} {release}'s libvulkan-dev is {have}: upgrade the host "
+        "(Debian 13, Ubuntu 24.04), or set llamacpp.gpu_layers: 0 to serve from its CPUs"
+    )
 
 
 def gguf_path(placement: ModelPlacement) -> str:

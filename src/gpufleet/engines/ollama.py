@@ -169,6 +169,12 @@ class Ollama(Engine):
             env["OLLAMA_NUM_PARALLEL"] = str(settings.num_parallel)
         if settings.context_length is not None:
             env["OLLAMA_CONTEXT_LENGTH"] = str(settings.context_length)
+        if spec.hardware.amd_igpu:
+            # Ollama drops integrated GPUs it does not know unless told to keep them, and the
+            # planner put this host's models on its GPU. Its Vulkan backend (in the main
+            # archive) drives the chip through Mesa's RADV; ROCm's own archive is not fetched.
+            env["OLLAMA_IGPU_ENABLE"] = "1"
+            env["OLLAMA_VULKAN"] = "1"
         return env
 
     def render(

@@ -35,8 +35,10 @@ from gpufleet.engines.llamacpp import (
     MODELS,
     builds_from_source,
     builds_with_cuda,
+    builds_with_vulkan,
     gguf_path,
     rpc_worker_names,
+    vulkan_build_problem,
 )
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.inventory import fleet_specs
@@ -53,6 +55,19 @@ BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
 RPC_UNIT = "ggml-rpc-server"
 RUNTIME_PACKAGES = ["libgomp1"]
 """What a CPU build of llama-server needs to start on a host that did not compile it."""
+VULKAN_BUILD_PACKAGES = ["libvulkan-dev", "glslc", "spirv-headers"]
+"""What llama.cpp's Vulkan backend compiles with: the Vulkan headers and loader, the shader
+compiler and the SPIR-V headers its shader generator includes."""
+VULKAN_RUNTIME_PACKAGES = ["libvulkan1", "mesa-vulkan-drivers"]
+"""What a Vulkan build runs with: the loader, and Mesa's drivers (RADV for AMD GPUs)."""
+
+
+def uses_gpu(spec: HostSpec) -> bool:
+    """llama-server (and ggml-rpc-server) open the host's GPU: an NVIDIA GPU the host shows
+    and builds with CUDA for, or an AMD integrated GPU it builds with Vulkan for."""
+    if builds_with_vulkan(spec):
+        return True
+    return bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
 
 
 @deploy("llama.cpp")
@@ -71,7 +86,7 @@ def serve(spec: HostSpec) -> None:
         host.noop("no llama.cpp model placed on this host")
         return
     settings = spec.llamacpp
-    gpu = bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
+    gpu = uses_gpu(spec)
 
     # 1. The server: a given binary, or built from the verified source once per build key
     # among the hosts of this run and handed to the others through the control machine.
@@ -117,6 +132,7 @@ def serve(spec: HostSpec) -> None:
         served=served_name(run.placement),
         run_as=spec.service_user,
         command=list(run.rendered.command),
+        environment=list(run.rendered.environment),
         memory_max=memory_size(run.decision.memory_max_gb),
         env_file=ENV_FILE if keyed else None,
         sandbox=sandbox.llama_server(
@@ -162,6 +178,7 @@ def rpc_worker(spec: HostSpec, worker: RpcServerRun, binary: OperationMeta, gpu:
         held=worker.held,
         run_as=spec.service_user,
         command=list(worker.command),
+        environment=list(worker.environment),
         memory_max=memory_size(worker.memory_max_gb),
         sandbox=sandbox.rpc_server(sandbox.host_gpu(spec) if gpu else "none"),
     )
@@ -183,10 +200,20 @@ class LlamaBuild:
     toolkit: nvidia.CudaToolkit | None
     cache: str
     """The control machine's build cache the host's binary goes through."""
+    vulkan: bool = False
 
     @property
     def kind(self) -> str:
-        return "CUDA" if self.toolkit else "CPU"
+        return "CUDA" if self.toolkit else "Vulkan" if self.vulkan else "CPU"
+
+    @property
+    def runtime_packages(self) -> list[str]:
+        """What the binary needs at run time on a host that did not compile it."""
+        return [
+            *RUNTIME_PACKAGES,
+            *([self.toolkit.package] if self.toolkit else []),
+            *(VULKAN_RUNTIME_PACKAGES if self.vulkan else []),
+        ]
 
 
 @dataclass(frozen=True)
@@ -239,11 +266,17 @@ def assign_builders(
 
 def host_build(spec: HostSpec) -> LlamaBuild:
     """The build of the current host (``pyinfra.host``), from its facts: the CUDA toolkit and
-    card architectures where it shows an NVIDIA GPU and builds with CUDA; its CPU
-    architecture, distribution and release."""
+    card architectures where it shows an NVIDIA GPU and builds with CUDA, Vulkan where it
+    has an AMD integrated GPU; its CPU architecture, distribution and release."""
     settings = spec.llamacpp
     assert settings.source_sha256 is not None  # the inventory check requires it
-    gpu = bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
+    distribution = host.get_fact(LinuxDistribution)
+    vulkan = builds_with_vulkan(spec)
+    if vulkan and (
+        problem := vulkan_build_problem(distribution["name"] or "", release_of(distribution))
+    ):
+        raise DeployError(f"{host.name}: hardware.accelerators: {problem}")
+    gpu = not vulkan and bool(detected_gpus()["pci"]) and builds_with_cuda(spec)
     toolkit = cuda_toolkit(spec) if gpu else None
     cmake_flags = ["-DGGML_NATIVE=OFF"]
     if toolkit is not None:
@@ -253,12 +286,14 @@ def host_build(spec: HostSpec) -> LlamaBuild:
             # Only the host's cards: a build for every architecture takes far longer.
             f"-DCMAKE_CUDA_ARCHITECTURES={nvidia.cuda_architectures(nvidia.declared_cards(spec))}",
         ]
-    distribution = host.get_fact(LinuxDistribution)
+    elif vulkan:
+        # Portable like the CPU build (GGML_NATIVE=OFF), with the Vulkan backend beside it.
+        cmake_flags = ["-DGGML_NATIVE=OFF", "-DGGML_VULKAN=ON"]
     target = f"{distribution['name'] or ''} {release_of(distribution)}".strip()
     key = build_stamp(
         settings.source_sha256, [*BASE_FLAGS, *cmake_flags], host.get_fact(Arch), target
     )
-    return LlamaBuild(key, tuple(cmake_flags), toolkit, build_cache(spec))
+    return LlamaBuild(key, tuple(cmake_flags), toolkit, build_cache(spec), vulkan)
 
 
 def build_cache(spec: HostSpec) -> str:
@@ -321,6 +356,8 @@ def server_from_source(spec: HostSpec) -> OperationMeta:
         packages = [*BUILD_PACKAGES, *(["ccache"] if settings.ccache else [])]
         if build.toolkit is not None:
             packages.append(build.toolkit.package)
+        if build.vulkan:
+            packages += [*VULKAN_BUILD_PACKAGES, *VULKAN_RUNTIME_PACKAGES]
         apt.packages(name="llama.cpp build tools", packages=packages, no_recommends=True)
         assert settings.source_sha256 is not None  # the inventory check requires it
         tarball = f"{inference.BUILD_ROOT}/llama.cpp-{settings.source_sha256[:12]}.tar.gz"
@@ -358,8 +395,11 @@ def server_from_source(spec: HostSpec) -> OperationMeta:
     else:
         # What the binary needs at run time, not the compilers: OpenMP's runtime (llama.cpp
         # links it where the compiler has it, as GCC does), and the CUDA toolkit's libraries.
-        runtime = [*RUNTIME_PACKAGES, *([build.toolkit.package] if build.toolkit else [])]
-        apt.packages(name="llama.cpp runtime libraries", packages=runtime, no_recommends=True)
+        apt.packages(
+            name="llama.cpp runtime libraries",
+            packages=build.runtime_packages,
+            no_recommends=True,
+        )
     # Called on the builder too, where it does nothing: pyinfra runs an operation only after
     # every operation that comes before it on any host, so this line makes every host of
     # the build install only once the builder's build and fetch (above) have run.
