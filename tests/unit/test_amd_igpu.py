@@ -136,3 +136,11 @@ def test_amd_gpu_servers_reach_the_render_nodes_through_their_groups():
     assert "DeviceAllow=char-drm rw" in unit and "SupplementaryGroups=render video" in unit
     assert "SupplementaryGroups" not in sandbox.llama_server("none", "/m.gguf").service
     assert "SupplementaryGroups" not in sandbox.llama_server("nvidia", "/m.gguf").service
+
+
+def test_the_running_gtt_limit_is_read_from_the_kernel():
+    from gpufleet.facts.system import TtmPagesLimit
+
+    fact = TtmPagesLimit()
+    assert fact.process(["25165824"]) == 25165824
+    assert fact.process([]) is None  # no TTM module loaded: a container, no GPU driver

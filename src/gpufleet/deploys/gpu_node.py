@@ -1,6 +1,7 @@
 """GPU nodes: the baseline, then on hosts of gpu_nodes the NVIDIA driver (or, in an LXC
 container, the driver's user space at its host's version), Docker and the NVIDIA Container
-Toolkit.
+Toolkit; on any host with an AMD integrated GPU (an AI Max box, whatever its group), Mesa's
+Vulkan driver and the GTT size the planner plans it with.
 
 pyinfra inventory/homelab.py deploys/gpu_node.py --limit gpu_nodes
 pyinfra inventory/lab.py deploys/gpu_node.py
@@ -9,6 +10,7 @@ pyinfra inventory/lab.py deploys/gpu_node.py
 from pyinfra import host
 
 from gpufleet.inventory import host_spec
+from gpufleet.roles.amd_gpu import amd_gpu
 from gpufleet.roles.baseline import baseline
 from gpufleet.roles.container_runtime import container_runtime
 from gpufleet.roles.gpu import gpu_detection
@@ -26,5 +28,8 @@ if "gpu_nodes" in spec.groups:
     else:
         nvidia_driver(spec)
     container_runtime(spec)
-else:
+elif not spec.hardware.amd_igpu:
     host.noop(f"{spec.name} is not in gpu_nodes: GPU steps skipped")
+
+if spec.hardware.amd_igpu:
+    amd_gpu(spec)

@@ -25,6 +25,21 @@ class ContainerVirtualization(FactBase[str | None]):
         return None if kind in ("", "none") else kind
 
 
+class TtmPagesLimit(FactBase[int | None]):
+    """
+    The GTT limit the running kernel's TTM holds, in 4 KiB pages (``ttm.pages_limit``, read
+    when the GPU driver loaded); None where no TTM module is loaded (no AMD or other DRM GPU
+    driver, a container).
+    """
+
+    def command(self) -> str:
+        return "cat /sys/module/ttm/parameters/pages_limit 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> int | None:
+        text = "".join(output).strip()
+        return int(text) if text.isdigit() else None
+
+
 SecureBootState = Literal["enabled", "disabled", "not-efi", "unknown"]
 
 EFI_SECURE_BOOT_VARIABLE = (
