@@ -1,4 +1,4 @@
-"""The local lab: real Debian 12 hosts that `gpufleet lab up` makes on this machine.
+"""The local lab: real Debian 12 (and one Debian 13) hosts that `gpufleet lab up` makes on this machine.
 
 Every address lies in the lab network (10.200.0.0/24); the lab refuses any other. The hosts
 have no GPU. lab-gpu-1 declares none and shows the clean "no GPU" path. lab-pve-1 stands in
@@ -20,6 +20,9 @@ runs with the planner's partial layer count (its CPU build does the work).
 
 One model across hosts: lab-cpu-1 serves Gemma 3 270M split by layers with lab-gpu-1, whose
 ggml-rpc-server holds its share (llama.cpp's RPC backend, the planner's split).
+
+An AMD integrated GPU: lab-amd-1 (Debian 13) builds llama-server with Vulkan and serves Gemma
+3 270M on Mesa's software Vulkan device, which stands in for its declared Radeon 8060S.
 
 Models fetched once: lab-infra-1 is the model cache; it alone fetches each GGUF file from the
 mirror, and the other hosts fetch theirs from it.
@@ -64,6 +67,7 @@ _GEMMA_GGUF = {
 }
 EMBEDDING_ALIAS = "XS-LOC-FRE-all-minilm-l6-v2"
 SPLIT_ALIAS = "XS-LOC-FRE-gemma3-270m-split"
+VULKAN_ALIAS = "XS-LOC-FRE-gemma3-270m-vulkan"
 _LLAMACPP_FROM_MIRROR = {
     "llamacpp": {
         "source_url": f"{MIRROR_URL}/llama.cpp/{_lab.LLAMACPP_SDIST[1]}",
@@ -220,6 +224,32 @@ cpu_nodes.append(
                 {**_GEMMA_GGUF, "alias": SPLIT_ALIAS, "rpc_workers": ["lab-gpu-1"]},
             ],
             **_LLAMACPP_FROM_MIRROR,
+        },
+    )
+)
+
+# An AMD integrated GPU, as an AI Max box has: lab-amd-1 runs Debian 13 (llama.cpp's Vulkan
+# backend needs its Vulkan headers; Debian 12's are too old) and declares a Radeon 8060S.
+# Mesa's software Vulkan device (lavapipe) stands in for the GPU: llama-server is built with
+# Vulkan and holds its layers on a real Vulkan device. lavapipe is a CPU-type device, which
+# llama.cpp uses only where it is named (vulkan_devices); RADV's GPU is used unnamed.
+cpu_nodes.append(
+    (
+        "lab-amd-1",
+        {
+            **_lab_host("10.200.0.17"),
+            "role": "AMD iGPU stand-in on Debian 13: llama.cpp's Vulkan backend on lavapipe",
+            "release": "13",
+            "hardware": {
+                "cpu": "virtual",
+                "cores": 2,
+                "ram_gb": 4,
+                "accelerators": [{"kind": "amd_igpu", "model": "Radeon 8060S"}],
+            },
+            # The GTT the planner gives the GPU, written for the driver (none loads here).
+            "amdgpu": {"gtt_gb": 2},
+            "models": [{**_GEMMA_GGUF, "alias": VULKAN_ALIAS}],
+            "llamacpp": {**_LLAMACPP_FROM_MIRROR["llamacpp"], "vulkan_devices": "0"},
         },
     )
 )

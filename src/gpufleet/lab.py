@@ -42,6 +42,8 @@ GATEWAY = IPv4Address("10.200.0.1")
 BRIDGE = "gflab0"
 NFT_TABLE = "gpufleet_lab"
 SUITE = "bookworm"
+SUITES = {"12": SUITE, "13": "trixie"}
+"""A lab host's Debian suite, by the ``release`` its host data names (Debian 12 when none)."""
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = (
     "systemd-sysv",
@@ -177,6 +179,8 @@ class LabHost:
     address: IPv4Address
     arch: str = "x86_64"
     """The host's CPU architecture; a foreign one runs under QEMU's user-mode emulation."""
+    suite: str = SUITE
+    """The Debian suite of its root (``release: "13"``: trixie)."""
 
     @property
     def veth(self) -> str:
@@ -199,7 +203,14 @@ def hosts_from_inventory(path: str | Path) -> list[LabHost]:
                 f"{path}: host {host.name!r} has ssh_hostname {address}, outside the lab "
                 f"network {LAB_NETWORK}; the lab only makes hosts there"
             )
-        hosts.append(LabHost(host.name, address, str(host.data.get("arch") or "x86_64")))
+        release = str(host.data.get("release") or "12")
+        if release not in SUITES:
+            raise LabError(
+                f"{path}: host {host.name!r} has release {release!r}; the lab makes Debian "
+                f"{' and '.join(SUITES)} hosts"
+            )
+        arch = str(host.data.get("arch") or "x86_64")
+        hosts.append(LabHost(host.name, address, arch, SUITES[release]))
     return hosts
 
 
@@ -310,16 +321,19 @@ def ensure_emulation(arch: str) -> None:
         (BINFMT / "register").write_text(Path(f"/usr/lib/binfmt.d/qemu-{arch}.conf").read_text())
 
 
-def base_root(arch: str = "x86_64") -> Path:
-    """The cached base root for ``arch``, built with mmdebstrap on first use (~30 s; about
-    3 minutes for a foreign architecture, whose package scripts run emulated)."""
-    parts: list[object] = [SUITE, MIRROR, BASE_PACKAGES, BASE_CUSTOMIZE]
+def base_root(arch: str = "x86_64", suite: str = SUITE) -> Path:
+    """The cached base root for ``arch`` and Debian ``suite``, built with mmdebstrap on first
+    use (~30 s; about 3 minutes for a foreign architecture, whose package scripts run
+    emulated)."""
+    parts: list[object] = [suite, MIRROR, BASE_PACKAGES, BASE_CUSTOMIZE]
     recipe = json.dumps(parts if arch == "x86_64" else [*parts, arch])
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-    root = cache_dir() / f"base-{SUITE}-{digest}"
+    root = cache_dir() / f"base-{suite}-{digest}"
     if (root / "etc/os-release").exists():
         return root
-    _report(f"building the {arch} base root with mmdebstrap (once; ~30 s, minutes if emulated)")
+    _report(
+        f"building the {arch} {suite} base root with mmdebstrap (once; ~30 s, minutes if emulated)"
+    )
     building = root.with_name(root.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +345,7 @@ def base_root(arch: str = "x86_64") -> Path:
             "--variant=minbase",
             f"--include={','.join(BASE_PACKAGES)}",
             *hooks,
-            SUITE,
+            suite,
             str(building),
             MIRROR,
         ],
@@ -729,10 +743,10 @@ def _up(inventory: str | Path, timeout: float) -> list[LabHost]:
     check_host_tools()
     lab_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
     roots = {}
-    for arch in sorted({host.arch for host in hosts}):
-        _report(f"base root for {arch}")
+    for arch, suite in sorted({(host.arch, host.suite) for host in hosts}):
+        _report(f"base root for {arch} ({suite})")
         ensure_emulation(arch)
-        roots[arch] = base_root(arch)
+        roots[arch, suite] = base_root(arch, suite)
     _report(f"SSH key, bridge {BRIDGE} and NAT")
     _ensure_key()
     _ensure_network()
@@ -742,7 +756,7 @@ def _up(inventory: str | Path, timeout: float) -> list[LabHost]:
     for host in hosts:
         _report(f"booting {host.name} ({host.address})")
         _ensure_namespace(host)
-        _boot(host, roots[host.arch])
+        _boot(host, roots[host.arch, host.suite])
     _report(f"waiting for SSH on {len(hosts)} hosts")
     deadline = time.monotonic() + timeout
     waiting = list(hosts)

@@ -960,6 +960,10 @@ class HostSpec(Spec):
     """Inventory groups the host is in."""
     os: Literal["debian", "ubuntu", "raspios", "proxmox", "jetson-l4t", "macos"] = "debian"
     """Operating system family the deploys plan for; facts confirm it at run time."""
+    release: str | None = Field(None, pattern=r"^\d{1,2}(\.\d{2})?$")
+    """Release of that system the checks plan for (``"13"`` for Debian 13, ``"24.04"``);
+    left out: Debian 12 (Proxmox VE 8), Ubuntu 24.04. What the build can use depends on it
+    (the CUDA toolkit, the Vulkan headers); facts confirm it at run time."""
     arch: Literal["x86_64", "aarch64"] = "x86_64"
     """CPU architecture; packages are chosen by the architecture facts report."""
     lan_address: IPv4Address | None = None

@@ -44,6 +44,8 @@ OS_PROFILES = {
     ("macos", "aarch64"): "macos15-arm64",
 }
 """Which profile stands for a host of each (``os``, ``arch``) of the inventory."""
+RELEASE_PROFILES = {("debian", "13", "x86_64"): "debian13-amd64"}
+"""Profiles of releases other than the one each ``os`` is planned for (its ``release``)."""
 
 
 class MissingFact(LookupError):
@@ -263,7 +265,8 @@ def plan_each(
 
 
 def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, FactProfile]:
-    """Each host's profile, chosen by its ``os`` and ``arch`` (see ``OS_PROFILES``)."""
+    """Each host's profile, chosen by its ``os``, ``release`` and ``arch`` (see
+    ``OS_PROFILES``, ``RELEASE_PROFILES``)."""
     from gpufleet.inventory import inventory_catalogue, validate_file
     from gpufleet.selection import select_hosts
 
@@ -273,10 +276,15 @@ def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, Fa
     specs = validate_file(inventory)
     for host in select_hosts(specs, limit, source=inventory).names:
         spec = specs[host]
-        name = OS_PROFILES.get((spec.os, spec.arch))
+        name = (
+            RELEASE_PROFILES.get((spec.os, spec.release, spec.arch))
+            if spec.release
+            else OS_PROFILES.get((spec.os, spec.arch))
+        )
         if name is None:
             raise MissingFact(
-                f"host {spec.name!r}: no fact profile for os={spec.os} arch={spec.arch}"
+                f"host {spec.name!r}: no fact profile for os={spec.os} "
+                f"{f'release={spec.release} ' if spec.release else ''}arch={spec.arch}"
             )
         if name not in loaded:
             loaded[name] = FactProfile.load(name)

@@ -30,11 +30,12 @@ SHA = "a" * 64
 
 
 def ai_max(**data) -> HostSpec:
-    """A 128 GB AI Max box serving one llama.cpp model."""
+    """A 128 GB AI Max box on Debian 13 serving one llama.cpp model."""
     return HostSpec.model_validate(
         {
             "name": "halo",
             "groups": ["cpu_nodes"],
+            "release": data.pop("release", "13"),
             "hardware": {
                 "cpu": "AMD Ryzen AI Max+ 395",
                 "cores": 16,
@@ -119,6 +120,16 @@ def test_llama_cpp_builds_with_vulkan_and_offloads_what_the_planner_decided():
     assert LLAMACPP.vulkan_environment(cpu) == ()
     [run] = placement_runs(cpu, engine_for(cpu, cpu.models[0]))
     assert dict(itertools.pairwise(run.rendered.command))["--n-gpu-layers"] == "0"
+
+
+def test_a_vulkan_build_on_debian_12_is_refused_before_any_host_is_asked():
+    assert check_host(ai_max(), CATALOGUE) == []
+    [problem] = check_host(ai_max(release=None), CATALOGUE)
+    assert problem.field == "os" and "Debian 12's libvulkan-dev is 1.3.239" in problem.message
+    [problem] = check_host(ai_max(release="12"), CATALOGUE)
+    assert problem.field == "release"
+    # Kept off the GPU, it is a CPU build: Debian 12 serves it.
+    assert check_host(ai_max(release=None, llamacpp={"gpu_layers": 0}), CATALOGUE) == []
 
 
 def test_vulkan_build_needs_headers_debian_12_does_not_have():

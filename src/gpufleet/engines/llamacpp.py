@@ -166,11 +166,16 @@ class LlamaCpp(Engine):
                     "a downloaded GGUF is verified: add its sha256 (sha256sum FILE)",
                 )
         settings = spec.llamacpp
-        if settings.binary_url is None and builds_with_cuda(spec) and spec.os in PLANNED:
-            toolkit = nvidia.cuda_toolkit(settings.cuda_toolkit, *PLANNED[spec.os])
+        planned = planned_release(spec)
+        if settings.binary_url is None and builds_with_cuda(spec) and planned:
+            toolkit = nvidia.cuda_toolkit(settings.cuda_toolkit, *planned)
             problem = nvidia.toolkit_problem(toolkit, nvidia.declared_cards(spec))
             if problem:
                 yield "llamacpp.cuda_toolkit", problem
+        if settings.binary_url is None and builds_with_vulkan(spec) and planned:
+            problem = vulkan_build_problem(*planned)
+            if problem:
+                yield "release" if spec.release else "os", problem
         if settings.binary_url is None and settings.source_sha256 is None:
             yield (
                 "llamacpp.source_sha256",
@@ -233,6 +238,15 @@ class LlamaCpp(Engine):
 
 
 PLANNED = nvidia.PLANNED_RELEASES
+
+
+def planned_release(spec: HostSpec) -> tuple[str, str] | None:
+    """(distribution, release) the checks plan the host for: its ``release`` of its ``os``,
+    else the one gpufleet assumes for that ``os``; None for systems it does not build on."""
+    if spec.os not in PLANNED:
+        return None
+    distribution, release = PLANNED[spec.os]
+    return distribution, spec.release or release
 
 
 def builds_from_source(spec: HostSpec, rpc_workers: Collection[str] = ()) -> bool:
@@ -339,8 +353,9 @@ def vulkan_build_problem(distribution: str, release: str) -> str | None:
     have, floor = ".".join(map(str, headers)), ".".join(map(str, VULKAN_HEADERS_FLOOR))
     return (
         f"llama.cpp's Vulkan backend needs Vulkan headers {floor} or newer, and "
-        f"{distribution} {release}'s libvulkan-dev is {have}: upgrade the host "
-        "(Debian 13, Ubuntu 24.04), or set llamacpp.gpu_layers: 0 to serve from its CPUs"
+        f"{distribution} {release}'s libvulkan-dev is {have}: upgrade the host to Debian 13 "
+        "or Ubuntu 24.04 (and say so with release), or set llamacpp.gpu_layers: 0 to serve "
+        "from its CPUs"
     )
 
 
