@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpufleet.nvidia import PLANNED_RELEASES
+
 if TYPE_CHECKING:
     from gpufleet.catalogue import Catalogue
     from gpufleet.models import HostSpec
@@ -276,9 +278,10 @@ def profiles_for(inventory: str, limit: list[str] | None = None) -> dict[str, Fa
     specs = validate_file(inventory)
     for host in select_hosts(specs, limit, source=inventory).names:
         spec = specs[host]
+        planned = PLANNED_RELEASES.get(spec.os, ("", None))[1]
         name = (
             RELEASE_PROFILES.get((spec.os, spec.release, spec.arch))
-            if spec.release
+            if spec.release and spec.release != planned
             else OS_PROFILES.get((spec.os, spec.arch))
         )
         if name is None:

@@ -52,6 +52,8 @@ def gtt_limit(gtt_gb: float | None):
         if current == lines:
             host.noop(f"GTT limit already {gtt_gb:g} GB ({gtt_pages(gtt_gb)} pages)")
             return
+        # A minimal system without kmod has no /etc/modprobe.d yet.
+        yield f"mkdir -p {GTT_CONF.rsplit('/', 1)[0]}"
         yield f"printf '%s\\n' {' '.join(shlex.quote(line) for line in lines)} > {GTT_CONF}"
     if host.get_fact(Which, command="update-initramfs"):
         yield "update-initramfs -u"
