@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gpufleet.catalogue import Catalogue, fleet_catalogue
 from gpufleet.engines import Engine, Rendered, engine_for, served_name, serving
-from gpufleet.engines.llamacpp import LLAMACPP
+from gpufleet.engines.llamacpp import LLAMACPP, RPC_UNIT
 from gpufleet.models import HostSpec, ModelPlacement
 from gpufleet.planner import RPC_SERVER, HostPlan, PlacementPlan, RpcPart, plan_host
 
@@ -78,7 +78,7 @@ def rpc_server_run(
         tuple(plan.rpc_parts),
         LLAMACPP.rpc_server_command(spec),
         plan.memory_max_gb[RPC_SERVER],
-        LLAMACPP.vulkan_environment(spec),
+        LLAMACPP.vulkan_environment(spec, RPC_UNIT),
     )
 
 

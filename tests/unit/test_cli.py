@@ -143,7 +143,7 @@ def test_verify_and_preview_select_as_pyinfra_does():
     from gpufleet.verify import targets
 
     assert [t.name for t in targets(ROOT / LAB, ["lab-*-1", "router"])] == [
-        "lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-infra-1", "lab-cpu-1",
+        "lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-infra-1", "lab-cpu-1", "lab-amd-1",
     ]  # fmt: skip
     assert list(profiles_for(LAB, ["proxmox_hosts", "lab-lxc-*"])) == ["lab-pve-1", "lab-lxc-1"]
 

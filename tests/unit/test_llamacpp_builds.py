@@ -151,11 +151,23 @@ def test_a_key_the_control_machine_keeps_is_built_by_nobody():
 
 
 def test_the_lab_compiles_once_and_the_other_hosts_install_that_binary():
+    """Once per build key: lab-gpu-1 the CPU build of Debian 12 the others install, lab-amd-1
+    (Debian 13, an AMD iGPU) the Vulkan build only it runs."""
     hosts = planned()
-    assert changing(hosts, "Build llama-server") == {"lab-gpu-1": ["Build llama-server (CPU)"]}
-    assert changing(hosts, "build tools") == {"lab-gpu-1": ["llama.cpp build tools"]}
+    assert changing(hosts, "Build llama-server") == {
+        "lab-gpu-1": ["Build llama-server (CPU)"],
+        "lab-amd-1": ["Build llama-server (Vulkan)"],
+    }
+    assert changing(hosts, "build tools") == {
+        "lab-gpu-1": ["llama.cpp build tools"],
+        "lab-amd-1": ["llama.cpp build tools"],
+    }
+    [vulkan_tools] = [op for op in hosts["lab-amd-1"] if op.name.endswith("build tools")]
+    for package in ("libvulkan-dev", "glslc", "spirv-headers", "mesa-vulkan-drivers"):
+        assert package in vulkan_tools.commands[-1]
     assert changing(hosts, "Keep llama-server") == {
-        "lab-gpu-1": ["Keep llama-server (CPU) built on lab-gpu-1 on the control machine"]
+        "lab-gpu-1": ["Keep llama-server (CPU) built on lab-gpu-1 on the control machine"],
+        "lab-amd-1": ["Keep llama-server (Vulkan) built on lab-amd-1 on the control machine"],
     }
     install = ["Install llama-server (CPU) built on lab-gpu-1"]
     assert changing(hosts, "Install llama-server") == {
@@ -177,6 +189,7 @@ def test_hosts_of_different_builds_each_have_a_builder():
     assert changing(hosts, "Build llama-server") == {
         "lab-gpu-1": ["Build llama-server (CPU)"],
         "lab-lxc-1": ["Build llama-server (CUDA)"],
+        "lab-amd-1": ["Build llama-server (Vulkan)"],
     }
     installs = changing(hosts, "Install llama-server (CPU) built on lab-gpu-1")
     assert set(installs) == {"lab-pve-1", "lab-infra-1", "lab-cpu-1"}
@@ -195,7 +208,8 @@ def test_a_build_the_control_machine_keeps_is_installed_everywhere_and_compiled_
 ):
     cache_the(LAB_KEY, lab_dir / "builds")
     hosts = planned()
-    assert changing(hosts, "Build llama-server") == {}
+    # lab-amd-1's Vulkan build is a key the cache does not hold.
+    assert changing(hosts, "Build llama-server") == {"lab-amd-1": ["Build llama-server (Vulkan)"]}
     assert set(changing(hosts, "Install llama-server (CPU) from the control machine's cache")) == {
         "lab-gpu-1",
         "lab-pve-1",
@@ -208,7 +222,7 @@ def test_a_build_the_control_machine_keeps_is_installed_everywhere_and_compiled_
 def test_a_cached_binary_whose_checksum_changed_is_built_again(lab_dir: Path):
     cache_the(LAB_KEY, lab_dir / "builds")
     (lab_dir / "builds" / LAB_KEY / "llama-server").write_bytes(b"truncated")
-    assert set(changing(planned(), "Build llama-server")) == {"lab-gpu-1"}
+    assert set(changing(planned(), "Build llama-server")) == {"lab-gpu-1", "lab-amd-1"}
 
 
 def test_hosts_carrying_the_build_change_nothing_of_llama_server(lab_dir: Path):
@@ -278,7 +292,11 @@ def test_the_named_build_host_builds_for_the_others(tmp_path: Path):
         tmp_path, CCACHE_LINE, CCACHE_LINE + '        "build_host": "lab-infra-1",\n'
     )
     hosts = planned(inventory)
-    assert changing(hosts, "Build llama-server") == {"lab-infra-1": ["Build llama-server (CPU)"]}
+    # lab-amd-1 names it too, but lab-infra-1 makes another key: lab-amd-1 builds its own.
+    assert changing(hosts, "Build llama-server") == {
+        "lab-infra-1": ["Build llama-server (CPU)"],
+        "lab-amd-1": ["Build llama-server (Vulkan)"],
+    }
     assert set(changing(hosts, "Install llama-server (CPU) built on lab-infra-1")) == {
         "lab-gpu-1",
         "lab-pve-1",

@@ -30,8 +30,8 @@ def lab():
 def test_each_file_is_kept_once_whoever_places_it(lab):
     files = {f.sha256: f for f in cached_files(lab)}
     gemma = files[GEMMA_SHA256]
-    # Four hosts place the same Gemma GGUF: one file in the cache, fetched from its origin.
-    assert set(gemma.hosts) == {"lab-gpu-1", "lab-lxc-1", "lab-infra-1", "lab-cpu-1"}
+    # Five hosts place the same Gemma GGUF: one file in the cache, fetched from its origin.
+    assert set(gemma.hosts) == {"lab-gpu-1", "lab-lxc-1", "lab-infra-1", "lab-cpu-1", "lab-amd-1"}
     assert gemma.origin.endswith("/models/gemma-3-270m-q4_k_m.gguf")
     assert len(files) == 2  # and the embedding model lab-pve-1 serves
 
@@ -50,7 +50,7 @@ def test_hosts_fetch_from_the_cache_and_the_cache_host_from_itself(lab):
 def test_only_the_hosts_that_fetch_reach_the_cache(lab):
     cache = {e.service: e for e in exposures(lab["lab-infra-1"], lab)}["model cache"]
     assert cache.guarded and cache.address == "0.0.0.0"
-    assert set(cache.clients) == {"lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-cpu-1"}
+    assert set(cache.clients) == {"lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-cpu-1", "lab-amd-1"}
     assert str(lab["lab-infra-1"].model_cache.address) == "0.0.0.0"
 
 

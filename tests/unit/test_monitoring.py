@@ -40,7 +40,7 @@ def test_lab_targets_follow_the_inventory():
     assert [k.job for k in keyed_jobs(specs)] == ["llamacpp"]
     assert jobs["llamacpp"] == []
     assert hosts(jobs["llamacpp-key1"]) == [
-        "lab-cpu-1", "lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1",
+        "lab-amd-1", "lab-cpu-1", "lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1",
     ]  # fmt: skip
     assert hosts(jobs["vllm"]) == ["lab-pve-1"]
     # GPUs declared on the Proxmox stand-in and its container, but no exporter image pinned

@@ -35,8 +35,11 @@ def test_lab_hosts_come_from_the_lab_inventory():
         ("lab-lxc-1", "10.200.0.14"),
         ("lab-infra-1", "10.200.0.12"),
         ("lab-cpu-1", "10.200.0.16"),
+        ("lab-amd-1", "10.200.0.17"),
     ]
-    assert {h.veth for h in hosts} == {"gflv11", "gflv12", "gflv13", "gflv14", "gflv16"}
+    assert {h.veth for h in hosts} == {"gflv11", "gflv12", "gflv13", "gflv14", "gflv16", "gflv17"}
+    # lab-amd-1 names release 13: a Debian 13 root; the others Debian 12's.
+    assert {h.name: h.suite for h in hosts if h.suite != lab.SUITE} == {"lab-amd-1": "trixie"}
 
 
 def test_lab_raises_inotify_floors_and_down_restores_what_it_found(tmp_path, monkeypatch):

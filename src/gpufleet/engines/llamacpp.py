@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 
 LLAMA_SERVER = "/usr/local/bin/llama-server"
 RPC_SERVER = "/usr/local/bin/ggml-rpc-server"
+RPC_UNIT = "ggml-rpc-server"
+"""The unit of ``ggml-rpc-server`` on a host that holds layers of other hosts' models."""
+VULKAN_CACHE_ROOT = "/var/cache"
+"""Below it, each Vulkan build's service has its own cache folder (systemd's
+``CacheDirectory=``, which the sandbox leaves writable)."""
+VULKAN_WARM_UP_S = 900
+"""How long a Vulkan build's first start may take to answer: Mesa compiles every shader
+pipeline the model needs then (about 1-3 minutes and a minute more for the first completion
+on a 2-core machine's software device; seconds on a GPU) and keeps them for later starts."""
 """llama.cpp's RPC worker (``rpc-server`` before llama.cpp renamed it in 2026), built with
 llama-server: it holds layers of another host's model and computes them for that host."""
 MODELS = "/var/lib/llama.cpp/models"
@@ -216,14 +225,23 @@ class LlamaCpp(Engine):
                 "--rpc", ",".join(part.endpoint for part in workers),
                 "--tensor-split", ",".join(str(layers) for layers in split),
             )  # fmt: skip
-        return Rendered(command=command, environment=self.vulkan_environment(spec))
+        if builds_with_vulkan(spec) and decision.gpu_layers and not decision.rpc:
+            # The planner put layers on the GPU: a server that finds no Vulkan device stops
+            # ("invalid device") instead of running them on the CPUs unnoticed.
+            command += ("--device", "Vulkan0")
+        return Rendered(command=command, environment=self.vulkan_environment(spec, self.service))
 
-    def vulkan_environment(self, spec: HostSpec) -> tuple[tuple[str, str], ...]:
-        """The environment of a Vulkan build's servers: the devices it is told to use."""
-        devices = spec.llamacpp.vulkan_devices
-        if devices is None or not builds_with_vulkan(spec):
+    def vulkan_environment(self, spec: HostSpec, service: str) -> tuple[tuple[str, str], ...]:
+        """The environment of a Vulkan build's ``service``: where Mesa keeps the shader
+        pipelines it compiles (without it every start compiles them again: minutes on a
+        software device), and the devices it is told to use."""
+        if not builds_with_vulkan(spec):
             return ()
-        return (("GGML_VK_VISIBLE_DEVICES", devices),)
+        environment = (("MESA_SHADER_CACHE_DIR", f"{VULKAN_CACHE_ROOT}/{service}"),)
+        devices = spec.llamacpp.vulkan_devices
+        if devices is not None:
+            environment += (("GGML_VK_VISIBLE_DEVICES", devices),)
+        return environment
 
     def rpc_server_command(self, spec: HostSpec) -> tuple[str, ...]:
         """``ggml-rpc-server`` on a host that holds layers of other hosts' models: its

@@ -33,6 +33,8 @@ from gpufleet.engines.llamacpp import (
     LLAMA_SERVER,
     LLAMACPP,
     MODELS,
+    RPC_UNIT,
+    VULKAN_WARM_UP_S,
     builds_from_source,
     builds_with_cuda,
     builds_with_vulkan,
@@ -52,7 +54,6 @@ from gpufleet.roles.steps import engine_secret_file, run_unit, warm_up, warm_up_
 from gpufleet.serving import RpcServerRun, placement_runs, rpc_server_run
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
-RPC_UNIT = "ggml-rpc-server"
 RUNTIME_PACKAGES = ["libgomp1"]
 """What a CPU build of llama-server needs to start on a host that did not compile it."""
 VULKAN_BUILD_PACKAGES = ["libvulkan-dev", "glslc", "spirv-headers"]
@@ -133,6 +134,7 @@ def serve(spec: HostSpec) -> None:
         run_as=spec.service_user,
         command=list(run.rendered.command),
         environment=list(run.rendered.environment),
+        cache_directory=LLAMACPP.service if builds_with_vulkan(spec) else None,
         memory_max=memory_size(run.decision.memory_max_gb),
         env_file=ENV_FILE if keyed else None,
         sandbox=sandbox.llama_server(
@@ -163,6 +165,7 @@ def serve(spec: HostSpec) -> None:
         starts,
         API_KEY_ENV if keyed else None,
         ENV_FILE if keyed else None,
+        timeout=VULKAN_WARM_UP_S if builds_with_vulkan(spec) else None,
     )
 
 
@@ -179,6 +182,7 @@ def rpc_worker(spec: HostSpec, worker: RpcServerRun, binary: OperationMeta, gpu:
         run_as=spec.service_user,
         command=list(worker.command),
         environment=list(worker.environment),
+        cache_directory=RPC_UNIT if builds_with_vulkan(spec) else None,
         memory_max=memory_size(worker.memory_max_gb),
         sandbox=sandbox.rpc_server(sandbox.host_gpu(spec) if gpu else "none"),
     )

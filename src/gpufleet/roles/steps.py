@@ -202,10 +202,12 @@ def warm_up(
     after: list[OperationMeta],
     api_key_env: str | None = None,
     env_file: str | None = None,
+    timeout: int | None = None,
 ) -> None:
     """Warm each of ``models`` ((served name, request path) pairs) up once any of ``after``
     changed something, or while it has no warm-up record (a run killed before its warm-up
-    finished): a converged host is not asked again."""
+    finished): a converged host is not asked again. ``timeout``: seconds each may take to
+    answer, where the warm-up's own default is too short."""
     for model, request_path in models:
         recorded = host.get_fact(File, path=f"{inference.WARMUP_RECORDS}/{model}.json")
         inference.warmed_up(
@@ -216,6 +218,7 @@ def warm_up(
             request_path=request_path,
             api_key_env=api_key_env,
             env_file=env_file,
+            **({"timeout": timeout} if timeout else {}),
             _if=any_changed(*after) if recorded else None,
         )
 
