@@ -58,19 +58,22 @@ def lab_build_key() -> str:
 
 
 LLAMACPP_HOSTS = ["lab-gpu-1", "lab-pve-1", "lab-lxc-1", "lab-infra-1", "lab-cpu-1"]
+"""The hosts of lab-gpu-1's build (CPU, Debian 12); lab-amd-1 makes a Vulkan build of its own
+(tests/host/test_vulkan.py)."""
 
 
 def test_llama_server_is_compiled_once_and_the_other_hosts_install_that_binary(
     lab_session: LabSession,
 ):
     """Five lab hosts need one build: lab-gpu-1, the first, compiles it; the others install
-    its binary, checked, through the lab's build cache, and carry no compiler for it."""
+    its binary, checked, through the lab's build cache, and carry no compiler for it.
+    lab-amd-1 (Debian 13, Vulkan) needs another, which it compiles itself."""
     runs = lab_session.runs[DEPLOY]
     built = sorted({h for op, h in runs.first.changed if "Build llama-server" in op})
     installed = sorted(
         {h for op, h in runs.first.changed if "Install llama-server (CPU) built on lab-gpu-1" in op}
     )
-    assert built == ["lab-gpu-1"]
+    assert built == ["lab-amd-1", "lab-gpu-1"]  # lab-amd-1: its own Vulkan build
     assert installed == sorted(set(LLAMACPP_HOSTS) - {"lab-gpu-1"})
 
     # The dry run showed the same before anything ran.

@@ -59,14 +59,14 @@ def test_every_implied_target_is_scraped_and_up(scraped):
     jobs = {(t["labels"]["job"], t["labels"]["host"]) for t in scraped}
     up = {(t["labels"]["job"], t["labels"]["host"]) for t in scraped if t["health"] == "up"}
     assert {("node", name) for name in SPECS} <= up
-    llama_servers = {"lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1", "lab-cpu-1"}
+    llama_servers = {"lab-gpu-1", "lab-infra-1", "lab-lxc-1", "lab-pve-1", "lab-cpu-1", "lab-amd-1"}
     assert {("llamacpp", name) for name in llama_servers} <= up
     assert {("nginx", "lab-infra-1"), ("litellm", "lab-infra-1"), ("vault", "lab-infra-1")} <= up
     assert ("prometheus", "lab-infra-1") in up
     assert jobs - up == CANNOT_RUN_HERE
     assert not {job for job, _ in jobs if job == "dcgm"}  # no image named: not installed
     # One blackbox probe target per HTTP endpoint the lab runs (each llama-server among them).
-    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 10
+    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 11
 
 
 def test_probes_see_what_runs_and_what_does_not(scraped):
@@ -78,6 +78,7 @@ def test_probes_see_what_runs_and_what_does_not(scraped):
         ("llama.cpp", "lab-infra-1"),
         ("llama.cpp", "lab-pve-1"),
         ("llama.cpp", "lab-cpu-1"),  # the model it splits with lab-gpu-1
+        ("llama.cpp", "lab-amd-1"),  # on its Vulkan device
         ("litellm", "lab-infra-1"),
         ("gateway", "lab-infra-1"),
         ("vault", "lab-infra-1"),

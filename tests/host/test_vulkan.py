@@ -6,7 +6,6 @@ RADV), and the answer comes through the gateway."""
 from __future__ import annotations
 
 import itertools
-import re
 
 from gpufleet.catalogue import load_catalogue
 from gpufleet.engines.llamacpp import LLAMACPP
@@ -43,16 +42,15 @@ def test_llama_server_runs_with_the_planned_layers_and_devices(lab_session):
 
 
 def test_the_layers_are_on_a_vulkan_device(lab_session):
-    """The Vulkan loader and Mesa's lavapipe driver are mapped into the server, and the
-    server says it put every layer on Vulkan0."""
+    """The server runs with ``--device Vulkan0`` (it stops where no Vulkan device shows),
+    lavapipe's driver is mapped into it, and Mesa compiled shader pipelines for it into the
+    service's cache folder: the model's layers ran on the Vulkan device."""
+    argv = ssh(ADDRESS, f"tr '\\0' '\\n' < /proc/{SERVER}/cmdline").split("\n")
+    assert dict(itertools.pairwise(argv))["--device"] == "Vulkan0"
     maps = ssh(ADDRESS, f"cat /proc/{SERVER}/maps")
-    assert "libvulkan.so" in maps
-    assert "libvulkan_lvp.so" in maps  # the ICD: a real Vulkan device, in software here
-    log = ssh(ADDRESS, "journalctl -u llama-server -o cat --no-pager | tail -n 400")
-    assert re.search(r"using device Vulkan0 \(llvmpipe", log), log[-2000:]
-    offloaded = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log)
-    assert offloaded and offloaded[-1][0] == offloaded[-1][1], offloaded
-    assert "Vulkan0 model buffer size" in log
+    assert "libvulkan.so" in maps and "libvulkan_lvp.so" in maps
+    cached = ssh(ADDRESS, "du -sk /var/cache/llama-server/mesa_shader_cache_db | cut -f1")
+    assert int(cached) > 100, cached  # KiB of compiled pipelines
 
 
 def test_the_binary_is_a_vulkan_build_of_its_own_key(lab_session):

@@ -113,13 +113,19 @@ def test_llama_cpp_builds_with_vulkan_and_offloads_what_the_planner_decided():
     [run] = placement_runs(spec, engine_for(spec, spec.models[0]))
     flags = dict(itertools.pairwise(run.rendered.command))
     assert flags["--n-gpu-layers"] == str(run.decision.gpu_layers) == "80"
-    assert run.rendered.environment == (("GGML_VK_VISIBLE_DEVICES", "0"),)
-    # Kept off the GPU: a CPU build, told nothing about Vulkan devices.
+    # Layers planned on the GPU: no Vulkan device, no server (not the CPUs unnoticed).
+    assert flags["--device"] == "Vulkan0"
+    assert run.rendered.environment == (
+        ("MESA_SHADER_CACHE_DIR", "/var/cache/llama-server"),
+        ("GGML_VK_VISIBLE_DEVICES", "0"),
+    )
+    # Kept off the GPU: a CPU build, told nothing about Vulkan.
     cpu = ai_max(llamacpp={"gpu_layers": 0, "vulkan_devices": "0"})
     assert not builds_with_vulkan(cpu)
-    assert LLAMACPP.vulkan_environment(cpu) == ()
+    assert LLAMACPP.vulkan_environment(cpu, "llama-server") == ()
     [run] = placement_runs(cpu, engine_for(cpu, cpu.models[0]))
-    assert dict(itertools.pairwise(run.rendered.command))["--n-gpu-layers"] == "0"
+    flags = dict(itertools.pairwise(run.rendered.command))
+    assert flags["--n-gpu-layers"] == "0" and "--device" not in flags
 
 
 def test_a_vulkan_build_on_debian_12_is_refused_before_any_host_is_asked():

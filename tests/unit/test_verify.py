@@ -56,6 +56,10 @@ def test_checks_follow_groups_and_placements(homelab_checks):
     assert not any(check.startswith("gpu_node:") for check in pi5l)
     assert "platform: router database listens where the inventory says" in pi5l
     assert "platform: grafana runs and is healthy" in pi5l
+    # An AI Max box (cpu_nodes) gets its GPU's checks: the Vulkan driver and the GTT size.
+    ai_max = homelab_checks["gtr9-pro"]
+    assert "amd_gpu: the kernel holds the planned gtt size" in ai_max
+    assert not any(check.startswith("amd_gpu:") for check in gpu)
     # A Pi with nothing placed gets the baseline only, Tailscale included.
     pi = homelab_checks["pi5-01"]
     assert {check.split(":")[0] for check in pi} == {"baseline"}
@@ -155,7 +159,7 @@ def test_suites_can_be_chosen_by_name():
     assert code == 0
     assert outcomes and {o.suite for o in outcomes} == {"platform"}
     with pytest.raises(
-        ValueError, match="the suites: baseline, edge, gpu_node, inference, platform"
+        ValueError, match="the suites: amd_gpu, baseline, edge, gpu_node, inference, platform"
     ):
         verify.run(chosen, list_only=True, suites=["nginx"])
 
