@@ -1,4 +1,5 @@
-"""The local lab: real Debian 12 (and one Debian 13) hosts that `gpufleet lab up` makes on this machine.
+"""The local lab: real Debian 12 (and one Debian 13) hosts that `gpufleet lab up` makes on this
+machine.
 
 Every address lies in the lab network (10.200.0.0/24); the lab refuses any other. The hosts
 have no GPU. lab-gpu-1 declares none and shows the clean "no GPU" path. lab-pve-1 stands in

@@ -59,7 +59,7 @@ def test_every_lab_host_gets_its_suites_in_the_table_and_the_xml(full_run):
         assert header.endswith(f"{len(checks)} checks")
     # The AMD iGPU stand-in gets its GPU's checks (the GTT one skips: no driver loads here).
     assert ("lab-amd-1", "amd_gpu: mesa vulkan driver is installed", False) in cases
-        infra = {label for host, label, _ in cases if host == "lab-infra-1"}
+    infra = {label for host, label, _ in cases if host == "lab-infra-1"}
     assert "platform: secret store is initialized and unsealed" in infra
     assert "platform: gateway answers over tls" in infra
     assert "inference: llama server serves its model" in infra
