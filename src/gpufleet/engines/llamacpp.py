@@ -237,11 +237,11 @@ class LlamaCpp(Engine):
         software device), and the devices it is told to use."""
         if not builds_with_vulkan(spec):
             return ()
-        environment = (("MESA_SHADER_CACHE_DIR", f"{VULKAN_CACHE_ROOT}/{service}"),)
+        environment = [("MESA_SHADER_CACHE_DIR", f"{VULKAN_CACHE_ROOT}/{service}")]
         devices = spec.llamacpp.vulkan_devices
         if devices is not None:
-            environment += (("GGML_VK_VISIBLE_DEVICES", devices),)
-        return environment
+            environment.append(("GGML_VK_VISIBLE_DEVICES", devices))
+        return tuple(environment)
 
     def rpc_server_command(self, spec: HostSpec) -> tuple[str, ...]:
         """``ggml-rpc-server`` on a host that holds layers of other hosts' models: its

@@ -21,6 +21,8 @@ from gpufleet.paths import HOST_STATE, state_folder, state_record
 BUILD_ROOT = "/var/cache/gpufleet/llama.cpp"
 WARMUP_SCRIPT = "/usr/local/lib/gpufleet/warmup.py"
 WARMUP_RECORDS = f"{HOST_STATE}/warmup"
+WARM_UP_TIMEOUT_S = 300
+"""How long a model may take to answer its first request after a (re)start."""
 CHAT_REQUEST = "/v1/chat/completions"
 """What the warm-up tool asks when told nothing else: an OpenAI-compatible completion."""
 BASE_FLAGS = (
@@ -288,7 +290,7 @@ def warmed_up(
     base_url: str,
     health_path: str,
     model: str,
-    timeout: int = 300,
+    timeout: int = WARM_UP_TIMEOUT_S,
     api_key_env: str | None = None,
     env_file: str | None = None,
     request_path: str = CHAT_REQUEST,

@@ -218,7 +218,7 @@ def warm_up(
             request_path=request_path,
             api_key_env=api_key_env,
             env_file=env_file,
-            **({"timeout": timeout} if timeout else {}),
+            timeout=timeout or inference.WARM_UP_TIMEOUT_S,
             _if=any_changed(*after) if recorded else None,
         )
 
