@@ -165,9 +165,17 @@ class PyinfraRun:
 
     @property
     def changed(self) -> list[tuple[str, str]]:
-        """(operation, host) pairs pyinfra reports as changed."""
+        """(operation, host) pairs pyinfra reports as changed. One call site can name its
+        operation per host ("Install llama-server (CPU) built on lab-gpu-1" on one,
+        "... (Vulkan) ..." on another); pyinfra reports one of the names as "name" and all of
+        them in "names", so each host is paired with every name of its call site."""
         results = self.report.get("results") or {}
-        return [(op["name"], h) for op in results.get("operations", []) for h in op["success"]]
+        return [
+            (name, h)
+            for op in results.get("operations", [])
+            for name in op.get("names") or [op["name"]]
+            for h in op["success"]
+        ]
 
 
 def pyinfra(
@@ -315,8 +323,9 @@ def lab_session() -> LabSession:
     # Who compiled llama-server in the first converge of the inference deploy: one host.
     inference = runs.get("deploys/inference.py")
     if inference:
-        built = [h for op, h in inference.first.changed if "Build llama-server" in op]
-        installed = [h for op, h in inference.first.changed if "Install llama-server" in op]
+        changed = inference.first.changed
+        built = list(dict.fromkeys(h for op, h in changed if "Build llama-server" in op))
+        installed = list(dict.fromkeys(h for op, h in changed if "Install llama-server" in op))
         _write_timings({"llama_server_built_on": built, "llama_server_installed_on": installed})
         print(f"llama-server compiled on {built}, installed from that build on {installed}")
     print(f"\nlab timings: {timings}")

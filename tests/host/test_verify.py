@@ -72,7 +72,7 @@ def test_only_what_the_lab_cannot_run_fails_and_the_run_says_so(full_run):
     assert failed == CANNOT_PASS_HERE
     assert result.returncode == 1
     assert result.stdout.splitlines()[-2] == (
-        "verify: 5 hosts, failing: lab-gpu-1, lab-pve-1, lab-lxc-1"
+        "verify: 6 hosts, failing: lab-gpu-1, lab-pve-1, lab-lxc-1"
     )
     assert "  FAIL  inference: vllm runs and answers" in result.stdout
     assert "vllm is not running" in result.stdout
