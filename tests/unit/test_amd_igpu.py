@@ -10,7 +10,6 @@ from gpufleet import sandbox
 from gpufleet.catalogue import load_catalogue
 from gpufleet.checks import check_host
 from gpufleet.engines import engine_for
-from gpufleet.engines.ollama import OLLAMA
 from gpufleet.engines.llamacpp import (
     LLAMACPP,
     builds_for_gpu,
@@ -18,6 +17,7 @@ from gpufleet.engines.llamacpp import (
     builds_with_vulkan,
     vulkan_build_problem,
 )
+from gpufleet.engines.ollama import OLLAMA
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
 from gpufleet.planner import plan_host, plan_summary
