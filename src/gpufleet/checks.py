@@ -288,12 +288,13 @@ def _amd_gpu(spec: HostSpec) -> Iterator[Problem]:
             f"{gtt:g} GB of GTT would leave the system less than its {SYSTEM_RESERVE_GB:g} GB "
             f"reserve of {spec.hardware.ram_gb:g} GB RAM; give at most {most:g}",
         )
-    if spec.llamacpp.vulkan_devices is not None and not spec.hardware.amd_igpu:
+    amd = spec.hardware.amd_igpu or spec.hardware.amd_gpu_count > 0
+    if spec.llamacpp.vulkan_devices is not None and not amd:
         yield Problem(
             spec.name,
             "llamacpp.vulkan_devices",
             "only a Vulkan build of llama.cpp reads it, and llama.cpp is built with Vulkan on "
-            "hosts with an AMD integrated GPU (kind: amd_igpu); leave it out",
+            "hosts with an AMD GPU (kind: amd_igpu or amd_gpu); leave it out",
         )
 
 
@@ -603,7 +604,7 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
     catalogue = fleet_catalogue()
     for spec in specs.values():
         split = [(i, m) for i, m in enumerate(spec.models) if m.rpc_workers]
-        if split and spec.hardware.nvidia_gpu_count > 1:
+        if split and spec.hardware.gpu_count > 1:
             yield Problem(
                 spec.name,
                 f"models[{split[0][0]}].rpc_workers",
@@ -683,7 +684,7 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                         f"version: give it {spec.name}'s llamacpp.source_url and "
                         "source_sha256",
                     )
-                if other.hardware.nvidia_gpu_count > 1:
+                if other.hardware.gpu_count > 1:
                     yield Problem(
                         other.name,
                         "hardware.accelerators",

@@ -146,7 +146,7 @@ def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
             "model cache",
             (spec.model_cache.port,),
             "model_cache.address",
-            roles.cache_clients,
+            roles.cache_clients | monitoring,
             spec.model_cache.address,
         )
     if gets_dcgm_exporter(spec):

@@ -183,6 +183,19 @@ class Hardware(Spec):
         """An AMD integrated GPU is declared (it shares system memory through its GTT)."""
         return any(a.kind == "amd_igpu" for a in self.accelerators)
 
+    @property
+    def amd_gpu_count(self) -> int:
+        """Discrete AMD GPUs (Radeon RX, Instinct) declared; none counted beside an NVIDIA
+        GPU, which the host's engines use instead (one GPU backend per host)."""
+        if self.nvidia_gpu_count:
+            return 0
+        return sum(a.count for a in self.accelerators if a.kind == "amd_gpu")
+
+    @property
+    def gpu_count(self) -> int:
+        """The discrete GPUs the host's engines use: its NVIDIA GPUs, else its AMD ones."""
+        return self.nvidia_gpu_count or self.amd_gpu_count
+
 
 DECLARED_SHAPE = ("layers", "kv_heads", "head_dim", "max_context")
 """A placement's fields that declare a model's shape; with ``params_b`` all are needed."""

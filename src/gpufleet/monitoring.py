@@ -113,6 +113,8 @@ def probes(specs: dict[str, HostSpec], monitor: HostSpec | None = None) -> list[
             probe(spec, "gateway", f"https://{address}:{spec.gateway.https_port}/health")
         if "vault" in spec.groups:
             probe(spec, "vault", f"https://{address}:{spec.vault.port}/v1/sys/health")
+        if "model_cache" in spec.groups:
+            probe(spec, "model-cache", f"http://{address}:{spec.model_cache.port}/health")
     return found
 
 

@@ -130,12 +130,14 @@ def ram_bandwidth(spec: HostSpec) -> tuple[float, BandwidthSource]:
     return hardware.ram_channels * 8 * rate / 1000, "estimated"
 
 
-def nvidia_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float, BandwidthSource]:
-    """VRAM of the discrete NVIDIA GPUs in GB, their slowest bandwidth in GB/s (measured on
-    the host where it was, else declared or the catalogue's), and where that came from."""
+def gpu_memory(spec: HostSpec, catalogue: Catalogue) -> tuple[float, float, BandwidthSource]:
+    """VRAM of the discrete GPUs the host's engines use (its NVIDIA GPUs, else its AMD ones)
+    in GB, their slowest bandwidth in GB/s (measured on the host where it was, else declared
+    or the catalogue's), and where that came from."""
+    kind = "nvidia" if spec.hardware.nvidia_gpu_count else "amd_gpu"
     vram, bandwidths, declared = 0.0, [], False
     for accelerator in spec.hardware.accelerators:
-        if accelerator.kind != "nvidia":
+        if accelerator.kind != kind:
             continue
         entry = catalogue.accelerator_for(accelerator)
         if entry is None:
@@ -205,7 +207,7 @@ def kv_cache_gb(entry: ModelEntry, context: int, slots: int = 1) -> float:
 def services_vram_gb(spec: HostSpec, vram: float) -> float:
     """VRAM the host's declared ``services`` take before any model is placed: what each
     declares, or the whole GPUs it reserves."""
-    per_gpu = vram / max(spec.hardware.nvidia_gpu_count, 1)
+    per_gpu = vram / max(spec.hardware.gpu_count, 1)
     return sum(max(s.vram_gb, s.gpus * per_gpu) for s in spec.services)
 
 
@@ -218,7 +220,7 @@ def plan_host(
     this host's share of the models it serves that way and the layers it holds of others'.
     Without it those are left out: the host's own placements alone, which is what a split
     is planned into (each host's memory free after them)."""
-    vram, gpu_bw, gpu_source = nvidia_memory(spec, catalogue)
+    vram, gpu_bw, gpu_source = gpu_memory(spec, catalogue)
     unified = unified_bandwidth(spec, catalogue)
     measured = spec.hardware.measured
     ram_bw, ram_source = ram_bandwidth(spec)
@@ -438,7 +440,7 @@ def _place(
         result.problem_field, result.problem = "context", too_long
         return result
     if not engine.offloads_to_ram:
-        per_gpu = room.vram / max(spec.hardware.nvidia_gpu_count, 1)
+        per_gpu = room.vram / max(spec.hardware.gpu_count, 1)
         share = engine.gpu_memory_share(spec)
         budget = min(result.gpus * per_gpu, room.vram_free) * share
         if not room.vram or need > budget:

@@ -424,7 +424,7 @@ def plans_of(
     """The plan of every host (or those named) with a placement, the GPU memory each host's
     declared services hold, and the largest set each on-demand engine may keep loaded."""
     from gpufleet.catalogue import fleet_catalogue
-    from gpufleet.planner import nvidia_memory, plan_host, services_vram_gb
+    from gpufleet.planner import gpu_memory, plan_host, services_vram_gb
 
     catalogue = fleet_catalogue()
     chosen = [specs[n] for n in names] if names is not None else list(specs.values())
@@ -434,7 +434,7 @@ def plans_of(
         if not plan.placements and not plan.rpc_parts:
             continue
         plans.append(plan)
-        services[spec.name] = services_vram_gb(spec, nvidia_memory(spec, catalogue)[0])
+        services[spec.name] = services_vram_gb(spec, gpu_memory(spec, catalogue)[0])
         at_once[spec.name] = largest_loaded_sets(spec, plan)
     return plans, services, at_once
 

@@ -299,7 +299,24 @@ def _with_declared_hardware(
     profile: FactProfile, spec: HostSpec, catalogue: Catalogue
 ) -> FactProfile:
     """The profile as the host's declared hardware changes it: its NVIDIA cards on the PCI
-    bus, no driver yet (a freshly installed GPU node)."""
+    bus, no driver yet (a freshly installed GPU node); an AMD integrated GPU's driver loaded
+    by the distribution's kernel from its initramfs, with the kernel's default GTT (half of
+    RAM)."""
+    if spec.hardware.amd_igpu:
+        from gpufleet.operations.amdgpu import gtt_pages
+        from gpufleet.planner import AMD_GTT_DEFAULT_SHARE
+
+        default = gtt_pages(spec.hardware.ram_gb * AMD_GTT_DEFAULT_SHARE)
+        gtt = {
+            "gpufleet.facts.system.TtmPagesLimit": {"{}": default},
+            # A machine of its own boots through an initramfs, which loads the driver.
+            "pyinfra.facts.server.Which": {
+                '{"command": "update-initramfs"}': "/usr/sbin/update-initramfs"
+            },
+        }
+        profile = FactProfile(
+            f"{profile.name}+AMD iGPU", _overlaid(profile.facts, gtt), profile.gpu_overlay
+        )
     cards = [
         accelerator
         for accelerator in spec.hardware.accelerators

@@ -169,7 +169,7 @@ def host_gpu(spec: HostSpec) -> Devices:
         return "nvidia"
     if "jetson" in kinds or spec.os == "jetson-l4t":
         return "tegra"
-    if "amd_igpu" in kinds:
+    if kinds & {"amd_igpu", "amd_gpu"}:
         return "amd"
     return "none"
 

@@ -66,7 +66,7 @@ def test_every_implied_target_is_scraped_and_up(scraped):
     assert jobs - up == CANNOT_RUN_HERE
     assert not {job for job, _ in jobs if job == "dcgm"}  # no image named: not installed
     # One blackbox probe target per HTTP endpoint the lab runs (each llama-server among them).
-    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 11
+    assert sum(1 for t in scraped if t["labels"]["job"] == "blackbox" and t["health"] == "up") == 12
 
 
 def test_probes_see_what_runs_and_what_does_not(scraped):
@@ -82,6 +82,7 @@ def test_probes_see_what_runs_and_what_does_not(scraped):
         ("litellm", "lab-infra-1"),
         ("gateway", "lab-infra-1"),
         ("vault", "lab-infra-1"),
+        ("model-cache", "lab-infra-1"),
     ):
         assert probed[running] == "1", running
     # Configured, not startable here: the probe says so (InferenceServerDown would fire).

@@ -17,6 +17,7 @@ from gpufleet.engines.llamacpp import (
     builds_with_vulkan,
     vulkan_build_problem,
 )
+from gpufleet.engines.ollama import OLLAMA
 from gpufleet.inventory import validate_file
 from gpufleet.models import HostSpec
 from gpufleet.planner import plan_host, plan_summary
@@ -161,3 +162,65 @@ def test_the_running_gtt_limit_is_read_from_the_kernel():
     fact = TtmPagesLimit()
     assert fact.process(["25165824"]) == 25165824
     assert fact.process([]) is None  # no TTM module loaded: a container, no GPU driver
+
+
+def radeon_desktop(**data) -> HostSpec:
+    """A newcomer's desktop with two Radeon RX 7900 XTX cards (24 GB each) on Debian 13."""
+    return HostSpec.model_validate(
+        {
+            "name": "rx",
+            "release": "13",
+            "hardware": {
+                "cores": 8,
+                "ram_gb": 64,
+                "accelerators": [{"kind": "amd_gpu", "model": "Radeon RX 7900 XTX", "count": 2}],
+            },
+            "llamacpp": {"source_sha256": SHA},
+            "models": [
+                {
+                    "model": "qwen2.5:32b",
+                    "engine": "llama.cpp",
+                    "source": "https://example.org/qwen2.5-32b-q4_k_m.gguf",
+                    "sha256": SHA,
+                    "context": 8192,
+                }
+            ],
+            **data,
+        }
+    )
+
+
+def test_discrete_radeon_cards_are_planned_on_their_vram_and_served_through_vulkan():
+    spec = radeon_desktop()
+    plan = plan_host(spec, CATALOGUE)
+    assert plan.vram_gb == 48 and not plan.unified and plan.gpu_bandwidth_gbs == 960
+    [placement] = plan.placements
+    assert placement.where == "gpu"
+    assert builds_with_vulkan(spec) and sandbox.host_gpu(spec) == "amd"
+    [run] = placement_runs(spec, engine_for(spec, spec.models[0]))
+    assert dict(itertools.pairwise(run.rendered.command))["--device"] == "Vulkan0,Vulkan1"
+    assert check_host(spec, CATALOGUE) == []
+    # No GTT beside a card's own VRAM.
+    [problem] = check_host(radeon_desktop(amdgpu={"gtt_gb": 16}), CATALOGUE)
+    assert problem.field == "amdgpu.gtt_gb"
+
+
+def test_an_nvidia_card_beside_a_radeon_is_the_one_the_engines_use():
+    spec = radeon_desktop(
+        hardware={
+            "cores": 8,
+            "ram_gb": 64,
+            "accelerators": [
+                {"kind": "nvidia", "model": "RTX 3090"},
+                {"kind": "amd_gpu", "model": "Radeon RX 7900 XTX"},
+            ],
+        }
+    )
+    assert spec.hardware.gpu_count == 1 and spec.hardware.amd_gpu_count == 0
+    assert plan_host(spec, CATALOGUE).vram_gb == 24  # the 3090's, not 48
+    assert builds_with_cuda(spec) and not builds_with_vulkan(spec)
+
+
+def test_ollama_uses_vulkan_on_a_radeon_and_keeps_only_integrated_gpus_by_flag():
+    env = dict(OLLAMA.environment(radeon_desktop()))
+    assert env["OLLAMA_VULKAN"] == "1" and "OLLAMA_IGPU_ENABLE" not in env

@@ -14,6 +14,7 @@ import pytest
 from gpufleet.exposure import exposures
 from gpufleet.inventory import validate_file
 from gpufleet.model_cache import cache_host, cache_url, cached_files
+from gpufleet.models import HostSpec
 from gpufleet.paths import render_template
 from gpufleet.preview import plan, profiles_for
 
@@ -120,3 +121,19 @@ def test_one_host_caches_the_fleets_models(tmp_path):
     with pytest.raises(InventoryError) as error:
         validate_file(inventory)
     assert "host 'nas-2': groups: nas-1 is the fleet's model cache already" in str(error.value)
+
+
+def test_the_monitoring_host_reaches_the_cache_to_probe_it(lab):
+    """A monitoring host that fetches no model still reaches the cache: its blackbox probe
+    asks the cache's health path."""
+    monitor = HostSpec.model_validate(
+        {
+            "name": "mon-1",
+            "groups": ["monitoring"],
+            "lan_address": "10.200.0.99",
+            "hardware": {"cores": 2, "ram_gb": 4},
+        }
+    )
+    fleet = {**lab, "mon-1": monitor}
+    cache = {e.service: e for e in exposures(lab["lab-infra-1"], fleet)}["model cache"]
+    assert "mon-1" in cache.clients

@@ -51,6 +51,10 @@ def test_lab_targets_follow_the_inventory():
     services = {(p["labels"]["host"], p["labels"]["service"]) for p in probes(specs)}
     assert ("lab-gpu-1", "ollama") in services  # no metrics of its own: probed instead
     assert ("lab-infra-1", "gateway") in services and ("lab-infra-1", "vault") in services
+    # The model cache's NGINX site answers a health path the probe asks (no model file read).
+    [cache] = [p for p in probes(specs) if p["labels"]["service"] == "model-cache"]
+    assert cache["labels"]["host"] == "lab-infra-1"
+    assert cache["targets"] == ["http://10.200.0.12:8090/health"]
 
 
 def test_homelab_scrapes_every_host_and_each_gpu():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import plistlib
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -614,3 +615,31 @@ def test_every_download_the_fleet_plans_is_checked_before_it_is_used(homelab):
         checked = "sha256sum -c" in command or "gpg --batch --show-keys" in command
         assert checked, command
         assert not re.search(r"(curl|wget)[^|;&]*\| *(sudo )?(ba)?sh\b", command), command
+
+
+def test_an_ai_max_box_gets_its_vulkan_driver_and_keeps_the_default_gtt(homelab):
+    """Seed 004's AI Max boxes are cpu_nodes: the GPU node deploy still gives their Radeon
+    8060S Mesa's Vulkan driver. With the kernel's default GTT, which the plan counts on,
+    nothing is written and no reboot is asked for."""
+    gtr9 = {o.name: o for o in homelab["gtr9-pro"]}
+    driver = gtr9["AMD GPU | Mesa's Vulkan drivers (RADV)"]
+    assert driver.changes and "mesa-vulkan-drivers" in driver.commands[-1]
+    assert not gtr9["AMD GPU | GTT size (ttm.pages_limit)"].changes
+    assert not any("reboot" in name.lower() for name in gtr9)
+    assert not any(name.startswith("AMD GPU") for name in {o.name for o in homelab["ser9"]})
+
+
+def test_a_larger_gtt_is_written_for_the_driver_and_its_reboot_reported(tmp_path):
+    inventory = tmp_path / "inventory/homelab.py"
+    inventory.parent.mkdir()
+    text = (ROOT / HOMELAB).read_text()
+    gtr9 = '        "hardware": _AI_MAX,\n'
+    assert gtr9 in text
+    inventory.write_text(text.replace(gtr9, gtr9 + '        "amdgpu": {"gtt_gb": 96},\n', 1))
+    shutil.copytree(ROOT / "group_data", tmp_path / "group_data")
+    operations = planned(str(inventory), ["deploys/gpu_node.py"], ["gtr9-pro"])["gtr9-pro"]
+    by_name = {o.name: o for o in operations}
+    written = by_name["AMD GPU | GTT size (ttm.pages_limit)"]
+    assert "options ttm pages_limit=25165824" in written.commands[1]
+    assert written.commands[-1] == "update-initramfs -u"
+    assert by_name["AMD GPU | Report the reboot the GTT size needs"].changes

@@ -228,7 +228,8 @@ class LlamaCpp(Engine):
         if builds_with_vulkan(spec) and decision.gpu_layers and not decision.rpc:
             # The planner put layers on the GPU: a server that finds no Vulkan device stops
             # ("invalid device") instead of running them on the CPUs unnoticed.
-            command += ("--device", "Vulkan0")
+            gpus = max(spec.hardware.amd_gpu_count, 1)
+            command += ("--device", ",".join(f"Vulkan{i}" for i in range(gpus)))
         return Rendered(command=command, environment=self.vulkan_environment(spec, self.service))
 
     def vulkan_environment(self, spec: HostSpec, service: str) -> tuple[tuple[str, str], ...]:
@@ -339,10 +340,11 @@ def builds_with_cuda(spec: HostSpec) -> bool:
 
 
 def builds_with_vulkan(spec: HostSpec) -> bool:
-    """llama-server is built with Vulkan on a host with an AMD integrated GPU (Mesa's RADV
-    drives it; ROCm's support of these chips comes and goes by release), unless its model is
-    kept off the GPU (``gpu_layers: 0``)."""
-    return spec.hardware.amd_igpu and spec.llamacpp.gpu_layers != 0
+    """llama-server is built with Vulkan on a host with an AMD GPU, integrated or discrete
+    (Mesa's RADV drives both; ROCm's support of each chip comes and goes by release), and
+    no NVIDIA GPU, unless its model is kept off the GPU (``gpu_layers: 0``)."""
+    amd = spec.hardware.amd_igpu or spec.hardware.amd_gpu_count > 0
+    return amd and not spec.hardware.nvidia_gpu_count and spec.llamacpp.gpu_layers != 0
 
 
 def builds_for_gpu(spec: HostSpec) -> bool:

@@ -132,9 +132,7 @@ class Ollama(Engine):
         return spec.ollama.num_parallel or 1
 
     def max_loaded(self, spec: HostSpec) -> int:
-        return spec.ollama.max_loaded_models or LOADED_PER_GPU * max(
-            spec.hardware.nvidia_gpu_count, 1
-        )
+        return spec.ollama.max_loaded_models or LOADED_PER_GPU * max(spec.hardware.gpu_count, 1)
 
     def problems(
         self, spec: HostSpec, placed: list[tuple[int, ModelPlacement]]
@@ -169,12 +167,14 @@ class Ollama(Engine):
             env["OLLAMA_NUM_PARALLEL"] = str(settings.num_parallel)
         if settings.context_length is not None:
             env["OLLAMA_CONTEXT_LENGTH"] = str(settings.context_length)
+        if spec.hardware.amd_igpu or spec.hardware.amd_gpu_count:
+            # Its Vulkan backend (in the main archive) drives an AMD GPU through Mesa's RADV;
+            # ROCm's own archive is not fetched.
+            env["OLLAMA_VULKAN"] = "1"
         if spec.hardware.amd_igpu:
             # Ollama drops integrated GPUs it does not know unless told to keep them, and the
-            # planner put this host's models on its GPU. Its Vulkan backend (in the main
-            # archive) drives the chip through Mesa's RADV; ROCm's own archive is not fetched.
+            # planner put this host's models on its GPU.
             env["OLLAMA_IGPU_ENABLE"] = "1"
-            env["OLLAMA_VULKAN"] = "1"
         return env
 
     def render(

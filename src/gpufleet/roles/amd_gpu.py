@@ -23,7 +23,7 @@ VULKAN_DRIVER_PACKAGES = ["mesa-vulkan-drivers", "libvulkan1"]
 @deploy("AMD GPU")
 def amd_gpu(spec: HostSpec) -> None:
     """
-    Mesa's Vulkan driver, and the GTT size the planner plans the GPU with.
+    Mesa's Vulkan driver; on an integrated GPU, the GTT size the planner plans it with.
 
     .. code:: python
 
@@ -34,7 +34,10 @@ def amd_gpu(spec: HostSpec) -> None:
         name="Mesa's Vulkan drivers (RADV)", packages=VULKAN_DRIVER_PACKAGES, no_recommends=True
     )
 
-    # 2. The GTT: what the planner gave the GPU (amdgpu.gtt_gb), or the kernel's default.
+    # 2. An integrated GPU's GTT: what the planner gave it (amdgpu.gtt_gb), or the kernel's
+    # default. A discrete card has its own VRAM.
+    if not spec.hardware.amd_igpu:
+        return
     gtt_gb = spec.amdgpu.gtt_gb
     written = amdgpu.gtt_limit(name="GTT size (ttm.pages_limit)", gtt_gb=gtt_gb)
 

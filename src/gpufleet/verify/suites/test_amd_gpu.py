@@ -1,13 +1,14 @@
-"""AMD integrated GPUs: Mesa's Vulkan driver, and the GTT size the planner planned with."""
+"""AMD GPUs: Mesa's Vulkan driver; an integrated GPU's GTT size the planner planned with."""
 
 import pytest
 
 from gpufleet.operations.amdgpu import PAGES_PER_GB, gtt_pages
 from gpufleet.planner import AMD_GTT_DEFAULT_SHARE
+from gpufleet.verify import applies
 
 
 def applies_to(spec):
-    return spec.hardware.amd_igpu
+    return spec.hardware.amd_igpu or spec.hardware.amd_gpu_count > 0
 
 
 def test_mesa_vulkan_driver_is_installed(target):
@@ -15,6 +16,7 @@ def test_mesa_vulkan_driver_is_installed(target):
     assert target.host.package("libvulkan1").is_installed
 
 
+@applies(lambda spec: spec.hardware.amd_igpu)
 def test_the_kernel_holds_the_planned_gtt_size(target):
     """The GTT the running kernel allows the GPU is the planner's: ``amdgpu.gtt_gb``, else
     the kernel's default of half of RAM (a host that has not rebooted since the size changed
