@@ -307,7 +307,7 @@ def _with_declared_hardware(
         from gpufleet.planner import AMD_GTT_DEFAULT_SHARE
 
         default = gtt_pages(spec.hardware.ram_gb * AMD_GTT_DEFAULT_SHARE)
-        gtt = {
+        gtt: dict[str, dict[str, Any]] = {
             "gpufleet.facts.system.TtmPagesLimit": {"{}": default},
             # A machine of its own boots through an initramfs, which loads the driver.
             "pyinfra.facts.server.Which": {
