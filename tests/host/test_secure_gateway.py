@@ -86,6 +86,24 @@ def predicted_tokens(address: str) -> float:
     return float(line.split()[-1])
 
 
+def completes_through_the_gateway(alias: str, address: str, client_key: str, fleet_ca) -> None:
+    """A client's completion of ``alias`` comes through NGINX and LiteLLM, and the
+    llama-server at ``address`` generated its tokens (llama.cpp counts what it produced)."""
+    before = predicted_tokens(address)
+    reply = post(
+        "/v1/chat/completions",
+        client_key,
+        fleet_ca,
+        model=alias,
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=8,
+    )
+    assert reply.status_code == 200, reply.text
+    produced = reply.json()["usage"]["completion_tokens"]
+    assert produced > 0
+    assert predicted_tokens(address) >= before + produced
+
+
 # --- the secret store ------------------------------------------------------------------------
 
 
@@ -231,20 +249,8 @@ def test_requests_without_a_valid_key_get_401(fleet_ca, client_key):
 
 
 def test_a_client_gets_a_real_completion_through_nginx_and_litellm(fleet_ca, client_key):
-    before = predicted_tokens(GPU)
-    reply = post(
-        "/v1/chat/completions",
-        client_key,
-        fleet_ca,
-        model=MODEL,
-        messages=[{"role": "user", "content": "Name a colour."}],
-        max_tokens=8,
-    )
-    assert reply.status_code == 200, reply.text
-    body = reply.json()
-    assert body["usage"]["completion_tokens"] > 0
-    # The primary on lab-gpu-1 generated them (llama.cpp counts what it produced).
-    assert predicted_tokens(GPU) >= before + body["usage"]["completion_tokens"]
+    # The primary on lab-gpu-1 generates it.
+    completes_through_the_gateway(MODEL, GPU, client_key, fleet_ca)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -290,20 +296,10 @@ def test_streaming_arrives_in_chunks(fleet_ca, client_key):
 
 
 def test_a_killed_primary_falls_back_to_the_backup(fleet_ca, client_key, vault):
-    backup_before = predicted_tokens(INFRA)
     ssh(GPU, "systemctl stop llama-server")
     try:
-        reply = post(
-            "/v1/chat/completions",
-            client_key,
-            fleet_ca,
-            model=MODEL,
-            messages=[{"role": "user", "content": "Name a fruit."}],
-            max_tokens=8,
-        )
-        assert reply.status_code == 200, reply.text
-        # The CPU backup on lab-infra-1 answered.
-        assert predicted_tokens(INFRA) >= backup_before + reply.json()["usage"]["completion_tokens"]
+        # The CPU backup on lab-infra-1 answers.
+        completes_through_the_gateway(MODEL, INFRA, client_key, fleet_ca)
         # The failure is recorded in the routers' shared Redis, not in one process's memory.
         mount, path, key = parse_vault_reference(REDIS_PASSWORD)
         password = str(vault.kv_get(mount, path)[key])

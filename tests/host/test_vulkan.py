@@ -14,7 +14,7 @@ from gpufleet.planner import plan_host
 from gpufleet.serving import placement_runs
 
 from .conftest import SPECS, ssh
-from .test_secure_gateway import post, predicted_tokens
+from .test_secure_gateway import completes_through_the_gateway
 
 HOST = "lab-amd-1"
 ADDRESS = str(SPECS[HOST].lan_address)
@@ -68,17 +68,4 @@ def test_the_gtt_size_is_written_for_the_driver(lab_session):
 
 
 def test_the_vulkan_model_answers_through_the_gateway(lab_session, fleet_ca, client_key):
-    alias = SPECS[HOST].models[0].alias
-    before = predicted_tokens(ADDRESS)
-    reply = post(
-        "/v1/chat/completions",
-        client_key,
-        fleet_ca,
-        model=alias,
-        messages=[{"role": "user", "content": "Name a colour."}],
-        max_tokens=8,
-    )
-    assert reply.status_code == 200, reply.text
-    produced = reply.json()["usage"]["completion_tokens"]
-    assert produced > 0
-    assert predicted_tokens(ADDRESS) >= before + produced
+    completes_through_the_gateway(SPECS[HOST].models[0].alias, ADDRESS, client_key, fleet_ca)
