@@ -188,10 +188,12 @@ def accelerators_of(
             continue
         vram = _gib(gpu["vram_mib"])
         pci = f" [PCI {gpu['pci_device_id']}]" if gpu["pci_device_id"] else ""
-        if gpu["vendor"] == "amd":
+        if gpu["vendor"] == "amd" and not DISCRETE_AMD.search(gpu["name"]):
             todo.append(f"{gpu['name']}{pci}: {_amd_left_out(gpu['name'])}")
             continue
-        kind = {"nvidia": "nvidia", "apple": "apple_metal", "jetson": "jetson"}[gpu["vendor"]]
+        kind = {"nvidia": "nvidia", "amd": "amd_gpu", "apple": "apple_metal", "jetson": "jetson"}[
+            gpu["vendor"]
+        ]
         counted[(kind, gpu["name"], vram)] += 1
         todo.append(
             f"{gpu['name']}{pci}: not in gpufleet's catalogue; declare it under that name in "
@@ -222,11 +224,16 @@ def _identify(gpu: SeenGpu, catalogue: Catalogue) -> Any:
             )
         return None
     # AMD: by name, where exactly one catalogue part is named and lspci does not list
-    # several parts sharing the device ("Radeon 8050S / Radeon 8060S").
+    # several parts sharing the device ("Radeon 8050S / Radeon 8060S"). A name inside a
+    # longer one it also names is not another part ("Radeon RX 7900 XT" in "... XTX").
     if "/" in gpu["name"]:
         return None
-    named = [entry for name, entry in catalogue.accelerators.items() if name in gpu["name"]]
-    return named[0] if len(named) == 1 else None
+    named = {
+        name: e
+        for name, e in catalogue.accelerators.items()
+        if re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", gpu["name"])
+    }
+    return next(iter(named.values())) if len(named) == 1 else None
 
 
 DISCRETE_AMD = re.compile(r"\bRX\b|Instinct|Radeon Pro|\bW\d{4}\b|\bMI\d{2,3}")
@@ -235,11 +242,9 @@ its integrated GPUs are Radeon Graphics, Radeon 780M, Radeon 8060S and codenames
 
 
 def _amd_left_out(name: str) -> str:
-    """Why an AMD GPU the catalogue does not name is left out of the host's data: gpufleet
-    cannot plan for it without knowing the part (an integrated GPU's memory is the system's,
-    and most are too small to be worth a model)."""
-    if DISCRETE_AMD.search(name):
-        return "a discrete AMD GPU, which gpufleet does not plan for yet; left out"
+    """Why an AMD integrated GPU the catalogue does not name is left out of the host's data:
+    gpufleet cannot plan for it without knowing the part (its memory is the system's, and
+    most are too small to be worth a model). A discrete card is declared as it is seen."""
     return (
         "an AMD integrated GPU the catalogue does not name; left out. To run models on it, "
         "declare it in catalogue.yaml (accelerators:, kind: amd_igpu) and add it to the "

@@ -225,3 +225,21 @@ def test_the_cli_runs_init_and_discover(tmp_path, capsys):
     assert "already there" in capsys.readouterr().err
     assert main(["discover", "--help"]) == 0
     assert "--ssh-key" in capsys.readouterr().out
+
+
+def test_a_discrete_radeon_is_declared_and_an_unknown_integrated_one_left_out():
+    from gpufleet.onboarding import accelerators_of
+
+    seen = [
+        {"vendor": "amd", "name": "Radeon RX 7900 XTX", "pci_device_id": "744c", "vram_mib": 24560},
+        {"vendor": "amd", "name": "Radeon RX 9950 XT", "pci_device_id": "7599", "vram_mib": 32752},
+        {"vendor": "amd", "name": "Radeon 760M", "pci_device_id": "15bf", "vram_mib": 512},
+    ]
+    accelerators, todo = accelerators_of(seen, load_catalogue())
+    assert accelerators == [
+        {"kind": "amd_gpu", "model": "Radeon RX 7900 XTX"},
+        # Not in the catalogue: as the host names it, with its VRAM, and a line to check it.
+        {"kind": "amd_gpu", "model": "Radeon RX 9950 XT", "vram_gb": 32.0},
+    ]
+    assert any(line.startswith("Radeon RX 9950 XT [PCI 7599]: not in") for line in todo)
+    assert any(line.startswith("Radeon 760M [PCI 15bf]: an AMD integrated GPU") for line in todo)

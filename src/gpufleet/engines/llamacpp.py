@@ -87,7 +87,7 @@ class LlamaCppSettings(Spec):
     """-ngl: layers offloaded to the GPU; as many as the planner finds room for when left
     out. A number larger than fits is refused."""
     vulkan_devices: str | None = Field(None, pattern=r"^\d{1,2}(,\d{1,2}){0,15}$")
-    """GGML_VK_VISIBLE_DEVICES of a Vulkan build (a host with an AMD integrated GPU): the
+    """GGML_VK_VISIBLE_DEVICES of a Vulkan build (a host with an AMD GPU): the
     devices llama.cpp uses, by index in the Vulkan loader's list. Left out: every GPU it
     finds; a CPU-type device (Mesa's software lavapipe) is used only where named here."""
     cuda_toolkit: str = Field("distribution", pattern=r"^(distribution|cuda-toolkit-\d+-\d+)$")
