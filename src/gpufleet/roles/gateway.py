@@ -226,8 +226,11 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     )
 
     # 4. NGINX's counters for Prometheus, read from stub_status on loopback.
+    # The flags go first: the package starts the exporter as it installs, and with Debian's
+    # default scrape address (127.0.0.1:8080, where a llama-server answers 401) it exits and
+    # restarts until systemd's start limit refuses the restart that would load these flags.
+    # apt keeps a file that is there already (--force-confold).
     exporter = "prometheus-nginx-exporter"
-    apt.packages(name="NGINX exporter", packages=[exporter], no_recommends=True)
     exporter_flags = config.config_file(
         name="NGINX exporter flags",
         dest=f"/etc/default/{exporter}",
@@ -237,4 +240,5 @@ def nginx_gateway(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
             f'-web.listen-address={gateway.exporter_address}:{gateway.exporter_port}"\n'
         ),
     )
+    apt.packages(name="NGINX exporter", packages=[exporter], no_recommends=True)
     run_service(exporter, exporter_flags)
