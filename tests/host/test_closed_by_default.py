@@ -97,8 +97,9 @@ def _admits(table: str, source: str) -> bool:
     neighbouring addresses merged (10.200.0.16 and .17 as 10.200.0.16/31; a run as a range),
     so the set's elements are read as networks and ranges, not matched as text."""
     wanted = ipaddress.ip_network(source)
-    for elements in re.findall(r"ip saddr \{([^}]*)\}", table):
-        for element in (e.strip() for e in elements.split(",")):
+    # A set of one is listed bare: ``ip saddr 10.200.0.16``.
+    for elements in re.findall(r"ip saddr (\{[^}]*\}|\S+)", table):
+        for element in (e.strip() for e in elements.strip("{}").split(",")):
             if "-" in element:
                 low, high = (ipaddress.ip_address(a.strip()) for a in element.split("-"))
                 if low <= wanted.network_address and wanted.broadcast_address <= high:
