@@ -288,8 +288,7 @@ def _amd_gpu(spec: HostSpec) -> Iterator[Problem]:
             f"{gtt:g} GB of GTT would leave the system less than its {SYSTEM_RESERVE_GB:g} GB "
             f"reserve of {spec.hardware.ram_gb:g} GB RAM; give at most {most:g}",
         )
-    amd = spec.hardware.amd_igpu or spec.hardware.amd_gpu_count > 0
-    if spec.llamacpp.vulkan_devices is not None and not amd:
+    if spec.llamacpp.vulkan_devices is not None and not spec.hardware.amd_gpu:
         yield Problem(
             spec.name,
             "llamacpp.vulkan_devices",

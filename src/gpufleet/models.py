@@ -192,6 +192,12 @@ class Hardware(Spec):
         return sum(a.count for a in self.accelerators if a.kind == "amd_gpu")
 
     @property
+    def amd_gpu(self) -> bool:
+        """The host's engines may use an AMD GPU: an integrated one, or discrete cards (none
+        beside an NVIDIA card, see ``amd_gpu_count``)."""
+        return self.amd_igpu or self.amd_gpu_count > 0
+
+    @property
     def gpu_count(self) -> int:
         """The discrete GPUs the host's engines use: its NVIDIA GPUs, else its AMD ones."""
         return self.nvidia_gpu_count or self.amd_gpu_count

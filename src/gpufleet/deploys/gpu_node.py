@@ -28,8 +28,8 @@ if "gpu_nodes" in spec.groups:
     else:
         nvidia_driver(spec)
     container_runtime(spec)
-elif not (spec.hardware.amd_igpu or spec.hardware.amd_gpu_count):
+elif not spec.hardware.amd_gpu:
     host.noop(f"{spec.name} is not in gpu_nodes: GPU steps skipped")
 
-if spec.hardware.amd_igpu or spec.hardware.amd_gpu_count:
+if spec.hardware.amd_gpu:
     amd_gpu(spec)

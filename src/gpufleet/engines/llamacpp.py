@@ -343,8 +343,8 @@ def builds_with_vulkan(spec: HostSpec) -> bool:
     """llama-server is built with Vulkan on a host with an AMD GPU, integrated or discrete
     (Mesa's RADV drives both; ROCm's support of each chip comes and goes by release), and
     no NVIDIA GPU, unless its model is kept off the GPU (``gpu_layers: 0``)."""
-    amd = spec.hardware.amd_igpu or spec.hardware.amd_gpu_count > 0
-    return amd and not spec.hardware.nvidia_gpu_count and spec.llamacpp.gpu_layers != 0
+    hardware = spec.hardware
+    return hardware.amd_gpu and not hardware.nvidia_gpu_count and spec.llamacpp.gpu_layers != 0
 
 
 def builds_for_gpu(spec: HostSpec) -> bool:

@@ -167,7 +167,7 @@ class Ollama(Engine):
             env["OLLAMA_NUM_PARALLEL"] = str(settings.num_parallel)
         if settings.context_length is not None:
             env["OLLAMA_CONTEXT_LENGTH"] = str(settings.context_length)
-        if spec.hardware.amd_igpu or spec.hardware.amd_gpu_count:
+        if spec.hardware.amd_gpu:
             # Its Vulkan backend (in the main archive) drives an AMD GPU through Mesa's RADV;
             # ROCm's own archive is not fetched.
             env["OLLAMA_VULKAN"] = "1"

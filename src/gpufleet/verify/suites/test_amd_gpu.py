@@ -8,7 +8,7 @@ from gpufleet.verify import applies
 
 
 def applies_to(spec):
-    return spec.hardware.amd_igpu or spec.hardware.amd_gpu_count > 0
+    return spec.hardware.amd_gpu
 
 
 def test_mesa_vulkan_driver_is_installed(target):
