@@ -67,6 +67,7 @@ def check_fleet(
     problems += _routing(specs) + list(exposure_problems(specs))
     problems += [Problem(*problem) for problem in build_host_problems(specs)]
     problems += list(_rpc_splits(specs))
+    problems += list(_ray_clusters(specs))
     caches = [spec for spec in specs.values() if "model_cache" in spec.groups]
     for extra in caches[1:]:
         problems.append(
@@ -700,15 +701,160 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                         "services; choose a free port",
                     )
     for spec in specs.values():
-        named = {w.host for m in spec.models for w in m.rpc_workers}
+        named = {name for m in spec.models for name in m.split_workers}
         if not named or spec.name in named or not named <= set(specs):
             continue  # reported above
         plan = plan_host(spec, catalogue, specs)
         for result in plan.placements:
-            if spec.models[result.index].rpc_workers and result.problem:
+            if spec.models[result.index].split_workers and result.problem:
                 yield Problem(
                     spec.name, f"models[{result.index}].{result.problem_field}", result.problem
                 )
+
+
+def ray_cluster_ports(spec: HostSpec, head: bool) -> list[tuple[int, str]]:
+    """The ports of a host's Ray node, with the field that sets each."""
+    ray = spec.vllm.ray
+    names = [
+        "node_manager_port",
+        "object_manager_port",
+        "runtime_env_agent_port",
+        "dashboard_agent_grpc_port",
+        "dashboard_agent_listen_port",
+        "metrics_export_port",
+    ]
+    if head:
+        names = ["port", "client_server_port", *names]
+    return [(getattr(ray, name), f"vllm.ray.{name}") for name in names]  # fmt: skip
+
+
+def _ray_clusters(specs: dict[str, HostSpec]) -> Iterator[Problem]:
+    """vLLM models split across hosts (``ray_workers``): every worker a Linux host of this
+    inventory with an address and its firewall on (Ray runs the code it is sent), in one
+    cluster only, running the head's vLLM and Ray from a venv, with the cluster's token;
+    its Ray ports free. The split itself is planned with the fleet (:func:`_rpc_splits`)."""
+    from gpufleet.catalogue import fleet_catalogue
+    from gpufleet.engines.vllm import RAY_TOKEN
+
+    stage_of: dict[str, str] = {}
+    heads = {s.name for s in specs.values() for m in s.models if m.ray_workers}
+    for spec in specs.values():
+        split = [(i, m) for i, m in enumerate(spec.models) if m.ray_workers]
+        if not split:
+            continue
+        index, placement = split[0]
+        field = f"models[{index}].ray_workers"
+        token = spec.secrets.get(RAY_TOKEN.secret)
+        if token is None:
+            yield Problem(
+                spec.name,
+                f"secrets.{RAY_TOKEN.secret}",
+                "a Ray cluster's nodes and vLLM present one shared token (Ray's token "
+                f"authentication): add secrets={{'{RAY_TOKEN.secret}': "
+                "'vault:kv/gpufleet/ray#token'}} here and on every host of ray_workers "
+                "(deploys/vault.py generates it)",
+            )
+        if spec.vllm.install == "container":
+            yield Problem(
+                spec.name,
+                "vllm.install",
+                "a vLLM model split across hosts runs Ray from vLLM's venv on every host; set "
+                "vllm.install: venv (or present), or serve the model on this host alone",
+            )
+        yield from _ports_free(spec, ray_cluster_ports(spec, head=True))
+        gated = fleet_catalogue().gated_repo(placement.source or "")
+        for number, name in enumerate(placement.ray_workers):
+            at = f"{field}[{number}]"
+            other = specs.get(name)
+            if other is None:
+                yield Problem(
+                    spec.name, at,
+                    f"no host {name!r} in this inventory{suggest(name, specs)}; name a host of it",
+                )  # fmt: skip
+                continue
+            if other.name == spec.name:
+                yield Problem(spec.name, at, "names this host itself; name another host")
+                continue
+            if other.lan_address is None and other.tailscale_address is None:
+                yield Problem(
+                    other.name,
+                    "lan_address",
+                    f"it joins {spec.name}'s Ray cluster by address (Ray's node address and "
+                    "the firewall go by address): add its lan_address or tailscale_address",
+                )
+            if other.os == "macos":
+                yield Problem(
+                    spec.name, at, f"{other.name} is a Mac: Ray workers run on Linux hosts with "
+                    "NVIDIA GPUs; name one",
+                )  # fmt: skip
+                continue
+            if not other.firewall.enabled:
+                yield Problem(
+                    other.name,
+                    "firewall.enabled",
+                    f"it runs a pipeline stage of {spec.name}'s {placement.model} in a Ray "
+                    f"node, which runs the code it is sent: only {spec.name}'s cluster may "
+                    "reach its ports; turn the firewall on",
+                )
+            if name in heads:
+                yield Problem(
+                    spec.name, at, f"{name} serves a model split across hosts itself; a host "
+                    "runs one Ray node: name another worker",
+                )  # fmt: skip
+            elif name in stage_of:
+                yield Problem(
+                    spec.name, at, f"{name} runs a stage for {stage_of[name]} already; a host "
+                    "runs one Ray node: name another worker",
+                )  # fmt: skip
+            stage_of.setdefault(name, spec.name)
+            if other.vllm.install == "container":
+                yield Problem(
+                    other.name,
+                    "vllm.install",
+                    f"it runs a pipeline stage of {spec.name}'s model from vLLM's venv; set "
+                    "vllm.install: venv (or present)",
+                )
+            for setting, mine, theirs in (
+                ("vllm.version", spec.vllm.version, other.vllm.version),
+                ("vllm.ray.version", spec.vllm.ray.version, other.vllm.ray.version),
+            ):
+                if mine != theirs:
+                    yield Problem(
+                        other.name,
+                        setting,
+                        f"it runs a pipeline stage of {spec.name}'s {placement.model}, whose "
+                        f"cluster runs {mine}; Ray and vLLM refuse nodes of another release: "
+                        f"set {setting}: '{mine}'",
+                    )
+            if token is not None and other.secrets.get(RAY_TOKEN.secret) != token:
+                yield Problem(
+                    other.name,
+                    f"secrets.{RAY_TOKEN.secret}",
+                    f"it joins {spec.name}'s Ray cluster, which asks for the token of "
+                    f"{spec.name}'s secrets.{RAY_TOKEN.secret}: give it the same reference",
+                )
+            if gated and "hf_token" not in other.secrets:
+                yield Problem(
+                    other.name,
+                    "secrets.hf_token",
+                    f"it downloads its stage of {placement.source}, which is gated on Hugging "
+                    "Face: add secrets.hf_token as on " + spec.name,
+                )
+            yield from _ports_free(other, ray_cluster_ports(other, head=False))
+
+
+def _ports_free(spec: HostSpec, wanted: list[tuple[int, str]]) -> Iterator[Problem]:
+    """A Ray node's ports that another service of the host (or the worker range) takes."""
+    ray = spec.vllm.ray
+    taken = dict(listeners(spec))
+    seen: dict[int, str] = {}
+    for port, field in wanted:
+        clash = taken.get(port) or seen.get(port)
+        if clash is None and ray.min_worker_port <= port <= ray.max_worker_port:
+            clash = "vllm.ray.min_worker_port..max_worker_port"
+        if clash is not None:
+            yield Problem(spec.name, field, f"port {port} is taken by {clash}; choose a free port")
+        seen[port] = field
 
 
 def _routing(specs: dict[str, HostSpec]) -> list[Problem]:

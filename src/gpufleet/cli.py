@@ -613,6 +613,7 @@ def firewall(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
                         service=e.service,
                         address=e.address,
                         ports=list(e.ports),
+                        port_range=list(e.port_range) if e.port_range else None,
                         reach=reach(specs[name], e),
                         sources=list(e.sources),
                         clients=list(e.clients),
@@ -634,7 +635,7 @@ def firewall(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
                 label if number == 0 else "",
                 exposure.service,
                 exposure.address,
-                ",".join(str(p) for p in exposure.ports),
+                exposure.port_text,
                 reach_text(spec, exposure),
             )
     _print_table(table)

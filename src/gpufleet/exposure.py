@@ -52,6 +52,16 @@ class Exposure:
     """Published by Docker: reached through the forward hook, not the input hook."""
     authenticated: bool = False
     """It asks every client for credentials (Vault, Grafana, Redis, PostgreSQL)."""
+    port_range: tuple[int, int] | None = None
+    """A range of ports it listens on besides ``ports`` (first, last): Ray's worker ports."""
+
+    @property
+    def port_text(self) -> str:
+        """Its ports as one list: ``6379,6380,10002-10101``."""
+        ports = [str(p) for p in self.ports]
+        if self.port_range:
+            ports.append(f"{self.port_range[0]}-{self.port_range[1]}")
+        return ",".join(ports)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class _Service:
     published: bool = False
     admitted: bool = True
     """The ``firewall.admin_sources`` are let in too."""
+    port_range: tuple[int, int] | None = None
 
 
 def _hosts(specs: dict[str, HostSpec], *groups: str) -> frozenset[str]:
@@ -88,6 +99,8 @@ class FleetRoles:
     model_cache: str | None = None
     cache_clients: frozenset[str] = frozenset()
     """The hosts that fetch model files from the cache."""
+    ray_clusters: dict[str, tuple[str, frozenset[str]]] = dataclass_field(default_factory=dict)
+    """Host of a Ray cluster -> (its head, the cluster's other hosts)."""
 
     @classmethod
     def of(cls, specs: dict[str, HostSpec]) -> FleetRoles:
@@ -108,7 +121,21 @@ class FleetRoles:
             rpc_heads(specs),
             cache.name if cache is not None else None,
             cache_clients(specs) if cache is not None else frozenset(),
+            ray_clusters(specs),
         )
+
+
+def ray_clusters(specs: dict[str, HostSpec]) -> dict[str, tuple[str, frozenset[str]]]:
+    """Every host of a vLLM model split across hosts -> (the head that serves it, the
+    cluster's other hosts)."""
+    clusters: dict[str, tuple[str, frozenset[str]]] = {}
+    for spec in specs.values():
+        for placement in spec.models:
+            if placement.ray_workers:
+                members = frozenset({spec.name, *placement.ray_workers})
+                for name in members:
+                    clusters.setdefault(name, (spec.name, members - {name}))
+    return clusters
 
 
 def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
@@ -140,6 +167,22 @@ def _services(spec: HostSpec, roles: FleetRoles) -> Iterator[_Service]:
             roles.rpc_heads[spec.name],
             spec.llamacpp.rpc_address,
             admitted=False,
+        )
+    if spec.name in roles.ray_clusters:
+        # Ray runs the code it is sent (its token aside): the cluster's hosts reach its
+        # ports, and nothing else, not even the admin sources.
+        from gpufleet.checks import ray_cluster_ports
+
+        head, peers = roles.ray_clusters[spec.name]
+        ray = spec.vllm.ray
+        yield _Service(
+            "ray",
+            tuple(port for port, _ in ray_cluster_ports(spec, head=head == spec.name)),
+            None,
+            peers,
+            None,
+            admitted=False,
+            port_range=(ray.min_worker_port, ray.max_worker_port),
         )
     if roles.model_cache == spec.name:
         yield _Service(
@@ -250,6 +293,7 @@ def exposures(
                 guarded,
                 service.published,
                 service.authenticated,
+                service.port_range,
             )
         )
     return found
@@ -351,7 +395,7 @@ def describe_exposures(specs: dict[str, HostSpec]) -> str:
     for spec in specs.values():
         lines.append(f"{spec.name}:" + ("" if spec.firewall.enabled else " (firewall off)"))
         for exposure in exposures(spec, specs, roles):
-            ports = ",".join(str(p) for p in exposure.ports)
+            ports = exposure.port_text
             reach = reach_text(spec, exposure)
             lines.append(f"  {exposure.service:<16} {exposure.address}:{ports:<12} {reach}")
     return "\n".join(lines)

@@ -267,6 +267,13 @@ class ModelPlacement(Spec):
     too big for this host alone (llama.cpp only): each runs ``ggml-rpc-server``, reachable
     from this host only, and this host's llama-server computes on them (``--rpc``). Layers
     are split in proportion to each host's free memory unless a worker's are given."""
+    ray_workers: list[HostName] = Field(default_factory=list, max_length=16)
+    """Hosts that run the later pipeline stages of this model, for a model too big for this
+    host's GPUs alone (vLLM only): each joins this host's Ray cluster (token-authenticated,
+    its ports reachable from the cluster's hosts only) with as many NVIDIA GPUs as this
+    placement uses here (``gpus``, the tensor-parallel size), and vLLM runs one pipeline stage
+    per host (``--pipeline-parallel-size``), its layers split in proportion to each host's
+    free VRAM."""
     priority: int = Field(1, ge=1, le=3)
     """Place in the router's redundancy order for this alias: 1 primary, 2 backup 1, 3 backup
     2. Hosts with the same alias and priority share the load; the router falls back from 1 to
@@ -298,13 +305,31 @@ class ModelPlacement(Spec):
                 f"rpc_workers split a model across hosts with llama.cpp's RPC backend; "
                 f"{self.engine} has none: set engine: llama.cpp, or drop rpc_workers"
             )
-        names = [worker.host for worker in self.rpc_workers]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
+        for field, names in (
+            ("rpc_workers", [worker.host for worker in self.rpc_workers]),
+            ("ray_workers", list(self.ray_workers)),
+        ):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(
+                    f"{field} names {', '.join(twice)} more than once; name each worker once"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _ray_workers_are_vllm_stages(self) -> ModelPlacement:
+        if self.ray_workers and self.engine != "vllm":
             raise ValueError(
-                f"rpc_workers names {', '.join(twice)} more than once; name each worker once"
+                f"ray_workers run a vLLM model's pipeline stages on other hosts; {self.engine} "
+                "has none: set engine: vllm, or split a llama.cpp model with rpc_workers"
             )
         return self
+
+    @property
+    def split_workers(self) -> list[str]:
+        """The other hosts that hold part of this model (llama.cpp's RPC workers or vLLM's
+        Ray workers), in the order of the split."""
+        return [worker.host for worker in self.rpc_workers] or list(self.ray_workers)
 
     def declared_shape(self) -> ModelEntry | None:
         """The model's figures as this placement declares them; None where it does not."""

@@ -64,6 +64,9 @@ class RpcPartOut(_Strict):
     of_layers: int
     need_gb: float
     on_gpu: bool
+    server: Literal["ggml-rpc-server", "ray"] = Field(
+        description="What holds them: ggml-rpc-server (llama.cpp) or the host's Ray node (vLLM)."
+    )
 
 
 class PlacementPlanOut(_Strict):
@@ -111,7 +114,8 @@ class HostPlanOut(_Strict):
     gpu_bandwidth_source: Literal["measured", "declared", "estimated", "catalogue"]
     ram_bandwidth_source: Literal["measured", "declared", "estimated", "catalogue"]
     rpc_parts: list[RpcPartOut] = Field(
-        description="Layers this host holds of other hosts' models (ggml-rpc-server)."
+        description="Layers this host holds of other hosts' models (ggml-rpc-server, or a "
+        "pipeline stage in its Ray node)."
     )
 
 
@@ -245,6 +249,9 @@ class ExposureOut(_Strict):
     service: str
     address: str = Field(description="Where it listens.")
     ports: list[int]
+    port_range: list[int] | None = Field(
+        None, description="First and last port of a range it listens on besides `ports`."
+    )
     reach: Literal["this host", "sources", "anywhere"] = Field(
         description="this host: loopback only; sources: the firewall lets in only `sources`; "
         "anywhere: any address that reaches the host."

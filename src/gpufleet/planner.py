@@ -39,6 +39,12 @@ RPC_SERVER = "ggml-rpc-server"
 """The server of a host that holds layers of another host's model; its memory limit's key."""
 RPC_SERVER_MEMORY_GB = 0.2
 """What ``ggml-rpc-server`` itself takes beside the layers it holds."""
+RAY_NODE = "ray"
+"""The Ray node of a host that runs a later pipeline stage of another host's vLLM model; its
+memory limit's key."""
+RAY_NODE_MEMORY_GB = 8.0
+"""What a Ray node running one vLLM pipeline stage takes in system memory: the raylet and a
+vLLM worker per GPU, each with PyTorch and CUDA (as vLLM's own server, ``host_memory_gb``)."""
 RAM_TRANSFER_RATE = {"ddr4": 3200, "ddr5": 5600, "lpddr5": 6400, "lpddr5x": 8000}
 """Typical transfer rate (MT/s) of each memory type, when the inventory gives none."""
 
@@ -270,7 +276,7 @@ def plan_host(
                 )
             )
             continue
-        if placement.rpc_workers:
+        if placement.split_workers:
             result = _split_placement(spec, index, entry, quant, catalogue, fleet)
         else:
             room = Room(vram, vram_free, ram_free, gpu_bw, ram_bw)
@@ -280,7 +286,7 @@ def plan_host(
         plan.placements.append(result)
         field_name = f"models[{index}]"
         if result.problem:
-            if placement.rpc_workers and fleet is None:
+            if placement.split_workers and fleet is None:
                 continue  # planned with its fleet: the fleet's check reports its problems
             where = result.problem_field
             plan.problems.append(
@@ -395,10 +401,14 @@ def memory_limits(spec: HostSpec, plan: HostPlan) -> tuple[dict[str, float], lis
             continue
         wanted = (holds + engine.host_memory_gb) * MEMORY_HEADROOM
         limits[engine.name] = _round_up(min(max(wanted, MEMORY_FLOOR_GB), ceiling))
-    if plan.rpc_parts:
-        held = sum(part.need_gb for part in plan.rpc_parts if not part.on_gpu)
-        wanted = (held + RPC_SERVER_MEMORY_GB) * MEMORY_HEADROOM
-        limits[RPC_SERVER] = _round_up(min(max(wanted, MEMORY_FLOOR_GB), ceiling))
+    # A Ray node runs the vLLM workers of its pipeline stage, the head's first stage too.
+    heads_ray = any(p.rpc and p.engine == "vllm" and not p.problem for p in plan.placements)
+    for server, runtime_gb in ((RPC_SERVER, RPC_SERVER_MEMORY_GB), (RAY_NODE, RAY_NODE_MEMORY_GB)):
+        parts = [part for part in plan.rpc_parts if part.server == server]
+        if parts or (server == RAY_NODE and heads_ray):
+            held = sum(part.need_gb for part in parts if not part.on_gpu)
+            wanted = (held + runtime_gb) * MEMORY_HEADROOM
+            limits[server] = _round_up(min(max(wanted, MEMORY_FLOOR_GB), ceiling))
     for engine in unsized:
         asked = getattr(engine.settings(spec), "memory_max_gb", None)
         left = ceiling - sum(limits.values())
@@ -538,7 +548,8 @@ class SplitPart:
     on_gpu: bool = False
     """Its layers are in the host's VRAM (else in its RAM)."""
     endpoint: str = ""
-    """``address:port`` of a worker's ``ggml-rpc-server``; empty for the host that serves."""
+    """``address:port`` of a worker's ``ggml-rpc-server`` (empty for the host that serves);
+    for vLLM, of the head's Ray GCS (the host that serves) and of each worker's node manager."""
 
 
 @dataclass
@@ -623,6 +634,8 @@ class RpcPart:
     of_layers: int
     need_gb: float
     on_gpu: bool
+    server: str = RPC_SERVER
+    """What holds them: ``ggml-rpc-server`` (llama.cpp) or the host's Ray node (vLLM)."""
 
 
 def split_pool(spec: HostSpec, own: HostPlan) -> tuple[float, float, bool]:
@@ -636,6 +649,18 @@ def split_pool(spec: HostSpec, own: HostPlan) -> tuple[float, float, bool]:
     return round(free, 2), own.ram_bandwidth_gbs, False
 
 
+def stage_pool(spec: HostSpec, own: HostPlan, gpus: int, share: float) -> tuple[float, float]:
+    """What a host gives one pipeline stage of a vLLM model split across hosts, after its own
+    placements (``own``): ``gpus`` of its NVIDIA GPUs, at vLLM's share of their memory, less
+    what its own models already hold. (free GB, bandwidth GB/s); no room without the GPUs."""
+    count = spec.hardware.nvidia_gpu_count
+    if count < gpus or not own.vram_gb:
+        return 0.0, own.gpu_bandwidth_gbs
+    per_gpu = own.vram_gb / count
+    free = min(gpus * per_gpu, own.vram_gb - own.vram_used_gb) * share
+    return round(max(free, 0.0), 2), own.gpu_bandwidth_gbs
+
+
 def _split_placement(
     spec: HostSpec,
     index: int,
@@ -644,11 +669,14 @@ def _split_placement(
     catalogue: Catalogue,
     fleet: Mapping[str, HostSpec] | None,
 ) -> PlacementPlan:
-    """A placement with ``rpc_workers``: its layers over this host and its workers, each
-    holding a share in proportion to the memory its own placements leave free."""
+    """A placement split across hosts (``rpc_workers``, ``ray_workers``): its layers over
+    this host and its workers, each holding a share in proportion to the memory its own
+    placements leave free (for vLLM, in its GPUs' share)."""
     from gpufleet.routing import service_address  # the router's module plans with this one
 
     placement = spec.models[index]
+    ray = bool(placement.ray_workers)
+    field_name = "ray_workers" if ray else "rpc_workers"
     engine = engine_for(spec, placement)
     context = context_for(engine, spec, placement, entry)
     weights = weights_gb(entry.params_b, quant)
@@ -657,7 +685,8 @@ def _split_placement(
         placement.model, placement.engine, quant, context, round(weights, 2), round(kv, 2),
         round(weights + kv + RUNTIME_OVERHEAD_GB, 2), "does-not-fit", 0, entry.layers, None,
         slots=engine.slots(spec), threads=engine.threads(spec),
-        kind="embedding" if entry.kind == "embedding" else "llm", problem_field="rpc_workers",
+        kind="embedding" if entry.kind == "embedding" else "llm", problem_field=field_name,
+        gpus=max(placement.gpus, 1) if ray else 0,
     )  # fmt: skip
     if fleet is None:
         result.problem = "split across hosts: planned with the fleet (gpufleet plan INVENTORY)"
@@ -665,7 +694,7 @@ def _split_placement(
     if too_long := _context_too_long(placement, entry):
         result.problem_field, result.problem = "context", too_long
         return result
-    names = [spec.name, *(worker.host for worker in placement.rpc_workers)]
+    names = [spec.name, *placement.split_workers]
     missing = [name for name in names if name not in fleet]
     if missing:
         result.problem = f"no host {missing[0]!r} in this inventory; name a host of it"
@@ -673,8 +702,16 @@ def _split_placement(
     pools, endpoints = {}, {}
     for name in names:
         host_spec = fleet[name]
-        pools[name] = split_pool(host_spec, plan_host(host_spec, catalogue))
-        endpoints[name] = f"{service_address(host_spec)}:{host_spec.llamacpp.rpc_port}"
+        own = plan_host(host_spec, catalogue)
+        if ray:
+            ports = host_spec.vllm.ray
+            port = ports.port if name == spec.name else ports.node_manager_port
+            free, bw = stage_pool(host_spec, own, result.gpus, spec.vllm.gpu_memory_utilization)
+            pools[name] = (free, bw, True)
+            endpoints[name] = f"{service_address(host_spec)}:{port}"
+        else:
+            pools[name] = split_pool(host_spec, own)
+            endpoints[name] = f"{service_address(host_spec)}:{host_spec.llamacpp.rpc_port}"
     split = split_by_layers(
         placement.model,
         entry,
@@ -683,6 +720,15 @@ def _split_placement(
         [(name, free, bw) for name, (free, bw, _) in pools.items()],
         {w.host: w.layers for w in placement.rpc_workers if w.layers},
     )
+    short = [n for n in names if ray and fleet[n].hardware.nvidia_gpu_count < result.gpus]
+    if short:
+        count = fleet[short[0]].hardware.nvidia_gpu_count
+        result.problem = (
+            f"{short[0]} has {count} NVIDIA GPU(s) and every pipeline stage runs on "
+            f"{result.gpus} (gpus, the tensor-parallel size): name a host with "
+            f"{result.gpus}, or lower gpus"
+        )
+        return result
     if split.problem:
         result.problem = (
             f"split over {', '.join(names)}: {split.problem}; free memory on them, give the "
@@ -692,16 +738,17 @@ def _split_placement(
     held = {part.host: part for part in split.parts}
     idle = [name for name in names[1:] if name not in held]
     if idle:
+        gpus = f" on {result.gpus} NVIDIA GPU(s)" if ray else ""
         result.problem = (
-            f"{idle[0]} would hold no layer ({pools[idle[0]][0]:.1f} GB free after its own "
-            "models): drop it from rpc_workers, or free memory on it"
+            f"{idle[0]} would hold no layer ({pools[idle[0]][0]:.1f} GB free{gpus} after its "
+            f"own models): drop it from {field_name}, or free memory on it"
         )
         return result
     parts = []
     for name in names:
         free, bw, on_gpu = pools[name]
         part = held.get(name) or SplitPart(name, 0, 0.0, free, bw)
-        endpoint = endpoints[name] if name != spec.name else ""
+        endpoint = endpoints[name] if ray or name != spec.name else ""
         parts.append(SplitPart(part.host, part.layers, part.need_gb, free, bw, on_gpu, endpoint))
     result.rpc = tuple(parts)
     result.where = "hosts"
@@ -730,7 +777,7 @@ def rpc_parts(name: str, fleet: Mapping[str, HostSpec], catalogue: Catalogue) ->
     parts = []
     for head in fleet.values():
         for index, placement in enumerate(head.models):
-            if name not in {worker.host for worker in placement.rpc_workers}:
+            if name not in placement.split_workers:
                 continue
             try:
                 entry = model_entry(placement, catalogue)
@@ -746,7 +793,7 @@ def rpc_parts(name: str, fleet: Mapping[str, HostSpec], catalogue: Catalogue) ->
             parts.append(
                 RpcPart(
                     head.name, placement.model, share.layers, entry.layers, share.need_gb,
-                    share.on_gpu,
+                    share.on_gpu, RAY_NODE if placement.ray_workers else RPC_SERVER,
                 )
             )  # fmt: skip
     return parts
@@ -829,5 +876,5 @@ def rpc_part_line(part: RpcPart) -> str:
     memory = "VRAM" if part.on_gpu else "RAM"
     return (
         f"holds {part.layers}/{part.of_layers} layers of {part.head}'s {part.model} for it "
-        f"({RPC_SERVER}, {part.need_gb:.1f} GB {memory})"
+        f"({part.server}, {part.need_gb:.1f} GB {memory})"
     )

@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from gpufleet.engines import ENGINES
 from gpufleet.engines.triton import TritonModel
+from gpufleet.engines.vllm import RaySettings
 from gpufleet.models import (
     Accelerator,
     CloudModel,
@@ -73,6 +74,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
         for e in ENGINES
         if e.settings_model is not None
     ),
+    ("`vllm.ray` (`RaySettings`)", RaySettings),
     ("`triton.models[]` (`TritonModel`)", TritonModel),
     ("`grafana` (`GrafanaServer`)", GrafanaServer),
     ("`dcgm_exporter` (`DcgmExporter`)", DcgmExporter),
@@ -83,14 +85,14 @@ SET_BY_GPUFLEET = {"name", "groups"}
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
     text = re.sub(r"\b(typing|ipaddress|gpufleet\.models)\.", "", str(annotation))
-    text = re.sub(r"Annotated\[int, FieldInfo\([^)]*\)\]", "int", text)
+    text = re.sub(r"Annotated\[(int|str), FieldInfo\(.*?\)\]\)?\]", r"\1", text)
     return text if "[" in text or "|" in text else (getattr(annotation, "__name__", text))
 
 
 def _default(field: Any) -> str:
-    if field.default is PydanticUndefined:
+    if field.default is PydanticUndefined and field.default_factory is None:
         return "required"
-    value = field.default
+    value = field.default if field.default_factory is None else field.default_factory()
     if isinstance(value, BaseModel):
         return "see its table"
     if isinstance(value, tuple):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from gpufleet.catalogue import Catalogue, fleet_catalogue
 from gpufleet.engines import Engine, Rendered, engine_for, served_name, serving
 from gpufleet.engines.llamacpp import LLAMACPP, RPC_UNIT
+from gpufleet.engines.vllm import VLLM
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.planner import RPC_SERVER, HostPlan, PlacementPlan, RpcPart, plan_host
+from gpufleet.planner import RAY_NODE, RPC_SERVER, HostPlan, PlacementPlan, RpcPart, plan_host
 
 
 class NotPlanned(ValueError):
@@ -72,14 +73,68 @@ def rpc_server_run(
 ) -> RpcServerRun | None:
     """What the host's ``ggml-rpc-server`` holds and runs as; None where it holds nothing."""
     plan = plan_host(spec, catalogue or fleet_catalogue(), fleet)
-    if not plan.rpc_parts:
+    parts = tuple(part for part in plan.rpc_parts if part.server == RPC_SERVER)
+    if not parts:
         return None
     return RpcServerRun(
-        tuple(plan.rpc_parts),
+        parts,
         LLAMACPP.rpc_server_command(spec),
         plan.memory_max_gb[RPC_SERVER],
         LLAMACPP.vulkan_environment(spec, RPC_UNIT),
     )
+
+
+@dataclass(frozen=True)
+class RayNodeRun:
+    """A host's Ray node in a cluster that serves one vLLM model split across hosts: the
+    head (where vLLM serves the model and runs its first stage) or a worker (a later one)."""
+
+    head: str
+    """The head's GCS, ``address:port``; where the workers join."""
+    is_head: bool
+    stage: int
+    """Its pipeline stage (0 on the head), in the order of ``ray_workers``."""
+    layers: int
+    of_layers: int
+    model: str
+    command: tuple[str, ...]
+    memory_max_gb: float
+
+    @property
+    def held(self) -> str:
+        """What it runs, in words: ``stage 1: 27/80 layers of qwen2.5:72b``."""
+        return f"stage {self.stage}: {self.layers}/{self.of_layers} layers of {self.model}"
+
+
+def ray_node_run(
+    spec: HostSpec, fleet: Mapping[str, HostSpec], catalogue: Catalogue | None = None
+) -> RayNodeRun | None:
+    """The host's Ray node as the planner decided it; None where it is in no cluster."""
+    catalogue = catalogue or fleet_catalogue()
+    plan = plan_host(spec, catalogue, fleet)
+    limit = plan.memory_max_gb.get(RAY_NODE, 0.0)
+    for decision in plan.placements:
+        if decision.engine == VLLM.name and decision.rpc and not decision.problem:
+            head = decision.rpc[0]
+            address = head.endpoint.rpartition(":")[0]
+            return RayNodeRun(
+                head.endpoint, True, 0, head.layers, decision.layers, decision.model,
+                VLLM.ray_node_command(spec, address, decision.gpus), limit,
+            )  # fmt: skip
+    for part in plan.rpc_parts:
+        if part.server != RAY_NODE:
+            continue
+        head_spec = fleet[part.head]
+        decision = next(
+            d for d in plan_host(head_spec, catalogue, fleet).placements if d.rpc and not d.problem
+        )
+        stage = next(i for i, share in enumerate(decision.rpc) if share.host == spec.name)
+        address = decision.rpc[stage].endpoint.rpartition(":")[0]
+        return RayNodeRun(
+            decision.rpc[0].endpoint, False, stage, part.layers, part.of_layers, part.model,
+            VLLM.ray_node_command(spec, address, decision.gpus, decision.rpc[0].endpoint), limit,
+        )  # fmt: skip
+    return None
 
 
 def placement_runs(
@@ -125,9 +180,14 @@ def describe(spec: HostSpec, fleet: Mapping[str, HostSpec] | None = None) -> str
     """The rendering as text, for ``gpufleet engines``."""
     runs = engine_runs(spec, fleet=fleet)
     worker = rpc_server_run(spec, fleet) if fleet is not None else None
-    if not runs and worker is None:
+    node = ray_node_run(spec, fleet) if fleet is not None else None
+    if not runs and worker is None and node is None:
         return f"{spec.name}: no models placed"
     lines = [f"{spec.name}:"]
+    if node is not None:
+        role = "head" if node.is_head else f"worker of {node.head}"
+        lines.append(f"  ray ({role}): {node.held} (memory max {node.memory_max_gb:g} GB)")
+        lines.append("    " + " ".join(node.command))
     if worker is not None:
         lines.append(
             f"  {RPC_SERVER} on port {spec.llamacpp.rpc_port}: {worker.held} "

@@ -24,7 +24,11 @@ pytestmark = pytest.mark.skipif(
 
 THRESHOLD = {"service": 4.9, "gpu": 6.9, "amd": 6.9, "container": 6.9}
 """The highest exposure each kind of unit may have."""
-NOT_INSTALLED_HERE = ("is not executable", "Unit docker.service not found")
+NOT_INSTALLED_HERE = (
+    "is not executable",
+    "Unit docker.service not found",
+    "Unit ray.service not found",
+)
 """What verify reports of this machine, not of the unit: the servers and Docker are not
 installed where the tests run."""
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (?P<score>\d+\.\d+)")
@@ -118,6 +122,8 @@ UNITS = [
             run_as="gpufleet",
             env_file="/etc/gpufleet/vllm.env",
             command=VLLM_COMMAND,
+            environment=[],
+            ray=None,
             after_docker=False,
             memory_max="16G",
             sandbox=sandbox.vllm(False, "/var/lib/gpufleet", "/var/lib/vllm"),
@@ -132,6 +138,8 @@ UNITS = [
             run_as="root",
             env_file="/etc/gpufleet/vllm.env",
             command=DOCKER_VLLM,
+            environment=[],
+            ray=None,
             after_docker=True,
             memory_max=None,
             sandbox=sandbox.vllm(True, "/var/lib/gpufleet", "/var/lib/vllm"),
@@ -208,6 +216,37 @@ UNITS = [
             ("vault", "/usr/bin/vault", False),
             ("openbao", "/usr/local/bin/bao", False),
         )
+    ),
+    Unit(
+        "vllm.service",
+        "vllm/vllm.service.j2",
+        "gpu",
+        dict(
+            served="qwen",
+            run_as="gpufleet",
+            env_file="/etc/gpufleet/vllm.env",
+            command=[*VLLM_COMMAND, "--distributed-executor-backend", "ray"],
+            environment=[("RAY_ADDRESS", "10.0.0.1:6379"), ("VLLM_PP_LAYER_PARTITION", "40,40")],
+            ray={"env_file": "/etc/gpufleet/ray.env"},
+            after_docker=False,
+            memory_max="16G",
+            sandbox=sandbox.vllm(False, "/var/lib/gpufleet", "/var/lib/vllm"),
+        ),
+    ),
+    Unit(
+        "ray.service",
+        "vllm/ray.service.j2",
+        "gpu",
+        dict(
+            role="head",
+            held="stage 0: 40/80 layers of qwen2.5:72b",
+            run_as="gpufleet",
+            env_file="/etc/gpufleet/ray.env",
+            environment=[("RAY_AUTH_MODE", "token"), ("VLLM_HOST_IP", "10.0.0.1")],
+            memory_max="10G",
+            command=["/opt/vllm/bin/ray", "start", "--block", "--head", "--port", "6379"],
+            sandbox=sandbox.vllm(False, "/var/lib/gpufleet", "/var/lib/vllm"),
+        ),
     ),
 ]
 IDS = [f"{u.template.split('/')[0]}-{u.kind}-{i}" for i, u in enumerate(UNITS)]

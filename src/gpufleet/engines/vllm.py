@@ -47,6 +47,70 @@ deployments that pin v0.28.0 record it; compare with
 https://hub.docker.com/r/vllm/vllm-openai/tags?name=v0.28.0."""
 
 
+RAY_VERSION = "2.60.0"
+"""The Ray release a cluster of vLLM hosts runs, installed beside vLLM in its venv: token
+authentication (``RAY_AUTH_MODE=token``) is there since 2.52.0, and off unless asked for
+before 2.61 (https://docs.ray.io/en/latest/ray-security/token-auth.html)."""
+RAY_SERVICE = "ray"
+"""The unit that runs a host's Ray node (the head where the model is served, a worker where
+a later pipeline stage runs)."""
+RAY_ENV_FILE = "/etc/gpufleet/ray.env"
+RAY_TOKEN = EngineSecret("ray_token", "RAY_AUTH_TOKEN")
+"""The shared secret of a Ray cluster: every node and the vLLM server that drives them
+present it (Ray's token authentication), so a host that reaches a Ray port without it gets
+nothing run."""
+RAY_TEMP_DIR = "/var/lib/vllm/ray"
+"""Ray's session folder (sockets, logs), in vLLM's state folder: the vLLM server that drives
+the cluster finds the head's local sockets there, across the two units."""
+
+
+class RaySettings(Spec):
+    """The ports of a host's Ray node when it is part of a vLLM model split across hosts
+    (``ray_workers``); Ray picks random ones otherwise, which no allow-list can name."""
+
+    version: str = Field(RAY_VERSION, pattern=r"^\d+\.\d+\.\d+$")
+    """Ray release, installed with vLLM in its venv; every host of one cluster runs the
+    head's."""
+    port: Port = 6379
+    """The head's GCS port (``ray start --port``), where workers and vLLM join."""
+    client_server_port: Port = 10001
+    """The head's Ray client server (``--ray-client-server-port``)."""
+    node_manager_port: Port = 6380
+    object_manager_port: Port = 6381
+    runtime_env_agent_port: Port = 6382
+    dashboard_agent_grpc_port: Port = 6383
+    dashboard_agent_listen_port: Port = 6384
+    metrics_export_port: Port = 6385
+    min_worker_port: Port = 10002
+    max_worker_port: Port = 10101
+    """Ray's worker processes listen in min..max (one port each: keep room for a few per
+    GPU)."""
+
+    @model_validator(mode="after")
+    def _worker_ports_are_a_range(self) -> RaySettings:
+        if self.max_worker_port < self.min_worker_port + 15:
+            raise ValueError(
+                "vllm.ray.max_worker_port must leave at least 16 worker ports above "
+                "min_worker_port (Ray starts one worker process per task it runs)"
+            )
+        return self
+
+    def node_ports(self) -> tuple[int, ...]:
+        """The fixed ports every node of the cluster listens on (the worker range aside)."""
+        return (
+            self.node_manager_port,
+            self.object_manager_port,
+            self.runtime_env_agent_port,
+            self.dashboard_agent_grpc_port,
+            self.dashboard_agent_listen_port,
+            self.metrics_export_port,
+        )
+
+    def head_ports(self) -> tuple[int, ...]:
+        """The ports only the head listens on."""
+        return (self.port, self.client_server_port)
+
+
 class VllmSettings(Spec):
     """vLLM's settings (``vllm: {install: container}``)."""
 
@@ -79,6 +143,8 @@ class VllmSettings(Spec):
     memory_max_gb: float | None = Field(None, gt=0)
     """System memory limit of the server in GB (``MemoryMax=``, ``docker run --memory``);
     the planner's when left out (see ``planner.memory_limits``)."""
+    ray: RaySettings = RaySettings()
+    """The host's Ray node, where a vLLM model is split across hosts (``ray_workers``)."""
 
     @model_validator(mode="after")
     def _image_is_the_release(self) -> VllmSettings:
@@ -179,7 +245,53 @@ class Vllm(Engine):
             for s in self.secret_env
             if s.variable in named or s.issued_by is None
         )
+        stages = decision.rpc
+        if stages:
+            # One pipeline stage per host, each with this host's tensor-parallel size; the
+            # layers of each stage are the planner's split (vLLM's own would be even).
+            command += (
+                "--pipeline-parallel-size", str(len(stages)),
+                "--distributed-executor-backend", "ray",
+            )  # fmt: skip
+            head = stages[0].endpoint
+            token = spec.secrets.get(RAY_TOKEN.secret, "missing")
+            environment += (
+                ("RAY_ADDRESS", head),
+                ("RAY_AUTH_MODE", "token"),
+                (RAY_TOKEN.variable, f"<{token}>"),
+                ("VLLM_HOST_IP", head.rpartition(":")[0]),
+                ("VLLM_PP_LAYER_PARTITION", ",".join(str(stage.layers) for stage in stages)),
+            )
         return Rendered(command=command, environment=environment)
+
+    def ray_node_command(
+        self, spec: HostSpec, address: str, gpus: int, head: str | None = None
+    ) -> tuple[str, ...]:
+        """``ray start`` for this host's node of a cluster, in the foreground (its unit keeps
+        it): the head where ``head`` is None, else a worker that joins ``head``
+        (``address:port``). Every port fixed, so the firewall can name them; no dashboard."""
+        ray = spec.vllm.ray
+        command: tuple[str, ...] = (
+            f"{VENV}/bin/ray", "start", "--block", "--disable-usage-stats",
+            "--node-ip-address", address,
+            "--num-gpus", str(gpus),
+            "--temp-dir", RAY_TEMP_DIR,
+            "--node-manager-port", str(ray.node_manager_port),
+            "--object-manager-port", str(ray.object_manager_port),
+            "--runtime-env-agent-port", str(ray.runtime_env_agent_port),
+            "--dashboard-agent-grpc-port", str(ray.dashboard_agent_grpc_port),
+            "--dashboard-agent-listen-port", str(ray.dashboard_agent_listen_port),
+            "--metrics-export-port", str(ray.metrics_export_port),
+            "--min-worker-port", str(ray.min_worker_port),
+            "--max-worker-port", str(ray.max_worker_port),
+        )  # fmt: skip
+        if head is None:
+            return (
+                *command, "--head", "--port", str(ray.port),
+                "--ray-client-server-port", str(ray.client_server_port),
+                "--include-dashboard=false",
+            )  # fmt: skip
+        return (*command, "--address", head)
 
 
 VLLM = Vllm()

@@ -398,9 +398,10 @@ def listening(service: str, port: int, timeout: int = 60):
 @operation()
 def rpc_connected(service: str, endpoints: list[str]):
     """
-    Restart ``service`` (a llama-server that splits its model across hosts) where it holds
-    no connection to one of its workers' ``ggml-rpc-server`` (``address:port``): a worker
-    that restarted dropped the layers it held, and the server has to load them again. Use
+    Restart ``service`` where it holds no connection to one of ``endpoints``
+    (``address:port``) of the hosts it splits a model with: a llama-server whose worker's
+    ``ggml-rpc-server`` restarted (and dropped the layers it held, which the server has to
+    load again), or a Ray worker node that lost its head's GCS (and has to join again). Use
     the restart it reports to warm the model up again.
 
     .. code:: python

@@ -35,7 +35,7 @@ def packages(spec: HostSpec) -> list[str]:
 class Rule:
     service: str
     ports: str
-    """One port, or an nftables set of them: ``{ 8000, 8001 }``."""
+    """One port, or an nftables set of them: ``{ 8000, 8001, 10002-10101 }``."""
     sources: str
     """The addresses let in, comma-separated; empty: none."""
     who: str
@@ -44,6 +44,8 @@ class Rule:
 
 def _rule(exposure: Exposure) -> Rule:
     ports = [str(p) for p in exposure.ports]
+    if exposure.port_range:
+        ports.append(f"{exposure.port_range[0]}-{exposure.port_range[1]}")
     return Rule(
         exposure.service,
         ports[0] if len(ports) == 1 else "{ " + ", ".join(ports) + " }",

@@ -1,7 +1,9 @@
 """vLLM: install it (a pinned venv, or the container image through the NVIDIA runtime) and
 serve the host's vLLM model with the flags the planner decided, its API key (and a Hugging
 Face token for gated weights) read from the secret store into a 0640 environment file, its
-system memory held to the planner's limit.
+system memory held to the planner's limit. A model split across hosts (``ray_workers``) runs
+on a Ray cluster: a Ray node on every host of it, the head where vLLM serves the model, all
+of them presenting the cluster's token.
 """
 
 from __future__ import annotations
@@ -10,22 +12,35 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
 from gpufleet import sandbox
 from gpufleet.engines import memory_size, served_name
-from gpufleet.engines.vllm import API_KEY_ENV, ENV_FILE, VENV, VLLM
+from gpufleet.engines.vllm import (
+    API_KEY_ENV,
+    ENV_FILE,
+    HF_TOKEN,
+    RAY_ENV_FILE,
+    RAY_SERVICE,
+    RAY_TOKEN,
+    VENV,
+    VLLM,
+)
 from gpufleet.facts.gpu import require_gpu
+from gpufleet.inventory import fleet_specs
 from gpufleet.models import HostSpec
+from gpufleet.operations import inference
 from gpufleet.paths import template
 from gpufleet.roles.steps import (
     configured_not_started,
     engine_secret_file,
     restart_and_warm_up,
+    run_unit,
     warm_up_tool,
 )
-from gpufleet.serving import placement_runs
+from gpufleet.serving import RayNodeRun, placement_runs, ray_node_run
 
 DATA = "/var/lib/vllm"
 """vLLM's Hugging Face cache lives here (HF_HOME in the unit)."""
@@ -41,8 +56,10 @@ def serve(spec: HostSpec) -> None:
 
         serve(host_spec())
     """
-    runs = placement_runs(spec, VLLM)
-    if not runs:
+    fleet = fleet_specs()
+    runs = placement_runs(spec, VLLM, fleet=fleet)
+    node = ray_node_run(spec, fleet)
+    if not runs and node is None:
         host.noop("no vLLM model placed on this host")
         return
     require_gpu(
@@ -50,27 +67,23 @@ def serve(spec: HostSpec) -> None:
         "models",
         "vLLM needs one: serve the model with llama.cpp or Ollama, or place it on a GPU node",
     )
-    run = runs[0]
     settings = spec.vllm
+
+    # 1. vLLM (and Ray, on a host of a cluster) in its venv, unless it is there.
+    installed = install(spec, node)
+
+    # 2. The host's Ray node, up before vLLM drives the cluster from the head.
+    if node is not None:
+        ray_node(spec, node, installed)
+    if not runs:
+        return
+    run = runs[0]
+
+    # 3. The server, with the planned flags and its secrets from the environment file.
     has_vllm = bool(host.get_fact(File, path=f"{VENV}/bin/vllm"))
     env_file = engine_secret_file("vLLM", ENV_FILE, VLLM.secret_environment(spec), spec)
     command = list(run.rendered.command)
     memory = memory_size(run.decision.memory_max_gb)
-    installed = None
-    if settings.install == "venv" and not has_vllm:
-        apt.packages(name="Python venv", packages=["python3-venv"], no_recommends=True)
-        # vLLM is held at one version, not hash-locked: its dependency set (torch and the
-        # CUDA wheels) differs by platform and release, and a lock not resolved on the host's
-        # own platform would refuse to install. The install image (``install: container``)
-        # is the pinned-by-digest alternative.
-        index = f" --index-url {shlex.quote(settings.pip_index)}" if settings.pip_index else ""
-        installed = server.shell(
-            name=f"vLLM {settings.version} in {VENV}",
-            commands=[
-                f"python3 -m venv {VENV}",
-                f"{VENV}/bin/pip install -q{index} vllm=={settings.version}",
-            ],
-        )
     if settings.install == "container":
         image = settings.image
         command = [
@@ -92,6 +105,8 @@ def serve(spec: HostSpec) -> None:
         run_as="root" if settings.install == "container" else spec.service_user,
         env_file=ENV_FILE,
         command=command,
+        environment=plain_environment(run.rendered.environment),
+        ray={"env_file": RAY_ENV_FILE} if node is not None else None,
         after_docker=settings.install == "container",
         # A container's memory is held by docker run --memory, not by the client's unit.
         memory_max=None if settings.install == "container" else memory,
@@ -118,6 +133,78 @@ def serve(spec: HostSpec) -> None:
         api_key_env=API_KEY_ENV,
         env_file=ENV_FILE,
     )
+
+
+SECRET_VARIABLES = {secret.variable for secret in (*VLLM.secret_env, RAY_TOKEN)}
+
+
+def plain_environment(environment: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The rendered environment without its secrets, which the environment files hold."""
+    return [(name, value) for name, value in environment if name not in SECRET_VARIABLES]
+
+
+def install(spec: HostSpec, node: RayNodeRun | None) -> OperationMeta | None:
+    """vLLM in its venv where ``install: venv`` and it is not there yet, and, on a host of a
+    Ray cluster, the cluster's Ray release beside it. Returns the install, if any."""
+    settings = spec.vllm
+    if settings.install != "venv":
+        return None
+    has_vllm = bool(host.get_fact(File, path=f"{VENV}/bin/vllm"))
+    has_ray = node is None or bool(host.get_fact(File, path=f"{VENV}/bin/ray"))
+    if has_vllm and has_ray:
+        return None
+    apt.packages(name="Python venv", packages=["python3-venv"], no_recommends=True)
+    # vLLM is held at one version, not hash-locked: its dependency set (torch and the CUDA
+    # wheels) differs by platform and release, and a lock not resolved on the host's own
+    # platform would refuse to install. The install image (``install: container``) is the
+    # pinned-by-digest alternative.
+    index = f" --index-url {shlex.quote(settings.pip_index)}" if settings.pip_index else ""
+    wanted = f"vllm=={settings.version}"
+    if node is not None:
+        wanted += f" 'ray[cgraph]=={settings.ray.version}'"
+    return server.shell(
+        name=f"vLLM {settings.version}{' and Ray ' + settings.ray.version if node else ''} "
+        f"in {VENV}",
+        commands=[f"python3 -m venv {VENV}", f"{VENV}/bin/pip install -q{index} {wanted}"],
+    )
+
+
+def ray_node(spec: HostSpec, node: RayNodeRun, installed: OperationMeta | None) -> None:
+    """The host's Ray node: the cluster's token (and, on a worker, the Hugging Face token its
+    stage downloads weights with) in a 0640 file, its unit (the planner's memory limit, the
+    sandbox), started, restarted on a change; a worker that holds no connection to the head
+    (the head restarted) is restarted, so it joins again. The firewall (the baseline's) lets
+    in only the cluster's hosts."""
+    secrets = [(RAY_TOKEN.variable, spec.secrets[RAY_TOKEN.secret])]
+    if HF_TOKEN.secret in spec.secrets and not node.is_head:
+        secrets.append((HF_TOKEN.variable, spec.secrets[HF_TOKEN.secret]))
+    files.directory(name="gpufleet's config folder", path="/etc/gpufleet", mode="755")
+    token = engine_secret_file("Ray node", RAY_ENV_FILE, tuple(secrets), spec)
+    address = node.command[node.command.index("--node-ip-address") + 1]
+    unit = files.template(
+        name="Ray node unit",
+        src=template("vllm/ray.service.j2"),
+        dest=f"/etc/systemd/system/{RAY_SERVICE}.service",
+        mode="644",
+        role="head" if node.is_head else "worker",
+        held=node.held,
+        run_as=spec.service_user,
+        env_file=RAY_ENV_FILE,
+        environment=[("RAY_AUTH_MODE", "token"), ("VLLM_HOST_IP", address)],
+        memory_max=memory_size(node.memory_max_gb),
+        command=list(node.command),
+        sandbox=sandbox.vllm(
+            False, f"/var/lib/{spec.service_user}", DATA, spec.hardware.nvidia_gpu_count
+        ),
+    )
+    started, restarted = run_unit(RAY_SERVICE, unit, token, *([installed] if installed else []))
+    if not node.is_head:
+        inference.rpc_connected(
+            name="Ray node joined to the cluster's head",
+            service=RAY_SERVICE,
+            endpoints=[node.head],
+            _if=lambda: not any(op.did_change() for op in (started, restarted)),
+        )
 
 
 def inside_container(arguments: list[str]) -> list[str]:
