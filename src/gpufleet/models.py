@@ -847,8 +847,9 @@ class PrometheusServer(Spec):
 
 class ModelCacheServer(Spec):
     """The fleet's model cache on the ``model_cache`` host: it fetches each GGUF file the
-    fleet's llama.cpp placements download from its origin once, verifies it, and serves it to
-    the other hosts with NGINX; they fetch it from here first and verify it again."""
+    fleet's llama.cpp placements download, and each Ollama model its Linux Ollama hosts pull,
+    from its origin once, verifies it, and serves it to the other hosts with NGINX; they fetch
+    it from here first and verify it again."""
 
     port: Port = 8090
     """Port NGINX serves the cache on."""
@@ -857,8 +858,14 @@ class ModelCacheServer(Spec):
     address: IPv4Address | None = None
     """Address the cache listens on; None: every interface, with the firewall letting in only
     the hosts that fetch from it (see ``firewall``)."""
+    ollama_root: str = Field("/srv/gpufleet/ollama", pattern=r"^/[A-Za-z0-9_./-]+$")
+    """An Ollama model store (manifests and blobs) of every model the fleet's Linux Ollama
+    hosts pull, fetched from ``ollama_registry`` once, each blob checked against its digest."""
+    ollama_registry: str = Field("https://registry.ollama.ai", pattern=URL_PATTERN)
+    """Where the cache fetches Ollama's models from: Ollama's registry, or a mirror of it
+    (anything that serves the registry's ``/v2/<name>/manifests|blobs`` API)."""
 
-    @field_validator("root")
+    @field_validator("root", "ollama_root")
     @classmethod
     def _no_parent_parts(cls, root: str) -> str:
         if ".." in root.split("/"):

@@ -59,3 +59,40 @@ def test_the_cache_serves_files_by_their_checksum_and_nothing_else(lab_session):
         f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' http://{CACHE_ADDRESS}:8090/gguf/ || true"
     )
     assert ssh(str(SPECS["lab-gpu-1"].lan_address), listing) in ("403", "404")
+
+
+def test_an_ollama_model_comes_from_its_registry_once_and_to_its_host_from_the_cache(
+    lab_session,
+):
+    from gpufleet.model_cache import cached_models
+    from gpufleet.ollama_fetch import name_and_tag
+    from gpufleet.roles.ollama import STORE
+
+    origin = requests_in((lab.lab_dir() / "mirror.log").read_text())
+    served = requests_in(ssh(CACHE_ADDRESS, "cat /var/log/nginx/gpufleet-model-cache.log"))
+    for model in cached_models(SPECS):
+        name, tag = name_and_tag(model.tag)
+        registry = f"/{lab.OLLAMA_REGISTRY}/v2/{name}"
+        from_origin = [(c, p) for c, p, s in origin if p.startswith(registry) and s == "200"]
+        blobs = {p.rsplit("/", 1)[1] for _, p in from_origin if "/blobs/" in p}
+        # The registry is asked by the cache alone, and each blob once.
+        assert {c for c, _ in from_origin} == {CACHE_ADDRESS}, from_origin
+        assert blobs and len(blobs) == len([p for _, p in from_origin if "/blobs/" in p])
+        for host in model.hosts:
+            address = str(SPECS[host].lan_address)
+            fetched = {
+                p.rsplit("/", 1)[1]
+                for c, p, s in served
+                if c == address and p.startswith("/ollama/blobs/") and s == "200"
+            }
+            # Every blob from the cache, in Ollama's store, its sha256 its digest, Ollama's.
+            assert fetched == {b.replace(":", "-") for b in blobs}, (host, fetched)
+            listing = ssh(
+                address,
+                f"cd {STORE}/blobs && sha256sum {' '.join(sorted(fetched))} && "
+                f"stat -c %U {' '.join(sorted(fetched))} "
+                f"{STORE}/manifests/registry.ollama.ai/{name}/{tag}",
+            ).splitlines()
+            sums = dict(line.split()[::-1] for line in listing[: len(fetched)])
+            assert all(sums[f] == f.removeprefix("sha256-") for f in fetched), sums
+            assert set(listing[len(fetched) :]) == {"ollama"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from typing import TypedDict
@@ -132,3 +133,59 @@ class OllamaLoaded(FactBase[list[LoadedModel]]):
 
     def process(self, output: list[str]) -> list[LoadedModel]:
         return parse_ollama_ps(output)
+
+
+def parse_store(lines: list[str]) -> set[str]:
+    """The models an Ollama store holds whole (``library/gemma3:270m``): a manifest, and
+    every blob it names at its size. From :class:`OllamaStore`'s listing."""
+    from gpufleet.ollama_fetch import FetchError, digests
+
+    manifests: dict[str, str] = {}
+    blobs: dict[str, int] = {}
+    section = ""
+    for line in lines:
+        if line.startswith("== "):
+            section = line[3:].strip()
+            continue
+        if section == "blobs":
+            name, _, size = line.strip().partition(" ")
+            if size.isdigit():
+                blobs[name] = int(size)
+        elif section.startswith("manifests/registry.ollama.ai/"):
+            manifests[section] = manifests.get(section, "") + line
+    whole = set()
+    for path, text in manifests.items():
+        name, tag = path.removeprefix("manifests/registry.ollama.ai/").rsplit("/", 1)
+        try:
+            named = digests(json.loads(text))
+        except (ValueError, FetchError, AttributeError):
+            continue  # a manifest cut short or not Ollama's: fetched again
+        if all(blobs.get(digest.replace(":", "-")) == size for digest, size in named):
+            whole.add(f"{name}:{tag}")
+    return whole
+
+
+class OllamaStore(FactBase[set[str]]):
+    """
+    The models an Ollama model store holds whole, as ``namespace/name:tag``: each manifest
+    under ``manifests/registry.ollama.ai`` whose blobs are all there at their sizes (their
+    digests were checked when they were fetched).
+
+    .. code:: python
+
+        {"library/gemma3:270m"}
+    """
+
+    def command(self, store: str) -> str:
+        folder = shlex.quote(store)
+        return (
+            f"cd {folder} 2>/dev/null || exit 0; "
+            "find manifests/registry.ollama.ai -type f ! -name '*.partial' 2>/dev/null | "
+            'while read -r f; do echo "== $f"; tr -d \'\\n\' < "$f"; echo; done; '
+            "echo '== blobs'; "
+            "find blobs -maxdepth 1 -type f -name 'sha256-*' ! -name '*.partial' "
+            "-printf '%f %s\\n' 2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> set[str]:
+        return parse_store(output)

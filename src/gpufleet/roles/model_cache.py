@@ -1,5 +1,6 @@
-"""The fleet's model cache: each GGUF file the fleet downloads, fetched from its origin once,
-verified, and served to the other hosts by NGINX.
+"""The fleet's model cache: each GGUF file the fleet downloads, and each Ollama model its
+Linux Ollama hosts pull, fetched from its origin once, verified, and served to the other hosts
+by NGINX.
 
 Runbook it replaces: list the model files every host downloads; fetch each to one machine on
 the LAN and check its checksum; serve that folder read-only over HTTP to those hosts only;
@@ -16,10 +17,11 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet.model_cache import CACHE_PATH, cache_host, cached_files
+from gpufleet.model_cache import CACHE_PATH, OLLAMA_PATH, cache_host, cached_files, cached_models
 from gpufleet.models import HostSpec
-from gpufleet.operations import config, downloads, inference
+from gpufleet.operations import config, downloads, inference, ollama
 from gpufleet.paths import render_template
+from gpufleet.roles.steps import ollama_tool
 
 SITE = "/etc/nginx/conf.d/gpufleet-model-cache.conf"
 
@@ -52,6 +54,16 @@ def model_cache(spec: HostSpec, specs: Mapping[str, HostSpec]) -> None:
             sha256=cached.sha256,
             mode="644",
         )
+    models = cached_models(specs)
+    if models:
+        ollama_tool()
+        ollama.stored(
+            name=f"Cache Ollama models ({', '.join(m.tag for m in models)})",
+            store=settings.ollama_root,
+            models=[m.tag for m in models],
+            sources=[f"registry={settings.ollama_registry}"],
+            owner="root",
+        )
     apt.packages(name="NGINX", packages=["nginx"], no_recommends=True)
     # Debian's default site also claims default_server on port 80.
     default_site = files.link(
@@ -66,6 +78,8 @@ def model_cache(spec: HostSpec, specs: Mapping[str, HostSpec]) -> None:
             port=settings.port,
             location=CACHE_PATH,
             root=settings.root,
+            ollama_location=OLLAMA_PATH,
+            ollama_root=settings.ollama_root if models else None,
         ),
         validate="nginx -t -q",
     )

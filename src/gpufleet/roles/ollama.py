@@ -16,13 +16,23 @@ from pyinfra.operations import apt, files, server
 from gpufleet import sandbox
 from gpufleet.engines import memory_size, served_name
 from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile, release_sha256
+from gpufleet.inventory import fleet_specs
+from gpufleet.model_cache import ollama_cache_source, pulled_models
 from gpufleet.models import HostSpec
 from gpufleet.operations import accounts, downloads, ollama
 from gpufleet.paths import template
-from gpufleet.roles.steps import configured_not_started, run_unit, warm_up, warm_up_tool
+from gpufleet.roles.steps import (
+    configured_not_started,
+    ollama_tool,
+    run_unit,
+    warm_up,
+    warm_up_tool,
+)
 from gpufleet.serving import PlacementRun, placement_runs
 
 DROP_IN = "/etc/systemd/system/ollama.service.d/override.conf"
+STORE = "/usr/share/ollama/.ollama/models"
+"""Ollama's model store (its default ``OLLAMA_MODELS`` for the ollama user)."""
 HOME = "/usr/share/ollama"
 """The ollama user's home, as Ollama's own installer makes it: ~/.ollama holds its key and
 models."""
@@ -116,6 +126,20 @@ def serve(spec: HostSpec) -> None:
         environment=dict(runs[0].rendered.environment),
         memory_max=memory_size(runs[0].decision.memory_max_gb),  # the server's, planned
     )
+    # The models, copied from the fleet's model cache where it keeps them (every blob checked
+    # against its digest), before Ollama would pull them from the internet; a store filled
+    # ahead of an install that is still to come.
+    source = ollama_cache_source(spec, fleet_specs())
+    if source is not None and pulled_models(spec):
+        ollama_tool()
+        ollama.stored(
+            name="Ollama models from the model cache",
+            store=STORE,
+            models=pulled_models(spec),
+            sources=[source],
+            owner="ollama",
+            optional=True,
+        )
     if not installed:
         configured_not_started(
             OLLAMA.service,

@@ -17,6 +17,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.models import HostSpec
 from gpufleet.operations import accounts, config, downloads, inference
+from gpufleet.operations.ollama import FETCH_TOOL
 from gpufleet.paths import template
 
 
@@ -150,6 +151,17 @@ def warm_up_tool() -> OperationMeta:
         name="Warm-up tool",
         src=str(Path(__file__).parents[1] / "warmup.py"),
         dest=inference.WARMUP_SCRIPT,
+        mode="755",
+    )
+
+
+def ollama_tool() -> OperationMeta:
+    """The tool that copies Ollama models into a store, every blob checked against its
+    digest (:mod:`gpufleet.ollama_fetch`)."""
+    return files.put(
+        name="Ollama model copier",
+        src=str(Path(__file__).parents[1] / "ollama_fetch.py"),
+        dest=FETCH_TOOL,
         mode="755",
     )
 
