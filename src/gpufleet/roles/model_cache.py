@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.model_cache import CACHE_PATH, OLLAMA_PATH, cache_host, cached_files, cached_models
@@ -30,17 +30,34 @@ SITE = "/etc/nginx/conf.d/gpufleet-model-cache.conf"
 def model_cache(spec: HostSpec, specs: Mapping[str, HostSpec]) -> None:
     """
     On the ``model_cache`` host: every GGUF file the fleet's llama.cpp placements download,
-    fetched from its origin once and verified, kept by its sha256 and served by NGINX to the
-    hosts that fetch them (the firewall lets in no one else).
+    and every Ollama model its Linux Ollama hosts pull, fetched from its origin once and
+    verified, and served by NGINX to the hosts that fetch them (the firewall lets in no one
+    else). Every host of the run waits until the cache serves before any fetches from it.
 
     .. code:: python
 
         model_cache(host_spec(), fleet_specs())
     """
     cache = cache_host(specs)
-    if cache is None or cache.name != spec.name:
-        host.noop("not the fleet's model cache")
+    if cache is None:
+        host.noop("the fleet has no model cache")
         return
+    if cache.name == spec.name:
+        serve_cache(spec, specs)
+    else:
+        host.noop(f"{cache.name} is the fleet's model cache")
+    # One operation every host of the run shares (one call site): pyinfra orders operations
+    # as a graph of each host's sequence, so none passes this point before the cache host
+    # has reached it, serving; no host asks the cache for a model before that.
+    server.shell(
+        name=f"{cache.name} serves the fleet's models (the others fetch from it after this)",
+        commands=["true"],
+        _if=lambda: False,
+    )
+
+
+def serve_cache(spec: HostSpec, specs: Mapping[str, HostSpec]) -> None:
+    """The cache itself: its files fetched and checked, its NGINX site, listening."""
     settings = spec.model_cache
     wanted = cached_files(specs)
     files.directory(
