@@ -1025,6 +1025,65 @@ def restore(inventory: str, file: str) -> int:
     return 0
 
 
+@main_group.group(short_help="An offline bundle of the fleet's downloads: export, import.")
+def bundle() -> None:
+    """Everything an inventory's fleet downloads (models, engine files, wheels), fetched and
+    checked on a machine that reaches the internet, for a fleet that does not."""
+
+
+@bundle.command(
+    name="export", short_help="Fetch what INVENTORY downloads into DEST, each file checked."
+)
+@inventory_argument
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--pip-index", metavar="URL", help="A PyPI mirror for the wheels.")
+def bundle_export(inventory: str, dest: str, pip_index: str | None) -> int:
+    """Fetch every GGUF file, Ollama model, pinned engine file and locked wheel INVENTORY's
+    fleet downloads into DEST, each checked against its sha256 (or digest, or lock hash),
+    and list them in DEST/bundle.json. What DEST holds already, and right, is kept."""
+    from gpufleet.bundle import export
+    from gpufleet.inventory import validate_file
+
+    specs = validate_file(inventory)
+    console = _console(stderr=True)
+    artifacts = export(specs, Path(dest), lambda step: console.print(step), pip_index)
+    table = _table("kind", "what", "for")
+    for artifact in artifacts:
+        table.add_row(artifact.kind, artifact.name, ", ".join(artifact.used_by))
+    _print_table(table)
+    print(f"{dest}: {len(artifacts)} artifacts, checked; carry the folder to the fleet")
+    return 0
+
+
+@bundle.command(
+    name="import", short_help="Check BUNDLE against its manifest and INVENTORY's needs."
+)
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(file_okay=False, exists=True))
+@inventory_argument
+def bundle_import(bundle_dir: str, inventory: str) -> int:
+    """Check every file of BUNDLE against its bundle.json and that it holds everything
+    INVENTORY's fleet downloads; then say what to set so the fleet takes it from its model
+    cache. Contacts no host."""
+    from gpufleet.bundle import bundle_settings, verify
+    from gpufleet.inventory import validate_file
+
+    specs = validate_file(inventory)
+    root = Path(bundle_dir).resolve()
+    findings = verify(root, specs)
+    if findings:
+        for finding in findings:
+            _warn(f"{finding.path}: {finding.problem}")
+        _fail(
+            f"gpufleet bundle import: {root}: {len(findings)} problem(s); export it again "
+            "(gpufleet bundle export INVENTORY DEST keeps what is right)"
+        )
+    print(f"{root}: every file checked, and it holds all {inventory} downloads.")
+    print("Set in the inventory, then run deploys/inference.py (the cache first):")
+    for host, setting in bundle_settings(root, specs):
+        print(f"  {host}: {setting}")
+    return 0
+
+
 @main_group.command(short_help="The host data reference as Markdown.")
 def reference() -> int:
     """Every host-data key with its type, default and meaning, as Markdown (the README's)."""

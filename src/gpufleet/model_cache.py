@@ -108,9 +108,14 @@ def cached_models(specs: Mapping[str, HostSpec]) -> list[CachedModel]:
 
 def cache_clients(specs: Mapping[str, HostSpec]) -> frozenset[str]:
     """The hosts that fetch from the cache: every host that downloads a GGUF file or pulls
-    an Ollama model."""
+    an Ollama model; with an offline bundle, every Linux host (engines and wheels come from
+    the cache too)."""
+    cache = cache_host(specs)
+    bundled = cache is not None and cache.model_cache.bundle is not None
     return frozenset(
-        spec.name for spec in specs.values() if downloaded(spec) or pulled_models(spec)
+        spec.name
+        for spec in specs.values()
+        if downloaded(spec) or pulled_models(spec) or (bundled and spec.os != "macos")
     )
 
 

@@ -864,11 +864,17 @@ class ModelCacheServer(Spec):
     ollama_registry: str = Field("https://registry.ollama.ai", pattern=URL_PATTERN)
     """Where the cache fetches Ollama's models from: Ollama's registry, or a mirror of it
     (anything that serves the registry's ``/v2/<name>/manifests|blobs`` API)."""
+    bundle: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./-]+$")
+    """An offline bundle on the control machine (``gpufleet bundle export``, checked by
+    ``gpufleet bundle import``): the cache takes its models from it instead of their origins,
+    and serves its engine files (``/files/<sha256>``) and wheels (``/simple/``) too."""
+    bundle_root: str = Field("/srv/gpufleet/bundle", pattern=r"^/[A-Za-z0-9_./-]+$")
+    """Folder the bundle's engine files and wheels are kept in on the cache host."""
 
-    @field_validator("root", "ollama_root")
+    @field_validator("root", "ollama_root", "bundle", "bundle_root")
     @classmethod
-    def _no_parent_parts(cls, root: str) -> str:
-        if ".." in root.split("/"):
+    def _no_parent_parts(cls, root: str | None) -> str | None:
+        if root is not None and ".." in root.split("/"):
             raise ValueError("must not hold '..'; give the folder's own path")
         return root
 

@@ -35,6 +35,7 @@ from gpufleet.models import (
     LxcGpuPassthrough,
     LxcGuest,
     Measured,
+    ModelCacheServer,
     ModelPlacement,
     NvidiaDriver,
     PrometheusServer,
@@ -69,6 +70,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`litellm.database` (`RouterDatabase`)", RouterDatabase),
     ("`gateway` (`GatewayServer`)", GatewayServer),
     ("`prometheus` (`PrometheusServer`)", PrometheusServer),
+    ("`model_cache` (`ModelCacheServer`)", ModelCacheServer),
     *dict.fromkeys(
         (f"`{e.settings_key}` (`{e.settings_model.__name__}`)", e.settings_model)
         for e in ENGINES
