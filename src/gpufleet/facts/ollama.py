@@ -187,7 +187,8 @@ class OllamaStore(FactBase[set[str]]):
             "-printf '%f %s\\n' 2>/dev/null || true"
         )
 
-    def default(self) -> set[str]:
+    @staticmethod
+    def default() -> set[str]:
         return set()  # no store yet: pyinfra hands a fact with no output its default
 
     def process(self, output: list[str]) -> set[str]:
