@@ -131,11 +131,8 @@ def needed(specs: Mapping[str, HostSpec]) -> list[Artifact]:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _download(url: str, target: Path, sha256: str) -> None:

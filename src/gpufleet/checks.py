@@ -624,26 +624,14 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
             source = spec.llamacpp.source_sha256
             for number, worker in enumerate(placement.rpc_workers):
                 field = f"models[{index}].rpc_workers[{number}].host"
-                other = specs.get(worker.host)
+                other, found = _named_worker(
+                    spec, specs, worker.host, field,
+                    f"{spec.name} reaches its ggml-rpc-server by address (its firewall and "
+                    f"{spec.name}'s connection check go by address)",
+                )  # fmt: skip
+                yield from found
                 if other is None:
-                    yield Problem(
-                        spec.name,
-                        field,
-                        f"no host {worker.host!r} in this inventory"
-                        f"{suggest(worker.host, specs)}; name a host of it",
-                    )
                     continue
-                if other.name == spec.name:
-                    yield Problem(spec.name, field, "names this host itself; name another host")
-                    continue
-                if other.lan_address is None and other.tailscale_address is None:
-                    yield Problem(
-                        other.name,
-                        "lan_address",
-                        f"{spec.name} reaches its ggml-rpc-server by address (its firewall "
-                        f"and {spec.name}'s connection check go by address): add its "
-                        "lan_address or tailscale_address",
-                    )
                 if other.os == "macos":
                     yield Problem(
                         spec.name,
@@ -712,6 +700,24 @@ def _rpc_splits(specs: dict[str, HostSpec]) -> Iterator[Problem]:
                 )
 
 
+def _named_worker(
+    spec: HostSpec, specs: dict[str, HostSpec], name: str, field: str, by_address: str
+) -> tuple[HostSpec | None, list[Problem]]:
+    """The host a split names as a worker, and the problems of naming it: none of this
+    inventory, this host itself (None then), or one without an address (``by_address``:
+    why it needs one)."""
+    other = specs.get(name)
+    if other is None:
+        fix = f"no host {name!r} in this inventory{suggest(name, specs)}; name a host of it"
+        return None, [Problem(spec.name, field, fix)]
+    if other.name == spec.name:
+        return None, [Problem(spec.name, field, "names this host itself; name another host")]
+    if other.lan_address is None and other.tailscale_address is None:
+        fix = f"{by_address}: add its lan_address or tailscale_address"
+        return other, [Problem(other.name, "lan_address", fix)]
+    return other, []
+
+
 def ray_cluster_ports(spec: HostSpec, head: bool) -> list[tuple[int, str]]:
     """The ports of a host's Ray node, with the field that sets each."""
     ray = spec.vllm.ray
@@ -765,23 +771,14 @@ def _ray_clusters(specs: dict[str, HostSpec]) -> Iterator[Problem]:
         gated = fleet_catalogue().gated_repo(placement.source or "")
         for number, name in enumerate(placement.ray_workers):
             at = f"{field}[{number}]"
-            other = specs.get(name)
+            other, found = _named_worker(
+                spec, specs, name, at,
+                f"it joins {spec.name}'s Ray cluster by address (Ray's node address and the "
+                "firewall go by address)",
+            )  # fmt: skip
+            yield from found
             if other is None:
-                yield Problem(
-                    spec.name, at,
-                    f"no host {name!r} in this inventory{suggest(name, specs)}; name a host of it",
-                )  # fmt: skip
                 continue
-            if other.name == spec.name:
-                yield Problem(spec.name, at, "names this host itself; name another host")
-                continue
-            if other.lan_address is None and other.tailscale_address is None:
-                yield Problem(
-                    other.name,
-                    "lan_address",
-                    f"it joins {spec.name}'s Ray cluster by address (Ray's node address and "
-                    "the firewall go by address): add its lan_address or tailscale_address",
-                )
             if other.os == "macos":
                 yield Problem(
                     spec.name, at, f"{other.name} is a Mac: Ray workers run on Linux hosts with "

@@ -656,9 +656,11 @@ def registry_layout(model_file: Path, folder: Path, model: str, family: str) -> 
     blobs.mkdir(parents=True, exist_ok=True)
 
     def blob(data: bytes | None, media_type: str, source: Path | None = None) -> dict:
-        digest = "sha256:" + (
-            _file_sha256(source) if source else hashlib.sha256(data or b"").hexdigest()
-        )
+        if source is not None:
+            with open(source, "rb") as handle:
+                digest = "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+        else:
+            digest = "sha256:" + hashlib.sha256(data or b"").hexdigest()
         target = blobs / digest
         if not target.exists():
             if source is not None:
@@ -693,14 +695,6 @@ def registry_layout(model_file: Path, folder: Path, model: str, family: str) -> 
     manifests.mkdir(parents=True, exist_ok=True)
     (manifests / tag).write_bytes(raw)
     return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def embedding_sources(wheel: Path, llamacpp_sdist: Path, folder: Path) -> tuple[Path, Path]:
