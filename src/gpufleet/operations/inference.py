@@ -108,14 +108,21 @@ def llama_server_built(
     tree = f"{source}/{subdir}".rstrip("/")
     build = f"{BUILD_ROOT}/build-{key[:12]}"
     env = "CCACHE_DIR=/var/cache/ccache " if ccache else ""
-    yield f"rm -rf {source} {build} && mkdir -p {source}"
-    yield f"tar -xzf {shlex.quote(tarball)} -C {source} --strip-components=1"
-    yield f"{env}cmake -S {tree} -B {build} -G Ninja {' '.join(flags)}"
-    yield f"{env}cmake --build {build} --target {' '.join(BINARIES)} -j {jobs}"
+
+    # Each step holds the build folder's lock: a run killed mid-step leaves that step going
+    # on the host (no terminal, no hang-up), and the next run waits for it instead of
+    # removing a folder it still writes into.
+    def locked(command: str) -> str:
+        return f"flock {BUILD_ROOT}/.lock sh -c {shlex.quote(command)}"
+
+    yield f"mkdir -p {BUILD_ROOT} && " + locked(f"rm -rf {source} {build} && mkdir -p {source}")
+    yield locked(f"tar -xzf {shlex.quote(tarball)} -C {source} --strip-components=1")
+    yield locked(f"{env}cmake -S {tree} -B {build} -G Ninja {' '.join(flags)}")
+    yield locked(f"{env}cmake --build {build} --target {' '.join(BINARIES)} -j {jobs}")
     for target, path in BINARIES.items():
         yield f"install -m 755 {build}/bin/{target} {path}"
     yield state_record(STAMP_FILE, key)
-    yield f"rm -rf {source} {build}"
+    yield locked(f"rm -rf {source} {build}")
 
 
 def cached_build(cache: str, key: str) -> dict[str, str] | None:
