@@ -705,6 +705,7 @@ def preview(
                         changes=op.changes,
                         commands=op.commands,
                         uploads=sorted(op.uploads),
+                        serial=op.serial,
                     )
                     for op in operations
                 ],
@@ -722,11 +723,84 @@ def preview(
             f"{len(changing)} would change"
         )
         for operation in () if summary else operations if verbose else changing:
-            print(f"  {'*' if operation.changes else ' '} {operation.name}")
+            serial = " (one host at a time)" if operation.serial else ""
+            print(f"  {'*' if operation.changes else ' '} {operation.name}{serial}")
             for command in operation.commands if verbose else ():
                 print(f"      {command}")
     for host, why in stopped.items():
         print(f"{host} ({profiles[host].name}): would stop: {why}")
+    return code
+
+
+@main_group.command(short_help="What deploys would change on the hosts now: drift (a dry run).")
+@inventory_argument
+@click.argument("deploys", nargs=-1, metavar="[DEPLOY]...")
+@limit_option()
+@click.option("-v", "--verbose", is_flag=True, help="The commands of each change too.")
+@click.option(
+    "--textfile",
+    metavar="PATH",
+    type=click.Path(dir_okay=False),
+    help="Also write the result as Prometheus metrics (node_exporter's textfile collector).",
+)
+@json_option
+def drift(
+    inventory: str,
+    deploys: tuple[str, ...],
+    limit: tuple[str, ...],
+    verbose: bool,
+    textfile: str | None,
+    as_json: bool,
+) -> int:
+    """Plan DEPLOYs (default: every deploy) on the selected hosts with their real facts, as
+    pyinfra --dry does, and report each operation that would change a host. Changes nothing.
+    Exits 1 when any host would change or could not be checked, 0 when all are converged."""
+    from gpufleet import drift as drift_module
+    from gpufleet.outputs import DriftHost, DriftOutput, OperationOut
+    from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
+
+    selected_hosts(inventory, limit)  # a wrong inventory stops here, before any host
+    chosen = list(deploys) or [packaged_deploy(deploy) for deploy in EVERY_DEPLOY]
+    for deploy in chosen:
+        if not Path(deploy).is_file():
+            _fail(f"gpufleet drift: no deploy file {deploy}")
+    report = drift_module.drift(inventory, chosen, list(limit))
+    if textfile:
+        drift_module.write_textfile(Path(textfile), drift_module.textfile(report))
+    drifted = any(entry.drifted for entry in report)
+    code = EXIT_FAILED if drifted or any(entry.unchecked for entry in report) else 0
+    if as_json:
+        hosts = [
+            DriftHost(
+                host=entry.host,
+                drifted=entry.drifted,
+                planned=entry.planned,
+                unchecked=entry.unchecked,
+                changing=[
+                    OperationOut(
+                        name=op.name,
+                        changes=op.changes,
+                        commands=op.commands,
+                        uploads=sorted(op.uploads),
+                        serial=op.serial,
+                    )
+                    for op in entry.changing
+                ],
+            )
+            for entry in report
+        ]
+        _emit_json(DriftOutput(deploys=chosen, drifted=drifted, hosts=hosts))
+        return code
+    for entry in report:
+        if entry.unchecked:
+            print(f"{entry.host}: NOT CHECKED: {entry.unchecked}")
+            continue
+        state = f"{len(entry.changing)} would change" if entry.drifted else "no drift"
+        print(f"{entry.host}: {entry.planned} operations, {state}")
+        for operation in entry.changing:
+            print(f"  * {operation.name}")
+            for command in operation.commands if verbose else ():
+                print(f"      {command}")
     return code
 
 

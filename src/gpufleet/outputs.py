@@ -279,6 +279,9 @@ class OperationOut(_Strict):
     changes: bool
     commands: list[str] = Field(description="As a dry run shows them, secrets masked.")
     uploads: list[str] = Field(description="Files it would write, by destination.")
+    serial: bool = Field(
+        False, description="Runs host by host (a reboot: one host at a time), not in parallel."
+    )
 
 
 class PreviewHost(_Strict):
@@ -295,6 +298,26 @@ class PreviewOutput(_Strict):
         default_factory=dict,
         description="Hosts a deploy would stop on, with why; the others are planned.",
     )
+
+
+# --- gpufleet drift ----------------------------------------------------------------------
+
+
+class DriftHost(_Strict):
+    host: str
+    drifted: bool = Field(description="Some operation would change the host.")
+    planned: int = Field(description="Operations planned on the host, changing or not.")
+    unchecked: str | None = Field(
+        description="Why the host was not checked (no SSH connection, a deploy stopped); "
+        "null when it was."
+    )
+    changing: list[OperationOut] = Field(description="The operations that would change it.")
+
+
+class DriftOutput(_Strict):
+    deploys: list[str]
+    drifted: bool = Field(description="Some host would change; the exit code is then 1.")
+    hosts: list[DriftHost]
 
 
 # --- gpufleet verify ---------------------------------------------------------------------
@@ -370,6 +393,7 @@ OUTPUTS: dict[str, type[BaseModel]] = {
     "routes": RoutesOutput,
     "firewall": FirewallOutput,
     "preview": PreviewOutput,
+    "drift": DriftOutput,
     "verify": VerifyOutput,
     "bench": BenchOutput,
 }

@@ -54,6 +54,10 @@ class MissingFact(LookupError):
     """The profile has no value for a fact a deploy asked for."""
 
 
+class HostsUnreachable(ConnectionError):
+    """A dry run against real hosts could not connect to some of them."""
+
+
 def fact_key(cls: type, kwargs: dict[str, Any]) -> tuple[str, str]:
     """The profile's key for one fact call: ``("pyinfra.facts.files.File", '{"path": ...}')``."""
     arguments = {k: v for k, v in kwargs.items() if k not in ("self", "state", "host")}
@@ -151,6 +155,9 @@ class PlannedOperation:
     uploads: dict[str, str] = field(default_factory=dict)
     """Files the operation would write, by destination (rendered templates; config files
     that hold secrets are written by a function at run time and never show here)."""
+    serial: bool = False
+    """The operation runs host by host (``_serial``): each host finishes it, a reboot
+    included, before the next one starts it."""
 
 
 def plan(
@@ -164,8 +171,11 @@ def plan(
     With ``answer``, facts come from it and no host is contacted; without, the hosts are
     connected to and asked, as ``pyinfra --dry`` does. Returns each host's operations in
     order, with the commands a run would send."""
+    import pyinfra
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.state import StateStage
     from pyinfra.connectors.util import CommandOutput
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
     from pyinfra_cli.exceptions import UnexpectedExternalError
@@ -188,7 +198,13 @@ def plan(
     hosts = [h for h in hosts_of if h.name in chosen]
     state.init(hosts_of, config, initial_limit=hosts)
     if answer is None:
-        connect_all(state)
+        try:
+            connect_all(state)
+        except PyinfraError:  # none left to plan: each one is named below
+            pass
+        unreachable = sorted(host.name for host in hosts if not host.connected)
+        if unreachable:
+            raise HostsUnreachable(f"no SSH connection to {', '.join(unreachable)}")
         replaying: AbstractContextManager[None] = nullcontext()
     else:
         for host in hosts:
@@ -198,8 +214,13 @@ def plan(
 
     planned: dict[str, list[PlannedOperation]] = {}
     guard = _no_secret_store() if answer is not None else nullcontext()
-    with replaying, guard, _names_per_host() as names:
-        for deploy in deploys:
+    # As the pyinfra command line plans: an operation is known by its call site, the same on
+    # every host (by its index on the host otherwise, which pairs different operations of
+    # hosts that take different branches, and refuses their different ``_serial``).
+    state.set_stage(StateStage.Prepare)
+    with replaying, guard, _names_per_host() as names, _patched(pyinfra, "is_cli", True):
+        for number, deploy in enumerate(deploys):
+            state.current_op_file_number = number
             config.lock_current_state()
             try:
                 load_deploy_file(state, deploy)
@@ -226,6 +247,7 @@ def plan(
                             changes=bool(generated),
                             commands=[_shown(command) for command in generated],
                             uploads=dict(_uploaded(c) for c in generated if _uploads(c)),
+                            serial=bool(state.op_meta[op_hash].global_arguments.get("_serial")),
                         )
                     )
             planned[host.name] = operations

@@ -309,6 +309,7 @@ def test_kernels_in_a_container_with_debian_headers():
         "running": "6.18.44-fc-v669",
         "installed": [],
         "with_headers": ["6.1.0-50-amd64"],
+        "with_nvidia_module": [],
     }
 
 
@@ -326,6 +327,43 @@ def test_kernels_sorted_by_version_not_text():
     )
     assert report["installed"] == ["6.1.0-9-amd64", "6.1.0-10-amd64"]
     assert report["running"] not in report["with_headers"]  # headers for the next boot only
+
+
+def test_kernels_holding_the_nvidia_module_are_those_a_reboot_may_boot():
+    report = Kernels().process(
+        [
+            "### running",
+            "6.8.12-5-pve",
+            "### images",
+            "vmlinuz-6.8.12-5-pve",
+            "vmlinuz-6.8.12-6-pve",
+            "### headers",
+            "6.8.12-5-pve",
+            "6.8.12-6-pve",
+            "### nvidia",
+            "6.8.12-5-pve",
+        ]
+    )
+    assert report["with_nvidia_module"] == ["6.8.12-5-pve"]  # the update's kernel lacks it
+
+
+def test_the_kernels_fact_finds_a_dkms_module_however_it_is_compressed(tmp_path):
+    """The fact's own command against a /lib/modules tree (the path rewritten into tmp_path):
+    a DKMS module, plain or zstd-compressed, counts; a kernel with only headers does not."""
+    import subprocess
+
+    modules = tmp_path / "lib" / "modules"
+    (modules / "6.1.0-28-amd64" / "updates" / "dkms").mkdir(parents=True)
+    (modules / "6.1.0-28-amd64" / "updates" / "dkms" / "nvidia.ko").write_bytes(b"")
+    (modules / "6.1.0-31-amd64" / "updates" / "dkms").mkdir(parents=True)
+    (modules / "6.1.0-31-amd64" / "updates" / "dkms" / "nvidia.ko.zst").write_bytes(b"")
+    (modules / "6.1.0-32-amd64" / "build").mkdir(parents=True)
+    (modules / "6.1.0-32-amd64" / "build" / "Makefile").write_text("")
+    command = Kernels().command().replace("/lib/modules", str(modules))
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
+    report = Kernels().process(output.stdout.splitlines())
+    assert report["with_nvidia_module"] == ["6.1.0-28-amd64", "6.1.0-31-amd64"]
+    assert report["with_headers"] == ["6.1.0-32-amd64"]
 
 
 def test_nvidia_smi_query_without_a_loaded_module():

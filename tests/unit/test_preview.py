@@ -216,6 +216,7 @@ def test_a_fact_the_profile_cannot_answer_is_an_error_naming_it():
         "running": "6.1.0-28-amd64",
         "installed": ["6.1.0-28-amd64"],
         "with_headers": [],
+        "with_nvidia_module": [],
     }  # parsed from its recorded output by the fact's own parser
 
 

@@ -88,6 +88,7 @@ class KernelReport(TypedDict):
     running: str
     installed: list[str]
     with_headers: list[str]
+    with_nvidia_module: list[str]
 
 
 def _version_key(release: str) -> list[int]:
@@ -95,28 +96,36 @@ def _version_key(release: str) -> list[int]:
 
 
 def parse_kernels(sections: dict[str, list[str]]) -> KernelReport:
-    """Sections ``running`` (``uname -r``), ``images`` (``/boot/vmlinuz-*`` names) and
-    ``headers`` (``/lib/modules/*/build`` that resolve) -> kernel report, newest last."""
+    """Sections ``running`` (``uname -r``), ``images`` (``/boot/vmlinuz-*`` names),
+    ``headers`` (``/lib/modules/*/build`` that resolve) and ``nvidia`` (``/lib/modules/*``
+    trees holding an ``nvidia.ko*``) -> kernel report, newest last."""
+
+    def releases(section: str) -> list[str]:
+        names = {line.strip() for line in sections.get(section, []) if line.strip()}
+        return sorted(names, key=_version_key)
+
     running = "".join(sections.get("running", [])).strip()
     images = {line.strip().removeprefix("vmlinuz-") for line in sections.get("images", [])}
-    headers = {line.strip() for line in sections.get("headers", []) if line.strip()}
     return KernelReport(
         running=running,
         installed=sorted((i for i in images if i), key=_version_key),
-        with_headers=sorted(headers, key=_version_key),
+        with_headers=releases("headers"),
+        with_nvidia_module=releases("nvidia"),
     )
 
 
 class Kernels(FactBase[KernelReport]):
     """
-    The running kernel, the kernels installed in /boot, and those whose headers are present
-    (what DKMS can build a module for).
+    The running kernel, the kernels installed in /boot, those whose headers are present
+    (what DKMS can build a module for) and those that hold an NVIDIA module (built by DKMS
+    into ``updates/dkms``, or shipped prebuilt as Ubuntu's ``linux-modules-nvidia-*``).
 
     .. code:: python
 
         {"running": "6.1.0-28-amd64",
          "installed": ["6.1.0-28-amd64", "6.1.0-31-amd64"],
-         "with_headers": ["6.1.0-31-amd64"]}
+         "with_headers": ["6.1.0-31-amd64"],
+         "with_nvidia_module": ["6.1.0-28-amd64"]}
     """
 
     def command(self) -> str:
@@ -124,7 +133,10 @@ class Kernels(FactBase[KernelReport]):
             "echo '### running'; uname -r; "
             "echo '### images'; ls -1 /boot 2>/dev/null | grep '^vmlinuz-' || true; "
             "echo '### headers'; for d in /lib/modules/*; do "
-            '[ -e "$d/build/Makefile" ] && echo "${d##*/}"; done; true'
+            '[ -e "$d/build/Makefile" ] && echo "${d##*/}"; done; '
+            "echo '### nvidia'; for d in /lib/modules/*; do "
+            "find \"$d\" -name 'nvidia.ko*' -print 2>/dev/null | grep -q . "
+            '&& echo "${d##*/}"; done; true'
         )
 
     def process(self, output: list[str]) -> KernelReport:

@@ -55,6 +55,6 @@ def amd_gpu(spec: HostSpec) -> None:
         f"written; the running kernel holds {running / amdgpu.PAGES_PER_GB:g} GB"
     )
     if spec.amdgpu.reboot:
-        server.reboot(name="Reboot into the new GTT size", reboot_timeout=600)
+        server.reboot(name="Reboot into the new GTT size", reboot_timeout=600, _serial=True)
     else:
         reboot_ops.reboot_required(name="Report the reboot the GTT size needs", reason=reason)

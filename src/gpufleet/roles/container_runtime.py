@@ -3,7 +3,8 @@
 Runbook it replaces: install Docker; add NVIDIA's libnvidia-container repository with its key
 in a keyring and ``signed-by`` (and remove what older instructions left, which makes apt fail
 with "Conflicting values set for option Signed-By"); install the toolkit at a held version;
-register the ``nvidia`` runtime in daemon.json without losing the user's keys; restart
+register the ``nvidia`` runtime in daemon.json without losing the user's keys; keep the
+containers' GPUs across ``systemctl daemon-reload`` (NVIDIA's /dev/char workaround); restart
 Docker only when daemon.json changed.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.configs import NVIDIA_RUNTIME
@@ -40,6 +41,8 @@ TOOLKIT_PACKAGES = (
     "libnvidia-container-tools",
     "libnvidia-container1",
 )
+DEV_CHAR_RULE = "/etc/udev/rules.d/71-nvidia-dev-char.rules"
+NVIDIA_CTK = "/usr/bin/nvidia-ctk"
 DOCKER_KEYRING = f"{KEYRINGS}/docker.asc"
 DOCKER_CE_PACKAGES = [
     "docker-ce",
@@ -118,12 +121,45 @@ def container_toolkit(spec: HostSpec) -> bool:
             packages=[f"{package}={toolkit.version}" for package in TOOLKIT_PACKAGES],
             no_recommends=True,
         )
+        keep_gpus_across_daemon_reload(spec)
     else:
         host.noop(
             f"container_toolkit.install_packages is false: {toolkit.repo_url} is set up, "
             "the packages are not installed"
         )
     return True
+
+
+def systemd_cgroups(daemon: dict[str, object]) -> bool:
+    """Whether Docker manages its containers' cgroups through systemd: its default on a
+    cgroup v2 host (every release gpufleet deploys), unless daemon.json asks for cgroupfs."""
+    options = daemon.get("exec-opts", [])
+    return "native.cgroupdriver=cgroupfs" not in (options if isinstance(options, list) else [])
+
+
+def keep_gpus_across_daemon_reload(spec: HostSpec) -> None:
+    """NVIDIA's workaround for containers that lose their GPUs on ``systemctl daemon-reload``
+    where systemd manages their cgroups (nvidia-docker issue 1730, the toolkit's
+    troubleshooting guide): /dev/char links to the device nodes, made now and by a udev rule
+    each time the driver binds."""
+    if not systemd_cgroups(dict(spec.docker.daemon)):
+        host.noop("Docker's cgroups are cgroupfs: the /dev/char links are not needed")
+        return
+    rule = files.template(
+        name="Keep containers' GPUs across daemon-reload (udev rule for /dev/char links)",
+        src=template("docker/71-nvidia-dev-char.rules.j2"),
+        dest=DEV_CHAR_RULE,
+        mode="644",
+        nvidia_ctk=NVIDIA_CTK,
+    )
+    if detected_gpus()["driver_version"]:
+        server.shell(
+            name="Link the NVIDIA device nodes in /dev/char",
+            commands=[f"{NVIDIA_CTK} system create-dev-char-symlinks --create-all"],
+            _if=rule.did_change,
+        )
+    else:
+        host.noop("NVIDIA module not loaded: the udev rule makes the /dev/char links when it is")
 
 
 @deploy("Docker and NVIDIA Container Toolkit")

@@ -2,7 +2,8 @@
 
 Runbook it replaces: check the card is supported by the branch; blacklist nouveau and rebuild
 the initramfs; install kernel headers; install the driver and hold it; enable the persistence
-daemon; reboot when the module that is loaded is not the one installed.
+daemon; check the module is built for every kernel the host can boot; reboot (one host
+at a time) when the module that is loaded is not the one installed.
 """
 
 from __future__ import annotations
@@ -231,7 +232,18 @@ def nvidia_driver(spec: HostSpec) -> None:
             running=True if loaded else None,
         )
 
-    # 6. Reboot when the module in memory is not the driver on disk.
+    # 6. The module for every kernel the host can boot, before any reboot: a kernel
+    #    installed since the driver (unattended-upgrades, a Proxmox update) boots without
+    #    GPUs until DKMS builds it there. A run that finds one lacking stops here, naming it.
+    nvidia_ops.module_built(
+        name="NVIDIA module built for every kernel the host can boot",
+        kernels=kernels["installed"],
+        running=kernels["running"] if running_covered else None,
+        driver_changes=installed.will_change,
+    )
+
+    # 7. Reboot when the module in memory is not the driver on disk: one host at a time
+    #    (pyinfra waits for each to come back before the next goes down).
     wanted = driver.version
     stale_module = bool(wanted and loaded and loaded != wanted)
     if installed.will_change or stale_module or not loaded:
@@ -239,7 +251,11 @@ def nvidia_driver(spec: HostSpec) -> None:
             f"NVIDIA driver {wanted or driver.effective_branch} installed, "
             f"loaded module: {loaded or 'none'}"
         )
+        if kernels["installed"]:  # the check above passed, or this run stopped there
+            reason += f"; module built for {', '.join(kernels['installed'])}"
         if driver.reboot and (installed.will_change or stale_module):
-            server.reboot(name="Reboot into the new NVIDIA driver", reboot_timeout=600)
+            server.reboot(
+                name="Reboot into the new NVIDIA driver", reboot_timeout=600, _serial=True
+            )
         else:
             nvidia_ops.reboot_required(name="Report the reboot the driver needs", reason=reason)
