@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,10 +198,8 @@ def plan(
     hosts = [h for h in hosts_of if h.name in chosen]
     state.init(hosts_of, config, initial_limit=hosts)
     if answer is None:
-        try:
+        with suppress(PyinfraError):  # none left to plan: each one is named below
             connect_all(state)
-        except PyinfraError:  # none left to plan: each one is named below
-            pass
         unreachable = sorted(host.name for host in hosts if not host.connected)
         if unreachable:
             raise HostsUnreachable(f"no SSH connection to {', '.join(unreachable)}")

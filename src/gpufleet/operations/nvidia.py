@@ -91,7 +91,6 @@ def module_built(kernels: list[str], running: str | None = None, driver_changes:
     ]
     if running is not None:
         headers = f"/lib/modules/{shlex.quote(running)}/build/Makefile"
-        script.append(
-            f"[ -e {headers} ] || {{ echo {shlex.quote(f'no headers for the running kernel {running}: install them and run again')} >&2; exit 1; }}"
-        )
+        why = f"no headers for the running kernel {running}: install them and run again"
+        script.append(f"[ -e {headers} ] || {{ echo {shlex.quote(why)} >&2; exit 1; }}")
     yield "; ".join(script)
