@@ -3,7 +3,8 @@ flags the planner decided (layers on the GPU, context, slots, threads).
 
 Runbook it replaces: know the GPU; fetch the source and the weights, verified; build; write
 the unit; start; wait for health; warm the model up and record its first-token time; fail
-loudly if it does not answer. A converged host does none of the last steps again.
+loudly if it does not answer; remove what an earlier run put there that the inventory no
+longer names. A converged host does none of the last steps again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from gpufleet.facts.gpu import detected_gpus
 from gpufleet.inventory import fleet_specs
 from gpufleet.model_cache import cache_url
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.operations import downloads, inference
+from gpufleet.operations import downloads, inference, record
 from gpufleet.operations.inference import BASE_FLAGS, build_stamp, cached_build
 from gpufleet.paths import template
 from gpufleet.roles.nvidia_driver import cuda_repository, release_of
@@ -85,6 +86,7 @@ def serve(spec: HostSpec) -> None:
     worker = rpc_server_run(spec, fleet)
     if not runs and worker is None:
         host.noop("no llama.cpp model placed on this host")
+        remove_dropped(spec, [], [])
         return
     settings = spec.llamacpp
     gpu = uses_gpu(spec)
@@ -108,6 +110,7 @@ def serve(spec: HostSpec) -> None:
     if worker is not None:
         rpc_worker(spec, worker, binary, gpu)
     if not runs:
+        remove_dropped(spec, [RPC_UNIT], [])
         return
     run = runs[0]
 
@@ -166,6 +169,41 @@ def serve(spec: HostSpec) -> None:
         API_KEY_ENV if keyed else None,
         ENV_FILE if keyed else None,
         timeout=VULKAN_WARM_UP_S if builds_with_vulkan(spec) else None,
+    )
+
+    # 7. What an earlier run put here that the inventory dropped (another model, the RPC
+    # worker's part), once this host serves what it names.
+    remove_dropped(
+        spec,
+        [LLAMACPP.service, *([RPC_UNIT] if worker else [])],
+        [*downloaded_models(run.placement), *([ENV_FILE] if keyed else [])],
+    )
+
+
+def downloaded_models(placement: ModelPlacement) -> list[str]:
+    """The GGUF file gpufleet downloaded for the placement; none for a file of the user's."""
+    downloaded = (placement.source or "").startswith(("http://", "https://"))
+    return [gguf_path(placement)] if downloaded else []
+
+
+def remove_dropped(spec: HostSpec, units: list[str], kept_files: list[str]) -> None:
+    """Absent means removed: the llama.cpp units and files an earlier run recorded putting
+    here and the inventory no longer names are stopped and deleted (a user's own GGUF file,
+    never recorded, is never touched); what this run put here is recorded."""
+    if spec.os == "macos":
+        return  # llama.cpp is never placed on a Mac: nothing to record
+    record.kept(
+        name="Remove the llama.cpp units the inventory dropped",
+        owner="llama.cpp",
+        kind="unit",
+        wanted=units,
+    )
+    record.kept(
+        name="Remove the llama.cpp files the inventory dropped",
+        owner="llama.cpp",
+        kind="file",
+        wanted=kept_files,
+        within=(MODELS, "/etc/gpufleet"),
     )
 
 

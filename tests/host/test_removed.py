@@ -1,0 +1,73 @@
+"""Absent means removed, on the lab: a llama.cpp placement dropped from the inventory is
+taken off its host on the next run (unit stopped, disabled and gone, downloaded model
+deleted), the dry run shows it first, and the run after changes nothing. Put back, the
+host serves it again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import LAB_INVENTORY, SPECS, pyinfra, ssh
+
+HOST = "lab-lxc-1"
+INFERENCE = "deploys/inference.py"
+UNIT = "/etc/systemd/system/llama-server.service"
+MODELS = "/var/lib/llama.cpp/models"
+
+
+def without_models(tmp_path: Path) -> Path:
+    """The lab inventory with lab-lxc-1's one placement dropped."""
+    dropped = tmp_path / "lab_dropped.py"
+    dropped.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
+        "gpu_nodes = [(name, {**data, 'models': []}) if name == " + repr(HOST) + " else "
+        "(name, data) for name, data in _lab['gpu_nodes']]\n"
+        "proxmox_hosts, cpu_nodes = _lab['proxmox_hosts'], _lab['cpu_nodes']\n"
+        "gateway, model_cache, router, monitoring, vault = (_lab[g] for g in "
+        "('gateway', 'model_cache', 'router', 'monitoring', 'vault'))\n"
+    )
+    return dropped
+
+
+def state(address: str) -> str:
+    return ssh(
+        address,
+        f"systemctl is-active llama-server || true; test -e {UNIT} && echo unit || echo no-unit; "
+        f"ls {MODELS} 2>/dev/null | grep -c gguf || true",
+    )
+
+
+@pytest.fixture
+def dropped_then_restored(lab_session, tmp_path):
+    yield without_models(tmp_path)
+    back = pyinfra(INFERENCE, "-y", "--limit", HOST, label="put the placement back")
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert state(str(SPECS[HOST].lan_address)).split() == ["active", "unit", "1"]
+
+
+def test_a_dropped_placement_is_removed_from_its_host(dropped_then_restored):
+    address = str(SPECS[HOST].lan_address)
+    assert state(address).split() == ["active", "unit", "1"]
+
+    dry = pyinfra(INFERENCE, "--dry", "--limit", HOST, inventory=dropped_then_restored)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    would_change = {op["name"] for op in dry.report["plan"] if HOST in op["hosts_with_change"]}
+    assert {
+        "llama.cpp | Remove the llama.cpp units the inventory dropped",
+        "llama.cpp | Remove the llama.cpp files the inventory dropped",
+    } <= would_change
+    assert state(address).split() == ["active", "unit", "1"]  # the dry run changed nothing
+
+    first = pyinfra(INFERENCE, "-y", "--limit", HOST, inventory=dropped_then_restored)
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = {name for name, _ in first.changed}
+    assert "llama.cpp | Remove the llama.cpp units the inventory dropped" in changed
+    assert state(address).split() == ["inactive", "no-unit", "0"]
+    assert ssh(address, "cat /var/lib/gpufleet/record/llama.cpp.units") == ""
+
+    second = pyinfra(INFERENCE, "-y", "--limit", HOST, inventory=dropped_then_restored)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.changed == []
