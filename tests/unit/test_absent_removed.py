@@ -1,0 +1,78 @@
+"""Absent means removed, planned from fact profiles: what the dry run of a host whose
+inventory dropped its llama.cpp placement shows, and that a host gpufleet has no record on
+gets one and loses nothing. (tests/host/test_removed.py runs it on the lab.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.unit.test_preview import planned
+
+ROOT = Path(__file__).parents[2]
+RECORD = "/var/lib/gpufleet/record/llama.cpp"
+OLD_MODEL = "/var/lib/llama.cpp/models/an-older-model.gguf"
+
+
+def dropped_inventory(tmp_path: Path) -> Path:
+    inventory = tmp_path / "lab_dropped.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({str(ROOT / 'inventory/lab.py')!r})\n"
+        "gpu_nodes = [(name, {**data, 'models': []}) if name == 'lab-lxc-1' else "
+        "(name, data) for name, data in _lab['gpu_nodes']]\n"
+        "proxmox_hosts, cpu_nodes = _lab['proxmox_hosts'], _lab['cpu_nodes']\n"
+        "gateway, model_cache, router, monitoring, vault = (_lab[g] for g in "
+        "('gateway', 'model_cache', 'router', 'monitoring', 'vault'))\n"
+    )
+    return inventory
+
+
+def recorded(units: list[str], files: list[str]):
+    def answer(arguments: str) -> list[str]:
+        path = json.loads(arguments)["path"]
+        if path == f"{RECORD}.units":
+            return units
+        if path == f"{RECORD}.files":
+            return files
+        raise KeyError(path)  # any other file: the profile's answer
+
+    return answer
+
+
+def by_name(operations):
+    return {operation.name: operation for operation in operations}
+
+
+def test_the_dry_run_shows_each_removal_of_a_dropped_placement(tmp_path):
+    plans = planned(
+        str(dropped_inventory(tmp_path)),
+        ["deploys/inference.py"],
+        ["lab-lxc-1"],
+        **{"pyinfra.facts.files.FileContents": recorded(["llama-server"], [OLD_MODEL])},
+    )
+    operations = by_name(plans["lab-lxc-1"])
+    units = operations["llama.cpp | Remove the llama.cpp units the inventory dropped"]
+    assert units.commands[:2] == [
+        "systemctl disable --now llama-server.service 2>/dev/null || true",
+        "rm -f /etc/systemd/system/llama-server.service",
+    ]
+    files = operations["llama.cpp | Remove the llama.cpp files the inventory dropped"]
+    assert files.commands[0] == f"rm -f {OLD_MODEL}"
+    assert not any("Download" in name for name in operations)  # nothing new is fetched
+
+
+def test_a_host_kept_as_it_is_records_what_it_serves_and_removes_nothing():
+    plans = planned(
+        "inventory/lab.py",
+        ["deploys/inference.py"],
+        ["lab-lxc-1"],
+        **{"pyinfra.facts.files.FileContents": recorded(["llama-server", "old-unit"], [])},
+    )
+    operations = by_name(plans["lab-lxc-1"])
+    units = operations["llama.cpp | Remove the llama.cpp units the inventory dropped"]
+    assert "systemctl disable --now old-unit.service 2>/dev/null || true" in units.commands
+    assert not any("llama-server.service" in c and "disable" in c for c in units.commands)
+    files = operations["llama.cpp | Remove the llama.cpp files the inventory dropped"]
+    assert not any(c.startswith("rm -f") for c in files.commands)  # nothing recorded: nothing removed
+    assert "gemma" in files.commands[-1] and f"{RECORD}.files" in files.commands[-1]
