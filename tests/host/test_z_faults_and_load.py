@@ -1,7 +1,8 @@
 """Faults and load, on the converged lab (after every other host test: these break things on
 purpose). Another apt holding dpkg's lock; a first converge killed at five points; 64
 streaming clients through NGINX -> LiteLLM -> llama.cpp with the primary engine killed under
-them; Vault rebuilt from a snapshot. The figures go to the lab folder (``load.json``);
+them; a drifted host drained, rebuilt and returned under load; Vault rebuilt from a
+snapshot. The figures go to the lab folder (``load.json``);
 docs/testing.md quotes two runs of them."""
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class Request:
     error: str = ""
 
 
-def _client(stop_at: float, key: str, ca: str, done: list[Request], lock: threading.Lock) -> None:
+def _client(
+    stop_at: float | threading.Event, key: str, ca: str, done: list[Request], lock: threading.Lock
+) -> None:
     session = requests.Session()
     headers = {"Authorization": f"Bearer {key}"}
     body = {
@@ -147,7 +150,13 @@ def _client(stop_at: float, key: str, ca: str, done: list[Request], lock: thread
         "max_tokens": 16,
         "stream": True,
     }
-    while time.monotonic() < stop_at:
+
+    def going_on() -> bool:
+        if isinstance(stop_at, threading.Event):
+            return not stop_at.is_set()
+        return time.monotonic() < stop_at
+
+    while going_on():
         started, first, complete, status, error = time.monotonic(), None, False, None, ""
         try:
             with session.post(
@@ -240,6 +249,67 @@ def test_64_streaming_clients_lose_no_request_but_those_in_flight_when_the_prima
         time.sleep(1)
     else:
         pytest.fail("llama-server on lab-gpu-1 did not come back after SIGKILL")
+
+
+# --- a drifted host drained, rebuilt and returned under load -----------------------------
+
+DRAIN_CLIENTS = 8
+UNIT = "/etc/systemd/system/llama-server.service"
+
+
+def test_a_host_drained_rebuilt_and_returned_under_load_fails_no_request(client_key, fleet_ca):
+    """lab-gpu-1's llama-server unit edited by hand: its rebuild rewrites it and restarts the
+    server. Streaming clients run through the gateway the whole time; the host is drained
+    first (the backup on lab-infra-1 takes the new requests, those in flight finish),
+    rebuilt, verified and returned, and no request fails."""
+    ssh(GPU, f"sed -i 's/^Description=.*/& (edited by hand)/' {UNIT}")
+    done: list[Request] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_client, args=(stop, client_key, fleet_ca, done, lock))
+        for _ in range(DRAIN_CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)
+    rebuilt_from = time.monotonic()
+    try:
+        rebuild = pyinfra("deploys/rebuild.py", "--limit", "lab-gpu-1", "-y", label="under load")
+        rebuilt_until = time.monotonic()
+        time.sleep(10)  # back in rotation: the clients go on a little
+    finally:
+        stop.set()
+        with timed(f"{DRAIN_CLIENTS} clients finish", 300):
+            for thread in threads:
+                thread.join(timeout=300)
+
+    assert rebuild.returncode == 0, rebuild.stderr[-3000:]
+    changed = {name for name, _ in rebuild.changed}
+    assert "Drain: out of the router's rotation, requests in flight finish" in changed
+    assert "deploys/inference.py | llama.cpp | llama-server unit" in changed
+    assert "Return: back into the router's rotation" in changed
+    assert "edited by hand" not in ssh(GPU, f"cat {UNIT}")
+    assert "gpufleet-drain" not in ssh(GPU, "nft list tables")
+
+    served = [r for r in done if r.status == 200 and r.complete]
+    budget = [r for r in done if r.status == 429]
+    failed = [r for r in done if r not in served and r not in budget]
+    during = [r for r in served if rebuilt_from < r.started < rebuilt_until]
+    figures = {
+        "clients": DRAIN_CLIENTS,
+        "rebuild_s": round(rebuilt_until - rebuilt_from, 1),
+        "requests": len(done),
+        "served": len(served),
+        "served_during_rebuild": len(during),
+        "budget_429": len(budget),
+        "failed": len(failed),
+        "failures": [asdict(r) for r in failed][:10],
+    }
+    (lab.lab_dir() / "drain.json").write_text(json.dumps(figures, indent=2))
+    print(f"\ndrain: {json.dumps({k: v for k, v in figures.items() if k != 'failures'})}")
+    assert during, figures  # the model was served while its primary was drained
+    assert failed == [], figures
 
 
 # --- Vault rebuilt from a snapshot -------------------------------------------------------

@@ -74,5 +74,5 @@ def test_a_host_kept_as_it_is_records_what_it_serves_and_removes_nothing():
     assert "systemctl disable --now old-unit.service 2>/dev/null || true" in units.commands
     assert not any("llama-server.service" in c and "disable" in c for c in units.commands)
     files = operations["llama.cpp | Remove the llama.cpp files the inventory dropped"]
-    assert not any(c.startswith("rm -f") for c in files.commands)  # nothing recorded: nothing removed
+    assert not any(c.startswith("rm -f") for c in files.commands)  # none recorded, none removed
     assert "gemma" in files.commands[-1] and f"{RECORD}.files" in files.commands[-1]

@@ -1,13 +1,15 @@
 """Rebuild a host after a hardware swap: read what it has, show how that differs from the
-inventory and which placements move, refuse if its placements no longer fit, then run its
-deploys with the hardware it really has and check that its servers answer.
+inventory and which placements move, refuse if its placements no longer fit, then take it
+out of the router's rotation (drain), run its deploys with the hardware it really has,
+check that its servers answer, and put it back.
 
 gpufleet rebuild inventory/homelab.py HOST --dry    # show all of it, change nothing
 gpufleet rebuild inventory/homelab.py HOST          # do it (asks first; -y does not)
 """
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
 from pyinfra.api.exceptions import DeployError
+from pyinfra.api.operation import OperationMeta
 
 from gpufleet.catalogue import fleet_catalogue
 from gpufleet.checks import check_host
@@ -16,9 +18,12 @@ from gpufleet.engines import serving
 from gpufleet.facts.gpu import detected_gpus
 from gpufleet.facts.system import MachineResources
 from gpufleet.inventory import host_spec, use_spec
-from gpufleet.operations import inference
+from gpufleet.operations import drain, inference
 from gpufleet.planner import plan_host
 from gpufleet.rebuild import detected_hardware, hardware_differences, placement_moves, replanned
+
+DRAIN_GRACE_S = 300
+"""The longest wait for the requests in flight on a drained host (a long generation)."""
 
 catalogue = fleet_catalogue()
 spec = host_spec()
@@ -48,15 +53,31 @@ for move in moves:
 if spec.models and not moves:
     host.noop("re-planned: every placement stays where it was")
 
-# 2. The host's deploys, with the hardware it has.
+# 2. Out of the router's rotation while its deploys change it: new requests go to the
+#    model's other hosts or its fallbacks, those in flight here finish first. Only when the
+#    deploys below would change something (a converged host is left in rotation).
 use_spec(rebuilt)
+redeploy: list[OperationMeta] = []
+drain.drained(
+    name="Drain: out of the router's rotation, requests in flight finish",
+    ports=sorted({engine.port(rebuilt) for engine in serving(rebuilt)}),
+    grace_s=DRAIN_GRACE_S,
+    _if=lambda: any(operation.will_change for operation in redeploy),
+)
+planned_before = len(host.op_hash_order)
+
+# 3. The host's deploys, with the hardware it has.
 if "gpu_nodes" in spec.groups:
     include("gpu_node")
 if "proxmox_hosts" in spec.groups:
     include("proxmox_host")
 include("inference")
+redeploy += [state.ops[host][h].operation_meta for h in host.op_hash_order[planned_before:]]
 
-# 3. Its servers answer (warm-up already ran after any restart).
+# 4. Its servers answer (warm-up already ran after any restart).
 for engine in serving(rebuilt):
     url = engine.local_url(rebuilt) + engine.health_path
     inference.healthy(name=f"Verify {engine.service}", service=engine.service, url=url)
+
+# 5. Back into rotation (also a host an earlier, failed rebuild left drained).
+drain.returned(name="Return: back into the router's rotation")

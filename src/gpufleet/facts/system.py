@@ -281,3 +281,30 @@ class EstablishedPeers(FactBase[list[str]]):
 
     def process(self, output: list[str]) -> list[str]:
         return sorted({line.strip() for line in output if line.strip()})
+
+
+DRAIN_TABLE = "gpufleet-drain"
+"""The nftables table that holds a drained host's inference ports out of rotation; its own
+table, so that the allow-list's reload (its own table only) leaves it in place."""
+
+
+class DrainedPorts(FactBase[list[int]]):
+    """
+    The ports a drain holds out of rotation (new connections from other hosts reset); empty
+    when the host is in rotation.
+
+    .. code:: python
+
+        [8080]
+    """
+
+    default = list
+
+    def command(self) -> str:
+        return (
+            f"nft list table inet {DRAIN_TABLE} 2>/dev/null | grep -o 'dport [{{0-9, }}]*' || true"
+        )
+
+    def process(self, output: list[str]) -> list[int]:
+        ports = {int(p) for line in output for p in re.split(r"[,\s]+", line) if p.isdigit()}
+        return sorted(ports)
