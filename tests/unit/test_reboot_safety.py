@@ -87,6 +87,16 @@ def test_reboot_true_reboots_one_gpu_node_at_a_time_after_the_module_check(tmp_p
         assert plans[node][reboot].serial  # host by host: never both GPU nodes down at once
         assert not plans[node][order.index(CHECK)].serial
         assert "NVIDIA driver | Report the reboot the driver needs" not in order
+        # Within the reboot, in order: Ollama's port drained, the requests on it waited
+        # for, the reboot and the reconnect, then Ollama answering again before the next.
+        steps = plans[node][reboot].commands
+        drained = next(i for i, c in enumerate(steps) if "| nft -f -" in c)
+        waited = next(i for i, c in enumerate(steps) if "sport = :11434" in c)
+        rebooted = steps.index("( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &")
+        reconnected = steps.index("at run time: wait_and_reconnect()")
+        answers = next(i for i, c in enumerate(steps) if "http://127.0.0.1:11434/api/version" in c)
+        assert drained < waited < rebooted < reconnected < answers
+        assert "tcp dport { 11434 } ct state new reject with tcp reset" in steps[drained]
 
 
 def test_preview_says_which_operation_runs_one_host_at_a_time(tmp_path, capsys):

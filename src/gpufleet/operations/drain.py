@@ -19,6 +19,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.operations import server
 
 from gpufleet.facts.system import DRAIN_TABLE, DrainedPorts
 
@@ -96,3 +97,58 @@ def returned():
         host.noop("in rotation")
         return
     yield f"nft delete table inet {DRAIN_TABLE}"
+
+
+def answers_again(service: str, url: str, timeout_s: int) -> str:
+    """After a reboot: wait until ``service`` (where it is enabled) answers ``url`` with 200,
+    at most ``timeout_s``; fail naming it otherwise."""
+    q = shlex.quote
+    late = f"{service} does not answer {url} {int(timeout_s)} s after the reboot"
+    return (
+        f"systemctl is-enabled --quiet {q(service)} || exit 0; "
+        f"end=$(($(date +%s) + {int(timeout_s)})); "
+        f"until [ \"$(curl -s -o /dev/null -m 10 -w '%{{http_code}}' {q(url)})\" = 200 ]; do "
+        f'[ "$(date +%s)" -lt "$end" ] || {{ echo {q(late)} >&2; exit 1; }}; sleep 2; done'
+    )
+
+
+@operation()
+def rebooted(
+    ports: list[int],
+    health: list[tuple[str, str]],
+    grace_s: int = 300,
+    reboot_timeout: int = 600,
+    answer_timeout: int = 900,
+):
+    """
+    Reboot the host out of the router's rotation: drain its inference ports, reboot, wait
+    for it, wait until its servers answer again. Call it with ``_serial=True``: the next
+    host goes down only once this one serves again.
+
+    + ports: the ports the router reaches the host's inference servers on
+    + health: ``(service, url)`` of each server; those enabled must answer after the reboot
+    + grace_s: the longest wait for the requests in flight before the reboot
+    + reboot_timeout: the longest wait for the host to come back
+    + answer_timeout: the longest wait for each server to answer (a model loading)
+
+    The drain does not outlive the reboot (its table is not saved): the host is in rotation
+    again as its servers start, which answer the router with 503 until their model is
+    loaded, which the router retries elsewhere.
+
+    .. code:: python
+
+        drain.rebooted(
+            ports=[8080],
+            health=[("llama-server", "http://127.0.0.1:8080/health")],
+            _serial=True,
+        )
+    """
+    if ports:
+        yield (
+            f"nft delete table inet {DRAIN_TABLE} 2>/dev/null; "
+            f"printf %s {shlex.quote(ruleset(ports))} | nft -f -"
+        )
+        yield connections_gone(ports, grace_s)
+    yield from server.reboot._inner(reboot_timeout=reboot_timeout)
+    for service, url in health:
+        yield answers_again(service, url, answer_timeout)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server
+from pyinfra.operations import apt
 
 from gpufleet.facts.system import TtmPagesLimit
 from gpufleet.models import HostSpec
 from gpufleet.operations import amdgpu
 from gpufleet.operations import nvidia as reboot_ops
+from gpufleet.roles.steps import rolling_reboot
 
 VULKAN_DRIVER_PACKAGES = ["mesa-vulkan-drivers", "libvulkan1"]
 """Mesa's RADV and the Vulkan loader, which Ollama's and llama.cpp's Vulkan backends open."""
@@ -55,6 +56,6 @@ def amd_gpu(spec: HostSpec) -> None:
         f"written; the running kernel holds {running / amdgpu.PAGES_PER_GB:g} GB"
     )
     if spec.amdgpu.reboot:
-        server.reboot(name="Reboot into the new GTT size", reboot_timeout=600, _serial=True)
+        rolling_reboot(spec, "Reboot into the new GTT size")
     else:
         reboot_ops.reboot_required(name="Report the reboot the GTT size needs", reason=reason)

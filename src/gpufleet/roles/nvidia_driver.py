@@ -23,7 +23,7 @@ from gpufleet.facts.system import Kernels, SecureBoot
 from gpufleet.models import HostSpec, NvidiaDriver
 from gpufleet.operations import nvidia as nvidia_ops
 from gpufleet.paths import template
-from gpufleet.roles.steps import signing_key
+from gpufleet.roles.steps import rolling_reboot, signing_key
 
 MODPROBE_DIR = "/etc/modprobe.d"
 CUDA_KEY = "3bf863cc.pub"
@@ -242,8 +242,8 @@ def nvidia_driver(spec: HostSpec) -> None:
         driver_changes=installed.will_change,
     )
 
-    # 7. Reboot when the module in memory is not the driver on disk: one host at a time
-    #    (pyinfra waits for each to come back before the next goes down).
+    # 7. Reboot when the module in memory is not the driver on disk: one host at a time,
+    #    drained first, and the next goes down only once this one's servers answer again.
     wanted = driver.version
     stale_module = bool(wanted and loaded and loaded != wanted)
     if installed.will_change or stale_module or not loaded:
@@ -254,8 +254,6 @@ def nvidia_driver(spec: HostSpec) -> None:
         if kernels["installed"]:  # the check above passed, or this run stopped there
             reason += f"; module built for {', '.join(kernels['installed'])}"
         if driver.reboot and (installed.will_change or stale_module):
-            server.reboot(
-                name="Reboot into the new NVIDIA driver", reboot_timeout=600, _serial=True
-            )
+            rolling_reboot(spec, "Reboot into the new NVIDIA driver")
         else:
             nvidia_ops.reboot_required(name="Report the reboot the driver needs", reason=reason)

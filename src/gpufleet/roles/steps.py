@@ -255,3 +255,20 @@ def engine_secret_file(
         group=spec.service_user,
         mode="640",
     )
+
+
+def rolling_reboot(spec: HostSpec, name: str) -> OperationMeta:
+    """Reboot the host one at a time across the run's hosts (``_serial``), out of the
+    router's rotation: its inference ports drained first, its servers answering again
+    before the next host goes down."""
+    from gpufleet.engines import serving
+    from gpufleet.operations import drain
+
+    engines = serving(spec)
+    return drain.rebooted(
+        name=name,
+        ports=sorted({engine.port(spec) for engine in engines}),
+        health=[(e.service, e.local_url(spec) + e.health_path) for e in engines],
+        reboot_timeout=600,
+        _serial=True,
+    )
