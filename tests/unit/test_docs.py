@@ -27,6 +27,7 @@ DOCUMENTED_COMMANDS = {
     "validate",
     "plan",
     "preview",
+    "drift",
     "engines",
     "routes",
     "firewall",
