@@ -20,9 +20,11 @@ from pyinfra.facts.files import FileContents
 
 RECORDS = "/var/lib/gpufleet/record"
 UNIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]*$")
+OLLAMA_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+"""A model name or tag as Ollama lists it (``qwen2.5:14b``, ``hf.co/user/repo:Q4_K_M``)."""
 UNITS = "/etc/systemd/system"
 
-Kind = Literal["unit", "file"]
+Kind = Literal["unit", "file", "ollama-model"]
 
 
 def record_path(owner: str, kind: Kind) -> str:
@@ -34,6 +36,8 @@ def removable(kind: Kind, item: str, within: tuple[str, ...]) -> bool:
     below one of ``within`` (a record is a file on the host, and is read as untrusted)."""
     if kind == "unit":
         return bool(UNIT_NAME.match(item))
+    if kind == "ollama-model":
+        return bool(OLLAMA_MODEL.match(item)) and ".." not in item
     return (
         item.startswith("/")
         and os.path.normpath(item) == item
@@ -42,8 +46,11 @@ def removable(kind: Kind, item: str, within: tuple[str, ...]) -> bool:
 
 
 def removal(kind: Kind, item: str) -> list[str]:
-    """The commands that take one recorded unit or file off the host."""
+    """The commands that take one recorded unit, file or Ollama model off the host."""
     quoted = shlex.quote(item)
+    if kind == "ollama-model":
+        # Gone already (removed by hand) is as good as removed.
+        return [f"ollama rm {quoted} >/dev/null 2>&1 || ! ollama show {quoted} >/dev/null 2>&1"]
     if kind == "unit":
         unit = shlex.quote(f"{item}.service")
         return [
@@ -62,7 +69,8 @@ def kept(owner: str, kind: Kind, wanted: list[str], within: tuple[str, ...] = ()
     inventory no longer wants; record those it wants.
 
     + owner: what put them there (``llama.cpp``), the record's name
-    + kind: ``unit`` (systemd units, stopped, disabled, their files removed) or ``file``
+    + kind: ``unit`` (systemd units, stopped, disabled, their files removed), ``file``, or
+      ``ollama-model`` (a model or alias removed from the running Ollama server)
     + wanted: the units or files this run puts there
     + within: for files, the folders removal is confined to (a recorded path elsewhere is
       left alone, with a warning)

@@ -1,6 +1,7 @@
 """Ollama on Linux: install it, configure it through a systemd drop-in, pull the placed models
 and create their aliases from Modelfiles holding what the planner decided for each (context,
-layers on the GPU), then warm each model up.
+layers on the GPU), then warm each model up; remove the models and aliases an earlier run
+made that the inventory no longer names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gpufleet.engines.ollama import MODELFILES, OLLAMA, modelfile, release_sha25
 from gpufleet.inventory import fleet_specs
 from gpufleet.model_cache import ollama_cache_source, pulled_models
 from gpufleet.models import HostSpec
-from gpufleet.operations import accounts, downloads, ollama
+from gpufleet.operations import accounts, downloads, ollama, record
 from gpufleet.paths import template
 from gpufleet.roles.steps import (
     configured_not_started,
@@ -162,4 +163,19 @@ def serve(spec: HostSpec) -> None:
         OLLAMA.local_url(spec),
         OLLAMA.health_path,
         after=[started, restarted, fetched],
+    )
+    # What an earlier run pulled or created that the inventory dropped, once the models it
+    # names are in place; a model pulled by hand was never recorded and stays.
+    record.kept(
+        name="Remove the Ollama models the inventory dropped",
+        owner="ollama",
+        kind="ollama-model",
+        wanted=[*pulled, *aliases],
+    )
+    record.kept(
+        name="Remove the Modelfiles the inventory dropped",
+        owner="ollama",
+        kind="file",
+        wanted=[f"{MODELFILES}/{alias}.Modelfile" for alias in aliases],
+        within=(MODELFILES,),
     )
