@@ -76,3 +76,31 @@ def test_a_host_kept_as_it_is_records_what_it_serves_and_removes_nothing():
     files = operations["llama.cpp | Remove the llama.cpp files the inventory dropped"]
     assert not any(c.startswith("rm -f") for c in files.commands)  # none recorded, none removed
     assert "gemma" in files.commands[-1] and f"{RECORD}.files" in files.commands[-1]
+
+
+def test_a_dropped_ollama_model_is_removed_on_the_homelab_after_the_others_are_in_place():
+    """akshat-pc's record holds a model seed 004's map no longer places there: the dry run
+    removes it (and its alias) from Ollama, after pulling what the inventory names."""
+    record = "/var/lib/gpufleet/record/ollama.ollama-models"
+
+    def answer(arguments: str) -> list[str]:
+        if json.loads(arguments)["path"] == record:
+            return ["qwen2.5-coder:32b", "mixtral:8x22b", "XL-LOC-FRE-mixtral-8x22b"]
+        raise KeyError(arguments)
+
+    plans = planned(
+        "inventory/homelab.py",
+        ["deploys/inference.py"],
+        ["akshat-pc"],
+        **{"pyinfra.facts.files.FileContents": answer},
+    )
+    order = [operation.name for operation in plans["akshat-pc"]]
+    removal = order.index("Ollama | Remove the Ollama models the inventory dropped")
+    assert order.index("Ollama | Pull and alias Ollama models") < removal
+    commands = plans["akshat-pc"][removal].commands
+    assert commands[:2] == [
+        "ollama rm mixtral:8x22b >/dev/null 2>&1 || ! ollama show mixtral:8x22b >/dev/null 2>&1",
+        "ollama rm XL-LOC-FRE-mixtral-8x22b >/dev/null 2>&1 "
+        "|| ! ollama show XL-LOC-FRE-mixtral-8x22b >/dev/null 2>&1",
+    ]
+    assert not any("qwen2.5-coder:32b" in c and "ollama rm" in c for c in commands)
