@@ -62,6 +62,9 @@ drain.drained(
     name="Drain: out of the router's rotation, requests in flight finish",
     ports=sorted({engine.port(rebuilt) for engine in serving(rebuilt)}),
     grace_s=DRAIN_GRACE_S,
+    # Asked when the drain runs, against the host as it is then: the first operation
+    # below that would change it. (Those that run only after another changed, a restart
+    # or a warm-up, follow from that one.)
     _if=lambda: any(operation.will_change for operation in redeploy),
 )
 planned_before = len(host.op_hash_order)
@@ -72,7 +75,11 @@ if "gpu_nodes" in spec.groups:
 if "proxmox_hosts" in spec.groups:
     include("proxmox_host")
 include("inference")
-redeploy += [state.ops[host][h].operation_meta for h in host.op_hash_order[planned_before:]]
+redeploy += [
+    state.ops[host][op_hash].operation_meta
+    for op_hash in host.op_hash_order[planned_before:]
+    if not state.ops[host][op_hash].global_arguments["_if"]
+]
 
 # 4. Its servers answer (warm-up already ran after any restart).
 for engine in serving(rebuilt):
