@@ -1,6 +1,7 @@
 """Rebuild a host after a hardware swap: read what it has, show how that differs from the
-inventory and which placements move, refuse if its placements no longer fit, then run its
-deploys with the hardware it really has and check that its servers answer.
+inventory and which placements move, refuse if its placements no longer fit, then take it
+out of the router's rotation (drain), run its deploys with the hardware it really has,
+check that its servers answer, and put it back.
 
 gpufleet rebuild inventory/homelab.py HOST --dry    # show all of it, change nothing
 gpufleet rebuild inventory/homelab.py HOST          # do it (asks first; -y does not)
