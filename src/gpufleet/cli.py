@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
     from gpufleet.catalogue import Catalogue
     from gpufleet.models import HostSpec
+    from gpufleet.outputs import OperationOut
+    from gpufleet.preview import PlannedOperation
     from gpufleet.suggest import Strategy
 
 DEFAULT_LAB_INVENTORY = "inventory/lab.py"
@@ -642,6 +644,34 @@ def firewall(inventory: str, limit: tuple[str, ...], as_json: bool) -> int:
     return 0
 
 
+def _deploys_chosen(command: str, deploys: Sequence[str]) -> list[str]:
+    """The deploy files named, or every packaged deploy (the inventory's folder need not hold
+    a deploys/); a file that is not there is an error."""
+    from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
+
+    chosen = list(deploys) or [packaged_deploy(deploy) for deploy in EVERY_DEPLOY]
+    for deploy in chosen:
+        if not Path(deploy).is_file():
+            _fail(
+                f"gpufleet {command}: no deploy file {deploy} (a --limit takes one pattern; "
+                "repeat --limit for more)"
+            )
+    return chosen
+
+
+def _operation_out(operation: PlannedOperation) -> OperationOut:
+    """A planned operation as ``--json`` shows it."""
+    from gpufleet.outputs import OperationOut
+
+    return OperationOut(
+        name=operation.name,
+        changes=operation.changes,
+        commands=operation.commands,
+        uploads=sorted(operation.uploads),
+        serial=operation.serial,
+    )
+
+
 @main_group.command(short_help="What deploys would change, from recorded facts; contacts no host.")
 @inventory_argument
 @click.argument("deploys", nargs=-1, metavar="[DEPLOY]...")
@@ -665,20 +695,12 @@ def preview(
 ) -> int:
     """Plan DEPLOYs (default: every deploy) on the selected hosts as a dry run would, with
     facts from the recorded profile of each host's OS instead of the host itself."""
-    from gpufleet.outputs import OperationOut, PreviewHost, PreviewOutput
-    from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
+    from gpufleet.outputs import PreviewHost, PreviewOutput
     from gpufleet.preview import plan_each, profiles_for
     from gpufleet.preview import record as record_profile
 
     selected_hosts(inventory, limit)
-    # The packaged deploys by default: the inventory's folder need not hold a deploys/.
-    chosen = list(deploys) or [packaged_deploy(deploy) for deploy in EVERY_DEPLOY]
-    for deploy in chosen:
-        if not Path(deploy).is_file():
-            _fail(
-                f"gpufleet preview: no deploy file {deploy} (a --limit takes one pattern; "
-                "repeat --limit for more)"
-            )
+    chosen = _deploys_chosen("preview", deploys)
     if record:
         print(f"recorded {record_profile(inventory, chosen, list(limit), record)}")
         return 0
@@ -699,16 +721,7 @@ def preview(
                 host=host,
                 profile=profiles[host].name,
                 changing=sum(op.changes for op in operations),
-                operations=[
-                    OperationOut(
-                        name=op.name,
-                        changes=op.changes,
-                        commands=op.commands,
-                        uploads=sorted(op.uploads),
-                        serial=op.serial,
-                    )
-                    for op in operations
-                ],
+                operations=[_operation_out(op) for op in operations],
             )
             for host, operations in planned.items()
         ]
@@ -756,14 +769,10 @@ def drift(
     pyinfra --dry does, and report each operation that would change a host. Changes nothing.
     Exits 1 when any host would change or could not be checked, 0 when all are converged."""
     from gpufleet import drift as drift_module
-    from gpufleet.outputs import DriftHost, DriftOutput, OperationOut
-    from gpufleet.paths import EVERY_DEPLOY, packaged_deploy
+    from gpufleet.outputs import DriftHost, DriftOutput
 
     selected_hosts(inventory, limit)  # a wrong inventory stops here, before any host
-    chosen = list(deploys) or [packaged_deploy(deploy) for deploy in EVERY_DEPLOY]
-    for deploy in chosen:
-        if not Path(deploy).is_file():
-            _fail(f"gpufleet drift: no deploy file {deploy}")
+    chosen = _deploys_chosen("drift", deploys)
     report = drift_module.drift(inventory, chosen, list(limit))
     if textfile:
         drift_module.write_textfile(Path(textfile), drift_module.textfile(report))
@@ -776,16 +785,7 @@ def drift(
                 drifted=entry.drifted,
                 planned=entry.planned,
                 unchecked=entry.unchecked,
-                changing=[
-                    OperationOut(
-                        name=op.name,
-                        changes=op.changes,
-                        commands=op.commands,
-                        uploads=sorted(op.uploads),
-                        serial=op.serial,
-                    )
-                    for op in entry.changing
-                ],
+                changing=[_operation_out(op) for op in entry.changing],
             )
             for entry in report
         ]

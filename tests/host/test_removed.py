@@ -5,31 +5,16 @@ host serves it again."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from .conftest import LAB_INVENTORY, SPECS, pyinfra, ssh
+from tests.unit.test_absent_removed import without_models
+
+from .conftest import SPECS, pyinfra, ssh
 
 HOST = "lab-lxc-1"
 INFERENCE = "deploys/inference.py"
 UNIT = "/etc/systemd/system/llama-server.service"
 MODELS = "/var/lib/llama.cpp/models"
-
-
-def without_models(tmp_path: Path) -> Path:
-    """The lab inventory with lab-lxc-1's one placement dropped."""
-    dropped = tmp_path / "lab_dropped.py"
-    dropped.write_text(
-        "import runpy\n"
-        f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
-        "gpu_nodes = [(name, {**data, 'models': []}) if name == " + repr(HOST) + " else "
-        "(name, data) for name, data in _lab['gpu_nodes']]\n"
-        "proxmox_hosts, cpu_nodes = _lab['proxmox_hosts'], _lab['cpu_nodes']\n"
-        "gateway, model_cache, router, monitoring, vault = (_lab[g] for g in "
-        "('gateway', 'model_cache', 'router', 'monitoring', 'vault'))\n"
-    )
-    return dropped
 
 
 def state(address: str) -> str:
@@ -42,7 +27,7 @@ def state(address: str) -> str:
 
 @pytest.fixture
 def dropped_then_restored(lab_session, tmp_path):
-    yield without_models(tmp_path)
+    yield without_models(tmp_path, HOST)
     back = pyinfra(INFERENCE, "-y", "--limit", HOST, label="put the placement back")
     assert back.returncode == 0, back.stderr[-3000:]
     assert state(str(SPECS[HOST].lan_address)).split() == ["active", "unit", "1"]

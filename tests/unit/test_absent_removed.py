@@ -14,12 +14,13 @@ RECORD = "/var/lib/gpufleet/record/llama.cpp"
 OLD_MODEL = "/var/lib/llama.cpp/models/an-older-model.gguf"
 
 
-def dropped_inventory(tmp_path: Path) -> Path:
+def without_models(tmp_path: Path, host: str = "lab-lxc-1") -> Path:
+    """The lab inventory with every placement of ``host`` dropped (the host test uses it)."""
     inventory = tmp_path / "lab_dropped.py"
     inventory.write_text(
         "import runpy\n"
         f"_lab = runpy.run_path({str(ROOT / 'inventory/lab.py')!r})\n"
-        "gpu_nodes = [(name, {**data, 'models': []}) if name == 'lab-lxc-1' else "
+        f"gpu_nodes = [(name, {{**data, 'models': []}}) if name == {host!r} else "
         "(name, data) for name, data in _lab['gpu_nodes']]\n"
         "proxmox_hosts, cpu_nodes = _lab['proxmox_hosts'], _lab['cpu_nodes']\n"
         "gateway, model_cache, router, monitoring, vault = (_lab[g] for g in "
@@ -46,7 +47,7 @@ def by_name(operations):
 
 def test_the_dry_run_shows_each_removal_of_a_dropped_placement(tmp_path):
     plans = planned(
-        str(dropped_inventory(tmp_path)),
+        str(without_models(tmp_path)),
         ["deploys/inference.py"],
         ["lab-lxc-1"],
         **{"pyinfra.facts.files.FileContents": recorded(["llama-server"], [OLD_MODEL])},
