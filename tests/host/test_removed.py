@@ -51,7 +51,8 @@ def test_a_dropped_placement_is_removed_from_its_host(dropped_then_restored):
     changed = {name for name, _ in first.changed}
     assert "llama.cpp | Remove the llama.cpp units the inventory dropped" in changed
     assert state(address).split() == ["inactive", "no-unit", "0"]
-    assert ssh(address, "cat /var/lib/gpufleet/record/llama.cpp.units") == ""
+    record = ssh(address, "cat /var/lib/gpufleet/record/llama.cpp.units")
+    assert record == "# units gpufleet put here for llama.cpp\n"  # a record of nothing
 
     second = pyinfra(INFERENCE, "-y", "--limit", HOST, inventory=dropped_then_restored)
     assert second.returncode == 0, second.stderr[-3000:]

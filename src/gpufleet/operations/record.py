@@ -84,7 +84,11 @@ def kept(owner: str, kind: Kind, wanted: list[str], within: tuple[str, ...] = ()
     """
     path = record_path(owner, kind)
     lines = host.get_fact(FileContents, path=path)
-    recorded = None if lines is None else [line.strip() for line in lines if line.strip()]
+    recorded = (
+        None
+        if lines is None
+        else [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    )
     wanted = list(dict.fromkeys(wanted))
     dropped = [item for item in recorded or [] if item not in wanted]
     for item in dropped:
@@ -98,7 +102,9 @@ def kept(owner: str, kind: Kind, wanted: list[str], within: tuple[str, ...] = ()
     if recorded is not None and sorted(recorded) == sorted(wanted):
         host.noop(f"{owner}'s {kind}s as recorded: {', '.join(wanted) or 'none'}")
         return
-    content = "".join(f"{item}\n" for item in wanted)
+    # A first line, so that a record of nothing is not an empty file (which pyinfra reads
+    # as no file at all).
+    content = f"# {kind}s gpufleet put here for {owner}\n" + "".join(f"{i}\n" for i in wanted)
     yield (
         f"mkdir -p {RECORDS} && printf %s {shlex.quote(content)} > {shlex.quote(path + '.part')}"
         f" && mv {shlex.quote(path + '.part')} {shlex.quote(path)}"
