@@ -39,6 +39,14 @@ def ruleset(ports: list[int]) -> str:
     )
 
 
+def take_out(ports: list[int]) -> str:
+    """Load the drain's table for ``ports`` (in place of one an earlier drain left)."""
+    return (
+        f"nft delete table inet {DRAIN_TABLE} 2>/dev/null; "
+        f"printf %s {shlex.quote(ruleset(ports))} | nft -f -"
+    )
+
+
 def connections_gone(ports: list[int], grace_s: int) -> str:
     """Wait until no other host holds a connection to ``ports``, at most ``grace_s``; then
     say how many were left, and go on."""
@@ -76,10 +84,7 @@ def drained(ports: list[int], grace_s: int = 300):
     if held == sorted(set(ports)):
         host.noop(f"ports {', '.join(map(str, held))} drained already (an earlier run stopped)")
     else:
-        yield (
-            f"nft delete table inet {DRAIN_TABLE} 2>/dev/null; "
-            f"printf %s {shlex.quote(ruleset(ports))} | nft -f -"
-        )
+        yield take_out(ports)
     yield connections_gone(ports, grace_s)
 
 
@@ -144,10 +149,7 @@ def rebooted(
         )
     """
     if ports:
-        yield (
-            f"nft delete table inet {DRAIN_TABLE} 2>/dev/null; "
-            f"printf %s {shlex.quote(ruleset(ports))} | nft -f -"
-        )
+        yield take_out(ports)
         yield connections_gone(ports, grace_s)
     yield from server.reboot._inner(reboot_timeout=reboot_timeout)
     for service, url in health:
