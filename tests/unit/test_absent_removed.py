@@ -1,6 +1,6 @@
 """Absent means removed, planned from fact profiles: what the dry run of a host whose
 inventory dropped its llama.cpp placement shows, and that a host gpufleet has no record on
-gets one and loses nothing. (tests/host/test_removed.py runs it on the lab.)"""
+gets one and loses nothing. (tests/host/test_dropped_placements.py runs it on the lab.)"""
 
 from __future__ import annotations
 

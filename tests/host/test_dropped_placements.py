@@ -1,7 +1,8 @@
 """Absent means removed, on the lab: a llama.cpp placement dropped from the inventory is
 taken off its host on the next run (unit stopped, disabled and gone, downloaded model
 deleted), the dry run shows it first, and the run after changes nothing. Put back, the
-host serves it again."""
+host serves it again. Named to run early: late in the suite (after the Proxmox and rebuild
+tests) the reload of lab-lxc-1's allow-list was seen to fail, cause not yet known."""
 
 from __future__ import annotations
 
