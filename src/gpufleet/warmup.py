@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,9 +21,32 @@ import urllib.error
 import urllib.request
 
 
-def wait_for_health(url: str, deadline: float) -> None:
+def unit_state(unit: str) -> tuple[int, str]:
+    """How often systemd has restarted ``unit`` after it exited, and its ActiveState."""
+    shown = subprocess.run(
+        ["systemctl", "show", unit, "-p", "NRestarts", "-p", "ActiveState"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    values = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    restarts = values.get("NRestarts", "0")
+    return int(restarts) if restarts.isdigit() else 0, values.get("ActiveState", "")
+
+
+def wait_for_health(url: str, deadline: float, unit: str | None = None) -> None:
+    """Until ``url`` answers 200; given the server's ``unit``, only while the server has
+    not exited (a build that crashes as it loads the model is not waited for)."""
     last = "no answer"
+    restarts_before = unit_state(unit)[0] if unit else 0
     while time.monotonic() < deadline:
+        if unit:
+            restarts, active = unit_state(unit)
+            if restarts > restarts_before or active == "failed":
+                raise RuntimeError(
+                    f"{unit} exited before it answered (restarted {restarts - restarts_before}"
+                    f" times, now {active}; journalctl -u {unit} says why)"
+                )
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
@@ -119,6 +143,7 @@ def main() -> int:
     parser.add_argument("--record")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--api-key-env", help="environment variable holding the API key")
+    parser.add_argument("--unit", help="the server's systemd unit: stop waiting if it exits")
     parser.add_argument(
         "--request",
         default="/v1/chat/completions",
@@ -128,7 +153,7 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     try:
-        wait_for_health(args.base + args.health, deadline)
+        wait_for_health(args.base + args.health, deadline, args.unit)
         if not args.model:
             print(f"{args.base}{args.health} is healthy")
             return 0

@@ -5,6 +5,7 @@ completion (as Ollama answers one: HTTP 400) fails naming the model."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -84,3 +85,44 @@ def test_an_embedding_model_asked_for_a_completion_fails_naming_it(base, tmp_pat
     assert result.returncode == 1
     assert f"warm-up failed: {EMBEDDER} at {base}" in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def fake_systemctl(folder: Path, restarts_per_call: int, state: str = "activating") -> dict:
+    """A ``systemctl show`` that reports the unit restarted ``restarts_per_call`` more
+    times on each call (a server crashing as it loads its model, systemd restarting it)."""
+    counter = folder / "calls"
+    counter.write_text("0")
+    script = folder / "systemctl"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"calls=$(( $(cat {counter}) + 1 )); echo $calls > {counter}\n"
+        f'echo "NRestarts=$(( (calls - 1) * {restarts_per_call} ))"\n'
+        f'echo "ActiveState={state}"\n'
+    )
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_a_server_that_exits_while_loading_is_not_waited_for(tmp_path):
+    environment = fake_systemctl(tmp_path, restarts_per_call=1)
+    nothing = "http://127.0.0.1:9"  # the discard port: nothing answers
+    command = [sys.executable, str(WARMUP), "--base", nothing, "--health", "/health"]
+    command += ["--model", "m", "--record", str(tmp_path / "r.json"), "--timeout", "60"]
+    command += ["--unit", "llama-server"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=30, check=False, env=environment
+    )
+    assert result.returncode == 1
+    assert "llama-server exited before it answered (restarted 1 times" in result.stderr
+
+
+def test_a_server_that_keeps_running_is_warmed_up_with_its_unit_watched(base, tmp_path):
+    environment = fake_systemctl(tmp_path, restarts_per_call=0, state="active")
+    command = [sys.executable, str(WARMUP), "--base", base, "--health", "/health"]
+    command += ["--model", "S-LOC-FRE-llama3.2-3b", "--record", str(tmp_path / "r.json")]
+    command += ["--unit", "llama-server"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=30, check=False, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert int((tmp_path / "calls").read_text()) >= 2  # the unit was looked at

@@ -45,6 +45,11 @@ BINARIES = {"llama-server": LLAMA_SERVER, "ggml-rpc-server": RPC_SERVER}
 together, under one stamp."""
 CACHED_SHA256 = "llama-server.sha256"
 """In the control machine's cache, beside the binaries: the sha256 of each."""
+PREVIOUS_BUILD = "/usr/local/lib/gpufleet/llama.cpp-previous"
+"""While an upgrade is on trial: the binaries and stamp of the build it replaced, put back
+when the new build does not warm up, removed once it does (:func:`warmed_up`)."""
+PREVIOUS_STAMP = f"{PREVIOUS_BUILD}/build"
+"""Written last when the previous build is kept: a trial is open where it is there."""
 
 
 def build_stamp(
@@ -62,11 +67,36 @@ def build_stamp(
     ).hexdigest()
 
 
-def carries_build(key: str) -> bool:
-    """The installed llama-server was built (or received) for ``key``."""
+def installed_build() -> str | None:
+    """The build key the installed llama-server and ggml-rpc-server are stamped with; None
+    where either binary or the stamp is missing."""
     recorded = host.get_fact(FileContents, path=STAMP_FILE)
     installed = all(host.get_fact(File, path=path) for path in BINARIES.values())
-    return bool(installed and recorded and recorded[0] == key)
+    return recorded[0] if installed and recorded else None
+
+
+def carries_build(key: str) -> bool:
+    """The installed llama-server was built (or received) for ``key``."""
+    return installed_build() == key
+
+
+def keeps_previous(key: str) -> bool:
+    """Installing ``key`` here is an upgrade to try: another build is installed, and no
+    trial is open already (that one keeps the build that last answered)."""
+    installed = installed_build()
+    if installed is None or installed == key:
+        return False
+    return not host.get_fact(File, path=PREVIOUS_STAMP)
+
+
+def keep_previous() -> str:
+    """Shell that keeps the installed build (binaries, then its stamp) in
+    :data:`PREVIOUS_BUILD`, for the upgrade about to replace it."""
+    copies = " && ".join(f"cp -p {path} {PREVIOUS_BUILD}/{name}" for name, path in BINARIES.items())
+    return (
+        f"rm -rf {PREVIOUS_BUILD} && mkdir -p {PREVIOUS_BUILD} && {copies}"
+        f" && cp -p {STAMP_FILE} {PREVIOUS_STAMP}"
+    )
 
 
 @operation()
@@ -82,6 +112,10 @@ def llama_server_built(
     """
     Build ``llama-server`` and ``ggml-rpc-server`` from a llama.cpp source tarball and
     install them; binaries already built (or received) for the same build key are kept.
+    Replacing another build, it keeps that one in :data:`PREVIOUS_BUILD` for the warm-up
+    to put back (:func:`warmed_up`). The source and build folders have one path for every
+    version, so ccache's objects of an earlier build are found again: an upgrade recompiles
+    what changed.
 
     + tarball: the downloaded (and verified) source tarball on the host
     + source_sha256: its checksum
@@ -104,9 +138,9 @@ def llama_server_built(
         host.noop(f"llama-server already built for {key[:12]} ({source_sha256[:12]}, these flags)")
         return
     flags = [*BASE_FLAGS, *(cmake_flags or []), *(CCACHE_FLAGS if ccache else ())]
-    source = f"{BUILD_ROOT}/src-{source_sha256[:12]}"
+    source = f"{BUILD_ROOT}/src"
     tree = f"{source}/{subdir}".rstrip("/")
-    build = f"{BUILD_ROOT}/build-{key[:12]}"
+    build = f"{BUILD_ROOT}/build"
     env = "CCACHE_DIR=/var/cache/ccache " if ccache else ""
 
     # Each step holds the build folder's lock: a run killed mid-step leaves that step going
@@ -119,6 +153,8 @@ def llama_server_built(
     yield locked(f"tar -xzf {shlex.quote(tarball)} -C {source} --strip-components=1")
     yield locked(f"{env}cmake -S {tree} -B {build} -G Ninja {' '.join(flags)}")
     yield locked(f"{env}cmake --build {build} --target {' '.join(BINARIES)} -j {jobs}")
+    if keeps_previous(key):
+        yield keep_previous()
     for target, path in BINARIES.items():
         yield f"install -m 755 {build}/bin/{target} {path}"
     yield state_record(STAMP_FILE, key)
@@ -214,10 +250,12 @@ def llama_server_fetched(key: str, cache: str):
     yield FunctionCommand(_fetch, (key, cache), {})
 
 
-def _install_cached(state: State, host: Host, key: str, builder: str, cache: str) -> bool:
+def _install_cached(
+    state: State, host: Host, key: str, builder: str, cache: str, keep: bool
+) -> bool:
     """Upload the cached binaries of ``key``, check their sha256 on the host, check that
-    llama-server starts (its runtime libraries are there), then put them in place and stamp
-    them."""
+    llama-server starts (its runtime libraries are there), then (``keep``: after keeping the
+    installed build for the warm-up to put back) put them in place and stamp them."""
     q = shlex.quote
     digests = cached_build(cache, key)
     if digests is None:
@@ -245,7 +283,8 @@ def _install_cached(state: State, host: Host, key: str, builder: str, cache: str
     )
     ok, output = host.run_shell_command(
         f"printf '%s\\n' {checks} | sha256sum --check --quiet && chmod 755 {new}"
-        f" && {q(staged['llama-server'])} --version && {installs}"
+        f" && {q(staged['llama-server'])} --version"
+        f" && {keep_previous() + ' && ' if keep else ''}{installs}"
         f" && {state_record(STAMP_FILE, key)}; status=$?; rm -f {new}; exit $status",
         print_output=False,
         print_input=False,
@@ -264,8 +303,9 @@ def llama_server_installed(key: str, builder: str, cache: str):
     """
     Install the llama-server and ggml-rpc-server built for ``key`` (on ``builder``) from the
     control machine's build cache: uploaded, their sha256 checked on the host, llama-server
-    started once (``--version``) before they replace the old ones, then stamped. A host
-    already stamped ``key`` is left alone.
+    started once (``--version``) before they replace the old ones, then stamped. Replacing
+    another build, it keeps that one in :data:`PREVIOUS_BUILD` for the warm-up to put back
+    (:func:`warmed_up`). A host already stamped ``key`` is left alone.
 
     The cache is read when the operation runs, after the builder's build and fetch (called
     before it): while planning it may not hold the key yet. Where it still does not, the
@@ -289,7 +329,7 @@ def llama_server_installed(key: str, builder: str, cache: str):
     if carries_build(key):
         host.noop(f"llama-server {key[:12]} is installed")
         return
-    yield FunctionCommand(_install_cached, (key, builder, cache), {})
+    yield FunctionCommand(_install_cached, (key, builder, cache, keeps_previous(key)), {})
 
 
 @operation()
@@ -301,6 +341,7 @@ def warmed_up(
     api_key_env: str | None = None,
     env_file: str | None = None,
     request_path: str = CHAT_REQUEST,
+    services: list[str] | None = None,
 ):
     """
     Wait for a server to be healthy, then ask ``model`` one short question at
@@ -310,11 +351,18 @@ def warmed_up(
     Fails the deploy, naming the model, when it does not answer within ``timeout`` seconds.
     Run it with ``_if`` on the service's restart: a converged host does not warm up again.
 
+    + services: the units that run the host's llama.cpp build, the server first. Given,
+      the wait ends as soon as the server exits (it restarted or failed), and a build on
+      trial (an upgrade: :data:`PREVIOUS_BUILD` on the host) is decided here: kept when the
+      model answers (the previous build removed), else put back (its binaries and stamp
+      restored, these units restarted on it and the model warmed up on it), and the
+      operation fails with the new build's log.
+
     .. code:: python
 
         inference.warmed_up(
             base_url="http://127.0.0.1:8080", health_path="/health", model="S-LOC-FRE-x",
-            _if=restart.did_change,
+            services=["llama-server"], _if=restart.did_change,
         )
     """
     arguments = [
@@ -329,10 +377,49 @@ def warmed_up(
         arguments += ["--request", request_path]
     if api_key_env:
         arguments += ["--api-key-env", api_key_env]
+    if services:
+        arguments += ["--unit", services[0]]
     command = f"{state_folder(WARMUP_RECORDS)} && " + " ".join(shlex.quote(a) for a in arguments)
     if env_file:
         command = f"set -a && . {env_file} && set +a && {command}"
-    yield command
+    yield _deciding_trial(command, services) if services else command
+
+
+def _deciding_trial(warm_up: str, services: list[str]) -> str:
+    """Shell that runs ``warm_up`` and, where a llama.cpp build is on trial, keeps it when
+    the warm-up succeeds, else puts the previous build back under ``services`` and fails."""
+    q = shlex.quote
+    logs = " ".join(f"-u {q(service)}" for service in services)
+    restore = " && ".join(
+        f"mv -f {PREVIOUS_BUILD}/{name} {path}" for name, path in BINARIES.items()
+    )
+    failed = (
+        f"llama.cpp build $(cut -c1-12 {STAMP_FILE}) did not warm up; build "
+        f"$(cut -c1-12 {PREVIOUS_STAMP}) is put back. The log of the new build:"
+    )
+    return (
+        f"warm_up() {{ {warm_up}; }}; "
+        f"if ! test -e {PREVIOUS_STAMP}; then warm_up; "
+        f"elif ( warm_up ); then rm -rf {PREVIOUS_BUILD}; "
+        f'else echo "{failed}" >&2; journalctl {logs} -n 40 --no-pager -o cat >&2; '
+        f"{restore} && mv -f {PREVIOUS_STAMP} {STAMP_FILE} && rm -rf {PREVIOUS_BUILD}"
+        f" && systemctl restart {' '.join(q(service) for service in services)}"
+        f" && ( warm_up ) >&2 && echo 'The previous build answers again.' >&2; exit 1; fi"
+    )
+
+
+@operation()
+def upgrade_kept():
+    """
+    Keep a llama.cpp build on trial where no model warms it up (a host that only holds
+    layers of another host's model in ``ggml-rpc-server``): the build it replaced is
+    removed. Run it after the worker listens, with ``_if`` on the install.
+
+    .. code:: python
+
+        inference.upgrade_kept(_if=installed.did_change)
+    """
+    yield f"rm -rf {PREVIOUS_BUILD}"
 
 
 @operation()

@@ -110,6 +110,12 @@ def serve(spec: HostSpec) -> None:
     if worker is not None:
         rpc_worker(spec, worker, binary, gpu)
     if not runs:
+        # No model here warms the build up: it is kept once the worker listens.
+        trial_open = host.get_fact(File, path=inference.PREVIOUS_STAMP)
+        inference.upgrade_kept(
+            name="Keep the new llama.cpp build (ggml-rpc-server listens on it)",
+            _if=None if trial_open else binary.did_change,
+        )
         remove_dropped(spec, [RPC_UNIT], [])
         return
     run = runs[0]
@@ -169,6 +175,9 @@ def serve(spec: HostSpec) -> None:
         API_KEY_ENV if keyed else None,
         ENV_FILE if keyed else None,
         timeout=VULKAN_WARM_UP_S if builds_with_vulkan(spec) else None,
+        # A new build (an upgrade) is kept only once the model answers on it; else the
+        # build it replaced is put back, and the run fails with the new one's log.
+        services=[LLAMACPP.service, *([RPC_UNIT] if worker else [])],
     )
 
     # 7. What an earlier run put here that the inventory dropped (another model, the RPC

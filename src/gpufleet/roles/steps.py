@@ -215,13 +215,18 @@ def warm_up(
     api_key_env: str | None = None,
     env_file: str | None = None,
     timeout: int | None = None,
+    services: list[str] | None = None,
 ) -> None:
     """Warm each of ``models`` ((served name, request path) pairs) up once any of ``after``
     changed something, or while it has no warm-up record (a run killed before its warm-up
     finished): a converged host is not asked again. ``timeout``: seconds each may take to
-    answer, where the warm-up's own default is too short."""
+    answer, where the warm-up's own default is too short. ``services``: the units running
+    a llama.cpp build, which the warm-up keeps or puts back (``inference.warmed_up``); a
+    build left on trial by a killed run is warmed up and decided too."""
+    trial_open = bool(services) and bool(host.get_fact(File, path=inference.PREVIOUS_STAMP))
     for model, request_path in models:
-        recorded = host.get_fact(File, path=f"{inference.WARMUP_RECORDS}/{model}.json")
+        recorded = bool(host.get_fact(File, path=f"{inference.WARMUP_RECORDS}/{model}.json"))
+        recorded = recorded and not trial_open
         inference.warmed_up(
             name=f"Warm up {model}",
             base_url=base_url,
@@ -231,6 +236,7 @@ def warm_up(
             api_key_env=api_key_env,
             env_file=env_file,
             timeout=timeout or inference.WARM_UP_TIMEOUT_S,
+            services=services,
             _if=any_changed(*after) if recorded else None,
         )
 
