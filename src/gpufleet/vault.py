@@ -34,6 +34,10 @@ from typing import Any
 
 from gpufleet.models import HostSpec
 
+KV_UPGRADING = "Upgrading from non-versioned to versioned data"
+"""What a KV version 2 mount answers (HTTP 400) while it upgrades its storage."""
+KV_UPGRADE_WAIT_S = 30
+
 
 class VaultError(RuntimeError):
     pass
@@ -86,18 +90,28 @@ class VaultClient:
         import requests  # imported here: pyinfra's CLI patches sockets before first use
 
         headers = {"X-Vault-Token": token} if token else {}
-        try:
-            response = _session(self.address, self.ca_file).request(
-                method,
-                f"{self.address}/v1/{path}",
-                json=body,
-                data=raw,
-                headers=headers,
-                timeout=timeout or self.timeout,
-                verify=self.ca_file or True,
-            )
-        except requests.RequestException as error:
-            raise VaultError(f"{self.address} cannot be reached ({type(error).__name__})") from None
+        deadline = time.monotonic() + KV_UPGRADE_WAIT_S
+        while True:
+            try:
+                response = _session(self.address, self.ca_file).request(
+                    method,
+                    f"{self.address}/v1/{path}",
+                    json=body,
+                    data=raw,
+                    headers=headers,
+                    timeout=timeout or self.timeout,
+                    verify=self.ca_file or True,
+                )
+            except requests.RequestException as error:
+                raise VaultError(
+                    f"{self.address} cannot be reached ({type(error).__name__})"
+                ) from None
+            # A KV version 2 mount just enabled (or restored) upgrades its storage first,
+            # answering 400 meanwhile, for "a brief period": asked again, not failed.
+            upgrading = response.status_code == 400 and KV_UPGRADING in response.text
+            if not upgrading or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if response.status_code == 404 and method == "GET":
             return None
         if response.status_code >= 400:

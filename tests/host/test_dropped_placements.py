@@ -18,6 +18,18 @@ UNIT = "/etc/systemd/system/llama-server.service"
 MODELS = "/var/lib/llama.cpp/models"
 
 
+def why(run) -> str:
+    """The run's last output and, from the host, its allow-list unit's state and log (its
+    reload is the step seen failing)."""
+    address = str(SPECS[HOST].lan_address)
+    unit = ssh(
+        address,
+        "systemctl status gpufleet-firewall --no-pager 2>&1 | head -20; "
+        "journalctl -u gpufleet-firewall -n 30 --no-pager 2>&1 || true",
+    )
+    return run.stderr[-3000:] + "\n--- gpufleet-firewall on the host ---\n" + unit
+
+
 def state(address: str) -> str:
     return ssh(
         address,
@@ -30,7 +42,7 @@ def state(address: str) -> str:
 def dropped_then_restored(lab_session, tmp_path):
     yield without_models(tmp_path, HOST)
     back = pyinfra(INFERENCE, "-y", "--limit", HOST, label="put the placement back")
-    assert back.returncode == 0, back.stderr[-3000:]
+    assert back.returncode == 0, why(back)
     assert state(str(SPECS[HOST].lan_address)).split() == ["active", "unit", "1"]
 
 
@@ -43,7 +55,7 @@ def test_a_dropped_placement_is_removed_from_its_host(dropped_then_restored):
     assert state(address).split() == ["active", "unit", "1"]
 
     dry = pyinfra(INFERENCE, "--dry", "--limit", HOST, inventory=dropped_then_restored)
-    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.returncode == 0, why(dry)
     would_change = {op["name"] for op in dry.report["plan"] if HOST in op["hosts_with_change"]}
     assert {
         "llama.cpp | Remove the llama.cpp units the inventory dropped",
@@ -52,7 +64,7 @@ def test_a_dropped_placement_is_removed_from_its_host(dropped_then_restored):
     assert state(address).split() == ["active", "unit", "1"]  # the dry run changed nothing
 
     first = pyinfra(INFERENCE, "-y", "--limit", HOST, inventory=dropped_then_restored)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, why(first)
     changed = {name for name, _ in first.changed}
     assert "llama.cpp | Remove the llama.cpp units the inventory dropped" in changed
     assert state(address).split() == ["inactive", "no-unit", "0"]
@@ -60,5 +72,5 @@ def test_a_dropped_placement_is_removed_from_its_host(dropped_then_restored):
     assert record == "# units gpufleet put here for llama.cpp\n"  # a record of nothing
 
     second = pyinfra(INFERENCE, "-y", "--limit", HOST, inventory=dropped_then_restored)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, why(second)
     assert second.changed == []

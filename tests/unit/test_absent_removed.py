@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gpufleet.engines.ollama import MODELFILES
 from tests.unit.test_preview import planned
 
 ROOT = Path(__file__).parents[2]
@@ -105,3 +106,96 @@ def test_a_dropped_ollama_model_is_removed_on_the_homelab_after_the_others_are_i
         "|| ! ollama show XL-LOC-FRE-mixtral-8x22b >/dev/null 2>&1",
     ]
     assert not any("qwen2.5-coder:32b" in c and "ollama rm" in c for c in commands)
+
+
+def without_models_of(tmp_path: Path, inventory: str, host: str) -> Path:
+    """``inventory`` (any of this repository's) with every placement of ``host`` dropped."""
+    dropped = tmp_path / f"dropped_{host}.py"
+    dropped.write_text(
+        "import runpy\n"
+        f"_inventory = runpy.run_path({str(ROOT / inventory)!r})\n"
+        "def _dropped(entry):\n"
+        f"    if isinstance(entry, tuple) and entry[0] == {host!r}:\n"
+        "        return (entry[0], {**entry[1], 'models': []})\n"
+        "    return entry\n"
+        "for _group, _hosts in _inventory.items():\n"
+        "    if not _group.startswith('_') and isinstance(_hosts, list):\n"
+        "        globals()[_group] = [_dropped(entry) for entry in _hosts]\n"
+    )
+    return dropped
+
+
+def test_the_last_ollama_placement_dropped_removes_its_models_from_the_server(tmp_path):
+    """ms01's every placement dropped: what the record lists is removed from Ollama, which
+    stays running; nothing is pulled."""
+    record = "/var/lib/gpufleet/record/ollama.ollama-models"
+    modelfiles = "/var/lib/gpufleet/record/ollama.files"
+
+    def answer(arguments: str) -> list[str] | None:
+        path = json.loads(arguments)["path"]
+        if path == record:
+            return ["qwen2.5:14b", "M-LOC-FRE-qwen2.5-14b"]
+        if path == modelfiles:
+            return [f"{MODELFILES}/M-LOC-FRE-qwen2.5-14b.Modelfile"]
+        return None  # no record of any other engine: none is started
+
+    plans = planned(
+        str(without_models_of(tmp_path, "inventory/homelab.py", "ms01")),
+        ["deploys/inference.py"],
+        ["ms01"],
+        **{"pyinfra.facts.files.FileContents": answer},
+    )
+    operations = by_name(plans["ms01"])
+    removed = operations["Ollama | Remove the Ollama models the inventory dropped"].commands
+    assert removed[:2] == [
+        "ollama rm qwen2.5:14b >/dev/null 2>&1 || ! ollama show qwen2.5:14b >/dev/null 2>&1",
+        "ollama rm M-LOC-FRE-qwen2.5-14b >/dev/null 2>&1 "
+        "|| ! ollama show M-LOC-FRE-qwen2.5-14b >/dev/null 2>&1",
+    ]
+    modelfiles_removed = operations["Ollama | Remove the Modelfiles the inventory dropped"]
+    assert modelfiles_removed.commands[0] == f"rm -f {MODELFILES}/M-LOC-FRE-qwen2.5-14b.Modelfile"
+    assert not any("Pull" in name for name in operations)
+    assert "llama.cpp | Remove the llama.cpp units the inventory dropped" in operations
+    assert not operations["llama.cpp | Remove the llama.cpp units the inventory dropped"].commands
+
+
+def test_a_dropped_vllm_placement_stops_and_removes_its_unit(tmp_path):
+    """lab-pve-1's vLLM placement (and its embedding model) dropped: the vLLM unit the record
+    lists is stopped, disabled and removed with its key file; the venv and weights stay."""
+
+    def answer(arguments: str) -> list[str] | None:
+        path = json.loads(arguments)["path"]
+        if path == "/var/lib/gpufleet/record/vllm.units":
+            return ["vllm"]
+        if path == "/var/lib/gpufleet/record/vllm.files":
+            return ["/etc/gpufleet/vllm.env"]
+        raise KeyError(path)
+
+    plans = planned(
+        str(without_models(tmp_path, "lab-pve-1")),
+        ["deploys/inference.py"],
+        ["lab-pve-1"],
+        **{"pyinfra.facts.files.FileContents": answer},
+    )
+    operations = by_name(plans["lab-pve-1"])
+    units = operations["vLLM | Remove the vLLM units the inventory dropped"].commands
+    assert units[:2] == [
+        "systemctl disable --now vllm.service 2>/dev/null || true",
+        "rm -f /etc/systemd/system/vllm.service",
+    ]
+    files = operations["vLLM | Remove the vLLM files the inventory dropped"].commands
+    assert files[0] == "rm -f /etc/gpufleet/vllm.env"
+    assert not any(
+        "rm" in c and "/var/lib/vllm" in c for op in operations.values() for c in op.commands
+    )
+
+
+def test_a_vllm_host_records_its_unit_on_its_first_run():
+    plans = planned(
+        "inventory/lab.py",
+        ["deploys/inference.py"],
+        ["lab-pve-1"],
+        **{"pyinfra.facts.files.FileContents": lambda arguments: None},
+    )
+    units = by_name(plans["lab-pve-1"])["vLLM | Remove the vLLM units the inventory dropped"]
+    assert units.commands and "vllm\n" in units.commands[-1] and "disable" not in units.commands[-1]

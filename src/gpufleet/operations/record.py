@@ -76,7 +76,8 @@ def kept(owner: str, kind: Kind, wanted: list[str], within: tuple[str, ...] = ()
       left alone, with a warning)
 
     A host without a record yet (fresh, or converged before records were kept) gets one; no
-    removal: gpufleet does not know what it put there.
+    removal: gpufleet does not know what it put there. A host without a record that is to
+    hold nothing (the owner was never placed there) gets none.
 
     .. code:: python
 
@@ -90,6 +91,9 @@ def kept(owner: str, kind: Kind, wanted: list[str], within: tuple[str, ...] = ()
         else [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     )
     wanted = list(dict.fromkeys(wanted))
+    if recorded is None and not wanted:
+        host.noop(f"no {owner} {kind}s recorded or wanted here")
+        return
     dropped = [item for item in recorded or [] if item not in wanted]
     for item in dropped:
         if not removable(kind, item, within):

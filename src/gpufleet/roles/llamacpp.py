@@ -47,11 +47,17 @@ from gpufleet.facts.gpu import detected_gpus
 from gpufleet.inventory import fleet_specs
 from gpufleet.model_cache import cache_url
 from gpufleet.models import HostSpec, ModelPlacement
-from gpufleet.operations import downloads, inference, record
+from gpufleet.operations import downloads, inference
 from gpufleet.operations.inference import BASE_FLAGS, build_stamp, cached_build
 from gpufleet.paths import template
 from gpufleet.roles.nvidia_driver import cuda_repository, release_of
-from gpufleet.roles.steps import engine_secret_file, run_unit, warm_up, warm_up_tool
+from gpufleet.roles.steps import (
+    engine_secret_file,
+    removed_when_dropped,
+    run_unit,
+    warm_up,
+    warm_up_tool,
+)
 from gpufleet.serving import RpcServerRun, placement_runs, rpc_server_run
 
 BUILD_PACKAGES = ["cmake", "ninja-build", "g++", "python3"]
@@ -196,24 +202,10 @@ def downloaded_models(placement: ModelPlacement) -> list[str]:
 
 
 def remove_dropped(spec: HostSpec, units: list[str], kept_files: list[str]) -> None:
-    """Absent means removed: the llama.cpp units and files an earlier run recorded putting
-    here and the inventory no longer names are stopped and deleted (a user's own GGUF file,
-    never recorded, is never touched); what this run put here is recorded."""
-    if spec.os == "macos":
-        return  # llama.cpp is never placed on a Mac: nothing to record
-    record.kept(
-        name="Remove the llama.cpp units the inventory dropped",
-        owner="llama.cpp",
-        kind="unit",
-        wanted=units,
-    )
-    record.kept(
-        name="Remove the llama.cpp files the inventory dropped",
-        owner="llama.cpp",
-        kind="file",
-        wanted=kept_files,
-        within=(MODELS, "/etc/gpufleet"),
-    )
+    """Absent means removed, for llama.cpp: the units and files an earlier run recorded and
+    the inventory no longer names (a user's own GGUF file, never recorded, is never
+    touched)."""
+    removed_when_dropped(spec, "llama.cpp", units, kept_files, within=(MODELS, "/etc/gpufleet"))
 
 
 def rpc_worker(spec: HostSpec, worker: RpcServerRun, binary: OperationMeta, gpu: bool) -> None:

@@ -100,6 +100,9 @@ def serve(spec: HostSpec) -> None:
     runs = placement_runs(spec, OLLAMA)
     if not runs:
         host.noop("no Ollama model placed on this host")
+        # The last placement dropped: the models an earlier run pulled go, from the server
+        # that still runs (it stays, empty); a host never given one has no record.
+        remove_dropped([], [])
         return
     settings = spec.ollama
 
@@ -166,11 +169,18 @@ def serve(spec: HostSpec) -> None:
     )
     # What an earlier run pulled or created that the inventory dropped, once the models it
     # names are in place; a model pulled by hand was never recorded and stays.
+    remove_dropped([*pulled, *aliases], list(aliases))
+
+
+def remove_dropped(models: list[str], aliases: list[str]) -> None:
+    """Absent means removed, for Ollama: the models and aliases an earlier run pulled or
+    created and the inventory no longer names, removed from the running server, and the
+    aliases' Modelfiles."""
     record.kept(
         name="Remove the Ollama models the inventory dropped",
         owner="ollama",
         kind="ollama-model",
-        wanted=[*pulled, *aliases],
+        wanted=models,
     )
     record.kept(
         name="Remove the Modelfiles the inventory dropped",

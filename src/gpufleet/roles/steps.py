@@ -16,7 +16,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.models import HostSpec
-from gpufleet.operations import accounts, config, downloads, inference
+from gpufleet.operations import accounts, config, downloads, inference, record
 from gpufleet.operations.ollama import FETCH_TOOL
 from gpufleet.paths import template
 
@@ -277,4 +277,27 @@ def rolling_reboot(spec: HostSpec, name: str) -> OperationMeta:
         health=[(e.service, e.local_url(spec) + e.health_path) for e in engines],
         reboot_timeout=600,
         _serial=True,
+    )
+
+
+def removed_when_dropped(
+    spec: HostSpec, owner: str, units: list[str], kept_files: list[str], within: tuple[str, ...]
+) -> None:
+    """Absent means removed: the units and files (below ``within``) an earlier run recorded
+    putting here for ``owner`` and the inventory no longer names are stopped and deleted;
+    what this run put here (``units``, ``kept_files``) is recorded."""
+    if spec.os == "macos":
+        return  # the engines that record run on Linux hosts only
+    record.kept(
+        name=f"Remove the {owner} units the inventory dropped",
+        owner=owner.lower(),
+        kind="unit",
+        wanted=units,
+    )
+    record.kept(
+        name=f"Remove the {owner} files the inventory dropped",
+        owner=owner.lower(),
+        kind="file",
+        wanted=kept_files,
+        within=within,
     )

@@ -36,6 +36,7 @@ from gpufleet.paths import template
 from gpufleet.roles.steps import (
     configured_not_started,
     engine_secret_file,
+    removed_when_dropped,
     restart_and_warm_up,
     run_unit,
     warm_up_tool,
@@ -61,6 +62,7 @@ def serve(spec: HostSpec) -> None:
     node = ray_node_run(spec, fleet)
     if not runs and node is None:
         host.noop("no vLLM model placed on this host")
+        remove_dropped(spec, [], [])
         return
     require_gpu(
         spec.nvidia_driver.force,
@@ -76,6 +78,7 @@ def serve(spec: HostSpec) -> None:
     if node is not None:
         ray_node(spec, node, installed)
     if not runs:
+        remove_dropped(spec, [RAY_SERVICE], [RAY_ENV_FILE])
         return
     run = runs[0]
 
@@ -117,10 +120,12 @@ def serve(spec: HostSpec) -> None:
             spec.hardware.nvidia_gpu_count,
         ),
     )
+    ray_parts = ([RAY_SERVICE], [RAY_ENV_FILE]) if node is not None else ([], [])
     if settings.install == "present" and not has_vllm:
         configured_not_started(
             VLLM.service, [unit], f"vllm.install is 'present' but {VENV}/bin/vllm is missing"
         )
+        remove_dropped(spec, [VLLM.service, *ray_parts[0]], [ENV_FILE, *ray_parts[1]])
         return
     warm_up_tool()
     restart_and_warm_up(
@@ -133,6 +138,16 @@ def serve(spec: HostSpec) -> None:
         api_key_env=API_KEY_ENV,
         env_file=ENV_FILE,
     )
+    # What an earlier run put here that the inventory dropped (the Ray node of a cluster
+    # this host left), once this host serves what it names.
+    remove_dropped(spec, [VLLM.service, *ray_parts[0]], [ENV_FILE, *ray_parts[1]])
+
+
+def remove_dropped(spec: HostSpec, units: list[str], kept_files: list[str]) -> None:
+    """Absent means removed, for vLLM: its server and Ray units and their secret files that
+    an earlier run recorded and the inventory no longer names. The venv, the image and
+    the downloaded weights stay (one reinstall or download less, if it comes back)."""
+    removed_when_dropped(spec, "vLLM", units, kept_files, within=("/etc/gpufleet",))
 
 
 SECRET_VARIABLES = {secret.variable for secret in (*VLLM.secret_env, RAY_TOKEN)}
