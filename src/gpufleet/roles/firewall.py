@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.exposure import Exposure, exposures
@@ -96,10 +96,12 @@ def firewall(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     loaded = systemd.service(name="Load the allow-list", service=UNIT, running=True)
     systemd.service(name="Load the allow-list at boot", service=UNIT, enabled=True)
     # A start has just loaded the new rules: reloading right after it only loads them
-    # again, and under load that second `nft -f` was seen to fail the run.
-    systemd.service(
-        name="Reload the allow-list",
-        service=UNIT,
-        reloaded=True,
+    # again, and under load that second `nft -f` was seen to fail the run. The checked rules
+    # are loaded by the deploy itself, the unit being for boot: systemd's reload of this
+    # exited oneshot unit makes its cgroup again, which the lab saw fail now and then
+    # (status 219/CGROUP) while a retry a minute later worked.
+    server.shell(
+        name="Load the changed allow-list",
+        commands=[f"nft -f {RULES}"],
         _if=[any_changed(rules, unit), lambda: not loaded.did_change()],
     )
