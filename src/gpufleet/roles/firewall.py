@@ -9,6 +9,7 @@ own table is touched: sshd, Proxmox's firewall and the host's other rules stay a
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from pyinfra import host
@@ -102,6 +103,6 @@ def firewall(spec: HostSpec, specs: dict[str, HostSpec]) -> None:
     # (status 219/CGROUP) while a retry a minute later worked.
     server.shell(
         name="Load the changed allow-list",
-        commands=[f"nft -f {RULES}"],
+        commands=[f"nft -f {shlex.quote(RULES)}"],
         _if=[any_changed(rules, unit), lambda: not loaded.did_change()],
     )

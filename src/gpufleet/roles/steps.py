@@ -225,8 +225,8 @@ def warm_up(
     build left on trial by a killed run is warmed up and decided too."""
     trial_open = bool(services) and bool(host.get_fact(File, path=inference.PREVIOUS_STAMP))
     for model, request_path in models:
-        recorded = bool(host.get_fact(File, path=f"{inference.WARMUP_RECORDS}/{model}.json"))
-        recorded = recorded and not trial_open
+        record = host.get_fact(File, path=f"{inference.WARMUP_RECORDS}/{model}.json")
+        recorded = bool(record) and not trial_open
         inference.warmed_up(
             name=f"Warm up {model}",
             base_url=base_url,

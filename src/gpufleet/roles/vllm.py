@@ -120,12 +120,14 @@ def serve(spec: HostSpec) -> None:
             spec.hardware.nvidia_gpu_count,
         ),
     )
-    ray_parts = ([RAY_SERVICE], [RAY_ENV_FILE]) if node is not None else ([], [])
+    # What this host runs of vLLM, recorded so that what the inventory drops is removed.
+    units = [VLLM.service, *([RAY_SERVICE] if node is not None else [])]
+    kept_files = [ENV_FILE, *([RAY_ENV_FILE] if node is not None else [])]
     if settings.install == "present" and not has_vllm:
         configured_not_started(
             VLLM.service, [unit], f"vllm.install is 'present' but {VENV}/bin/vllm is missing"
         )
-        remove_dropped(spec, [VLLM.service, *ray_parts[0]], [ENV_FILE, *ray_parts[1]])
+        remove_dropped(spec, units, kept_files)
         return
     warm_up_tool()
     restart_and_warm_up(
@@ -140,7 +142,7 @@ def serve(spec: HostSpec) -> None:
     )
     # What an earlier run put here that the inventory dropped (the Ray node of a cluster
     # this host left), once this host serves what it names.
-    remove_dropped(spec, [VLLM.service, *ray_parts[0]], [ENV_FILE, *ray_parts[1]])
+    remove_dropped(spec, units, kept_files)
 
 
 def remove_dropped(spec: HostSpec, units: list[str], kept_files: list[str]) -> None:
