@@ -45,12 +45,6 @@ def dropped_then_restored(lab_session, tmp_path):
     assert state(str(SPECS[HOST].lan_address)).split() == ["active", "unit", "1"]
 
 
-@pytest.mark.skip(
-    reason="after it ran, a later reload of a host's allow-list failed in the full suite "
-    "(systemd: status=219/CGROUP, while a retry worked); the deploy now loads the rules with "
-    "nft itself, and this test passes with it late in a lab's life, but the full suite has "
-    "not run it yet"
-)
 def test_a_dropped_placement_is_removed_from_its_host(dropped_then_restored):
     address = str(SPECS[HOST].lan_address)
     assert state(address).split() == ["active", "unit", "1"]
