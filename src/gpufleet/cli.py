@@ -756,6 +756,24 @@ def preview(
     type=click.Path(dir_okay=False),
     help="Also write the result as Prometheus metrics (node_exporter's textfile collector).",
 )
+@click.option(
+    "--push",
+    is_flag=True,
+    help="Also put those metrics on the inventory's monitoring hosts, for their Prometheus; "
+    "the exit code then says whether they got there (drift is Prometheus's to report).",
+)
+@click.option(
+    "--timer",
+    type=click.Choice(["hourly", "daily"]),
+    help="Check nothing now: write a systemd user timer that runs this check with --push "
+    "on this machine, hourly or daily.",
+)
+@click.option(
+    "--units",
+    metavar="FOLDER",
+    type=click.Path(file_okay=False),
+    help="Where --timer writes its units (default: the user's systemd folder).",
+)
 @json_option
 def drift(
     inventory: str,
@@ -763,21 +781,45 @@ def drift(
     limit: tuple[str, ...],
     verbose: bool,
     textfile: str | None,
+    push: bool,
+    timer: str | None,
+    units: str | None,
     as_json: bool,
 ) -> int:
     """Plan DEPLOYs (default: every deploy) on the selected hosts with their real facts, as
-    pyinfra --dry does, and report each operation that would change a host. Changes nothing.
-    Exits 1 when any host would change or could not be checked, 0 when all are converged."""
+    pyinfra --dry does, and report each operation that would change a host. Changes nothing
+    on them. Exits 1 when any host would change or could not be checked, 0 when all are
+    converged; with --push, 1 when the result could not be put on the monitoring hosts."""
     from gpufleet import drift as drift_module
     from gpufleet.outputs import DriftHost, DriftOutput
 
-    selected_hosts(inventory, limit)  # a wrong inventory stops here, before any host
+    specs, _ = selected_hosts(inventory, limit)  # a wrong inventory stops here, before any host
+    monitoring = sorted(name for name, spec in specs.items() if "monitoring" in spec.groups)
+    if (push or timer) and not monitoring:
+        _fail(
+            f"gpufleet drift: {inventory} has no monitoring host to push to; add one to its "
+            "monitoring group, or write the metrics with --textfile"
+        )
     chosen = _deploys_chosen("drift", deploys)
+    if timer:
+        if as_json or textfile:
+            _fail("gpufleet drift --timer checks nothing now: leave out --json and --textfile")
+        return _drift_timer(inventory, list(deploys), list(limit), timer, units)
     report = drift_module.drift(inventory, chosen, list(limit))
+    metrics = drift_module.textfile(report)
     if textfile:
-        drift_module.write_textfile(Path(textfile), drift_module.textfile(report))
+        drift_module.write_textfile(Path(textfile), metrics)
     drifted = any(entry.drifted for entry in report)
     code = EXIT_FAILED if drifted or any(entry.unchecked for entry in report) else 0
+    if push:
+        pushed = drift_module.push(inventory, monitoring, metrics)
+        if pushed.returncode != 0:
+            _warn(pushed.stdout[-3000:] + pushed.stderr[-3000:])
+            _warn(f"gpufleet drift --push: the result did not reach {', '.join(monitoring)}")
+            code = EXIT_FAILED
+        else:
+            code = 0
+            _warn(f"gpufleet drift: the result is on {', '.join(monitoring)} for Prometheus")
     if as_json:
         hosts = [
             DriftHost(
@@ -802,6 +844,47 @@ def drift(
             for command in operation.commands if verbose else ():
                 print(f"      {command}")
     return code
+
+
+def _drift_timer(
+    inventory: str, deploys: list[str], limit: list[str], schedule: str, units: str | None
+) -> int:
+    """Write the systemd user units that run this drift check with --push on ``schedule``
+    from this folder, and say how to start them."""
+    from gpufleet import drift as drift_module
+
+    arguments = [
+        str(Path(inventory).resolve()),
+        *(str(Path(deploy).resolve()) for deploy in deploys),
+        *(argument for pattern in limit for argument in ("--limit", pattern)),
+        "--push",
+    ]
+    gpufleet = Path(sys.executable).parent / "gpufleet"  # this one, as rebuild runs pyinfra
+    try:
+        written = drift_module.timer_units(gpufleet.absolute(), arguments, Path.cwd(), schedule)
+    except ValueError as error:
+        _fail(f"gpufleet drift --timer: {error}")
+    folder = Path(units) if units else _user_units()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in written.items():
+        (folder / name).write_text(text)
+        print(f"wrote {folder / name}")
+    timer = f"{drift_module.TIMER_NAME}.timer"
+    print(
+        "start it:\n"
+        "  systemctl --user daemon-reload\n"
+        f"  systemctl --user enable --now {timer}\n"
+        "  loginctl enable-linger   # so that it runs while you are logged out\n"
+        f"see it: systemctl --user list-timers {timer}; "
+        f"journalctl --user -u {drift_module.TIMER_NAME}.service"
+    )
+    return 0
+
+
+def _user_units() -> Path:
+    """The user's own systemd unit folder (``$XDG_CONFIG_HOME/systemd/user``)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "systemd" / "user"
 
 
 @main_group.command(short_help="Run the testinfra suites against the hosts over SSH.")

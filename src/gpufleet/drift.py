@@ -15,18 +15,38 @@ deployed.
 
 ``--textfile`` writes the result as Prometheus metrics for node_exporter's textfile
 collector (``gpufleet_drift_changes``, ``gpufleet_drift_up``), which the fleet's alert
-rules watch (``GpufleetDrift``, ``GpufleetDriftUnchecked``).
+rules watch (``GpufleetDrift``, ``GpufleetDriftUnchecked``, and ``GpufleetDriftStale`` when
+no check has run for two days). ``--push`` puts the same file on the inventory's monitoring
+host, over the SSH connection the deploys use; ``--timer daily`` writes a systemd user timer
+that runs ``gpufleet drift INVENTORY --push`` on the control machine.
+
+The check runs where the deploys run, not on the monitoring host: planning a deploy needs
+the inventory, its secrets and a root SSH key for every host, which the monitoring host
+should not hold.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpufleet.preview import PlannedOperation, plan_each
+
+TEXTFILE_NAME = "gpufleet-drift.prom"
+PUSH_DEPLOY = Path(__file__).resolve().parent / "drift_push.py"
+"""The pyinfra deploy file ``--push`` runs on the monitoring hosts."""
+PUSHED_TEXTFILE_ENV = "GPUFLEET_DRIFT_TEXTFILE"
+"""How ``--push`` hands its deploy the local textfile to put (an environment variable: no
+inventory data key, which the inventory's validation would refuse)."""
+PUSH_TIMEOUT_S = 300
+TIMER_NAME = "gpufleet-drift"
+TIMER_SCHEDULES = ("hourly", "daily")
+"""How often the timer may run: both well inside ``GpufleetDriftStale``'s two days."""
 
 
 @dataclass
@@ -100,3 +120,78 @@ def write_textfile(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def push(inventory: str, hosts: list[str], text: str) -> subprocess.CompletedProcess[str]:
+    """Put ``text`` on ``hosts`` (the inventory's monitoring hosts) as node exporter's drift
+    textfile, with pyinfra and the inventory's own connection settings (user, key, sudo)."""
+    pyinfra = str(Path(sys.executable).parent / "pyinfra")
+    with tempfile.TemporaryDirectory(prefix="gpufleet-drift-") as folder:
+        local = Path(folder) / TEXTFILE_NAME
+        local.write_text(text)
+        limits = [argument for host in hosts for argument in ("--limit", host)]
+        return subprocess.run(
+            [pyinfra, "-y", inventory, str(PUSH_DEPLOY), *limits],
+            capture_output=True,
+            text=True,
+            timeout=PUSH_TIMEOUT_S,
+            check=False,
+            env={**os.environ, PUSHED_TEXTFILE_ENV: str(local), "PYINFRA_PROGRESS": "off"},
+        )
+
+
+def _unit_line_value(value: str) -> str:
+    """``value`` with systemd's specifiers (``%``) escaped; a control character is refused:
+    a unit file's line has no way to hold one."""
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise ValueError(f"{value!r} holds a control character; a unit file cannot hold it")
+    return value.replace("%", "%%")
+
+
+def systemd_quoted(argument: str) -> str:
+    """One ExecStart argument as systemd reads it: double-quoted, with its specifiers
+    (``%``) and variables (``$``) escaped, so that it reaches the program as written."""
+    escaped = _unit_line_value(argument).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("$", "$$") + '"'
+
+
+def timer_units(
+    gpufleet: Path, arguments: list[str], folder: Path, schedule: str
+) -> dict[str, str]:
+    """The systemd user units that run ``gpufleet drift ARGUMENTS`` on ``schedule``
+    (``hourly`` or ``daily``) from ``folder``, by file name."""
+    if schedule not in TIMER_SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: one of {', '.join(TIMER_SCHEDULES)}")
+    command = " ".join(
+        systemd_quoted(argument) for argument in (str(gpufleet), "drift", *arguments)
+    )
+    service = (
+        "# Written by gpufleet drift --timer: what the fleet's deploys would change on its hosts,\n"
+        "# pushed to the monitoring host for Prometheus (GpufleetDrift, GpufleetDriftStale).\n"
+        "[Unit]\n"
+        "Description=gpufleet drift check of the fleet, pushed to its monitoring host\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        # Where the inventory was named from: pyinfra finds its group_data there.
+        f"WorkingDirectory={_unit_line_value(str(folder))}\n"
+        "Environment=PYINFRA_PROGRESS=off\n"
+        # With --push the exit code says whether the result reached the monitoring host
+        # (drift itself is Prometheus's to report): the unit fails only when it did not.
+        f"ExecStart={command}\n"
+    )
+    timer = (
+        "# Written by gpufleet drift --timer.\n"
+        "[Unit]\n"
+        "Description=gpufleet drift check of the fleet, " + schedule + "\n"
+        "\n"
+        "[Timer]\n"
+        f"OnCalendar={schedule}\n"
+        "RandomizedDelaySec=15min\n"
+        # A control machine that was asleep at the hour runs the missed check when it wakes.
+        "Persistent=true\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    )
+    return {f"{TIMER_NAME}.service": service, f"{TIMER_NAME}.timer": timer}

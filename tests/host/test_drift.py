@@ -61,27 +61,31 @@ def edited_by_hand(lab_session):
 
 
 def test_a_hand_edited_config_is_drift_named_in_the_report_and_alerted(edited_by_hand, tmp_path):
+    # What the drift timer runs (gpufleet drift INVENTORY --push), with the report kept too.
     prom = tmp_path / "gpufleet-drift.prom"
-    result = drift("deploys/common.py", "--limit", EDITED_HOST, "--json", "--textfile", str(prom))
-    assert result.returncode == 1, result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    (host,) = report["hosts"]
-    assert host["host"] == EDITED_HOST and host["drifted"] and host["unchecked"] is None
-    assert [op["name"] for op in host["changing"]] == [EDIT_OPERATION]
-    assert host["planned"] > 10  # the whole baseline was planned, and only this would change
-    assert f'gpufleet_drift_changes{{checked_host="{EDITED_HOST}"}} 1' in prom.read_text()
-    # The file on the host is still the hand-edited one: drift changes nothing.
-    assert "edited by hand" in ssh(edited_by_hand, f"cat {EDITED_FILE}")
-
-    # What a timer on the monitoring host does with --textfile: node exporter serves it,
-    # Prometheus scrapes it, and GpufleetDrift fires for the edited host.
     monitoring = str(SPECS["lab-infra-1"].lan_address)
-    ssh(
-        monitoring,
-        f"cat > {TEXTFILE}.part && mv {TEXTFILE}.part {TEXTFILE}",
-        stdin=prom.read_text(),
-    )
     try:
+        result = drift(
+            "deploys/common.py", "--limit", EDITED_HOST, "--json", "--textfile", str(prom), "--push"
+        )
+        # With --push the exit code says the result reached the monitoring host; the
+        # report and Prometheus say the host drifted.
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        (host,) = report["hosts"]
+        assert report["drifted"] and host["host"] == EDITED_HOST and host["unchecked"] is None
+        assert [op["name"] for op in host["changing"]] == [EDIT_OPERATION]
+        assert host["planned"] > 10  # the whole baseline was planned, and only this would change
+        assert f'gpufleet_drift_changes{{checked_host="{EDITED_HOST}"}} 1' in prom.read_text()
+        # The file on the host is still the hand-edited one: drift changes nothing.
+        assert "edited by hand" in ssh(edited_by_hand, f"cat {EDITED_FILE}")
+
+        # The push put the same metrics where lab-infra-1's node exporter reads them, whole
+        # (no half-uploaded file left beside them); Prometheus scrapes them, and
+        # GpufleetDrift fires for the edited host.
+        assert ssh(monitoring, f"cat {TEXTFILE}") == prom.read_text()
+        names = ssh(monitoring, f"ls -A {Path(TEXTFILE).parent}").split()
+        assert [name for name in names if "gpufleet-drift" in name] == [Path(TEXTFILE).name]
         deadline = time.monotonic() + ALERT_TIMEOUT_S
         with timed("GpufleetDrift fires", ALERT_TIMEOUT_S):
             while not (alerts := firing("GpufleetDrift")) and time.monotonic() < deadline:

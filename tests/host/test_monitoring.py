@@ -162,7 +162,7 @@ def test_tegrastats_metrics_reach_prometheus_through_the_real_node_exporter(scra
 def test_alert_rules_are_loaded_and_evaluated(scraped):
     groups = requests.get(f"{PROMETHEUS}/rules", timeout=10).json()["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert len(rules) == 9 and all(r["health"] == "ok" for r in rules.values())
+    assert len(rules) == 10 and all(r["health"] == "ok" for r in rules.values())
     # The targets the lab cannot serve are already on their way to TargetDown.
     pending = {(a["labels"]["job"], a["labels"]["host"]) for a in rules["TargetDown"]["alerts"]}
     assert pending == CANNOT_RUN_HERE
