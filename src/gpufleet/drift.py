@@ -176,6 +176,9 @@ def timer_units(
         # Where the inventory was named from: pyinfra finds its group_data there.
         f"WorkingDirectory={_unit_line_value(str(folder))}\n"
         "Environment=PYINFRA_PROGRESS=off\n"
+        # A host that hangs mid-check must not hold the next hour's run (systemd starts no
+        # second one while this one runs); the stale alert says when checks stop arriving.
+        "TimeoutStartSec=45min\n"
         # With --push the exit code says whether the result reached the monitoring host
         # (drift itself is Prometheus's to report): the unit fails only when it did not.
         f"ExecStart={command}\n"
